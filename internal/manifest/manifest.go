@@ -1,0 +1,68 @@
+package manifest
+
+import (
+	"errors"
+
+	"github.com/lode-dev/lode/internal/chunk"
+)
+
+// Version is the manifest format version written by this code.
+const Version = 1
+
+// Sentinel errors.
+var (
+	// ErrWrongKey: the tenant key cannot unwrap the manifest's data key (wrong
+	// tenant, wrong keyring) — the manifest is not readable by this caller.
+	ErrWrongKey = errors.New("wrong tenant key")
+	// ErrNoKey: the keyring has no key for the tenant.
+	ErrNoKey = errors.New("no key for tenant")
+	// ErrCorrupt: the bytes are not a well-formed manifest, or authentication
+	// of the public or secret part failed.
+	ErrCorrupt = errors.New("manifest corrupt")
+	// ErrVersion: the manifest was written by an unknown format version.
+	ErrVersion = errors.New("unsupported manifest version")
+)
+
+// Config is the part of the image's OCI config a worker needs to start it.
+type Config struct {
+	Entrypoint []string
+	Cmd        []string
+	Env        []string
+	WorkingDir string
+	User       string
+}
+
+// Manifest describes one built image. The public fields are readable
+// without any key (the garbage collector copies chunks using them); the
+// secret fields are only readable with the tenant's key.
+type Manifest struct {
+	// Public part.
+	Root      string // the root the manifest and its chunks live in
+	ChunkSize int    // bytes per chunk; the last chunk may be short
+	ImageSize int64  // bytes of the filesystem image
+	FSType    string // "ext4"
+	// Names holds one entry per chunk: the chunk's name, or the zero Name for
+	// a hole.
+	Names        []chunk.Name
+	SourceDigest string // digest of the source image (e.g. sha256:…) or of the rootfs tar
+
+	// Secret part.
+	Keys   []chunk.Key // one per chunk, zero for holes; len(Keys) == len(Names)
+	Config Config
+	// Hints lists chunk indexes in the order a start read them (may be empty).
+	Hints []uint32
+}
+
+// Ref returns the chunk reference of chunk i.
+func (m *Manifest) Ref(i int) chunk.Ref { return chunk.Ref{Name: m.Names[i], Key: m.Keys[i]} }
+
+// Holes counts the chunks that are holes.
+func (m *Manifest) Holes() int {
+	n := 0
+	for _, name := range m.Names {
+		if name.IsZero() {
+			n++
+		}
+	}
+	return n
+}

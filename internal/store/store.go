@@ -1,0 +1,56 @@
+package store
+
+import (
+	"context"
+	"errors"
+)
+
+// Sentinel errors. Backends wrap them with the key that failed, e.g.
+// fmt.Errorf("getting %s from %s: %w", key, store, ErrNotFound).
+var (
+	// ErrNotFound: the key does not exist.
+	ErrNotFound = errors.New("object not found")
+	// ErrExists: PutIfAbsent found the key already present.
+	ErrExists = errors.New("object already exists")
+	// ErrInvalidKey: the key is not a valid object key (see ValidKey).
+	ErrInvalidKey = errors.New("invalid object key")
+)
+
+// Store is the floor every backend provides: an S3-shaped map from keys to
+// immutable-or-replaced byte strings.
+//
+// Contract, for every implementation (checked by store/storetest):
+//   - Every method is safe for concurrent use and honours ctx.
+//   - Writes are atomic: a reader sees the whole old object, the whole new
+//     one, or ErrNotFound; never a torn or partial object.
+//   - Get/GetRange append into dst[:0] when it has room, else allocate; the
+//     returned slice is the caller's.
+//   - GetRange returns exactly n bytes, or fewer only when the object ends
+//     before off+n; off beyond the end returns an empty slice.
+//   - List calls fn in the caller's goroutine, in lexical key order, for
+//     every key that starts with prefix (recursively). An error from fn stops
+//     the listing and is returned.
+//   - ListDirs calls fn with the name of each immediate "directory" below
+//     prefix (prefix must be empty or end in "/"): for keys a/b/c and a/d,
+//     ListDirs("a/") yields "b". Order is lexical.
+//   - Delete of a missing key is not an error.
+//   - Errors name the key; missing keys wrap ErrNotFound.
+type Store interface {
+	Get(ctx context.Context, key string, dst []byte) ([]byte, error)
+	GetRange(ctx context.Context, key string, off, n int64, dst []byte) ([]byte, error)
+	// Put creates or replaces key.
+	Put(ctx context.Context, key string, data []byte) error
+	// PutIfAbsent creates key, or returns ErrExists if it is present. Two
+	// concurrent PutIfAbsent calls with the same data both succeed or one
+	// returns ErrExists; the object is then that data. Chunk objects are
+	// content-addressed, so callers treat ErrExists as success.
+	PutIfAbsent(ctx context.Context, key string, data []byte) error
+	// Stat returns the size of key.
+	Stat(ctx context.Context, key string) (size int64, err error)
+	List(ctx context.Context, prefix string, fn func(key string, size int64) error) error
+	ListDirs(ctx context.Context, prefix string, fn func(name string) error) error
+	Delete(ctx context.Context, key string) error
+	// String names the store in errors and logs ("file:///var/lib/lode",
+	// "s3://bucket/prefix").
+	String() string
+}
