@@ -1,0 +1,210 @@
+package ext4img_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+
+	"github.com/lode-dev/lode/internal/ext4img"
+	"github.com/lode-dev/lode/internal/lodetest"
+)
+
+type entry struct {
+	hdr  tar.Header
+	body []byte
+}
+
+// sampleTree is a small tree with every kind of entry the writer must keep.
+func sampleTree() []entry {
+	t0 := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	rnd := rand.New(rand.NewSource(1))
+	big := make([]byte, 3<<20+123)
+	rnd.Read(big)
+	return []entry{
+		{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "etc", Mode: 0o755, ModTime: t0}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "etc/hostname", Mode: 0o644, ModTime: t0}, body: []byte("lode\n")},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "etc/shadow", Mode: 0o640, Uid: 0, Gid: 42, ModTime: t0}, body: []byte("root:*:19000:0:99999:7:::\n")},
+		{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "usr/bin", Mode: 0o755, ModTime: t0}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "usr/bin/tool", Mode: 0o4755, Uid: 0, Gid: 0, ModTime: t0}, body: big},
+		{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "usr/bin/tool-link", Linkname: "usr/bin/tool", ModTime: t0}},
+		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "usr/bin/sh", Linkname: "/bin/dash", ModTime: t0}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "home/app/data", Mode: 0o600, Uid: 1000, Gid: 1000, ModTime: t0,
+			PAXRecords: map[string]string{"SCHILY.xattr.user.lode": "yes"}}, body: bytes.Repeat([]byte("x"), 9000)},
+		{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "run/fifo", Mode: 0o644, ModTime: t0}},
+	}
+}
+
+func tarOf(t testing.TB, es []entry) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for _, e := range es {
+		h := e.hdr
+		h.Size = int64(len(e.body))
+		h.Format = tar.FormatPAX
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(e.body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func build(t testing.TB, tarball []byte) (string, []byte) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "img.ext4")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := ext4img.Build(context.Background(), bytes.NewReader(tarball), f, ext4img.DefaultOptions())
+	if err != nil {
+		t.Fatalf("Build: %v", err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(b)) != st.Size {
+		t.Fatalf("Stats.Size = %d, file has %d bytes", st.Size, len(b))
+	}
+	return path, b
+}
+
+func TestBuildDeterministic(t *testing.T) {
+	tb := tarOf(t, sampleTree())
+	_, a := build(t, tb)
+	t.Setenv("TZ", "Asia/Tokyo")
+	old := unix.Umask(0o077)
+	defer unix.Umask(old)
+	_, b := build(t, tb)
+	if sha256.Sum256(a) != sha256.Sum256(b) {
+		t.Fatalf("two builds of the same tree differ (%d vs %d bytes)", len(a), len(b))
+	}
+}
+
+func TestBuildPassesE2fsck(t *testing.T) {
+	lodetest.Require(t, lodetest.Tool("e2fsck"))
+	path, _ := build(t, tarOf(t, sampleTree()))
+	out, err := exec.Command("e2fsck", "-fn", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("e2fsck -fn: %v\n%s", err, out)
+	}
+}
+
+func TestBuildCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	f, err := os.Create(filepath.Join(t.TempDir(), "img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := ext4img.Build(ctx, bytes.NewReader(tarOf(t, sampleTree())), f, ext4img.DefaultOptions()); err == nil {
+		t.Fatal("Build with a cancelled context succeeded")
+	}
+}
+
+// TestBuildLoopMount mounts the image through a read-only loop device and
+// checks every entry's content, mode, owner, link and xattr.
+func TestBuildLoopMount(t *testing.T) {
+	lodetest.Require(t, lodetest.Root, lodetest.Loop)
+	tree := sampleTree()
+	path, _ := build(t, tarOf(t, tree))
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "ext4", "-o", "ro,loop,noload", path, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+
+	for _, e := range tree {
+		p := filepath.Join(mnt, e.hdr.Name)
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			t.Errorf("Lstat(%s): %v", e.hdr.Name, err)
+			continue
+		}
+		switch e.hdr.Typeflag {
+		case tar.TypeReg:
+			got, err := os.ReadFile(p)
+			if err != nil || !bytes.Equal(got, e.body) {
+				t.Errorf("%s: content differs (err %v, %d vs %d bytes)", e.hdr.Name, err, len(got), len(e.body))
+			}
+			if got, want := st.Mode&0o7777, uint32(e.hdr.Mode); got != want {
+				t.Errorf("%s: mode %o, want %o", e.hdr.Name, got, want)
+			}
+			if st.Uid != uint32(e.hdr.Uid) || st.Gid != uint32(e.hdr.Gid) {
+				t.Errorf("%s: owner %d:%d, want %d:%d", e.hdr.Name, st.Uid, st.Gid, e.hdr.Uid, e.hdr.Gid)
+			}
+			if st.Mtim.Sec != e.hdr.ModTime.Unix() {
+				t.Errorf("%s: mtime %d, want %d", e.hdr.Name, st.Mtim.Sec, e.hdr.ModTime.Unix())
+			}
+			for k, v := range e.hdr.PAXRecords {
+				name := strings.TrimPrefix(k, "SCHILY.xattr.")
+				buf := make([]byte, 256)
+				n, err := unix.Lgetxattr(p, name, buf)
+				if err != nil || string(buf[:n]) != v {
+					t.Errorf("%s: xattr %s = %q (%v), want %q", e.hdr.Name, name, buf[:n], err, v)
+				}
+			}
+		case tar.TypeSymlink:
+			got, err := os.Readlink(p)
+			if diff := cmp.Diff(e.hdr.Linkname, got); err != nil || diff != "" {
+				t.Errorf("%s: link target (-want +got): %s %v", e.hdr.Name, diff, err)
+			}
+		case tar.TypeLink:
+			var target unix.Stat_t
+			if err := unix.Lstat(filepath.Join(mnt, e.hdr.Linkname), &target); err != nil || target.Ino != st.Ino {
+				t.Errorf("%s: not a hard link of %s (inodes %d, %d)", e.hdr.Name, e.hdr.Linkname, st.Ino, target.Ino)
+			}
+		case tar.TypeFifo:
+			if st.Mode&unix.S_IFMT != unix.S_IFIFO {
+				t.Errorf("%s: type %o, want fifo", e.hdr.Name, st.Mode&unix.S_IFMT)
+			}
+		}
+	}
+}
+
+func BenchmarkBuild(b *testing.B) {
+	rnd := rand.New(rand.NewSource(2))
+	var es []entry
+	total := 0
+	for i := 0; total < 64<<20; i++ {
+		body := make([]byte, rnd.Intn(1<<20))
+		rnd.Read(body)
+		total += len(body)
+		es = append(es, entry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "d/f" + string(rune('a'+i%26)) + strings.Repeat("x", i/26), Mode: 0o644}, body: body})
+	}
+	tb := tarOf(b, es)
+	path := filepath.Join(b.TempDir(), "img")
+	b.SetBytes(int64(total))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := ext4img.Build(context.Background(), bytes.NewReader(tb), f, ext4img.DefaultOptions()); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+	}
+}
