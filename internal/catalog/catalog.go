@@ -1,0 +1,189 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/store"
+)
+
+// ErrNoImage means the tenant has no image of that name.
+var ErrNoImage = errors.New("no such image")
+
+// Entry is one image of a tenant.
+type Entry struct {
+	Tenant, Name string
+	Pointer      store.Pointer
+}
+
+// Lookup reads the pointer of tenant's image name.
+func Lookup(ctx context.Context, st store.Store, tenant, name string) (store.Pointer, error) {
+	if err := store.ValidName("tenant", tenant); err != nil {
+		return store.Pointer{}, err
+	}
+	if err := store.ValidName("image", name); err != nil {
+		return store.Pointer{}, err
+	}
+	key := store.ImageKey(tenant, name)
+	b, err := st.Get(ctx, key, nil)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Pointer{}, fmt.Errorf("image %s of tenant %s in %s: %w", name, tenant, st, ErrNoImage)
+	}
+	if err != nil {
+		return store.Pointer{}, fmt.Errorf("reading image %s of tenant %s: %w", name, tenant, err)
+	}
+	return store.UnmarshalPointer(key, b)
+}
+
+// Resolve returns the opened (decrypted, authenticated) manifest of tenant's
+// image name and its pointer. Deleted images are not resolved.
+func Resolve(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name string) (*manifest.Manifest, store.Pointer, error) {
+	p, err := Lookup(ctx, st, tenant, name)
+	if err != nil {
+		return nil, p, err
+	}
+	if p.Deleted {
+		return nil, p, fmt.Errorf("image %s of tenant %s was deleted: %w", name, tenant, ErrNoImage)
+	}
+	sealed, err := st.Get(ctx, store.ManifestKey(p.Root, p.Manifest), nil)
+	if err != nil {
+		return nil, p, fmt.Errorf("reading manifest %s of image %s/%s: %w", p.Manifest, tenant, name, err)
+	}
+	if got := manifest.ID(sealed); got != p.Manifest {
+		return nil, p, fmt.Errorf("manifest of image %s/%s: object %s hashes to %s: %w", tenant, name, p.Manifest, got, manifest.ErrCorrupt)
+	}
+	m, err := manifest.Open(ctx, sealed, tenant, kr)
+	if err != nil {
+		return nil, p, fmt.Errorf("opening manifest %s of image %s/%s: %w", p.Manifest, tenant, name, err)
+	}
+	if m.Root != string(p.Root) {
+		return nil, p, fmt.Errorf("manifest %s of image %s/%s names root %s but lives in %s: %w", p.Manifest, tenant, name, m.Root, p.Root, manifest.ErrCorrupt)
+	}
+	return m, p, nil
+}
+
+// List returns tenant's images, sorted by name, including deleted ones when
+// all is true.
+func List(ctx context.Context, st store.Store, tenant string, all bool) ([]Entry, error) {
+	if err := store.ValidName("tenant", tenant); err != nil {
+		return nil, err
+	}
+	prefix := store.ImagesPrefix(tenant)
+	var out []Entry
+	err := st.List(ctx, prefix, func(key string, _ int64) error {
+		name := strings.TrimPrefix(key, prefix)
+		if strings.Contains(name, "/") {
+			return nil
+		}
+		b, err := st.Get(ctx, key, nil)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil // deleted while listing
+		}
+		if err != nil {
+			return err
+		}
+		p, err := store.UnmarshalPointer(key, b)
+		if err != nil {
+			return err
+		}
+		if p.Deleted && !all {
+			return nil
+		}
+		out = append(out, Entry{Tenant: tenant, Name: name, Pointer: p})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing images of tenant %s in %s: %w", tenant, st, err)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// Tenants lists the tenants that have images in st.
+func Tenants(ctx context.Context, st store.Store) ([]string, error) {
+	var out []string
+	err := st.ListDirs(ctx, store.TenantsPrefix(), func(name string) error {
+		out = append(out, name)
+		return nil
+	})
+	return out, err
+}
+
+// Delete marks tenant's image name not live. Its manifest and chunks stay
+// until the garbage collector stops copying them forward.
+func Delete(ctx context.Context, st store.Store, tenant, name string) error {
+	p, err := Lookup(ctx, st, tenant, name)
+	if err != nil {
+		return err
+	}
+	p.Deleted = true
+	if err := st.Put(ctx, store.ImageKey(tenant, name), store.MarshalPointer(p)); err != nil {
+		return fmt.Errorf("deleting image %s of tenant %s: %w", name, tenant, err)
+	}
+	return nil
+}
+
+// Sharing describes how an image's chunks are shared with the other
+// manifests of its root.
+type Sharing struct {
+	Chunks, Holes int
+	Distinct      int // distinct non-hole chunks
+	Shared        int // distinct chunks that at least one other manifest in the root also names
+	Unique        int // Distinct - Shared
+	OtherImages   int // other manifests compared against
+}
+
+// Share compares m (whose manifest id is id) with every other manifest in
+// its root, using only their public parts.
+func Share(ctx context.Context, st store.Store, m *manifest.Manifest, id string) (Sharing, error) {
+	mine := make(map[chunk.Name]bool)
+	s := Sharing{Chunks: len(m.Names)}
+	for _, n := range m.Names {
+		if n.IsZero() {
+			s.Holes++
+			continue
+		}
+		mine[n] = false
+	}
+	s.Distinct = len(mine)
+	root := store.RootID(m.Root)
+	prefix := store.ManifestsPrefix(root)
+	err := st.List(ctx, prefix, func(key string, _ int64) error {
+		if strings.TrimPrefix(key, prefix) == id {
+			return nil
+		}
+		b, err := st.Get(ctx, key, nil)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		other, err := manifest.ReadPublic(b)
+		if err != nil {
+			return fmt.Errorf("reading manifest %s: %w", key, err)
+		}
+		s.OtherImages++
+		for _, n := range other.Names {
+			if _, ok := mine[n]; ok {
+				mine[n] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return s, fmt.Errorf("comparing with manifests of root %s: %w", root, err)
+	}
+	for _, shared := range mine {
+		if shared {
+			s.Shared++
+		}
+	}
+	s.Unique = s.Distinct - s.Shared
+	return s, nil
+}
