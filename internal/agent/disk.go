@@ -1,0 +1,289 @@
+package agent
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/store"
+)
+
+// DiskCache is the L1 disk tier: ciphertext of chunks in files under one
+// directory, shared by every image on the worker, bounded by a byte budget
+// with least-recently-used eviction.
+//
+// Layout: <dir>/<first two hex digits of the name>/<name>. Writes go to a
+// temporary file in <dir> and are renamed into place, so a reader never sees
+// a torn file. Recency is tracked in memory; on start the directory is
+// scanned and the index rebuilt in modification-time order (the write order),
+// so the cache survives restarts. Every file read is verified against its
+// name; a corrupt file is deleted and reported as a miss.
+type DiskCache struct {
+	dir string
+	max int64
+	log *slog.Logger
+
+	mu    sync.Mutex
+	bytes int64
+	lru   list.List // of *diskEntry, most recent at the front
+	idx   map[chunk.Name]*list.Element
+}
+
+type diskEntry struct {
+	name chunk.Name
+	size int64
+}
+
+var _ Tier = (*DiskCache)(nil)
+
+const tmpPrefix = ".tmp-"
+
+// NewDiskCache opens (creating if needed) the disk cache in dir, holding at
+// most maxBytes of ciphertext. log may be nil.
+func NewDiskCache(dir string, maxBytes int64, log *slog.Logger) (*DiskCache, error) {
+	if maxBytes <= 0 {
+		return nil, fmt.Errorf("opening disk cache %s: byte budget %d must be positive", dir, maxBytes)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("opening disk cache %s: %w", dir, err)
+	}
+	c := &DiskCache{dir: dir, max: maxBytes, log: log.With(slog.String("component", "diskcache")), idx: make(map[chunk.Name]*list.Element)}
+	if err := c.scan(); err != nil {
+		return nil, fmt.Errorf("opening disk cache %s: %w", dir, err)
+	}
+	return c, nil
+}
+
+// scan rebuilds the index from the files present, oldest first, removes
+// leftover temporary files and anything that is not a chunk file, and
+// evicts down to the budget.
+func (c *DiskCache) scan() error {
+	type found struct {
+		name  chunk.Name
+		size  int64
+		mtime time.Time
+	}
+	var files []found
+	top, err := os.ReadDir(c.dir)
+	if err != nil {
+		return err
+	}
+	for _, d := range top {
+		p := filepath.Join(c.dir, d.Name())
+		if strings.HasPrefix(d.Name(), tmpPrefix) {
+			os.Remove(p)
+			continue
+		}
+		if !d.IsDir() || len(d.Name()) != 2 {
+			continue
+		}
+		sub, err := os.ReadDir(p)
+		if err != nil {
+			return err
+		}
+		for _, f := range sub {
+			n, err := chunk.ParseName(f.Name())
+			if err != nil || !f.Type().IsRegular() || n.String()[:2] != d.Name() {
+				continue
+			}
+			info, err := f.Info()
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					continue
+				}
+				return err
+			}
+			files = append(files, found{name: n, size: info.Size(), mtime: info.ModTime()})
+		}
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].mtime.Before(files[j].mtime) })
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, f := range files {
+		c.idx[f.name] = c.lru.PushFront(&diskEntry{name: f.name, size: f.size})
+		c.bytes += f.size
+	}
+	c.evictLocked(0)
+	return nil
+}
+
+func (c *DiskCache) path(n chunk.Name) string {
+	s := n.String()
+	return filepath.Join(c.dir, s[:2], s)
+}
+
+// Name returns "disk".
+func (c *DiskCache) Name() string { return "disk" }
+
+// Fetch reads chunk n's ciphertext into dst[:0] and verifies it against n. A
+// chunk not in the cache wraps store.ErrNotFound. A corrupt file is deleted
+// and the error wraps both store.ErrNotFound and chunk.ErrCorrupt.
+func (c *DiskCache) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	e, ok := c.idx[n]
+	if ok {
+		c.lru.MoveToFront(e)
+	}
+	c.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("reading chunk %s from disk cache %s: %w", n, c.dir, store.ErrNotFound)
+	}
+	b, err := c.read(n, dst)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			c.forget(n)
+			return nil, fmt.Errorf("reading chunk %s from disk cache %s: %w", n, c.dir, store.ErrNotFound)
+		}
+		return nil, fmt.Errorf("reading chunk %s from disk cache %s: %w", n, c.dir, err)
+	}
+	if err := chunk.Verify(n, b); err != nil {
+		c.remove(n)
+		c.log.Warn("removed corrupt chunk file", slog.String("chunk", n.String()), slog.String("path", c.path(n)))
+		return nil, fmt.Errorf("reading chunk %s from disk cache %s: %w: %w", n, c.dir, store.ErrNotFound, err)
+	}
+	return b, nil
+}
+
+func (c *DiskCache) read(n chunk.Name, dst []byte) ([]byte, error) {
+	f, err := os.Open(c.path(n))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size := int(info.Size())
+	if cap(dst) < size {
+		dst = make([]byte, size)
+	}
+	dst = dst[:size]
+	if _, err := io.ReadFull(f, dst); err != nil {
+		return nil, err
+	}
+	return dst, nil
+}
+
+// Fill stores ciphertext as chunk n after verifying it, evicting least
+// recently used chunks to stay within the budget. A chunk already present is
+// only marked used.
+func (c *DiskCache) Fill(ctx context.Context, n chunk.Name, ciphertext []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	size := int64(len(ciphertext))
+	if size > c.max {
+		return nil
+	}
+	c.mu.Lock()
+	e, ok := c.idx[n]
+	if ok {
+		c.lru.MoveToFront(e)
+	}
+	c.mu.Unlock()
+	if ok {
+		return nil
+	}
+	if err := chunk.Verify(n, ciphertext); err != nil {
+		return fmt.Errorf("filling disk cache %s: %w", c.dir, err)
+	}
+	tmp, err := os.CreateTemp(c.dir, tmpPrefix+"*")
+	if err != nil {
+		return fmt.Errorf("filling chunk %s into disk cache %s: %w", n, c.dir, err)
+	}
+	_, werr := tmp.Write(ciphertext)
+	cerr := tmp.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("filling chunk %s into disk cache %s: %w", n, c.dir, err)
+	}
+	final := c.path(n)
+	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("filling chunk %s into disk cache %s: %w", n, c.dir, err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := os.Rename(tmp.Name(), final); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("filling chunk %s into disk cache %s: %w", n, c.dir, err)
+	}
+	if e, ok := c.idx[n]; ok { // a concurrent Fill of the same chunk won
+		c.lru.MoveToFront(e)
+		return nil
+	}
+	c.evictLocked(size)
+	c.idx[n] = c.lru.PushFront(&diskEntry{name: n, size: size})
+	c.bytes += size
+	return nil
+}
+
+// evictLocked removes least recently used files until room more bytes fit.
+func (c *DiskCache) evictLocked(room int64) {
+	for c.bytes+room > c.max && c.lru.Len() > 0 {
+		back := c.lru.Back()
+		e := back.Value.(*diskEntry)
+		c.lru.Remove(back)
+		delete(c.idx, e.name)
+		c.bytes -= e.size
+		if err := os.Remove(c.path(e.name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			c.log.Warn("evicting chunk file", slog.String("chunk", e.name.String()), slog.Any("err", err))
+		}
+	}
+}
+
+// remove deletes chunk n's file and index entry.
+func (c *DiskCache) remove(n chunk.Name) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.forgetLocked(n)
+	if err := os.Remove(c.path(n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		c.log.Warn("removing chunk file", slog.String("chunk", n.String()), slog.Any("err", err))
+	}
+}
+
+func (c *DiskCache) forget(n chunk.Name) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.forgetLocked(n)
+}
+
+func (c *DiskCache) forgetLocked(n chunk.Name) {
+	if e, ok := c.idx[n]; ok {
+		c.lru.Remove(e)
+		delete(c.idx, n)
+		c.bytes -= e.Value.(*diskEntry).size
+	}
+}
+
+// Bytes returns the ciphertext bytes held.
+func (c *DiskCache) Bytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
+}
+
+// Len returns the number of chunks held.
+func (c *DiskCache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.idx)
+}

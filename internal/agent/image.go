@@ -1,0 +1,428 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/manifest"
+)
+
+// Image is a read-only view of one image's filesystem bytes, assembled from
+// its chunks on demand. It satisfies blockdev.Device. It is safe for
+// concurrent use.
+type Image struct {
+	name      string
+	m         *manifest.Manifest
+	a         *Agent
+	ownsAgent bool
+	size      int64
+	cs        int64 // chunk size
+
+	// Read-ahead state. raMu also orders wg.Add against Close.
+	raMu   sync.Mutex
+	closed bool
+	raNext int          // first chunk read-ahead has not yet considered
+	last   atomic.Int64 // last chunk a reader touched; -2 before any
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // read-ahead goroutines
+	isShut atomic.Bool
+
+	st imageStats
+}
+
+type imageStats struct {
+	bytesRead, memHits, holes, fetchErrors, verifyFails, readAheads atomic.Int64
+	distinctChunks, distinctBytes                                   atomic.Int64
+	read                                                            bitmap
+	tiers                                                           []tierCounts
+}
+
+type tierCounts struct {
+	hits, bytes, chunks atomic.Int64
+	seen                bitmap
+}
+
+// bitmap is a set of chunk indexes safe for concurrent use.
+type bitmap []atomic.Uint64
+
+func newBitmap(n int) bitmap { return make(bitmap, (n+63)/64) }
+
+// set adds i and reports whether it was new.
+func (b bitmap) set(i int) bool {
+	bit := uint64(1) << (i % 64)
+	return b[i/64].Or(bit)&bit == 0
+}
+
+func newImage(a *Agent, owns bool, name string, m *manifest.Manifest) (*Image, error) {
+	if err := validManifest(m); err != nil {
+		return nil, fmt.Errorf("opening image %s: %w", name, err)
+	}
+	im := &Image{name: name, m: m, a: a, ownsAgent: owns, size: m.ImageSize, cs: int64(m.ChunkSize)}
+	im.last.Store(-2)
+	im.ctx, im.cancel = context.WithCancel(context.Background())
+	n := len(m.Names)
+	im.st.read = newBitmap(n)
+	im.st.tiers = make([]tierCounts, len(a.tiers))
+	for i := range im.st.tiers {
+		im.st.tiers[i].seen = newBitmap(n)
+	}
+	return im, nil
+}
+
+func validManifest(m *manifest.Manifest) error {
+	if m == nil {
+		return errors.New("nil manifest")
+	}
+	if err := chunk.ValidSize(m.ChunkSize); err != nil {
+		return err
+	}
+	if m.ImageSize < 0 {
+		return fmt.Errorf("image size %d is negative", m.ImageSize)
+	}
+	if want := chunk.Count(m.ImageSize, m.ChunkSize); len(m.Names) != want {
+		return fmt.Errorf("manifest has %d chunk names, image of %d bytes needs %d", len(m.Names), m.ImageSize, want)
+	}
+	if len(m.Keys) != len(m.Names) {
+		return fmt.Errorf("manifest has %d chunk keys for %d names", len(m.Keys), len(m.Names))
+	}
+	if m.Compression != 0 {
+		return fmt.Errorf("chunk compression %d is not supported", m.Compression)
+	}
+	return nil
+}
+
+// Name returns the image's name as given to Open.
+func (im *Image) Name() string { return im.name }
+
+// Size returns the image's size in bytes.
+func (im *Image) Size() int64 { return im.size }
+
+// chunkLen returns the plaintext length of chunk i.
+func (im *Image) chunkLen(i int) int {
+	return int(min(im.cs, im.size-int64(i)*im.cs))
+}
+
+// ReadAt fills p with the image's bytes from off. It returns len(p), or fewer
+// only when the image ends first (then with io.EOF). On error it returns 0
+// and an error wrapping ErrIO and the cause, naming the image and chunk; no
+// byte of p is meaningful then. Chunks spanned by p are fetched in parallel.
+func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if im.isShut.Load() {
+		return 0, fmt.Errorf("reading image %s: %w: %w", im.name, ErrIO, ErrClosed)
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("reading image %s at offset %d: negative offset: %w", im.name, off, ErrIO)
+	}
+	if off >= im.size {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	end := off + int64(len(p))
+	eof := false
+	if end > im.size {
+		end, eof = im.size, true
+	}
+	if end == off {
+		return 0, nil
+	}
+	n := int(end - off)
+	first, last := int(off/im.cs), int((end-1)/im.cs)
+	var err error
+	if first == last {
+		err = im.readChunk(ctx, first, p[:n], int(off-int64(first)*im.cs))
+	} else {
+		err = im.readSpan(ctx, p[:n], off, first, last)
+	}
+	if err != nil {
+		return 0, err
+	}
+	im.st.bytesRead.Add(int64(n))
+	add(im.a.am.readBytes, n)
+	im.readAhead(first, last)
+	if eof {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// readChunk fills dst from chunk i starting at within.
+func (im *Image) readChunk(ctx context.Context, i int, dst []byte, within int) error {
+	plain, c, err := im.start(i)
+	if err != nil || plain != nil || c == nil {
+		if err == nil {
+			copyChunk(dst, plain, within)
+		}
+		return err
+	}
+	if err := im.finish(ctx, i, c); err != nil {
+		return err
+	}
+	copyChunk(dst, c.plain, within)
+	return nil
+}
+
+// copyChunk copies plain[within:] into dst, or zeros for a hole (nil plain).
+func copyChunk(dst, plain []byte, within int) {
+	if plain == nil {
+		clear(dst)
+		return
+	}
+	copy(dst, plain[within:])
+}
+
+// readSpan fills p (which starts at off) from chunks first..last: cached
+// chunks and holes at once, then it starts every missing chunk's fetch
+// before waiting for any, so they run in parallel.
+func (im *Image) readSpan(ctx context.Context, p []byte, off int64, first, last int) error {
+	var buf [8]pending
+	waits := buf[:0]
+	for i := first; i <= last; i++ {
+		cStart := int64(i) * im.cs
+		lo, hi := max(cStart, off), min(cStart+int64(im.chunkLen(i)), off+int64(len(p)))
+		dst, within := p[lo-off:hi-off], int(lo-cStart)
+		plain, c, err := im.start(i)
+		if err != nil {
+			for _, w := range waits {
+				im.a.leave(w.c)
+			}
+			return err
+		}
+		if c == nil {
+			copyChunk(dst, plain, within)
+			continue
+		}
+		waits = append(waits, pending{i, c, dst, within})
+	}
+	for k, w := range waits {
+		if err := im.finish(ctx, w.i, w.c); err != nil {
+			for _, r := range waits[k+1:] {
+				im.a.leave(r.c)
+			}
+			return err
+		}
+		copyChunk(w.dst, w.c.plain, w.within)
+	}
+	return nil
+}
+
+// pending is a chunk of a span read whose fetch is in flight.
+type pending struct {
+	i      int
+	c      *call
+	dst    []byte
+	within int
+}
+
+// start begins reading chunk i: a hole returns (nil, nil, nil), a memory
+// hit its plaintext, a miss the fetch to wait for.
+func (im *Image) start(i int) ([]byte, *call, error) {
+	if im.st.read.set(i) {
+		im.st.distinctChunks.Add(1)
+		if !im.m.Names[i].IsZero() {
+			im.st.distinctBytes.Add(int64(im.chunkLen(i)))
+		}
+	}
+	ref := im.m.Ref(i)
+	if ref.IsHole() {
+		im.st.holes.Add(1)
+		inc(im.a.am.holeReads)
+		return nil, nil, nil
+	}
+	a := im.a
+	if a.cfg.Mem != nil {
+		t0 := a.cfg.Now()
+		plain, ok := a.cfg.Mem.Get(ref)
+		observe(a.memM.seconds, a.cfg.Now().Sub(t0).Seconds())
+		if ok {
+			im.memHit(plain)
+			return plain, nil, nil
+		}
+		inc(a.memM.miss)
+	}
+	c, plain, _ := a.join(ref, im.chunkLen(i), im, false)
+	if plain != nil {
+		im.memHit(plain)
+		return plain, nil, nil
+	}
+	if c == nil {
+		return nil, nil, im.fail(i, fmt.Errorf("%w: %w", ErrIO, ErrClosed))
+	}
+	return nil, c, nil
+}
+
+func (im *Image) memHit(plain []byte) {
+	im.st.memHits.Add(1)
+	inc(im.a.memM.hit)
+	add(im.a.memM.bytes, len(plain))
+}
+
+// finish waits for c, the fetch of chunk i, and checks its result.
+func (im *Image) finish(ctx context.Context, i int, c *call) error {
+	if err := im.a.wait(ctx, c); err != nil {
+		return im.fail(i, fmt.Errorf("%w: %w", ErrIO, err))
+	}
+	im.credit(c, i)
+	if c.err != nil {
+		return im.fail(i, c.err)
+	}
+	if len(c.plain) != im.chunkLen(i) {
+		return im.fail(i, fmt.Errorf("%w: %w", ErrIO, &chunk.CorruptError{Name: c.ref.Name,
+			Reason: fmt.Sprintf("plaintext is %d bytes, the manifest says %d", len(c.plain), im.chunkLen(i))}))
+	}
+	return nil
+}
+
+// fail counts and logs a failed read of chunk i and names it in err.
+func (im *Image) fail(i int, err error) error {
+	im.st.fetchErrors.Add(1)
+	inc(im.a.am.readErrors)
+	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrClosed) {
+		im.a.log.Error("reading chunk", slog.String("image", im.name), slog.Int("index", i),
+			slog.String("chunk", im.m.Names[i].String()), slog.Any("err", err))
+	}
+	return fmt.Errorf("reading chunk %d (%s) of image %s: %w", i, im.m.Names[i], im.name, err)
+}
+
+// credit adds c's outcome to the image's statistics, once per fetch however
+// many of the image's readers waited for it.
+func (im *Image) credit(c *call, i int) {
+	a := im.a
+	a.mu.Lock()
+	for _, x := range c.credited {
+		if x == im {
+			a.mu.Unlock()
+			return
+		}
+	}
+	c.credited = append(c.credited, im)
+	a.mu.Unlock()
+	im.st.verifyFails.Add(int64(c.verifyFails))
+	if c.tier >= 0 {
+		t := &im.st.tiers[c.tier]
+		t.hits.Add(1)
+		t.bytes.Add(int64(c.ctLen))
+		if t.seen.set(i) {
+			t.chunks.Add(1)
+		}
+	}
+}
+
+// readAhead notes a read of chunks first..last and, when it continues the
+// previous read, starts fetching the next ReadAhead chunks that are neither
+// holes, cached, nor in flight. It never waits for a fetch slot: when none is
+// free it stops and tries again on the next sequential read.
+func (im *Image) readAhead(first, last int) {
+	ra := im.a.cfg.ReadAhead
+	prev := im.last.Swap(int64(last))
+	if ra <= 0 || (int64(first) != prev && int64(first) != prev+1) {
+		return
+	}
+	im.raMu.Lock()
+	defer im.raMu.Unlock()
+	if im.closed {
+		return
+	}
+	stop := min(last+ra, len(im.m.Names)-1)
+	for j := max(last+1, im.raNext); j <= stop; j++ {
+		ref := im.m.Ref(j)
+		if !ref.IsHole() && (im.a.cfg.Mem == nil || !im.a.cfg.Mem.Contains(ref)) {
+			c, _, full := im.a.join(ref, im.chunkLen(j), im, true)
+			if full {
+				return
+			}
+			if c != nil {
+				im.st.readAheads.Add(1)
+				inc(im.a.am.readAhead)
+				im.wg.Add(1)
+				go im.prefetch(c, j)
+			}
+		}
+		im.raNext = j + 1
+	}
+}
+
+// prefetch waits for read-ahead fetch c of chunk j; Close cancels it.
+func (im *Image) prefetch(c *call, j int) {
+	defer im.wg.Done()
+	if err := im.a.wait(im.ctx, c); err == nil {
+		im.credit(c, j)
+	}
+}
+
+// Close cancels read-ahead and waits for it; reads fail afterwards. An
+// image from NewImage closes its agent too.
+func (im *Image) Close() error {
+	im.isShut.Store(true)
+	im.raMu.Lock()
+	im.closed = true
+	im.raMu.Unlock()
+	im.cancel()
+	im.wg.Wait()
+	if im.ownsAgent {
+		return im.a.Close()
+	}
+	return nil
+}
+
+// TierStats is what one tier served one image.
+type TierStats struct {
+	Tier   string // the Tier's Name
+	Hits   int64  // chunk fetches it served (read-ahead included)
+	Chunks int64  // distinct chunks (by index) it served
+	Bytes  int64  // ciphertext bytes it served
+}
+
+// Stats is a snapshot of one image's reads.
+type Stats struct {
+	ImageSize          int64
+	ChunkCount         int         // chunks in the image, holes included
+	Tiers              []TierStats // in the agent's tier order
+	MemHits            int64       // chunk reads served by the memory cache
+	Holes              int64       // chunk reads served as zeros from a hole
+	DistinctChunksRead int64       // distinct chunks (holes included) readers touched
+	DistinctBytesRead  int64       // plaintext bytes of the distinct non-hole chunks readers touched
+	BytesRead          int64       // bytes returned to readers
+	ReadAheads         int64       // fetches started by read-ahead
+	FetchErrors        int64       // chunk reads that failed
+	VerifyFailures     int64       // chunks a tier served that failed verification
+}
+
+// ShareRead is the fraction of the image's bytes held in the non-hole chunks
+// that readers touched: DistinctBytesRead / ImageSize (the paper's
+// "sparsity" measure; about 6.4% for a typical container start).
+func (s Stats) ShareRead() float64 {
+	if s.ImageSize == 0 {
+		return 0
+	}
+	return float64(s.DistinctBytesRead) / float64(s.ImageSize)
+}
+
+// Stats returns a snapshot of the image's statistics.
+func (im *Image) Stats() Stats {
+	s := Stats{
+		ImageSize:          im.size,
+		ChunkCount:         len(im.m.Names),
+		MemHits:            im.st.memHits.Load(),
+		Holes:              im.st.holes.Load(),
+		DistinctChunksRead: im.st.distinctChunks.Load(),
+		DistinctBytesRead:  im.st.distinctBytes.Load(),
+		BytesRead:          im.st.bytesRead.Load(),
+		ReadAheads:         im.st.readAheads.Load(),
+		FetchErrors:        im.st.fetchErrors.Load(),
+		VerifyFailures:     im.st.verifyFails.Load(),
+	}
+	for i := range im.st.tiers {
+		t := &im.st.tiers[i]
+		s.Tiers = append(s.Tiers, TierStats{Tier: im.a.tiers[i].t.Name(), Hits: t.hits.Load(), Chunks: t.chunks.Load(), Bytes: t.bytes.Load()})
+	}
+	return s
+}

@@ -1,0 +1,66 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/store"
+)
+
+// Sentinel errors.
+var (
+	// ErrIO marks every failed read. Errors from ReadAt wrap it and the cause
+	// (store.ErrNotFound, chunk.ErrCorrupt, context.DeadlineExceeded, ...).
+	// Frontends map any error to EIO.
+	ErrIO = errors.New("chunk unavailable")
+	// ErrClosed: the image or agent was closed.
+	ErrClosed = errors.New("agent closed")
+)
+
+// Tier is a source of chunk ciphertext: the disk cache, the cache fleet, the
+// origin.
+//
+// Contract:
+//   - Every method is safe for concurrent use and honours ctx.
+//   - Fetch returns the ciphertext of chunk n, appended into dst[:0] when it
+//     has room (else newly allocated); the returned slice is the caller's. A
+//     tier that does not hold n returns an error wrapping store.ErrNotFound.
+//     A tier may verify what it returns (the disk cache does; an error that
+//     wraps chunk.ErrCorrupt reports it), but the caller verifies again with
+//     chunk.Open: Fetch's bytes are never trusted.
+//   - Fill offers verified ciphertext of n for the tier to keep. It is
+//     best-effort: errors are only logged by the agent. Fill must not retain
+//     ciphertext after it returns (the agent reuses the buffer).
+//   - Name is a short constant label ("disk", "fleet", "origin") used in
+//     metrics, logs and Stats.
+type Tier interface {
+	Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error)
+	Fill(ctx context.Context, n chunk.Name, ciphertext []byte) error
+	Name() string
+}
+
+// origin is the object store as the last tier.
+type origin struct {
+	st   store.Store
+	root store.RootID
+}
+
+var _ Tier = (*origin)(nil)
+
+// NewOrigin returns the Tier that reads chunks of root from st. Its Fill is a
+// no-op: chunks reach the origin only through a build.
+func NewOrigin(st store.Store, root store.RootID) Tier { return &origin{st: st, root: root} }
+
+func (o *origin) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
+	b, err := o.st.Get(ctx, store.ChunkKey(o.root, n), dst)
+	if err != nil {
+		return nil, fmt.Errorf("getting chunk %s from %s: %w", n, o.st, err)
+	}
+	return b, nil
+}
+
+func (o *origin) Fill(context.Context, chunk.Name, []byte) error { return nil }
+
+func (o *origin) Name() string { return "origin" }
