@@ -1,0 +1,632 @@
+package cachefleet
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/store"
+)
+
+// DefaultPort is the node port assumed when a node entry names none.
+const DefaultPort = 7431
+
+// Resolver resolves a host name to all its addresses; *net.Resolver is one.
+type Resolver interface {
+	LookupHost(ctx context.Context, host string) ([]string, error)
+}
+
+// ClientConfig configures a fleet client. Zero fields take the defaults
+// documented on each.
+type ClientConfig struct {
+	// Nodes lists the fleet: "host:port", "http://host:port", or a DNS name
+	// (with or without port) that resolves to several addresses, as a
+	// Kubernetes headless service does; every address is one node. Names
+	// are re-resolved every ResolveInterval.
+	Nodes []string
+	// M data shards and K total shards per chunk (default 4 of 5). Fewer
+	// than K nodes is allowed: shards then wrap around the nodes placed
+	// (node j holds shards j, j+N, …), so reads still work but losing one
+	// node costs more than one shard.
+	M, K int
+	// Timeout bounds one Fetch (default 500 ms: ~100× the paper's fleet
+	// p99.9, and a fleet that slow is worse than the origin).
+	Timeout time.Duration
+	// FillTimeout bounds one Fill (default 10 s).
+	FillTimeout time.Duration
+	// FillConcurrency bounds shard PUTs in flight across all Fills (default
+	// 16), so a burst of origin misses cannot flood the fleet.
+	FillConcurrency int
+	// ResolveInterval is how often DNS names are re-resolved (default 30 s).
+	ResolveInterval time.Duration
+	// Resolver defaults to net.DefaultResolver.
+	Resolver Resolver
+	// Transport defaults to a transport tuned for many small parallel
+	// requests to few hosts (see newTransport).
+	Transport http.RoundTripper
+	// Log defaults to discarding.
+	Log *slog.Logger
+	// Metrics defaults to unregistered collectors.
+	Metrics *ClientMetrics
+}
+
+// Validate reports every problem with c at once (after defaults).
+func (c ClientConfig) Validate() error {
+	var errs []error
+	if len(c.Nodes) == 0 {
+		errs = append(errs, errors.New("no fleet nodes configured"))
+	}
+	if c.M < 1 || c.K < c.M || c.K > MaxShards {
+		errs = append(errs, fmt.Errorf("erasure code %d-of-%d: need 1 ≤ M ≤ K ≤ %d", c.M, c.K, MaxShards))
+	}
+	for _, n := range c.Nodes {
+		if _, err := parseNode(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Timeout < 0 || c.FillTimeout < 0 || c.FillConcurrency < 0 || c.ResolveInterval < 0 {
+		errs = append(errs, errors.New("timeouts, intervals and concurrency must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *ClientConfig) applyDefaults() {
+	if c.M == 0 && c.K == 0 {
+		c.M, c.K = 4, 5
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 500 * time.Millisecond
+	}
+	if c.FillTimeout == 0 {
+		c.FillTimeout = 10 * time.Second
+	}
+	if c.FillConcurrency == 0 {
+		c.FillConcurrency = 16
+	}
+	if c.ResolveInterval == 0 {
+		c.ResolveInterval = 30 * time.Second
+	}
+	if c.Resolver == nil {
+		c.Resolver = net.DefaultResolver
+	}
+	if c.Transport == nil {
+		c.Transport = newTransport()
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Metrics == nil {
+		c.Metrics = NewClientMetrics(nil)
+	}
+}
+
+// newTransport keeps connections alive to every node: a read opens K
+// requests at once, so MaxIdleConnsPerHost must exceed the client's
+// concurrency per node or connections churn.
+func newTransport() *http.Transport {
+	return &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   128,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: 10 * time.Second, // Fetch and Fill contexts bound calls tighter
+		DisableCompression:    true,             // ciphertext does not compress
+		ReadBufferSize:        64 << 10,
+		WriteBufferSize:       64 << 10,
+	}
+}
+
+// nodeEntry is one configured node: an address or a name to resolve.
+type nodeEntry struct {
+	scheme, host, port string
+	literal            bool // host is an IP address: no resolution
+}
+
+func parseNode(s string) (nodeEntry, error) {
+	raw := s
+	e := nodeEntry{scheme: "http"}
+	if u, err := url.Parse(s); err == nil && (u.Scheme == "http" || u.Scheme == "https") {
+		if u.Path != "" && u.Path != "/" {
+			return e, fmt.Errorf("fleet node %q: must not have a path", raw)
+		}
+		e.scheme, s = u.Scheme, u.Host
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		host, port = s, strconv.Itoa(DefaultPort)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return e, fmt.Errorf("fleet node %q: bad port %q", raw, port)
+	}
+	if host == "" {
+		return e, fmt.Errorf("fleet node %q: no host", raw)
+	}
+	e.host, e.port = host, port
+	e.literal = net.ParseIP(host) != nil
+	return e, nil
+}
+
+func (e nodeEntry) url(addr string) string { return e.scheme + "://" + net.JoinHostPort(addr, e.port) }
+
+// Client reads and writes chunks in the fleet. It satisfies the agent's Tier
+// interface. Methods are safe for concurrent use.
+type Client struct {
+	cfg     ClientConfig
+	log     *slog.Logger
+	m       *ClientMetrics
+	codec   *codec
+	http    *http.Client
+	entries []nodeEntry
+	fillSem chan struct{}
+
+	mu       sync.Mutex // serialises resolution
+	nodes    atomic.Pointer[[]string]
+	resolved map[int][]string // last good addresses per entry, under mu
+	lastRes  atomic.Int64     // unix nanos of the last resolution
+	bgBusy   atomic.Bool      // a background re-resolution is running
+	bg       sync.WaitGroup
+	closed   atomic.Bool
+}
+
+// NewClient validates c and returns a client. Node entries that are IP
+// addresses are usable at once; DNS names are resolved on first use (with
+// that call's context) and then every ResolveInterval in the background.
+func NewClient(c ClientConfig) (*Client, error) {
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("configuring fleet client: %w", err)
+	}
+	cd, err := newCodec(c.M, c.K)
+	if err != nil {
+		return nil, err
+	}
+	cl := &Client{
+		cfg:      c,
+		log:      c.Log.With(slog.String("component", "fleet")),
+		m:        c.Metrics,
+		codec:    cd,
+		http:     &http.Client{Transport: c.Transport},
+		fillSem:  make(chan struct{}, c.FillConcurrency),
+		resolved: make(map[int][]string),
+	}
+	names := false
+	for _, s := range c.Nodes {
+		e, _ := parseNode(s)
+		cl.entries = append(cl.entries, e)
+		names = names || !e.literal
+	}
+	if !names {
+		cl.resolve(context.Background()) // no I/O: literals only
+	}
+	return cl, nil
+}
+
+// Name identifies the tier in logs and metrics.
+func (c *Client) Name() string { return "fleet" }
+
+// Nodes returns the current membership (node URLs, sorted).
+func (c *Client) Nodes() []string {
+	if p := c.nodes.Load(); p != nil {
+		return slices.Clone(*p)
+	}
+	return nil
+}
+
+// Refresh re-resolves the node list now. A name that fails to resolve keeps
+// its previous addresses (a DNS hiccup must not empty the fleet); the error
+// names every entry that failed.
+func (c *Client) Refresh(ctx context.Context) error { return c.resolve(ctx) }
+
+func (c *Client) resolve(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	var all []string
+	for i, e := range c.entries {
+		if e.literal {
+			all = append(all, e.url(e.host))
+			continue
+		}
+		addrs, err := c.cfg.Resolver.LookupHost(ctx, e.host)
+		if err != nil || len(addrs) == 0 {
+			if err == nil {
+				err = errors.New("no addresses")
+			}
+			errs = append(errs, fmt.Errorf("resolving fleet node %s: %w", e.host, err))
+		} else {
+			urls := make([]string, len(addrs))
+			for j, a := range addrs {
+				urls[j] = e.url(a)
+			}
+			c.resolved[i] = urls
+		}
+		all = append(all, c.resolved[i]...)
+	}
+	slices.Sort(all)
+	all = slices.Compact(all)
+	if old := c.nodes.Load(); old == nil || !slices.Equal(*old, all) {
+		c.log.Info("fleet membership", slog.Int("nodes", len(all)), slog.Any("node", all))
+	}
+	c.nodes.Store(&all)
+	c.lastRes.Store(time.Now().UnixNano())
+	return errors.Join(errs...)
+}
+
+// members returns the membership, resolving synchronously the first time
+// and in the background when stale.
+func (c *Client) members(ctx context.Context) []string {
+	if p := c.nodes.Load(); p != nil {
+		if time.Since(time.Unix(0, c.lastRes.Load())) > c.cfg.ResolveInterval && !c.closed.Load() && c.bgBusy.CompareAndSwap(false, true) {
+			c.bg.Add(1)
+			go func() {
+				defer c.bg.Done()
+				defer c.bgBusy.Store(false)
+				rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if err := c.resolve(rctx); err != nil {
+					c.log.Warn("re-resolving fleet nodes", slog.Any("err", err))
+				}
+			}()
+		}
+		return *p
+	}
+	if err := c.resolve(ctx); err != nil {
+		c.log.Warn("resolving fleet nodes", slog.Any("err", err))
+	}
+	if p := c.nodes.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Close waits for background resolution and closes idle connections.
+func (c *Client) Close() error {
+	c.closed.Store(true)
+	c.bg.Wait()
+	c.http.CloseIdleConnections()
+	return nil
+}
+
+// placement returns the node of each of the K shards of n.
+func (c *Client) placement(nodes []string, n chunk.Name) []string {
+	placed := Place(n, nodes, c.cfg.K)
+	out := make([]string, c.cfg.K)
+	for i := range out {
+		out[i] = placed[i%len(placed)]
+	}
+	return out
+}
+
+type reply struct {
+	idx  int
+	node string
+	data []byte
+	err  error // nil with data == nil: a miss
+}
+
+// MissError reports a chunk the fleet could not serve. It wraps
+// store.ErrNotFound, so the agent falls through to the origin (and its
+// write-back then repairs the fleet), and ErrTooFewShards or, when enough
+// shards came back but no M of them rebuild the chunk, chunk.ErrCorrupt.
+type MissError struct {
+	Name                   chunk.Name
+	Hits, Misses, Failures int
+	Corrupt                bool
+	Err                    error // first node error, for the log
+}
+
+func (e *MissError) Error() string {
+	what := "too few shards"
+	if e.Corrupt {
+		what = "no subset of shards rebuilds a chunk matching its name"
+	}
+	s := fmt.Sprintf("fetching chunk %s from fleet: %s (%d valid, %d missing, %d failed)", e.Name, what, e.Hits, e.Misses, e.Failures)
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+func (e *MissError) Unwrap() []error {
+	errs := []error{store.ErrNotFound, ErrTooFewShards}
+	if e.Corrupt {
+		errs[1] = chunk.ErrCorrupt
+	}
+	if e.Err != nil {
+		errs = append(errs, e.Err)
+	}
+	return errs
+}
+
+// maxRebuilds bounds the subsets tried per fetch: C(K, M) is small for the
+// codes we use (5 for 4-of-5), but not for wide ones with much parity.
+const maxRebuilds = 64
+
+// Fetch reads chunk n: it asks all K nodes at once and rebuilds from the
+// first M shards that parse and, together, rebuild a chunk whose SHA-256 is
+// n; the remaining requests are cancelled. A corrupt shard is dropped (and
+// counted), never served. The result is written into dst when it has the
+// capacity, else a new slice. Misses, including too many dead nodes, wrap
+// store.ErrNotFound (see MissError); a cancelled ctx returns its error.
+func (c *Client) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
+	nodes := c.members(ctx)
+	if len(nodes) == 0 {
+		c.m.fetches.WithLabelValues("miss").Inc()
+		return nil, fmt.Errorf("fetching chunk %s from fleet: %w (%w)", n, ErrNoNodes, store.ErrNotFound)
+	}
+	placed := c.placement(nodes, n)
+	fctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	replies := make(chan reply, c.cfg.K) // each request sends once: no leak
+	for i, node := range placed {
+		go c.getShard(fctx, node, n, i, replies)
+	}
+
+	k, m := c.cfg.K, c.cfg.M
+	hdrs := make([]ShardHeader, k)
+	payloads := make([][]byte, k)
+	suspect := make([]bool, k) // in a subset that failed to verify
+	var valid []int            // indices of parsed shards, arrival order
+	miss := &MissError{Name: n}
+	attempts := 0
+	for got := 0; got < k; got++ {
+		r := <-replies
+		switch {
+		case r.err != nil:
+			miss.Failures++
+			if miss.Err == nil && ctx.Err() == nil {
+				miss.Err = r.err
+			}
+			continue
+		case r.data == nil:
+			miss.Misses++
+			continue
+		}
+		h, p, err := ParseShard(r.data)
+		if err == nil && (h.Name != n || h.Index != r.idx || h.M != m || h.K != k) {
+			err = fmt.Errorf("shard header says chunk %s shard %d (%d-of-%d), want %s shard %d (%d-of-%d): %w",
+				h.Name, h.Index, h.M, h.K, n, r.idx, m, k, ErrBadShard)
+		}
+		if err != nil {
+			miss.Failures++
+			c.m.corrupt.Inc()
+			c.log.Warn("dropping bad shard", slog.String("chunk", n.String()), slog.Int("shard", r.idx), slog.String("node", r.node), slog.Any("err", err))
+			continue
+		}
+		miss.Hits++
+		hdrs[r.idx], payloads[r.idx] = h, p
+		valid = append(valid, r.idx)
+		out, used, tried, ok := c.tryRebuild(hdrs, payloads, valid, r.idx, suspect, dst, maxRebuilds-attempts)
+		attempts += tried
+		if !ok {
+			continue
+		}
+		c.m.fetches.WithLabelValues("hit").Inc()
+		for i := 0; i < m; i++ {
+			if !used[i] {
+				c.m.reconstructions.Inc()
+				break
+			}
+		}
+		for _, i := range valid {
+			if suspect[i] && !used[i] {
+				c.m.corrupt.Inc()
+				c.log.Warn("dropping corrupt shard", slog.String("chunk", n.String()), slog.Int("shard", i), slog.String("node", placed[i]))
+			}
+		}
+		return out, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("fetching chunk %s from fleet: %w", n, err)
+	}
+	miss.Corrupt = attempts > 0
+	if miss.Corrupt {
+		c.m.fetches.WithLabelValues("corrupt").Inc()
+	} else {
+		c.m.fetches.WithLabelValues("miss").Inc()
+	}
+	return nil, miss
+}
+
+// tryRebuild tries the M-subsets of valid shards (same chunk length) that
+// contain newest, at most budget of them. On success it returns the chunk
+// and which indices were used; subsets that fail mark their members suspect.
+func (c *Client) tryRebuild(hdrs []ShardHeader, payloads [][]byte, valid []int, newest int, suspect []bool, dst []byte, budget int) (out []byte, used []bool, tried int, ok bool) {
+	m := c.cfg.M
+	var peers []int
+	for _, i := range valid {
+		if i != newest && hdrs[i].Length == hdrs[newest].Length {
+			peers = append(peers, i)
+		}
+	}
+	if len(peers) < m-1 {
+		return nil, nil, 0, false
+	}
+	set := make([][]byte, c.cfg.K)
+	pick := make([]int, m-1) // indices into peers, increasing
+	for i := range pick {
+		pick[i] = i
+	}
+	for tried < budget {
+		clear(set)
+		set[newest] = payloads[newest]
+		for _, p := range pick {
+			set[peers[p]] = payloads[peers[p]]
+		}
+		tried++
+		if data, err := c.codec.rebuild(hdrs[newest], set, dst); err == nil {
+			used = make([]bool, c.cfg.K)
+			for i, s := range set {
+				used[i] = s != nil
+			}
+			return data, used, tried, true
+		}
+		for i, s := range set {
+			if s != nil {
+				suspect[i] = true
+			}
+		}
+		if !nextCombination(pick, len(peers)) {
+			break
+		}
+	}
+	return nil, nil, tried, false
+}
+
+// nextCombination advances pick (increasing indices < n) to the next
+// combination in lexicographic order; false when exhausted.
+func nextCombination(pick []int, n int) bool {
+	r := len(pick)
+	for i := r - 1; i >= 0; i-- {
+		if pick[i] < n-r+i {
+			pick[i]++
+			for j := i + 1; j < r; j++ {
+				pick[j] = pick[j-1] + 1
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// getShard fetches one shard and always sends exactly one reply.
+func (c *Client) getShard(ctx context.Context, node string, n chunk.Name, i int, out chan<- reply) {
+	start := time.Now()
+	data, err := c.doGet(ctx, node, n, i)
+	result := "hit"
+	switch {
+	case err != nil && ctx.Err() != nil:
+		result = "cancelled"
+	case err != nil:
+		result = "error"
+	case data == nil:
+		result = "miss"
+	}
+	c.m.requests.WithLabelValues(node, "get", result).Inc()
+	if result != "cancelled" {
+		c.m.latency.WithLabelValues(node, "get").Observe(time.Since(start).Seconds())
+	}
+	out <- reply{idx: i, node: node, data: data, err: err}
+}
+
+func (c *Client) doGet(ctx context.Context, node string, n chunk.Name, i int) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, node+ShardPath(n, i), nil)
+	if err != nil {
+		return nil, fmt.Errorf("fetching shard %d of chunk %s from node %s: %w", i, n, node, err)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("fetching shard %d of chunk %s from node %s: %w", i, n, node, err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10)) // keep the connection reusable
+		return nil, nil
+	default:
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("fetching shard %d of chunk %s from node %s: %s: %s", i, n, node, resp.Status, bytes.TrimSpace(msg))
+	}
+	if resp.ContentLength < HeaderSize || resp.ContentLength > MaxShardSize {
+		return nil, fmt.Errorf("fetching shard %d of chunk %s from node %s: content length %d out of range: %w", i, n, node, resp.ContentLength, ErrBadShard)
+	}
+	data := make([]byte, resp.ContentLength)
+	if _, err := io.ReadFull(resp.Body, data); err != nil {
+		return nil, fmt.Errorf("reading shard %d of chunk %s from node %s: %w", i, n, node, err)
+	}
+	return data, nil
+}
+
+// Fill writes chunk n back to the fleet: it verifies that ciphertext hashes
+// to n (a bad write-back would poison every later read), splits it into K
+// shards and PUTs each to its node concurrently, bounded by
+// FillConcurrency across the client. It returns every failed PUT, each naming
+// node and shard; a partial fill still helps as long as M shards landed.
+// ciphertext is not retained.
+func (c *Client) Fill(ctx context.Context, n chunk.Name, ciphertext []byte) error {
+	err := c.fill(ctx, n, ciphertext)
+	if err != nil {
+		c.m.fills.WithLabelValues("error").Inc()
+	} else {
+		c.m.fills.WithLabelValues("ok").Inc()
+	}
+	return err
+}
+
+func (c *Client) fill(ctx context.Context, n chunk.Name, ciphertext []byte) error {
+	if err := chunk.Verify(n, ciphertext); err != nil {
+		return fmt.Errorf("filling fleet: %w", err)
+	}
+	nodes := c.members(ctx)
+	if len(nodes) == 0 {
+		return fmt.Errorf("filling chunk %s into fleet: %w", n, ErrNoNodes)
+	}
+	shards, err := c.codec.encode(n, ciphertext)
+	if err != nil {
+		return err
+	}
+	placed := c.placement(nodes, n)
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.FillTimeout)
+	defer cancel()
+	errs := make([]error, len(shards))
+	var wg sync.WaitGroup
+	for i, s := range shards {
+		select {
+		case c.fillSem <- struct{}{}:
+		case <-ctx.Done():
+			errs[i] = fmt.Errorf("filling shard %d of chunk %s to node %s: %w", i, n, placed[i], ctx.Err())
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-c.fillSem }()
+			errs[i] = c.putShard(ctx, placed[i], n, i, s)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (c *Client) putShard(ctx context.Context, node string, n chunk.Name, i int, shard []byte) error {
+	start := time.Now()
+	err := c.doPut(ctx, node, n, i, shard)
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	c.m.requests.WithLabelValues(node, "put", result).Inc()
+	c.m.latency.WithLabelValues(node, "put").Observe(time.Since(start).Seconds())
+	return err
+}
+
+func (c *Client) doPut(ctx context.Context, node string, n chunk.Name, i int, shard []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, node+ShardPath(n, i), bytes.NewReader(shard))
+	if err != nil {
+		return fmt.Errorf("filling shard %d of chunk %s to node %s: %w", i, n, node, err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("filling shard %d of chunk %s to node %s: %w", i, n, node, err)
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("filling shard %d of chunk %s to node %s: %s: %s", i, n, node, resp.Status, bytes.TrimSpace(msg))
+	}
+	return nil
+}

@@ -1,0 +1,257 @@
+package cachefleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ServerConfig configures one cache node.
+type ServerConfig struct {
+	// MemBytes is the memory budget for shards (bytes, > 0). DESIGN.md
+	// suggests about 10% of the node's total budget.
+	MemBytes int64
+	// DiskDir, when set, holds shards evicted from memory; a node restarted
+	// with the same directory reuses its contents.
+	DiskDir string
+	// DiskBytes is the disk budget (required with DiskDir).
+	DiskBytes int64
+	// Log receives operational messages; nil discards them.
+	Log *slog.Logger
+	// Registry receives the node's metrics and is served on /metrics; nil
+	// uses a fresh private registry.
+	Registry *prometheus.Registry
+}
+
+// Validate reports every problem with c at once.
+func (c ServerConfig) Validate() error {
+	var errs []error
+	if c.MemBytes <= 0 {
+		errs = append(errs, fmt.Errorf("memory budget %d: must be positive", c.MemBytes))
+	}
+	if c.DiskDir != "" && c.DiskBytes <= 0 {
+		errs = append(errs, fmt.Errorf("disk budget %d for %s: must be positive", c.DiskBytes, c.DiskDir))
+	}
+	if c.DiskDir == "" && c.DiskBytes > 0 {
+		errs = append(errs, errors.New("disk budget without a disk directory"))
+	}
+	return errors.Join(errs...)
+}
+
+// Server is a cache node: an http.Handler for the shard API over a
+// byte-budgeted shard store. It stores whatever well-formed shards it is
+// given (ciphertext; it never sees keys) and never talks to other nodes.
+//
+// API (docs/fleet.md):
+//
+//	GET  /v1/shards/{chunk}/{index}  200 shard bytes | 404
+//	HEAD /v1/shards/{chunk}/{index}  200 with Content-Length | 404
+//	PUT  /v1/shards/{chunk}/{index}  204 | 400 bad path or shard | 413 too large
+//	GET  /healthz                    200 "ok"
+//	GET  /metrics                    Prometheus text format
+//
+// {chunk} is 64 lower-case hex digits, {index} a decimal in 0..MaxShards-1
+// without leading zeros. A PUT body must be a shard whose header names the
+// same chunk and index.
+type Server struct {
+	log     *slog.Logger
+	m       *ServerMetrics
+	store   *nodeStore
+	metrics http.Handler
+}
+
+// NewServer creates a node; with a DiskDir it scans the directory first.
+func NewServer(c ServerConfig) (*Server, error) {
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("configuring cache node: %w", err)
+	}
+	log := c.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With(slog.String("component", "cachenode"))
+	reg := c.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m := NewServerMetrics(reg)
+	st, err := newNodeStore(c.MemBytes, c.DiskDir, c.DiskBytes, log, m)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{log: log, m: m, store: st, metrics: metrics.Handler(reg)}, nil
+}
+
+const shardPrefix = "/v1/shards/"
+
+// ParseShardPath parses "/v1/shards/{chunk}/{index}" strictly.
+func ParseShardPath(p string) (chunk.Name, int, error) {
+	rest, ok := strings.CutPrefix(p, shardPrefix)
+	if !ok {
+		return chunk.Name{}, 0, fmt.Errorf("path %q: not under %s", p, shardPrefix)
+	}
+	hexName, idx, ok := strings.Cut(rest, "/")
+	if !ok {
+		return chunk.Name{}, 0, fmt.Errorf("path %q: want %s{chunk}/{index}", p, shardPrefix)
+	}
+	n, err := chunk.ParseName(hexName)
+	if err != nil {
+		return chunk.Name{}, 0, fmt.Errorf("path %q: %w", p, err)
+	}
+	if n.String() != hexName {
+		return chunk.Name{}, 0, fmt.Errorf("path %q: chunk name must be lower-case hex", p)
+	}
+	i, err := strconv.Atoi(idx)
+	if err != nil || i < 0 || i >= MaxShards || strconv.Itoa(i) != idx {
+		return chunk.Name{}, 0, fmt.Errorf("path %q: shard index must be 0..%d", p, MaxShards-1)
+	}
+	return n, i, nil
+}
+
+// ShardPath is the API path of shard i of chunk n.
+func ShardPath(n chunk.Name, i int) string { return shardPrefix + n.String() + "/" + strconv.Itoa(i) }
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// ServeHTTP implements the API above.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/healthz":
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "ok\n")
+		return
+	case "/metrics":
+		s.metrics.ServeHTTP(w, r)
+		return
+	}
+	if !strings.HasPrefix(r.URL.Path, shardPrefix) {
+		http.Error(w, "not found", http.StatusNotFound)
+		return
+	}
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+	s.serveShard(sw, r)
+	s.m.requests.WithLabelValues(r.Method, strconv.Itoa(sw.code)).Inc()
+	s.m.latency.WithLabelValues(r.Method).Observe(time.Since(start).Seconds())
+}
+
+func (s *Server) serveShard(w http.ResponseWriter, r *http.Request) {
+	// Escaped forms (%2F, %41…) are refused rather than decoded: a shard
+	// path has exactly one spelling.
+	if r.URL.RawPath != "" || r.URL.RawQuery != "" {
+		http.Error(w, "shard path must not be escaped or carry a query", http.StatusBadRequest)
+		return
+	}
+	n, i, err := ParseShardPath(r.URL.Path)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	k := shardKey{n, uint8(i)}
+	switch r.Method {
+	case http.MethodGet:
+		data, ok := s.store.get(k)
+		if !ok {
+			http.Error(w, "shard not found", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(data)
+	case http.MethodHead:
+		size, ok := s.store.has(k)
+		if !ok {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		w.WriteHeader(http.StatusOK)
+	case http.MethodPut:
+		s.put(w, r, n, i, k)
+	default:
+		w.Header().Set("Allow", "GET, HEAD, PUT")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	}
+}
+
+func (s *Server) put(w http.ResponseWriter, r *http.Request, n chunk.Name, i int, k shardKey) {
+	if r.ContentLength > MaxShardSize {
+		http.Error(w, fmt.Sprintf("shard of %d bytes exceeds %d", r.ContentLength, MaxShardSize), http.StatusRequestEntityTooLarge)
+		return
+	}
+	body := http.MaxBytesReader(w, r.Body, MaxShardSize)
+	var data []byte
+	var err error
+	if r.ContentLength >= 0 {
+		data = make([]byte, r.ContentLength)
+		_, err = io.ReadFull(body, data)
+	} else {
+		data, err = io.ReadAll(body)
+	}
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			http.Error(w, fmt.Sprintf("shard exceeds %d bytes", MaxShardSize), http.StatusRequestEntityTooLarge)
+			return
+		}
+		http.Error(w, "reading shard body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	h, _, err := ParseShard(data)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if h.Name != n || h.Index != i {
+		http.Error(w, fmt.Sprintf("shard header names chunk %s shard %d, path chunk %s shard %d", h.Name, h.Index, n, i), http.StatusBadRequest)
+		return
+	}
+	s.store.put(k, data)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// Serve answers HTTP on l until ctx is cancelled, then shuts down gracefully
+// (in-flight requests get up to 5 s).
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	hs := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second, // slowloris bound; shard bodies have their own size bound
+		IdleTimeout:       2 * time.Minute,  // keep client pools warm between bursts
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(l) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving cache node on %s: %w", l.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutting down cache node on %s: %w", l.Addr(), err)
+	}
+	<-errc
+	return nil
+}
