@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what lode needs on a fresh Debian 12 machine, idempotently:
+# runtime tools (runc, fuse3, e2fsprogs, util-linux) and the real third-party
+# components the tests use (skopeo, umoci, nbdkit, libnbd-bin, qemu-utils,
+# s3cmd), plus the versitygw S3 server built once into a cache directory.
+# Run as root (or through sudo). Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+pkgs=(e2fsprogs util-linux fuse3 runc skopeo umoci nbdkit libnbd-bin qemu-utils s3cmd)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ -x "$here/.ci/s3.sh" ]; then
+  "$here/.ci/s3.sh"
+fi
