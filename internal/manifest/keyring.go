@@ -68,6 +68,8 @@ type FileKeyring struct {
 	path string
 	rand io.Reader // randomness for keys and nonces; crypto/rand unless a test sets it
 
+	saveMu sync.Mutex // orders Saves: the file always holds the latest snapshot
+
 	mu      sync.RWMutex
 	secret  []byte
 	tenants map[string][]byte
@@ -166,6 +168,8 @@ func createFileKeyring(path string, rnd io.Reader) (*FileKeyring, error) {
 // Save writes the keyring to its file atomically (a temporary file, fsync,
 // rename, fsync of the directory) with mode 0600.
 func (k *FileKeyring) Save() error {
+	k.saveMu.Lock()
+	defer k.saveMu.Unlock()
 	tmp, err := k.writeTemp()
 	if err != nil {
 		return fmt.Errorf("saving keyring %s: %w", k.path, err)
