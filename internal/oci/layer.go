@@ -1,0 +1,149 @@
+package oci
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+)
+
+// layer is one layer of an Image: how to open its bytes and what they must hash to.
+//
+// go-containerregistry does not verify what it reads from an OCI layout or a docker-archive (see doc.go),
+// so every read of a layer goes through a layerStream that hashes the raw and the uncompressed bytes and
+// compares them with the expected digests when the stream has been read to its end.
+type layer struct {
+	index    int
+	digest   string                        // for messages: blob digest (layout), diff ID (docker-archive), file digest (rootfs)
+	wantRaw  string                        // digest of the bytes open returns; "" = not checked
+	wantDiff string                        // digest of the uncompressed tar; "" = not checked
+	open     func() (io.ReadCloser, error) // raw bytes: gzip, zstd or plain tar (detected by magic)
+}
+
+func (l *layer) errorf(err error, cause error, format string, args ...any) *EntryError {
+	return &EntryError{Layer: l.index, Digest: l.digest, Reason: fmt.Sprintf(format, args...), Err: err, Cause: cause}
+}
+
+var (
+	gzipMagic = []byte{0x1f, 0x8b}
+	zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+)
+
+// layerStream reads one layer as an uncompressed tar stream and verifies its digests in finish.
+type layerStream struct {
+	l        *layer
+	raw      io.ReadCloser
+	rawBuf   *bufio.Reader // over raw, hashed by rawHash
+	rawHash  hash.Hash
+	dec      io.Reader // decompressed bytes (or rawBuf)
+	decClose func()
+	diffHash hash.Hash
+	tar      io.Reader // dec, hashed by diffHash: what archive/tar reads
+}
+
+func newHash(digest string) (hash.Hash, error) {
+	alg, _, _ := strings.Cut(digest, ":")
+	switch alg {
+	case "sha256":
+		return sha256.New(), nil
+	case "sha512":
+		return sha512.New(), nil
+	}
+	return nil, fmt.Errorf("%w: digest algorithm %q", ErrUnsupported, alg)
+}
+
+func (l *layer) openStream() (*layerStream, error) {
+	s := &layerStream{l: l}
+	var err error
+	if l.wantRaw != "" {
+		if s.rawHash, err = newHash(l.wantRaw); err != nil {
+			return nil, l.errorf(ErrUnsupported, nil, "%v", err)
+		}
+	}
+	if l.wantDiff != "" {
+		if s.diffHash, err = newHash(l.wantDiff); err != nil {
+			return nil, l.errorf(ErrUnsupported, nil, "%v", err)
+		}
+	}
+	rc, err := l.open()
+	if err != nil {
+		return nil, l.errorf(ErrCorrupt, err, "opening layer")
+	}
+	s.raw = rc
+	var r io.Reader = rc
+	if s.rawHash != nil {
+		r = io.TeeReader(r, s.rawHash)
+	}
+	s.rawBuf = bufio.NewReaderSize(r, 1<<20)
+	magic, err := s.rawBuf.Peek(4)
+	if err != nil && !errors.Is(err, io.EOF) {
+		rc.Close()
+		return nil, l.errorf(ErrCorrupt, err, "reading layer")
+	}
+	switch {
+	case bytes.HasPrefix(magic, gzipMagic):
+		zr, err := gzip.NewReader(s.rawBuf)
+		if err != nil {
+			rc.Close()
+			return nil, l.errorf(ErrCorrupt, err, "reading gzip header")
+		}
+		s.dec, s.decClose = zr, func() { zr.Close() }
+	case bytes.HasPrefix(magic, zstdMagic):
+		zr, err := zstd.NewReader(s.rawBuf, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+		if err != nil {
+			rc.Close()
+			return nil, l.errorf(ErrCorrupt, err, "reading zstd header")
+		}
+		s.dec, s.decClose = zr, zr.Close
+	default:
+		s.dec = s.rawBuf
+	}
+	s.tar = s.dec
+	if s.diffHash != nil {
+		s.tar = io.TeeReader(s.dec, s.diffHash)
+	}
+	return s, nil
+}
+
+// finish reads what is left of the layer (tar padding, the compressed stream's trailer, trailing bytes)
+// and checks the digests. Call it once archive/tar has returned io.EOF.
+func (s *layerStream) finish() error {
+	if _, err := io.Copy(io.Discard, s.tar); err != nil {
+		return s.l.errorf(ErrCorrupt, err, "reading layer")
+	}
+	if _, err := io.Copy(io.Discard, s.rawBuf); err != nil {
+		return s.l.errorf(ErrCorrupt, err, "reading layer")
+	}
+	if s.rawHash != nil {
+		if got := digestString(s.l.wantRaw, s.rawHash); got != s.l.wantRaw {
+			return s.l.errorf(ErrCorrupt, nil, "digest mismatch: blob has %s, want %s", got, s.l.wantRaw)
+		}
+	}
+	if s.diffHash != nil {
+		if got := digestString(s.l.wantDiff, s.diffHash); got != s.l.wantDiff {
+			return s.l.errorf(ErrCorrupt, nil, "diff ID mismatch: uncompressed layer has %s, want %s", got, s.l.wantDiff)
+		}
+	}
+	return nil
+}
+
+func (s *layerStream) Close() error {
+	if s.decClose != nil {
+		s.decClose()
+	}
+	return s.raw.Close()
+}
+
+func digestString(like string, h hash.Hash) string {
+	alg, _, _ := strings.Cut(like, ":")
+	return alg + ":" + hex.EncodeToString(h.Sum(nil))
+}
