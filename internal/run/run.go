@@ -140,12 +140,6 @@ func (o *Options) setDefaults() error {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	for _, p := range []string{o.Lower, o.StateDir} {
-		// overlayfs splits its options at "," and lowerdir at ":".
-		if strings.ContainsAny(p, ",:") {
-			errs = append(errs, fmt.Errorf("path %q contains ',' or ':', which overlayfs options cannot carry", p))
-		}
-	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrBadOptions, errors.Join(errs...))
 	}
@@ -263,7 +257,12 @@ func runDetached(ctx context.Context, o Options, rt *runtime, start time.Time, l
 	// From here every return path must reap pid: the deferred delete kills
 	// it, and the goroutine above reaps it.
 
-	if err := rt.cmd(ctx, nil, "start", o.ID); err != nil {
+	// Not cancelled with ctx: the process may already be running when
+	// start returns, and a cancellation is handled below by stopping it.
+	sctx, cancelStart := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	err = rt.cmd(sctx, nil, "start", o.ID)
+	cancelStart()
+	if err != nil {
 		return Result{}, fmt.Errorf("starting container %s: %w", o.ID, err)
 	}
 	res := Result{Started: o.Now()}
@@ -428,8 +427,23 @@ func mountOverlay(lower, stateDir string) (string, error) {
 			return "", fmt.Errorf("mounting overlay: creating %s: %w", d, err)
 		}
 	}
-	data := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
-	if err := unix.Mount("overlay", merged, "overlay", 0, data); err != nil {
+	// overlayfs splits its options at "," and lowerdir at ":"; a path that
+	// holds either is passed as /proc/self/fd/N of an O_PATH descriptor,
+	// which the kernel resolves when it mounts.
+	var opts []string
+	for _, kv := range [][2]string{{"lowerdir", lower}, {"upperdir", upper}, {"workdir", work}} {
+		p := kv[1]
+		if strings.ContainsAny(p, ",:") {
+			fd, err := unix.Open(p, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return "", fmt.Errorf("mounting overlay: opening %s: %w", p, err)
+			}
+			defer unix.Close(fd)
+			p = "/proc/self/fd/" + strconv.Itoa(fd)
+		}
+		opts = append(opts, kv[0]+"="+p)
+	}
+	if err := unix.Mount("overlay", merged, "overlay", 0, strings.Join(opts, ",")); err != nil {
 		return "", fmt.Errorf("mounting overlay at %s (lowerdir %s): %w", merged, lower, err)
 	}
 	return merged, nil

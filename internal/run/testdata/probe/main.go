@@ -6,7 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/signal"
 	"strconv"
+	"syscall"
+	"time"
 )
 
 type report struct {
@@ -36,6 +39,19 @@ func main() {
 		os.Exit(98)
 	}
 	fmt.Fprintln(os.Stderr, "probe: to stderr")
+	if d, err := time.ParseDuration(os.Getenv("PROBE_SLEEP")); err == nil {
+		// PROBE_IGNORE_TERM=1 ignores SIGTERM (so only SIGKILL ends it);
+		// otherwise SIGTERM exits 42.
+		if os.Getenv("PROBE_IGNORE_TERM") == "1" {
+			signal.Ignore(syscall.SIGTERM)
+		} else {
+			c := make(chan os.Signal, 1)
+			signal.Notify(c, syscall.SIGTERM)
+			go func() { <-c; os.Exit(42) }()
+		}
+		fmt.Println("sleeping")
+		time.Sleep(d)
+	}
 	code, _ := strconv.Atoi(os.Getenv("PROBE_EXIT"))
 	os.Exit(code)
 }
