@@ -357,7 +357,7 @@ func (f *flattener) scan(ctx context.Context, l *layer) error {
 			ops = append(ops, o)
 		}
 	}
-	if err := s.finish(); err != nil {
+	if err := s.finish(last); err != nil {
 		return err
 	}
 	// Whiteouts and opaque markers hide lower layers only, wherever they sit in this layer's tar.
@@ -690,7 +690,7 @@ func (f *flattener) emitLayer(ctx context.Context, l *layer,
 			}
 		}
 	}
-	return s.finish()
+	return s.finish(last)
 }
 
 // readSide marks errors from reading an entry's content, so that copyErr can tell them from write errors.

@@ -116,12 +116,15 @@ func (l *layer) openStream() (*layerStream, error) {
 
 // finish reads what is left of the layer (tar padding, the compressed stream's trailer, trailing bytes)
 // and checks the digests. Call it once archive/tar has returned io.EOF.
-func (s *layerStream) finish() error {
+// last, the name of the last entry read, goes into errors from the compressed stream.
+func (s *layerStream) finish(last string) error {
 	if _, err := io.Copy(io.Discard, s.tar); err != nil {
-		return s.l.errorf(ErrCorrupt, err, "reading layer")
+		e := s.l.errorf(ErrCorrupt, err, "reading layer at or after this entry")
+		e.Path = last
+		return e
 	}
 	if _, err := io.Copy(io.Discard, s.rawBuf); err != nil {
-		return s.l.errorf(ErrCorrupt, err, "reading layer")
+		return s.l.errorf(ErrCorrupt, err, "reading layer after its tar")
 	}
 	if s.rawHash != nil {
 		if got := digestString(s.l.wantRaw, s.rawHash); got != s.l.wantRaw {
