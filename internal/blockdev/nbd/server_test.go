@@ -39,7 +39,10 @@ func testImage() []byte {
 
 type testLogWriter struct{ t testing.TB }
 
-func (w testLogWriter) Write(p []byte) (int, error) { w.t.Log(string(bytes.TrimSpace(p))); return len(p), nil }
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimSpace(p)))
+	return len(p), nil
+}
 
 // serve runs s on a fresh listener ("tcp" → 127.0.0.1:0, "unix" → a socket
 // in a temp dir) until the test ends, and returns the address.
@@ -317,4 +320,3 @@ func BenchmarkNBDRead_128K(b *testing.B) {
 		}
 	}
 }
-
