@@ -61,9 +61,9 @@ func Resolve(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, n
 	if err != nil {
 		return nil, p, fmt.Errorf("opening manifest %s of image %s/%s: %w", p.Manifest, tenant, name, err)
 	}
-	if m.Root != string(p.Root) {
-		return nil, p, fmt.Errorf("manifest %s of image %s/%s names root %s but lives in %s: %w", p.Manifest, tenant, name, m.Root, p.Root, manifest.ErrCorrupt)
-	}
+	// m.Root is the root the image was built in (its salt); after the
+	// garbage collector copies the manifest forward, the pointer's root is
+	// where it and its chunks live now. Readers use the pointer's.
 	return m, p, nil
 }
 
@@ -138,9 +138,10 @@ type Sharing struct {
 	OtherImages   int // other manifests compared against
 }
 
-// Share compares m (whose manifest id is id) with every other manifest in
-// its root, using only their public parts.
-func Share(ctx context.Context, st store.Store, m *manifest.Manifest, id string) (Sharing, error) {
+// Share compares m (the manifest p points to) with every other manifest in
+// p's root, using only their public parts.
+func Share(ctx context.Context, st store.Store, m *manifest.Manifest, p store.Pointer) (Sharing, error) {
+	id := p.Manifest
 	mine := make(map[chunk.Name]bool)
 	s := Sharing{Chunks: len(m.Names)}
 	for _, n := range m.Names {
@@ -151,7 +152,7 @@ func Share(ctx context.Context, st store.Store, m *manifest.Manifest, id string)
 		mine[n] = false
 	}
 	s.Distinct = len(mine)
-	root := store.RootID(m.Root)
+	root := p.Root
 	prefix := store.ManifestsPrefix(root)
 	err := st.List(ctx, prefix, func(key string, _ int64) error {
 		if strings.TrimPrefix(key, prefix) == id {

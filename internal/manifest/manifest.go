@@ -37,7 +37,10 @@ type Config struct {
 // secret fields are only readable with the tenant's key.
 type Manifest struct {
 	// Public part.
-	Root      string // the root the manifest and its chunks live in
+	// Root is the root the image was built in, whose id salted its chunks.
+	// The image pointer, not this field, says where the manifest and its
+	// chunks live now: copying forward into a new root keeps these bytes.
+	Root      string
 	ChunkSize int    // bytes per chunk; the last chunk may be short
 	ImageSize int64  // bytes of the filesystem image
 	FSType    string // "ext4"

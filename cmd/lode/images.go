@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+
+	"github.com/lode-dev/lode/internal/catalog"
+	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/store"
+)
+
+func newImagesCmd() *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "images",
+		Short: "List the tenant's images",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runImages(cmd.Context(), all, stdout)
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "include deleted images")
+	cmd.AddCommand(&cobra.Command{
+		Use:   "delete NAME",
+		Short: "Mark an image not live (its chunks go when garbage collection retires its root)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := catalog.Delete(cmd.Context(), st, global.tenant, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "deleted %s/%s\n", global.tenant, args[0])
+			return nil
+		},
+	})
+	return cmd
+}
+
+func runImages(ctx context.Context, all bool, out io.Writer) error {
+	st, err := openStore(ctx)
+	if err != nil {
+		return err
+	}
+	es, err := catalog.List(ctx, st, global.tenant, all)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSIZE\tCHUNKS\tROOT\tMANIFEST\tCREATED")
+	for _, e := range es {
+		size, chunks := "?", "?"
+		if b, err := st.Get(ctx, store.ManifestKey(e.Pointer.Root, e.Pointer.Manifest), nil); err == nil {
+			if m, err := manifest.ReadPublic(b); err == nil {
+				size, chunks = humanize.IBytes(uint64(m.ImageSize)), fmt.Sprint(len(m.Names))
+			}
+		}
+		name := e.Name
+		if e.Pointer.Deleted {
+			name += " (deleted)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", name, size, chunks, e.Pointer.Root, e.Pointer.Manifest[:12], e.Pointer.Created.Local().Format(time.DateTime))
+	}
+	return tw.Flush()
+}
+
+func newInspectCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect NAME",
+		Short: "Show an image's size, chunks, holes, sharing and entrypoint",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runInspect(cmd.Context(), args[0], stdout)
+		},
+	}
+}
+
+func runInspect(ctx context.Context, name string, out io.Writer) error {
+	st, err := openStore(ctx)
+	if err != nil {
+		return err
+	}
+	kr, err := openKeyring()
+	if err != nil {
+		return err
+	}
+	m, p, err := catalog.Resolve(ctx, st, kr, global.tenant, name)
+	if err != nil {
+		return err
+	}
+	sh, err := catalog.Share(ctx, st, m, p)
+	if err != nil {
+		return err
+	}
+	pct := func(a, b int) float64 {
+		if b == 0 {
+			return 0
+		}
+		return 100 * float64(a) / float64(b)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "image:\t%s/%s\n", global.tenant, name)
+	fmt.Fprintf(tw, "source:\t%s\n", m.SourceDigest)
+	fmt.Fprintf(tw, "root:\t%s\n", p.Root)
+	fmt.Fprintf(tw, "manifest:\t%s\n", p.Manifest)
+	fmt.Fprintf(tw, "created:\t%s\n", p.Created.Local().Format(time.RFC3339))
+	fmt.Fprintf(tw, "filesystem:\t%s, %s (%d bytes)\n", m.FSType, humanize.IBytes(uint64(m.ImageSize)), m.ImageSize)
+	fmt.Fprintf(tw, "chunk size:\t%s\n", humanize.IBytes(uint64(m.ChunkSize)))
+	fmt.Fprintf(tw, "chunks:\t%d\n", sh.Chunks)
+	fmt.Fprintf(tw, "holes:\t%d (%.1f%%)\n", sh.Holes, pct(sh.Holes, sh.Chunks))
+	fmt.Fprintf(tw, "distinct stored chunks:\t%d\n", sh.Distinct)
+	fmt.Fprintf(tw, "shared with other images:\t%d (%.1f%%, compared with %d other manifests in the root)\n", sh.Shared, pct(sh.Shared, sh.Distinct), sh.OtherImages)
+	fmt.Fprintf(tw, "unique to this image:\t%d (%.1f%%)\n", sh.Unique, pct(sh.Unique, sh.Distinct))
+	fmt.Fprintf(tw, "entrypoint:\t%s\n", quoteArgs(m.Config.Entrypoint))
+	fmt.Fprintf(tw, "cmd:\t%s\n", quoteArgs(m.Config.Cmd))
+	fmt.Fprintf(tw, "workdir:\t%s\n", m.Config.WorkingDir)
+	fmt.Fprintf(tw, "user:\t%s\n", m.Config.User)
+	fmt.Fprintf(tw, "env:\t%s\n", strings.Join(m.Config.Env, " "))
+	return tw.Flush()
+}
+
+func quoteArgs(a []string) string {
+	if len(a) == 0 {
+		return "(none)"
+	}
+	q := make([]string, len(a))
+	for i, s := range a {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lode-dev/lode/internal/manifest"
+)
+
+func newKeysCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "keys",
+		Short: "Manage the keyring: tenant keys and the store secret",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "create",
+		Short: "Create the keyring if needed and a key for --tenant",
+		Long: `Create makes the keyring file (mode 0600) with a fresh store secret if it does
+not exist, then adds a new key-encryption key for the tenant (--tenant, default
+"default") unless it already has one. Keep the file safe: without it no image of
+the tenant can be opened, and the store secret is what stops others confirming
+that a known chunk is stored.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runKeysCreate(stdout)
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List the tenants that have keys in the keyring",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			kr, err := openKeyring()
+			if err != nil {
+				return err
+			}
+			for _, t := range kr.Tenants() {
+				fmt.Fprintln(stdout, t)
+			}
+			return nil
+		},
+	})
+	return cmd
+}
+
+func runKeysCreate(out io.Writer) error {
+	path := global.keyringPath()
+	kr, err := manifest.LoadFileKeyring(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		kr, err = manifest.CreateFileKeyring(path)
+		if err == nil {
+			fmt.Fprintf(out, "created keyring %s\n", path)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if kr.HasTenant(global.tenant) {
+		fmt.Fprintf(out, "tenant %s already has a key in %s\n", global.tenant, path)
+		return nil
+	}
+	if err := kr.AddTenant(global.tenant); err != nil {
+		return err
+	}
+	if err := kr.Save(); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "added key for tenant %s to %s\n", global.tenant, path)
+	return nil
+}
