@@ -299,7 +299,8 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// placement returns the node of each of the K shards of n.
+// placement returns the node of each of the K shards of n: shard i goes to
+// the i-th placed node, wrapping around when there are fewer than K nodes.
 func (c *Client) placement(nodes []string, n chunk.Name) []string {
 	placed := Place(n, nodes, c.cfg.K)
 	out := make([]string, c.cfg.K)
@@ -310,10 +311,9 @@ func (c *Client) placement(nodes []string, n chunk.Name) []string {
 }
 
 type reply struct {
-	idx  int
-	node string
-	data []byte
-	err  error // nil with data == nil: a miss
+	node   string
+	shards [][]byte // as received; nil on a miss
+	err    error
 }
 
 // MissError reports a chunk the fleet could not serve. It wraps
@@ -321,10 +321,12 @@ type reply struct {
 // write-back then repairs the fleet), and ErrTooFewShards or, when enough
 // shards came back but no M of them rebuild the chunk, chunk.ErrCorrupt.
 type MissError struct {
-	Name                   chunk.Name
-	Hits, Misses, Failures int
-	Corrupt                bool
-	Err                    error // first node error, for the log
+	Name chunk.Name
+	// Shards is how many distinct valid shards arrived; Misses and
+	// Failures count nodes that had none or did not answer properly.
+	Shards, Misses, Failures int
+	Corrupt                  bool
+	Err                      error // first node error, for the log
 }
 
 func (e *MissError) Error() string {
@@ -332,7 +334,7 @@ func (e *MissError) Error() string {
 	if e.Corrupt {
 		what = "no subset of shards rebuilds a chunk matching its name"
 	}
-	s := fmt.Sprintf("fetching chunk %s from fleet: %s (%d valid, %d missing, %d failed)", e.Name, what, e.Hits, e.Misses, e.Failures)
+	s := fmt.Sprintf("fetching chunk %s from fleet: %s (%d shards, %d nodes missing, %d failed)", e.Name, what, e.Shards, e.Misses, e.Failures)
 	if e.Err != nil {
 		s += ": " + e.Err.Error()
 	}
@@ -354,11 +356,16 @@ func (e *MissError) Unwrap() []error {
 // codes we use (5 for 4-of-5), but not for wide ones with much parity.
 const maxRebuilds = 64
 
-// Fetch reads chunk n: it asks all K nodes at once and rebuilds from the
-// first M shards that parse and, together, rebuild a chunk whose SHA-256 is
-// n; the remaining requests are cancelled. A corrupt shard is dropped (and
-// counted), never served. The result is written into dst when it has the
-// capacity, else a new slice. Misses, including too many dead nodes, wrap
+// Fetch reads chunk n. It asks each of the chunk's placed nodes at once for
+// every shard of n it holds (not for "shard i": after membership changes a
+// node may hold a different index than its current position), and rebuilds
+// from the first M distinct shards that parse and, together, rebuild a chunk
+// whose SHA-256 is n; the remaining requests are cancelled. When a set fails
+// to verify, Fetch waits for more shards and tries other M-subsets: a
+// corrupt shard is dropped (and counted), never served.
+//
+// The result is written into dst when it has the capacity, else a new
+// slice. Misses, including too many dead or slow nodes within Timeout, wrap
 // store.ErrNotFound (see MissError); a cancelled ctx returns its error.
 func (c *Client) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
 	nodes := c.members(ctx)
@@ -366,22 +373,23 @@ func (c *Client) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, e
 		c.m.fetches.WithLabelValues("miss").Inc()
 		return nil, fmt.Errorf("fetching chunk %s from fleet: %w (%w)", n, ErrNoNodes, store.ErrNotFound)
 	}
-	placed := c.placement(nodes, n)
+	placed := Place(n, nodes, c.cfg.K)
 	fctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	replies := make(chan reply, c.cfg.K) // each request sends once: no leak
-	for i, node := range placed {
-		go c.getShard(fctx, node, n, i, replies)
+	replies := make(chan reply, len(placed)) // each request sends once: no leak
+	for _, node := range placed {
+		go c.getShards(fctx, node, n, replies)
 	}
 
 	k, m := c.cfg.K, c.cfg.M
 	hdrs := make([]ShardHeader, k)
 	payloads := make([][]byte, k)
+	from := make([]string, k)  // node each shard came from
 	suspect := make([]bool, k) // in a subset that failed to verify
 	var valid []int            // indices of parsed shards, arrival order
 	miss := &MissError{Name: n}
 	attempts := 0
-	for got := 0; got < k; got++ {
+	for got := 0; got < len(placed); got++ {
 		r := <-replies
 		switch {
 		case r.err != nil:
@@ -390,43 +398,46 @@ func (c *Client) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, e
 				miss.Err = r.err
 			}
 			continue
-		case r.data == nil:
+		case r.shards == nil:
 			miss.Misses++
 			continue
 		}
-		h, p, err := ParseShard(r.data)
-		if err == nil && (h.Name != n || h.Index != r.idx || h.M != m || h.K != k) {
-			err = fmt.Errorf("shard header says chunk %s shard %d (%d-of-%d), want %s shard %d (%d-of-%d): %w",
-				h.Name, h.Index, h.M, h.K, n, r.idx, m, k, ErrBadShard)
-		}
-		if err != nil {
-			miss.Failures++
-			c.m.corrupt.Inc()
-			c.log.Warn("dropping bad shard", slog.String("chunk", n.String()), slog.Int("shard", r.idx), slog.String("node", r.node), slog.Any("err", err))
-			continue
-		}
-		miss.Hits++
-		hdrs[r.idx], payloads[r.idx] = h, p
-		valid = append(valid, r.idx)
-		out, used, tried, ok := c.tryRebuild(hdrs, payloads, valid, r.idx, suspect, dst, maxRebuilds-attempts)
-		attempts += tried
-		if !ok {
-			continue
-		}
-		c.m.fetches.WithLabelValues("hit").Inc()
-		for i := 0; i < m; i++ {
-			if !used[i] {
-				c.m.reconstructions.Inc()
-				break
+		for _, raw := range r.shards {
+			h, p, err := ParseShard(raw)
+			if err == nil && (h.Name != n || h.M != m || h.K != k) {
+				err = fmt.Errorf("shard header says chunk %s (%d-of-%d), want %s (%d-of-%d): %w", h.Name, h.M, h.K, n, m, k, ErrBadShard)
 			}
-		}
-		for _, i := range valid {
-			if suspect[i] && !used[i] {
+			if err != nil {
 				c.m.corrupt.Inc()
-				c.log.Warn("dropping corrupt shard", slog.String("chunk", n.String()), slog.Int("shard", i), slog.String("node", placed[i]))
+				c.log.Warn("dropping bad shard", slog.String("chunk", n.String()), slog.String("node", r.node), slog.Any("err", err))
+				continue
 			}
+			if payloads[h.Index] != nil {
+				continue // a second copy (churn or wrap-around); keep the first
+			}
+			hdrs[h.Index], payloads[h.Index], from[h.Index] = h, p, r.node
+			valid = append(valid, h.Index)
+			miss.Shards++
+			out, used, tried, ok := c.tryRebuild(hdrs, payloads, valid, h.Index, suspect, dst, maxRebuilds-attempts)
+			attempts += tried
+			if !ok {
+				continue
+			}
+			c.m.fetches.WithLabelValues("hit").Inc()
+			for i := 0; i < m; i++ {
+				if !used[i] {
+					c.m.reconstructions.Inc()
+					break
+				}
+			}
+			for _, i := range valid {
+				if suspect[i] && !used[i] {
+					c.m.corrupt.Inc()
+					c.log.Warn("dropping corrupt shard", slog.String("chunk", n.String()), slog.Int("shard", i), slog.String("node", from[i]))
+				}
+			}
+			return out, nil
 		}
-		return out, nil
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("fetching chunk %s from fleet: %w", n, err)
@@ -501,34 +512,41 @@ func nextCombination(pick []int, n int) bool {
 	return false
 }
 
-// getShard fetches one shard and always sends exactly one reply.
-func (c *Client) getShard(ctx context.Context, node string, n chunk.Name, i int, out chan<- reply) {
+// getShards fetches every shard of n that node holds and always sends
+// exactly one reply.
+func (c *Client) getShards(ctx context.Context, node string, n chunk.Name, out chan<- reply) {
 	start := time.Now()
-	data, err := c.doGet(ctx, node, n, i)
+	shards, err := c.doGet(ctx, node, n)
 	result := "hit"
 	switch {
 	case err != nil && ctx.Err() != nil:
 		result = "cancelled"
 	case err != nil:
 		result = "error"
-	case data == nil:
+	case shards == nil:
 		result = "miss"
 	}
 	c.m.requests.WithLabelValues(node, "get", result).Inc()
 	if result != "cancelled" {
 		c.m.latency.WithLabelValues(node, "get").Observe(time.Since(start).Seconds())
 	}
-	out <- reply{idx: i, node: node, data: data, err: err}
+	out <- reply{node: node, shards: shards, err: err}
 }
 
-func (c *Client) doGet(ctx context.Context, node string, n chunk.Name, i int) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, node+ShardPath(n, i), nil)
+// maxResponse bounds one node's answer: all K shards of a chunk of
+// chunk.MaxSize (a node holds several only under wrap-around or churn).
+func (c *Client) maxResponse() int64 {
+	return int64(c.cfg.K) * int64(HeaderSize+(chunk.MaxSize+c.cfg.M-1)/c.cfg.M)
+}
+
+func (c *Client) doGet(ctx context.Context, node string, n chunk.Name) ([][]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, node+ShardPath(n, -1), nil)
 	if err != nil {
-		return nil, fmt.Errorf("fetching shard %d of chunk %s from node %s: %w", i, n, node, err)
+		return nil, fmt.Errorf("fetching shards of chunk %s from node %s: %w", n, node, err)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("fetching shard %d of chunk %s from node %s: %w", i, n, node, err)
+		return nil, fmt.Errorf("fetching shards of chunk %s from node %s: %w", n, node, err)
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
@@ -538,16 +556,20 @@ func (c *Client) doGet(ctx context.Context, node string, n chunk.Name, i int) ([
 		return nil, nil
 	default:
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("fetching shard %d of chunk %s from node %s: %s: %s", i, n, node, resp.Status, bytes.TrimSpace(msg))
+		return nil, fmt.Errorf("fetching shards of chunk %s from node %s: %s: %s", n, node, resp.Status, bytes.TrimSpace(msg))
 	}
-	if resp.ContentLength < HeaderSize || resp.ContentLength > MaxShardSize {
-		return nil, fmt.Errorf("fetching shard %d of chunk %s from node %s: content length %d out of range: %w", i, n, node, resp.ContentLength, ErrBadShard)
+	if resp.ContentLength < HeaderSize || resp.ContentLength > c.maxResponse() {
+		return nil, fmt.Errorf("fetching shards of chunk %s from node %s: content length %d out of range: %w", n, node, resp.ContentLength, ErrBadShard)
 	}
-	data := make([]byte, resp.ContentLength)
-	if _, err := io.ReadFull(resp.Body, data); err != nil {
-		return nil, fmt.Errorf("reading shard %d of chunk %s from node %s: %w", i, n, node, err)
+	body := make([]byte, resp.ContentLength)
+	if _, err := io.ReadFull(resp.Body, body); err != nil {
+		return nil, fmt.Errorf("reading shards of chunk %s from node %s: %w", n, node, err)
 	}
-	return data, nil
+	shards, err := SplitShards(body)
+	if err != nil {
+		return nil, fmt.Errorf("reading shards of chunk %s from node %s: %w", n, node, err)
+	}
+	return shards, nil
 }
 
 // Fill writes chunk n back to the fleet: it verifies that ciphertext hashes

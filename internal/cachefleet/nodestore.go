@@ -183,7 +183,11 @@ func (s *nodeStore) get(k shardKey) ([]byte, bool) {
 
 	data, err := os.ReadFile(filepath.Join(s.dir, k.fileName()))
 	if err == nil {
-		_, _, err = ParseShard(data)
+		var h ShardHeader
+		h, _, err = ParseShard(data)
+		if err == nil && (h.Name != k.name || h.Index != int(k.idx)) {
+			err = fmt.Errorf("shard file %s holds chunk %s shard %d: %w", k.fileName(), h.Name, h.Index, ErrBadShard)
+		}
 	}
 	if err != nil {
 		s.mu.Lock()
@@ -210,6 +214,31 @@ func (s *nodeStore) get(k shardKey) ([]byte, bool) {
 	s.updateGaugesLocked()
 	s.mu.Unlock()
 	return data, true
+}
+
+// getAll returns every shard of chunk n the node holds, in index order.
+func (s *nodeStore) getAll(n chunk.Name) [][]byte {
+	var present []shardKey
+	s.mu.Lock()
+	for i := 0; i < MaxShards; i++ {
+		k := shardKey{n, uint8(i)}
+		_, inMem := s.mem[k]
+		_, onDisk := s.disk[k]
+		if inMem || onDisk {
+			present = append(present, k)
+		}
+	}
+	s.mu.Unlock()
+	var out [][]byte
+	for _, k := range present {
+		if d, ok := s.get(k); ok {
+			out = append(out, d)
+		}
+	}
+	if len(out) == 0 {
+		s.m.misses.Inc()
+	}
+	return out
 }
 
 // has reports whether a shard is stored, without touching recency.

@@ -13,8 +13,10 @@ import (
 // hashing: every node scores SHA-256(node ‖ 0x00 ‖ name) (first 8 bytes, big
 // endian), and the k highest scores win, highest first; ties, which need a
 // 64-bit collision, fall back to the node string. Adding or removing one of N
-// nodes therefore moves only the shards whose top-k set includes that node,
-// about k/N of them.
+// nodes changes the set of only those chunks whose top k includes that node
+// (k/N of them), and each by one member. Positions shift with the set, which
+// is why readers ask each node for every shard it holds of a chunk rather
+// than for shard i (see Client.Fetch).
 //
 // Place is pure: the result depends only on its arguments, not on the order
 // of nodes. Duplicate nodes count once. When fewer than k distinct nodes

@@ -55,6 +55,8 @@ func (c ServerConfig) Validate() error {
 //
 // API (docs/fleet.md):
 //
+//	GET  /v1/shards/{chunk}          200 every shard held of the chunk, | 404
+//	                                 concatenated in index order
 //	GET  /v1/shards/{chunk}/{index}  200 shard bytes | 404
 //	HEAD /v1/shards/{chunk}/{index}  200 with Content-Length | 404
 //	PUT  /v1/shards/{chunk}/{index}  204 | 400 bad path or shard | 413 too large
@@ -63,7 +65,8 @@ func (c ServerConfig) Validate() error {
 //
 // {chunk} is 64 lower-case hex digits, {index} a decimal in 0..MaxShards-1
 // without leading zeros. A PUT body must be a shard whose header names the
-// same chunk and index.
+// same chunk and index. Shards are self-delimiting (the header gives the
+// payload size), so a concatenation needs no framing.
 type Server struct {
 	log     *slog.Logger
 	m       *ServerMetrics
@@ -95,22 +98,23 @@ func NewServer(c ServerConfig) (*Server, error) {
 
 const shardPrefix = "/v1/shards/"
 
-// ParseShardPath parses "/v1/shards/{chunk}/{index}" strictly.
+// ParseShardPath parses "/v1/shards/{chunk}/{index}" or, with index -1,
+// "/v1/shards/{chunk}", strictly.
 func ParseShardPath(p string) (chunk.Name, int, error) {
 	rest, ok := strings.CutPrefix(p, shardPrefix)
 	if !ok {
 		return chunk.Name{}, 0, fmt.Errorf("path %q: not under %s", p, shardPrefix)
 	}
-	hexName, idx, ok := strings.Cut(rest, "/")
-	if !ok {
-		return chunk.Name{}, 0, fmt.Errorf("path %q: want %s{chunk}/{index}", p, shardPrefix)
-	}
+	hexName, idx, hasIdx := strings.Cut(rest, "/")
 	n, err := chunk.ParseName(hexName)
 	if err != nil {
 		return chunk.Name{}, 0, fmt.Errorf("path %q: %w", p, err)
 	}
 	if n.String() != hexName {
 		return chunk.Name{}, 0, fmt.Errorf("path %q: chunk name must be lower-case hex", p)
+	}
+	if !hasIdx {
+		return n, -1, nil
 	}
 	i, err := strconv.Atoi(idx)
 	if err != nil || i < 0 || i >= MaxShards || strconv.Itoa(i) != idx {
@@ -119,8 +123,14 @@ func ParseShardPath(p string) (chunk.Name, int, error) {
 	return n, i, nil
 }
 
-// ShardPath is the API path of shard i of chunk n.
-func ShardPath(n chunk.Name, i int) string { return shardPrefix + n.String() + "/" + strconv.Itoa(i) }
+// ShardPath is the API path of shard i of chunk n; i < 0 names all of
+// chunk n's shards on the node.
+func ShardPath(n chunk.Name, i int) string {
+	if i < 0 {
+		return shardPrefix + n.String()
+	}
+	return shardPrefix + n.String() + "/" + strconv.Itoa(i)
+}
 
 type statusWriter struct {
 	http.ResponseWriter
@@ -166,6 +176,15 @@ func (s *Server) serveShard(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	if i < 0 {
+		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", "GET")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		s.getAll(w, n)
+		return
+	}
 	k := shardKey{n, uint8(i)}
 	switch r.Method {
 	case http.MethodGet:
@@ -192,6 +211,26 @@ func (s *Server) serveShard(w http.ResponseWriter, r *http.Request) {
 	default:
 		w.Header().Set("Allow", "GET, HEAD, PUT")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	}
+}
+
+func (s *Server) getAll(w http.ResponseWriter, n chunk.Name) {
+	shards := s.store.getAll(n)
+	if len(shards) == 0 {
+		http.Error(w, "no shards of chunk", http.StatusNotFound)
+		return
+	}
+	size := 0
+	for _, d := range shards {
+		size += len(d)
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(size))
+	w.WriteHeader(http.StatusOK)
+	for _, d := range shards {
+		if _, err := w.Write(d); err != nil {
+			return
+		}
 	}
 }
 

@@ -175,3 +175,29 @@ func (c *codec) rebuild(h ShardHeader, payloads [][]byte, dst []byte) ([]byte, e
 	}
 	return dst, nil
 }
+
+// SplitShards cuts a concatenation of shards (a node's answer to
+// GET /v1/shards/{chunk}) into shards, using each header's length. Only the
+// framing is checked here; ParseShard checks each shard.
+func SplitShards(b []byte) ([][]byte, error) {
+	var out [][]byte
+	for len(b) > 0 {
+		if len(out) == MaxShards {
+			return nil, fmt.Errorf("more than %d shards in one answer: %w", MaxShards, ErrBadShard)
+		}
+		if len(b) < HeaderSize {
+			return nil, fmt.Errorf("trailing %d bytes shorter than a shard header: %w", len(b), ErrBadShard)
+		}
+		h := ShardHeader{M: int(b[5]), Length: int(binary.BigEndian.Uint32(b[8:12]))}
+		if h.M < 1 || h.Length < 1 || h.Length > chunk.MaxSize {
+			return nil, fmt.Errorf("shard framing (M %d, length %d): %w", h.M, h.Length, ErrBadShard)
+		}
+		size := HeaderSize + h.payloadSize()
+		if size > len(b) {
+			return nil, fmt.Errorf("shard of %d bytes in %d remaining: %w", size, len(b), ErrBadShard)
+		}
+		out = append(out, b[:size:size])
+		b = b[size:]
+	}
+	return out, nil
+}
