@@ -124,7 +124,16 @@ func New(ctx context.Context, c Config) (*Store, error) {
 	}
 	ok, err := s.c.BucketExists(ctx, s.bucket)
 	if err == nil && !ok {
+		// A HEAD answer has no body, so a 404 may hide another cause
+		// (versitygw answers 404 to an unknown access key); a one-key
+		// listing says which.
 		err = ErrNoSuchBucket
+		for obj := range s.c.ListObjectsIter(ctx, s.bucket, minio.ListObjectsOptions{MaxKeys: 1, Prefix: s.prefix}) {
+			if obj.Err != nil {
+				err = obj.Err
+			}
+			break
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("opening %s at %s: %w", s.name, s.endpoint, classify(err))
@@ -141,12 +150,18 @@ func classify(err error) error {
 		return err
 	}
 	resp := minio.ToErrorResponse(err)
+	if resp.Code != "" {
+		// minio-go's message alone ("Please reduce your request rate.")
+		// hides the code operators search for.
+		err = fmt.Errorf("%s (HTTP %d): %w", resp.Code, resp.StatusCode, err)
+	}
 	switch resp.Code {
 	case minio.NoSuchKey:
 		return fmt.Errorf("%w: %w", store.ErrNotFound, err)
 	case minio.NoSuchBucket:
 		return fmt.Errorf("%w: %w", ErrNoSuchBucket, err)
-	case minio.AccessDenied, "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidSecurity":
+	case minio.AccessDenied, "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidSecurity",
+		"XAdminUserNotFound": // versitygw's answer (404) to an unknown access key
 		return fmt.Errorf("%w: %w", ErrAccessDenied, err)
 	}
 	if resp.StatusCode == http.StatusForbidden {
