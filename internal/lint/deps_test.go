@@ -20,6 +20,7 @@ var allowed = map[string][]string{
 	"internal/blockdev":             {},
 	"internal/metrics":              {},
 	"internal/oci":                  {},
+	"internal/demo":                 {},
 	"internal/lint":                 {},
 	"internal/lodetest":             {},
 	"internal/store":                {"internal/chunk"},
