@@ -484,6 +484,9 @@ func TestRunSetupErrors(t *testing.T) {
 			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
 				t.Errorf("Run error = %v, want %v", err, tc.wantErr)
 			}
+			if testing.Verbose() {
+				t.Logf("Run error: %v", err)
+			}
 			if !strings.Contains(err.Error(), tc.wantMsg) {
 				t.Errorf("Run error = %q, want it to contain %q", err, tc.wantMsg)
 			}

@@ -43,20 +43,32 @@ const maxSymlinks = 40
 // on the way are resolved with the image root as "/" and cannot leave it. A
 // name that is not found is ErrUserNotFound or ErrGroupNotFound.
 func ResolveUser(rootfs, user string) (User, error) {
-	userArg, groupArg, hasGroup := strings.Cut(user, ":")
-	if hasGroup && groupArg == "" {
-		return User{}, fmt.Errorf("resolving user %q: empty group", user)
-	}
-	if userArg == "" {
-		if hasGroup {
-			return User{}, fmt.Errorf("resolving user %q: empty user", user)
-		}
-		userArg = "0"
-	}
-
 	users, err := readUserDB(rootfs, "/etc/passwd", parsePasswd)
 	if err != nil {
 		return User{}, fmt.Errorf("resolving user %q: %w", user, err)
+	}
+	groups, err := readUserDB(rootfs, "/etc/group", parseGroup)
+	if err != nil {
+		return User{}, fmt.Errorf("resolving user %q: %w", user, err)
+	}
+	u, err := lookupUser(users, groups, user)
+	if err != nil {
+		return User{}, fmt.Errorf("resolving user %q in %s: %w", user, rootfs, err)
+	}
+	return u, nil
+}
+
+// lookupUser resolves user against parsed databases (see ResolveUser).
+func lookupUser(users []passwdEntry, groups []groupEntry, user string) (User, error) {
+	userArg, groupArg, hasGroup := strings.Cut(user, ":")
+	if hasGroup && groupArg == "" {
+		return User{}, errors.New("empty group")
+	}
+	if userArg == "" {
+		if hasGroup {
+			return User{}, errors.New("empty user")
+		}
+		userArg = "0"
 	}
 	u := User{Home: "/"}
 	var name string
@@ -78,16 +90,11 @@ func ResolveUser(rootfs, user string) (User, error) {
 			}
 		}
 		if !found {
-			return User{}, fmt.Errorf("resolving user %q in %s: %w", user, rootfs, ErrUserNotFound)
+			return User{}, ErrUserNotFound
 		}
 	}
 	if u.Home == "" {
 		u.Home = "/"
-	}
-
-	groups, err := readUserDB(rootfs, "/etc/group", parseGroup)
-	if err != nil {
-		return User{}, fmt.Errorf("resolving user %q: %w", user, err)
 	}
 	if hasGroup {
 		if n, numErr := parseID(groupArg); numErr == nil {
@@ -100,7 +107,7 @@ func ResolveUser(rootfs, user string) (User, error) {
 				return u, nil
 			}
 		}
-		return User{}, fmt.Errorf("resolving group %q of user %q in %s: %w", groupArg, user, rootfs, ErrGroupNotFound)
+		return User{}, fmt.Errorf("group %q: %w", groupArg, ErrGroupNotFound)
 	}
 	if name != "" {
 		seen := map[uint32]bool{u.GID: true}

@@ -1,6 +1,7 @@
 package run
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -246,25 +247,33 @@ func FuzzUserDB(f *testing.F) {
 	f.Add([]byte("a:b:c\n::::\n:x:1:1\n"), []byte("g::1:,,,\n"), "1:g")
 	f.Add([]byte(strings.Repeat("x", 5000)), []byte{}, "x:y")
 	f.Fuzz(func(t *testing.T, passwd, group []byte, user string) {
-		root := t.TempDir()
-		if err := os.Mkdir(filepath.Join(root, "etc"), 0o755); err != nil {
-			t.Fatal(err)
+		users, err := parsePasswd(bytes.NewReader(passwd))
+		if err != nil {
+			return // a line longer than the scanner's limit
 		}
-		if err := os.WriteFile(filepath.Join(root, "etc/passwd"), passwd, 0o644); err != nil {
-			t.Fatal(err)
+		groups, err := parseGroup(bytes.NewReader(group))
+		if err != nil {
+			return
 		}
-		if err := os.WriteFile(filepath.Join(root, "etc/group"), group, 0o644); err != nil {
-			t.Fatal(err)
+		for _, e := range users {
+			if e.name == "" || e.uid == 1<<32-1 || e.gid == 1<<32-1 {
+				t.Errorf("parsePasswd kept a bad entry %+v", e)
+			}
 		}
-		u, err := ResolveUser(root, user)
+		u, err := lookupUser(users, groups, user)
 		if err != nil {
 			return
 		}
 		if u.Home == "" {
-			t.Errorf("ResolveUser(%q) = %+v: empty home", user, u)
+			t.Errorf("lookupUser(%q) = %+v: empty home", user, u)
 		}
 		if u.UID == 1<<32-1 || u.GID == 1<<32-1 {
-			t.Errorf("ResolveUser(%q) = %+v: reserved id", user, u)
+			t.Errorf("lookupUser(%q) = %+v: reserved id", user, u)
+		}
+		for _, g := range u.AdditionalGIDs {
+			if g == u.GID {
+				t.Errorf("lookupUser(%q) = %+v: primary gid among additional", user, u)
+			}
 		}
 	})
 }
