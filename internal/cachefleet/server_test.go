@@ -1,0 +1,187 @@
+package cachefleet
+
+import (
+	"bytes"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/lode-dev/lode/internal/chunk"
+)
+
+func newTestServer(t testing.TB) *Server {
+	t.Helper()
+	s, err := NewServer(ServerConfig{MemBytes: 64 << 20})
+	if err != nil {
+		t.Fatalf("NewServer: %v", err)
+	}
+	return s
+}
+
+func do(h http.Handler, method, target string, body []byte) *httptest.ResponseRecorder {
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req := httptest.NewRequest(method, target, r)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	return w
+}
+
+func TestServerRoundTrip(t *testing.T) {
+	s := newTestServer(t)
+	r := rand.New(rand.NewPCG(1, 1))
+	k, b := testShard(t, r, 5000, 2)
+	path := ShardPath(k.name, 2)
+	if w := do(s, "GET", path, nil); w.Code != http.StatusNotFound {
+		t.Fatalf("GET before PUT = %d, want 404", w.Code)
+	}
+	if w := do(s, "PUT", path, b); w.Code != http.StatusNoContent {
+		t.Fatalf("PUT = %d %s, want 204", w.Code, w.Body)
+	}
+	if w := do(s, "GET", path, nil); w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), b) {
+		t.Fatalf("GET = %d (%d bytes), want 200 with the shard", w.Code, w.Body.Len())
+	}
+	if w := do(s, "HEAD", path, nil); w.Code != http.StatusOK || w.Header().Get("Content-Length") != "1294" {
+		t.Fatalf("HEAD = %d length %q, want 200 length 1294", w.Code, w.Header().Get("Content-Length"))
+	}
+	if w := do(s, "GET", ShardPath(k.name, -1), nil); w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), b) {
+		t.Fatalf("GET all = %d (%d bytes), want 200 with the one shard", w.Code, w.Body.Len())
+	}
+	if w := do(s, "GET", "/healthz", nil); w.Code != http.StatusOK || w.Body.String() != "ok\n" {
+		t.Errorf("GET /healthz = %d %q, want 200 ok", w.Code, w.Body)
+	}
+	if w := do(s, "GET", "/metrics", nil); w.Code != http.StatusOK || !strings.Contains(w.Body.String(), `lode_cachenode_hits_total{tier="memory"} 2`) {
+		t.Errorf("GET /metrics = %d, want 200 counting 2 memory hits:\n%s", w.Code, w.Body)
+	}
+}
+
+// TestServerRejects: bad paths, methods and bodies get 4xx and store nothing.
+func TestServerRejects(t *testing.T) {
+	r := rand.New(rand.NewPCG(2, 2))
+	k, b := testShard(t, r, 5000, 2)
+	hexName := k.name.String()
+	other := chunk.NameOf([]byte("other")).String()
+	tests := []struct {
+		name, method, path string
+		body               []byte
+		want               int
+	}{
+		{"unknown path", "GET", "/v2/shards/" + hexName + "/2", nil, 404},
+		{"short name", "GET", "/v1/shards/abcd/2", nil, 400},
+		{"upper-case name", "GET", "/v1/shards/" + strings.ToUpper(hexName) + "/2", nil, 400},
+		{"non-hex name", "GET", "/v1/shards/" + strings.Repeat("g", 64) + "/2", nil, 400},
+		{"index out of range", "GET", "/v1/shards/" + hexName + "/32", nil, 400},
+		{"negative index", "GET", "/v1/shards/" + hexName + "/-1", nil, 400},
+		{"leading zero", "GET", "/v1/shards/" + hexName + "/02", nil, 400},
+		{"extra segment", "GET", "/v1/shards/" + hexName + "/2/x", nil, 400},
+		{"escaped", "GET", "/v1/shards/" + hexName + "%2F2", nil, 400},
+		{"query", "GET", "/v1/shards/" + hexName + "/2?x=1", nil, 400},
+		{"bad method", "DELETE", "/v1/shards/" + hexName + "/2", nil, 405},
+		{"PUT to all", "PUT", "/v1/shards/" + hexName, b, 405},
+		{"garbage body", "PUT", "/v1/shards/" + hexName + "/2", []byte("not a shard"), 400},
+		{"empty body", "PUT", "/v1/shards/" + hexName + "/2", []byte{}, 400},
+		{"wrong index", "PUT", "/v1/shards/" + hexName + "/3", b, 400},
+		{"wrong chunk", "PUT", "/v1/shards/" + other + "/2", b, 400},
+		{"truncated shard", "PUT", "/v1/shards/" + hexName + "/2", b[:len(b)-1], 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newTestServer(t)
+			if w := do(s, tt.method, tt.path, tt.body); w.Code != tt.want {
+				t.Errorf("%s %s = %d %s, want %d", tt.method, tt.path, w.Code, w.Body, tt.want)
+			}
+			if st := s.store.stats(); st.MemShards != 0 {
+				t.Errorf("%s stored %d shards, want 0", tt.name, st.MemShards)
+			}
+		})
+	}
+}
+
+func TestServerRejectsOversizedBody(t *testing.T) {
+	s := newTestServer(t)
+	path := ShardPath(chunk.NameOf([]byte("x")), 0)
+	req := httptest.NewRequest("PUT", path, io.LimitReader(zeros{}, MaxShardSize+1))
+	req.ContentLength = MaxShardSize + 1
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, req)
+	if w.Code != http.StatusRequestEntityTooLarge {
+		t.Errorf("PUT with Content-Length %d = %d, want 413", req.ContentLength, w.Code)
+	}
+	// Without a declared length, the body limit stops the read.
+	req = httptest.NewRequest("PUT", path, io.LimitReader(zeros{}, MaxShardSize+1))
+	req.ContentLength = -1
+	w = httptest.NewRecorder()
+	s.ServeHTTP(w, req)
+	if w.Code != http.StatusRequestEntityTooLarge {
+		t.Errorf("chunked PUT of %d bytes = %d, want 413", MaxShardSize+1, w.Code)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// FuzzShardAPI: any method, path and body gets an answer below 500 and the
+// handler never panics; what a PUT stores always parses as a shard.
+func FuzzShardAPI(f *testing.F) {
+	r := rand.New(rand.NewPCG(3, 3))
+	k, b := testShard(f, r, 3000, 1)
+	f.Add("PUT", ShardPath(k.name, 1), b)
+	f.Add("GET", ShardPath(k.name, 1), []byte(nil))
+	f.Add("GET", ShardPath(k.name, -1), []byte(nil))
+	f.Add("HEAD", "/v1/shards/00/1", []byte(nil))
+	f.Add("PUT", "/v1/shards/"+k.name.String()+"/99", []byte("LDSH"))
+	f.Add("GET", "/healthz", []byte(nil))
+	f.Fuzz(func(t *testing.T, method, path string, body []byte) {
+		s := newTestServer(t)
+		req, err := http.NewRequest(method, "http://node"+path, bytes.NewReader(body))
+		if err != nil || req.URL.Path == "/metrics" {
+			return
+		}
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, req)
+		if w.Code >= 500 {
+			t.Fatalf("%s %q = %d, want < 500", method, path, w.Code)
+		}
+		s.store.mu.Lock()
+		defer s.store.mu.Unlock()
+		for key, el := range s.store.mem {
+			h, _, err := ParseShard(el.Value.(*memEntry).data)
+			if err != nil || h.Name != key.name || h.Index != int(key.idx) {
+				t.Fatalf("%s %q stored an invalid shard under %v: %v", method, path, key, err)
+			}
+		}
+	})
+}
+
+func BenchmarkServeShard(b *testing.B) {
+	s := newTestServer(b)
+	r := rand.New(rand.NewPCG(4, 4))
+	k, sh := testShard(b, r, chunk.DefaultSize, 0)
+	s.store.put(k, sh)
+	req := httptest.NewRequest("GET", ShardPath(k.name, -1), nil)
+	w := &discardWriter{h: http.Header{}}
+	b.SetBytes(int64(len(sh)))
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(w.h)
+		s.ServeHTTP(w, req)
+		if w.code != http.StatusOK {
+			b.Fatalf("GET = %d", w.code)
+		}
+	}
+}
+
+type discardWriter struct {
+	h    http.Header
+	code int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *discardWriter) WriteHeader(code int)        { w.code = code }
