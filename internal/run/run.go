@@ -56,8 +56,11 @@ type Options struct {
 	// drained; a Stdin copy blocked in Read is abandoned).
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
-	// TTY gives the container a terminal (runc run with its own pty
-	// handling). FirstExec and Started are not measured in this mode.
+	// TTY gives the container a terminal: the runtime runs in the
+	// foreground (runc run) and relays a pty from the caller's controlling
+	// terminal, which must exist (ErrBadOptions otherwise); Stdin and Stdout
+	// should be that terminal. FirstExec and Started are not measured in
+	// this mode.
 	TTY bool
 	// ID is the container id. Default "lode-" + 12 random hex digits.
 	ID string
@@ -317,6 +320,13 @@ func stopContainer(o Options, rt *runtime, exited <-chan waitResult, log *slog.L
 // creates the terminal and relays it; the runtime's exit status is the
 // container's.
 func runTTY(ctx context.Context, o Options, rt *runtime, start time.Time, log *slog.Logger) (Result, error) {
+	// runc relays the pty from its own controlling terminal (it opens
+	// /dev/tty to follow window size), so one is needed.
+	if tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0); err != nil {
+		return Result{}, fmt.Errorf("%w: TTY needs a controlling terminal: %w", ErrBadOptions, err)
+	} else {
+		tty.Close()
+	}
 	cmd := exec.Command(rt.bin, rt.global("run", "--bundle", o.StateDir, o.ID)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.Stdin, o.Stdout, o.Stderr
 	cmd.WaitDelay = 5 * time.Second
@@ -343,6 +353,11 @@ func runTTY(ctx context.Context, o Options, rt *runtime, start time.Time, log *s
 	switch {
 	case err == nil:
 	case errors.As(err, &ee):
+		// The runtime exits with the container's status, and also with 1
+		// when it fails itself: its log tells which.
+		if b, _ := os.ReadFile(rt.logFile); bytes.Contains(b, []byte("level=error")) {
+			return res, fmt.Errorf("running container %s: %w%s", o.ID, err, rt.logTail())
+		}
 		res.ExitCode = ee.ExitCode()
 	default:
 		return res, fmt.Errorf("running container %s: %w%s", o.ID, err, rt.logTail())

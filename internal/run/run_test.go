@@ -523,3 +523,25 @@ func BenchmarkRunTrue(b *testing.B) {
 	b.ReportMetric(float64(first.Microseconds())/float64(b.N)/1000, "firstexec-ms/op")
 	b.ReportMetric(float64(total.Microseconds())/float64(b.N)/1000, "total-ms/op")
 }
+
+// TestRunTTYNeedsTerminal: TTY mode relays the caller's controlling
+// terminal; without one (as under go test) Run says so and leaves nothing.
+func TestRunTTYNeedsTerminal(t *testing.T) {
+	requireRunc(t)
+	if f, err := os.OpenFile("/dev/tty", os.O_RDWR, 0); err == nil {
+		f.Close()
+		t.Skip("test process has a controlling terminal; this test covers its absence")
+	}
+	lower := makeRootfs(t)
+	state := filepath.Join(t.TempDir(), "state")
+	id := fmt.Sprintf("lode-test-%d", time.Now().UnixNano())
+	_, err := Run(context.Background(), Options{
+		Lower: lower, StateDir: state, ID: id, TTY: true,
+		Config:  manifest.Config{Entrypoint: []string{"/probe"}},
+		Network: NetworkNone, Log: testLogger(t),
+	})
+	if !errors.Is(err, ErrBadOptions) || !strings.Contains(err.Error(), "controlling terminal") {
+		t.Errorf("Run(TTY) without a terminal = %v, want ErrBadOptions naming the controlling terminal", err)
+	}
+	checkClean(t, state, id, false)
+}
