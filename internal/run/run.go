@@ -249,6 +249,9 @@ func runDetached(ctx context.Context, o Options, rt *runtime, start time.Time, l
 		if pid, perr := readPid(pidFile); perr == nil {
 			go wait(pid)
 		}
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+		}
 		return Result{}, fmt.Errorf("creating container %s with %s: %w%s", o.ID, rt.bin, err, rt.logTail())
 	}
 	pid, err := readPid(pidFile)
