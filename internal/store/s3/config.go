@@ -73,17 +73,22 @@ func ParseURL(raw string, getenv func(string) string) (Config, error) {
 	var c Config
 	u, err := url.Parse(raw)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the url.Error repeats the URL, which may hold a secret
+		}
 		return c, fmt.Errorf("parsing store URL: %w", err)
-	}
-	if u.Scheme != "s3" {
-		return c, fmt.Errorf("parsing store URL %q: scheme is %q, want s3", raw, u.Scheme)
 	}
 	if u.User != nil {
 		return c, fmt.Errorf("parsing store URL %q: credentials in the URL are not accepted; use %s and %s", redact(u), EnvAccessKey, EnvSecretKey)
 	}
+	if u.Scheme != "s3" {
+		return c, fmt.Errorf("parsing store URL: scheme is %q, want s3", u.Scheme)
+	}
+	// From here on the URL holds no userinfo and may appear in errors.
 	c.Bucket = u.Host
 	if c.Bucket == "" {
-		return c, fmt.Errorf("parsing store URL %q: no bucket (want s3://BUCKET/PREFIX)", raw)
+		return c, errors.New("parsing store URL: no bucket (want s3://BUCKET/PREFIX)")
 	}
 	c.Prefix = strings.TrimPrefix(u.Path, "/")
 	c.Endpoint = first(getenv(EnvEndpointS3), getenv(EnvEndpoint))
