@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -573,9 +574,8 @@ func TestSequentialReadsTriggerReadAhead(t *testing.T) {
 	}
 	fetched := func() []int {
 		var got []int
-		for i, n := range ti.m.Names {
+		for _, n := range ti.m.Names {
 			got = append(got, origin.count(n))
-			_ = i
 		}
 		return got
 	}
@@ -745,4 +745,66 @@ func metricValue(t *testing.T, m prometheus.Metric) float64 {
 	}
 	t.Fatalf("metric %v is neither a counter nor a gauge", m.Desc())
 	return 0
+}
+
+// TestConcurrentReadersUnderEviction runs many readers over small caches, so
+// fetches, write-backs, evictions and read-ahead interleave; run with -race.
+func TestConcurrentReadersUnderEviction(t *testing.T) {
+	ti := stdImage(t)
+	d, err := NewDiskCache(t.TempDir(), 3*cs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Config{Mem: NewMemCache(2 * cs), Tiers: []Tier{d, NewOrigin(ti.st, testRoot)},
+		MaxConcurrentFetches: 3, ReadAhead: 2, Log: testLogger(t, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	ims := make([]*Image, 2)
+	for i := range ims {
+		if ims[i], err = a.Open("acme/app", ti.m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const readers = 8
+	errs := make(chan error, readers)
+	for r := range readers {
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(r), 7))
+			im := ims[r%2]
+			for k := range 200 {
+				off := rng.Int64N(ti.m.ImageSize)
+				if k%3 == 0 {
+					off = int64(k%12) * cs // sequential runs for read-ahead
+				}
+				p := make([]byte, 1+rng.IntN(2*cs))
+				n, err := im.ReadAt(context.Background(), p, off)
+				if err != nil && err != io.EOF {
+					errs <- err
+					return
+				}
+				if !bytes.Equal(p[:n], ti.plain[off:off+int64(n)]) {
+					errs <- fmt.Errorf("reader %d: wrong bytes at %d", r, off)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range readers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, im := range ims {
+		im.Close()
+	}
+	a.idle()
+	if d.Bytes() > 3*cs || a.cfg.Mem.Bytes() > 2*cs {
+		t.Errorf("caches over budget: disk %d, mem %d", d.Bytes(), a.cfg.Mem.Bytes())
+	}
+	if n, size := diskFiles(t, d); size != d.Bytes() || n != d.Len() {
+		t.Errorf("disk files %d (%d bytes), index %d (%d bytes)", n, size, d.Len(), d.Bytes())
+	}
 }

@@ -239,9 +239,15 @@ func (im *Image) start(i int) ([]byte, *call, error) {
 	}
 	a := im.a
 	if a.cfg.Mem != nil {
-		t0 := a.cfg.Now()
-		plain, ok := a.cfg.Mem.Get(ref)
-		observe(a.memM.seconds, a.cfg.Now().Sub(t0).Seconds())
+		var plain []byte
+		var ok bool
+		if a.memM.seconds != nil {
+			t0 := a.cfg.Now()
+			plain, ok = a.cfg.Mem.Get(ref)
+			a.memM.seconds.Observe(a.cfg.Now().Sub(t0).Seconds())
+		} else {
+			plain, ok = a.cfg.Mem.Get(ref)
+		}
 		if ok {
 			im.memHit(plain)
 			return plain, nil, nil
