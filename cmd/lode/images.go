@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -74,17 +75,44 @@ func runImages(ctx context.Context, all bool, out io.Writer) error {
 }
 
 func newInspectCmd() *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	cmd := &cobra.Command{
 		Use:   "inspect NAME",
 		Short: "Show an image's size, chunks, holes, sharing and entrypoint",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runInspect(cmd.Context(), args[0], stdout)
+			return runInspect(cmd.Context(), args[0], asJSON, stdout)
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
 }
 
-func runInspect(ctx context.Context, name string, out io.Writer) error {
+// inspectJSON is the --json form of inspect.
+type inspectJSON struct {
+	Tenant         string    `json:"tenant"`
+	Image          string    `json:"image"`
+	Source         string    `json:"source_digest"`
+	Root           string    `json:"root"`
+	Manifest       string    `json:"manifest"`
+	Created        time.Time `json:"created"`
+	FSType         string    `json:"fs_type"`
+	ImageSize      int64     `json:"image_size"`
+	ChunkSize      int       `json:"chunk_size"`
+	Chunks         int       `json:"chunks"`
+	Holes          int       `json:"holes"`
+	Distinct       int       `json:"distinct"`
+	Shared         int       `json:"shared"`
+	Unique         int       `json:"unique"`
+	OtherManifests int       `json:"other_manifests"`
+	Entrypoint     []string  `json:"entrypoint"`
+	Cmd            []string  `json:"cmd"`
+	WorkingDir     string    `json:"workdir"`
+	User           string    `json:"user"`
+	Env            []string  `json:"env"`
+}
+
+func runInspect(ctx context.Context, name string, asJSON bool, out io.Writer) error {
 	st, err := openStore(ctx)
 	if err != nil {
 		return err
@@ -100,6 +128,17 @@ func runInspect(ctx context.Context, name string, out io.Writer) error {
 	sh, err := catalog.Share(ctx, st, m, p)
 	if err != nil {
 		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(inspectJSON{
+			Tenant: global.tenant, Image: name, Source: m.SourceDigest, Root: string(p.Root), Manifest: p.Manifest,
+			Created: p.Created, FSType: m.FSType, ImageSize: m.ImageSize, ChunkSize: m.ChunkSize,
+			Chunks: sh.Chunks, Holes: sh.Holes, Distinct: sh.Distinct, Shared: sh.Shared, Unique: sh.Unique,
+			OtherManifests: sh.OtherImages, Entrypoint: m.Config.Entrypoint, Cmd: m.Config.Cmd,
+			WorkingDir: m.Config.WorkingDir, User: m.Config.User, Env: m.Config.Env,
+		})
 	}
 	pct := func(a, b int) float64 {
 		if b == 0 {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -51,6 +53,9 @@ func runKeysCreate(out io.Writer) error {
 	path := global.keyringPath()
 	kr, err := manifest.LoadFileKeyring(path)
 	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return fmt.Errorf("creating keyring directory: %w", err)
+		}
 		kr, err = manifest.CreateFileKeyring(path)
 		if err == nil {
 			fmt.Fprintf(out, "created keyring %s\n", path)

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
+
+	"github.com/lode-dev/lode/internal/agent"
+	"github.com/lode-dev/lode/internal/catalog"
+	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/store"
+)
+
+// workerOptions configure the read side: the agent's tiers and caches.
+type workerOptions struct {
+	cacheDir     string
+	diskBytes    int64
+	memBytes     int64
+	fetchTimeout time.Duration
+	readAhead    int
+	fetches      int
+	fleet        fleetOptions
+}
+
+func (o *workerOptions) bind(f *pflag.FlagSet) {
+	f.StringVar(&o.cacheDir, "cache-dir", "", "L1 disk cache of ciphertext chunks, shared by every image on this worker (default $LODE_HOME/cache)")
+	f.Int64Var(&o.diskBytes, "cache-size", 8<<30, "L1 disk cache budget in bytes (0 disables the disk cache)")
+	f.Int64Var(&o.memBytes, "mem-cache-size", 512<<20, "L1 memory cache budget in bytes of plaintext")
+	f.DurationVar(&o.fetchTimeout, "fetch-timeout", 30*time.Second, "deadline for fetching one chunk across all tiers; reads fail with EIO after it")
+	f.IntVar(&o.readAhead, "read-ahead", 4, "chunks to prefetch after sequential reads (0 disables)")
+	f.IntVar(&o.fetches, "max-fetches", 32, "concurrent chunk fetches from the tiers")
+	o.fleet.bind(f)
+}
+
+// worker is an opened image and everything behind it.
+type worker struct {
+	agent    *agent.Agent
+	image    *agent.Image
+	manifest *manifest.Manifest
+	pointer  store.Pointer
+	tiers    []agent.Tier
+	name     string
+	closers  []func() error
+}
+
+func (w *worker) Close() error {
+	var first error
+	if w.image != nil {
+		first = w.image.Close()
+	}
+	if w.agent != nil {
+		if err := w.agent.Close(); first == nil {
+			first = err
+		}
+	}
+	for i := len(w.closers) - 1; i >= 0; i-- {
+		if err := w.closers[i](); first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// openWorker resolves tenant's image name and opens it through the tier
+// stack: memory → disk → fleet (if configured) → origin.
+func openWorker(ctx context.Context, o workerOptions, name string, reg prometheus.Registerer) (*worker, error) {
+	st, err := openStore(ctx)
+	if err != nil {
+		return nil, err
+	}
+	kr, err := openKeyring()
+	if err != nil {
+		return nil, err
+	}
+	m, p, err := catalog.Resolve(ctx, st, kr, global.tenant, name)
+	if err != nil {
+		return nil, err
+	}
+	w := &worker{manifest: m, pointer: p, name: global.tenant + "/" + name}
+	if o.diskBytes > 0 {
+		dir := o.cacheDir
+		if dir == "" {
+			dir = filepath.Join(global.home, "cache")
+		}
+		dc, err := agent.NewDiskCache(dir, o.diskBytes, logger)
+		if err != nil {
+			return nil, err
+		}
+		w.tiers = append(w.tiers, dc)
+	}
+	fleet, closeFleet, err := o.fleet.open(ctx, reg)
+	if err != nil {
+		return nil, err
+	}
+	if fleet != nil {
+		w.tiers = append(w.tiers, fleet)
+		w.closers = append(w.closers, closeFleet)
+	}
+	w.tiers = append(w.tiers, agent.NewOrigin(st, p.Root))
+
+	c := agent.DefaultConfig()
+	c.Mem = agent.NewMemCache(o.memBytes)
+	c.Tiers = w.tiers
+	c.FetchTimeout = o.fetchTimeout
+	c.ReadAhead = o.readAhead
+	c.MaxConcurrentFetches = o.fetches
+	c.Log = logger
+	if reg != nil {
+		c.Metrics = agent.NewMetrics(reg)
+	}
+	a, err := agent.New(c)
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	w.agent = a
+	im, err := a.Open(w.name, m)
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("opening image %s: %w", w.name, err)
+	}
+	w.image = im
+	return w, nil
+}
