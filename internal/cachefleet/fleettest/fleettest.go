@@ -39,6 +39,10 @@ type Options struct {
 	DiskBytes int64
 	// Log receives node logs; nil discards them.
 	Log *slog.Logger
+	// SamePort puts every node on the same port (each on its own
+	// 127.0.0.x), as pods behind a headless service are; tests that need it
+	// are skipped where the addresses or the port are not available.
+	SamePort bool
 }
 
 func (o *Options) defaults() {
@@ -139,7 +143,16 @@ func (f *Fleet) Add() int {
 	f.mu.Lock()
 	i := len(f.nodes)
 	f.mu.Unlock()
-	l := listenLoopback(f.t, i)
+	var l net.Listener
+	if f.opts.SamePort && i > 0 {
+		_, port, _ := net.SplitHostPort(f.Node(0).addr)
+		var err error
+		if l, err = net.Listen("tcp", net.JoinHostPort(fmt.Sprintf("127.0.0.%d", 2+i), port)); err != nil {
+			f.t.Skipf("needs 127.0.0.%d:%s for a same-port fleet: %v", 2+i, port, err)
+		}
+	} else {
+		l = listenLoopback(f.t, i)
+	}
 	n := &Node{addr: l.Addr().String(), URL: "http://" + l.Addr().String()}
 	if f.opts.DiskBytes > 0 {
 		n.dir = f.t.TempDir()
