@@ -98,7 +98,8 @@ func (l *layer) openStream() (*layerStream, error) {
 		}
 		s.dec, s.decClose = zr, func() { zr.Close() }
 	case bytes.HasPrefix(magic, zstdMagic):
-		zr, err := zstd.NewReader(s.rawBuf, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+		zr, err := zstd.NewReader(s.rawBuf, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxWindow(1<<27)) // 128 MiB, zstd --long's default; bounds memory on hostile input
 		if err != nil {
 			rc.Close()
 			return nil, l.errorf(ErrCorrupt, err, "reading zstd header")
