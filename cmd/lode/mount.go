@@ -1,0 +1,178 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lode-dev/lode/internal/blockdev/fuse"
+	"github.com/lode-dev/lode/internal/metrics"
+)
+
+type mountOptions struct {
+	background bool
+	stateDir   string
+	metrics    string
+	worker     workerOptions
+}
+
+func newMountCmd() *cobra.Command {
+	var o mountOptions
+	cmd := &cobra.Command{
+		Use:   "mount NAME DIR",
+		Short: "Mount an image read-only at DIR, fetching chunks on demand",
+		Long: `Mount exposes the image as a read-only file through FUSE, attaches a read-only
+loop device to it and mounts the ext4 filesystem at DIR. Only the chunks that
+reads touch are fetched (memory cache → disk cache → fleet → origin), each
+decrypted and verified before a byte is returned; a chunk that cannot be
+fetched or verified gives EIO to the reader.
+
+Mount serves until "lode umount DIR", SIGINT or SIGTERM; with --background it
+returns once the filesystem is mounted and keeps serving in a detached process.
+Needs root, /dev/fuse and loop devices. After a crash, "lode umount DIR" or
+"lode doctor" cleans up (see docs/operations.md).`,
+		Example: `  lode mount app /mnt/app --background
+  ls /mnt/app
+  lode umount /mnt/app`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.background {
+				return mountInBackground(cmd.Context(), args[0], args[1])
+			}
+			return runMount(cmd.Context(), o, args[0], args[1])
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&o.background, "background", "d", false, "return once mounted; serve from a detached process")
+	f.StringVar(&o.stateDir, "state-dir", fuse.DefaultStateDir, "where mount state lives (lode umount and lode doctor read it)")
+	f.StringVar(&o.metrics, "metrics-listen", "", "serve Prometheus /metrics on this address while mounted")
+	o.worker.bind(f)
+	return cmd
+}
+
+// mountedLine is what a mount prints once the filesystem is usable; a
+// --background parent waits for it.
+const mountedLine = "mounted "
+
+func runMount(ctx context.Context, o mountOptions, name, dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("creating mount point: %w", err)
+	}
+	reg := metrics.NewRegistry()
+	w, err := openWorker(ctx, o.worker, name, reg)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	if o.metrics != "" {
+		stop, err := serveMetrics(o.metrics, reg)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	mo := fuse.MountOptions{StateDir: o.stateDir}
+	mo.Log = logger
+	m, err := fuse.MountImage(ctx, dir, w.image, mo)
+	if err != nil {
+		return fmt.Errorf("mounting %s at %s: %w", w.name, dir, err)
+	}
+	fmt.Fprintf(stdout, "%s%s at %s (%d bytes, loop %s)\n", mountedLine, w.name, dir, w.image.Size(), m.Loop())
+	if f, ok := stdout.(*os.File); ok {
+		f.Sync()
+	}
+	done := make(chan struct{})
+	go func() { m.Wait(); close(done) }()
+	select {
+	case <-done: // lode umount from another process
+	case <-ctx.Done():
+		if err := m.Close(); err != nil {
+			return err
+		}
+	}
+	printStats(stderr, w)
+	return nil
+}
+
+// mountInBackground re-runs this mount without --background in a new
+// session and returns once it reports the filesystem mounted.
+func mountInBackground(ctx context.Context, name, dir string) error {
+	var args []string
+	for _, a := range os.Args[1:] {
+		if a != "--background" && a != "-d" && a != "--background=true" {
+			args = append(args, a)
+		}
+	}
+	logDir := filepath.Join(global.home, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return err
+	}
+	logPath := filepath.Join(logDir, "mount-"+strings.ReplaceAll(strings.Trim(dir, "/"), "/", "_")+".log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Stdout = pw
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting background mount: %w", err)
+	}
+	pw.Close()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	pr.Close()
+	if strings.HasPrefix(line, mountedLine) {
+		fmt.Fprint(stdout, line)
+		fmt.Fprintf(stdout, "serving from pid %d; logs in %s\n", cmd.Process.Pid, logPath)
+		return cmd.Process.Release()
+	}
+	werr := cmd.Wait()
+	b, _ := os.ReadFile(logPath)
+	tail := string(b)
+	if len(tail) > 2000 {
+		tail = tail[len(tail)-2000:]
+	}
+	return errors.Join(fmt.Errorf("background mount of %s at %s failed (%v, %v); log %s:\n%s", name, dir, err, werr, logPath, tail))
+}
+
+func newUmountCmd() *cobra.Command {
+	var stateDir string
+	cmd := &cobra.Command{
+		Use:   "umount DIR",
+		Short: "Unmount an image mounted by lode mount (also after a crash)",
+		Long: `Umount unmounts DIR, detaches its loop device and unmounts the FUSE file behind
+it. It works whether or not the serving process is still alive.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := fuse.Unmount(cmd.Context(), stateDir, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "unmounted %s\n", args[0])
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", fuse.DefaultStateDir, "where mount state lives")
+	return cmd
+}
