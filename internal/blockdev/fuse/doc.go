@@ -1,0 +1,38 @@
+// Package fuse exposes a blockdev.Device as a read-only regular file through
+// FUSE and, in MountImage, loop-mounts that file read-only as ext4: the
+// `lode mount` / `lode umount` frontend of DESIGN.md, "The data path".
+//
+// It owns: the one-file FUSE filesystem (ServeFile), the loop device over it,
+// the read-only mount, a state directory per mount (default
+// /run/lode/mounts/<hash of dir>/ with the FUSE mount point and state.json)
+// so that another process can tear it down (Unmount), and crash recovery
+// (Recover, used by `lode doctor`; the manual steps are in
+// docs/ops-mount.md). It does not own the Device (the agent's image), the
+// container that uses the mount (internal/run), or the CLI.
+//
+// Library: hanwen/go-fuse/v2 (fs API), mounting with mount(2) directly
+// since lode runs as root. Loop devices are bound with ioctls from
+// golang.org/x/sys/unix (LOOP_CTL_GET_FREE, then LOOP_CONFIGURE with
+// LO_FLAGS_READ_ONLY|LO_FLAGS_AUTOCLEAR) rather than the losetup binary:
+// one syscall binds the file atomically, there is no output to parse, and
+// autoclear means the device disappears by itself when the filesystem is
+// unmounted, even if lode has crashed.
+//
+// Caching: ext4 already caches every page it reads, so the FUSE file is
+// opened with FOPEN_DIRECT_IO (no second copy in the FUSE file's page cache;
+// Options.PageCache turns it back on). Read size then comes from the loop
+// device's readahead, raised to 4 MiB (MountOptions.ReadAheadKB), and FUSE
+// reads go up to 1 MiB (Options.MaxRead, the kernel's ceiling), served by
+// go-fuse's multi-threaded loop. BenchmarkWarmSequentialRead compares a
+// sequential read through this stack with a loop mount of a local file.
+//
+// Failure semantics: a Device error is EIO to the reader. Every Device read
+// gets a context that ends when the kernel interrupts the request or the
+// mount is closed, so Close never waits on a stalled Device: it fails reads
+// in flight, unmounts (retrying while busy, then lazily), lets autoclear
+// detach the loop device, and unmounts the FUSE file, aborting its
+// connection through fusectl if a lazily detached filesystem still holds it.
+// If the serving process dies, the kernel aborts its FUSE connection: reads
+// fail with EIO instead of hanging, and Recover (or the manual steps)
+// removes the leftovers.
+package fuse
