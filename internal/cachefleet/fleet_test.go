@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lode-dev/lode/internal/agent"
 	"github.com/lode-dev/lode/internal/cachefleet"
 	"github.com/lode-dev/lode/internal/cachefleet/fleettest"
 	"github.com/lode-dev/lode/internal/chunk"
@@ -136,11 +137,8 @@ func TestFleetRoundTrip(t *testing.T) {
 	}
 }
 
-var _ interface {
-	Fetch(context.Context, chunk.Name, []byte) ([]byte, error)
-	Fill(context.Context, chunk.Name, []byte) error
-	Name() string
-} = (*cachefleet.Client)(nil)
+// The client is the agent's "fleet" tier.
+var _ agent.Tier = (*cachefleet.Client)(nil)
 
 func TestFleetMiss(t *testing.T) {
 	f := fleettest.Start(t, 5, fleettest.Options{})
