@@ -30,7 +30,7 @@ func TestParseURL(t *testing.T) {
 			Bucket: "b", Prefix: "p", Endpoint: "http://env-endpoint:9000", Region: "eu-west-1",
 			AccessKey: "AK", SecretKey: "SK", SessionToken: "TOK"}},
 		{name: "S3-specific endpoint and default region", url: "s3://b",
-			env: map[string]string{EnvEndpointS3: "http://s3-only", EnvEndpoint: "http://generic", EnvDefaultRgn: "us-west-2"},
+			env:  map[string]string{EnvEndpointS3: "http://s3-only", EnvEndpoint: "http://generic", EnvDefaultRgn: "us-west-2"},
 			want: Config{Bucket: "b", Endpoint: "http://s3-only", Region: "us-west-2"}},
 		{name: "query beats env", url: "s3://b/p?endpoint=http://127.0.0.1:7070&region=us-east-1&path_style=true&insecure=1&max_retries=2",
 			env: env, want: Config{Bucket: "b", Prefix: "p", Endpoint: "http://127.0.0.1:7070", Region: "us-east-1",

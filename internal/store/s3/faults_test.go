@@ -33,7 +33,7 @@ type proxy struct {
 	mu    sync.Mutex
 	seen  []string
 	fault func(w http.ResponseWriter, r *http.Request, n int) bool // n: requests seen so far with this method
-	cut   func(r *http.Request, n int) bool                       // cut this answer's body short
+	cut   func(r *http.Request, n int) bool                        // cut this answer's body short
 }
 
 type cutBody struct {

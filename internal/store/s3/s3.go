@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -35,6 +36,8 @@ var (
 // Store is a store.Store over an S3 bucket.
 type Store struct {
 	c        *minio.Core
+	putc     *minio.Client // for PUTs: no retries inside minio-go (see New)
+	retries  int           // attempts per PUT
 	bucket   string
 	prefix   string // "" or ends in "/"
 	endpoint string // for errors
@@ -111,14 +114,25 @@ func New(ctx context.Context, c Config) (*Store, error) {
 	} else {
 		creds = credentials.New(&credentials.Static{Value: credentials.Value{SignerType: credentials.SignatureAnonymous}})
 	}
-	s.c, err = minio.NewCore(host, &minio.Options{
+	opts := &minio.Options{
 		Creds:        creds,
 		Secure:       secure,
 		Transport:    rt,
 		Region:       region,
 		BucketLookup: lookup,
 		MaxRetries:   retries,
-	})
+	}
+	s.c, err = minio.NewCore(host, opts)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s at %s: %w", s.name, s.endpoint, err)
+	}
+	// PUTs are retried here, not by minio-go: it seeks the body back for the
+	// next attempt while net/http may still be sending it from the failed
+	// one (a data race, seen when a server answers 503 before reading the
+	// body). A new reader per attempt avoids sharing.
+	s.retries = retries
+	opts.MaxRetries = 1
+	s.putc, err = minio.New(host, opts)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s at %s: %w", s.name, s.endpoint, err)
 	}
@@ -312,11 +326,65 @@ func (s *Store) Put(ctx context.Context, key string, data []byte) (err error) {
 }
 
 func (s *Store) put(ctx context.Context, key string, data []byte, opts minio.PutObjectOptions) error {
-	_, err := s.c.Client.PutObject(ctx, s.bucket, s.prefix+key, bytes.NewReader(data), int64(len(data)), opts)
-	if err != nil {
+	if err := s.putObject(ctx, key, data, opts); err != nil {
 		return s.fail("putting", key, err)
 	}
 	return nil
+}
+
+// putObject sends one PutObject, retried like minio-go retries other
+// requests (see retryable), with a fresh body reader per attempt.
+func (s *Store) putObject(ctx context.Context, key string, data []byte, opts minio.PutObjectOptions) error {
+	for attempt := 0; ; attempt++ {
+		_, err := s.putc.PutObject(ctx, s.bucket, s.prefix+key, bytes.NewReader(data), int64(len(data)), opts)
+		if err == nil || attempt+1 >= s.retries || !retryable(ctx, err) {
+			return err
+		}
+		if err := sleep(ctx, backoff(attempt)); err != nil {
+			return err
+		}
+	}
+}
+
+// retryable reports whether a request that failed with err may succeed if
+// sent again: throttling, 5xx, timeouts and network errors, as minio-go
+// decides for the requests it retries itself.
+func retryable(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	r := minio.ToErrorResponse(err)
+	switch r.Code {
+	case "RequestError", "RequestTimeout", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+		"RequestThrottled", "InternalError", "SlowDown", "SlowDownWrite", "SlowDownRead", "ServiceUnavailable":
+		return true
+	}
+	switch r.StatusCode {
+	case http.StatusRequestTimeout, http.StatusTooManyRequests, http.StatusInternalServerError,
+		http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	var ue *url.Error
+	var ne net.Error
+	return r.StatusCode == 0 && (errors.As(err, &ue) || errors.As(err, &ne))
+}
+
+// backoff is minio-go's schedule: 200 ms doubling, capped at 1 s, with
+// full jitter.
+func backoff(attempt int) time.Duration {
+	d := min(time.Second, 200*time.Millisecond<<attempt)
+	return time.Duration(rand.Int64N(int64(d)) + 1)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // PutIfAbsent writes key with If-None-Match: *, which the server evaluates
@@ -329,7 +397,7 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, data []byte) (err e
 	for attempt := 0; !s.noConditionalPut.Load(); attempt++ {
 		opts := s.putOptions()
 		opts.SetMatchETagExcept("*")
-		_, err := s.c.Client.PutObject(ctx, s.bucket, s.prefix+key, bytes.NewReader(data), int64(len(data)), opts)
+		err := s.putObject(ctx, key, data, opts)
 		if err == nil {
 			return nil
 		}
@@ -340,10 +408,8 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, data []byte) (err e
 		case (r.StatusCode == http.StatusConflict || r.Code == "ConditionalRequestConflict") && attempt < 5:
 			// AWS: a concurrent conditional write to the same key is in
 			// flight; the next attempt sees its outcome.
-			select {
-			case <-time.After(time.Duration(10<<attempt) * time.Millisecond):
-			case <-ctx.Done():
-				return s.fail("putting", key, ctx.Err())
+			if err := sleep(ctx, time.Duration(10<<attempt)*time.Millisecond); err != nil {
+				return s.fail("putting", key, err)
 			}
 		case r.StatusCode == http.StatusNotImplemented || r.Code == "NotImplemented":
 			if s.noConditionalPut.CompareAndSwap(false, true) {
