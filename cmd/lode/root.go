@@ -84,7 +84,7 @@ tenant is "default". Run "lode demo" for a tour.`,
 	f.StringVar(&global.logLevel, "log-level", envOr("LODE_LOG_LEVEL", "warn"), "log level: debug, info, warn, error")
 	f.StringVar(&global.logFormat, "log-format", envOr("LODE_LOG_FORMAT", "text"), "log format: text or json")
 
-	root.AddCommand(newBuildCmd(), newImagesCmd(), newInspectCmd(), newKeysCmd(), newServeNBDCmd(), newMountCmd(), newUmountCmd(), newRunCmd(), newDemoCmd())
+	root.AddCommand(newBuildCmd(), newImagesCmd(), newInspectCmd(), newKeysCmd(), newServeNBDCmd(), newMountCmd(), newUmountCmd(), newRunCmd(), newDemoCmd(), newCacheCmd())
 	for _, add := range extraCommands {
 		root.AddCommand(add())
 	}
