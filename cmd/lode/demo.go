@@ -6,20 +6,25 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/lode-dev/lode/internal/cachefleet"
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/demo"
 	"github.com/lode-dev/lode/internal/manifest"
 )
 
 type demoOptions struct {
-	payload int64
-	rebuild bool
-	run     runOptions
+	payload    int64
+	rebuild    bool
+	fleetNodes int
+	run        runOptions
 }
 
 func newDemoCmd() *cobra.Command {
@@ -41,6 +46,7 @@ the start reads, and prints the statistics.`,
 	f := cmd.Flags()
 	f.Int64Var(&o.payload, "payload", 1<<30, "bytes of the unused payload layer")
 	f.BoolVar(&o.rebuild, "rebuild", false, "build the sample image again even if the store has it")
+	f.IntVar(&o.fleetNodes, "fleet-nodes", 5, "start an in-process cache fleet of this many nodes on 127.0.0.x and run twice: a cold worker that fills the fleet, then a second worker that reads from it (0: no fleet, one run)")
 	o.run.network = "host"
 	o.run.runtime = "runc"
 	o.run.worker.bind(f)
@@ -89,14 +95,54 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 	if err := runInspect(ctx, demoImage, false, out); err != nil {
 		return err
 	}
-	// A fresh disk cache makes the start cold: every chunk comes from the origin.
-	cache, err := os.MkdirTemp(global.home, "demo-cache-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(cache)
-	o.run.worker.cacheDir = cache
 	o.run.stateDir = filepath.Join(global.home, "mounts")
-	fmt.Fprintf(out, "== lode run %s (cold worker cache)\n", demoImage)
-	return runRun(ctx, o.run, demoImage, nil, nil, out, out)
+	runs := []string{"worker 1: cold worker cache, empty fleet"}
+	if o.fleetNodes > 0 {
+		nodes, stop, err := startLocalFleet(ctx, o.fleetNodes)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		o.run.worker.fleet.nodes = nodes
+		fmt.Fprintf(out, "== started an in-process cache fleet: %s\n", strings.Join(nodes, ", "))
+		runs = append(runs, "worker 2: cold worker cache, warm fleet")
+	}
+	for _, what := range runs {
+		// A fresh disk cache per run makes each start cold on its worker.
+		cache, err := os.MkdirTemp(global.home, "demo-cache-")
+		if err != nil {
+			return err
+		}
+		o.run.worker.cacheDir = cache
+		fmt.Fprintf(out, "== lode run %s (%s)\n", demoImage, what)
+		err = runRun(ctx, o.run, demoImage, nil, nil, out, out)
+		os.RemoveAll(cache)
+		if err != nil {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond) // let background fleet write-back finish
+	}
+	return nil
+}
+
+// startLocalFleet starts n cache nodes in this process on 127.0.0.2… (one
+// loopback address each, as separate hosts would have).
+func startLocalFleet(ctx context.Context, n int) ([]string, func(), error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var nodes []string
+	for i := 0; i < n; i++ {
+		srv, err := cachefleet.NewServer(cachefleet.ServerConfig{MemBytes: 256 << 20, Log: logger})
+		if err != nil {
+			cancel()
+			return nil, nil, err
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:0", i+2))
+		if err != nil {
+			cancel()
+			return nil, nil, err
+		}
+		nodes = append(nodes, l.Addr().String())
+		go srv.Serve(ctx, l)
+	}
+	return nodes, cancel, nil
 }
