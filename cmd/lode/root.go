@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -19,6 +20,7 @@ type globalOptions struct {
 	tenant    string // LODE_TENANT
 	logLevel  string
 	logFormat string
+	cpuProf   string
 }
 
 var global globalOptions
@@ -73,8 +75,12 @@ tenant is "default". Run "lode demo" for a tour.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			return setupLogging(cmd)
+			if err := setupLogging(cmd); err != nil {
+				return err
+			}
+			return startProfile()
 		},
+		PersistentPostRun: func(cmd *cobra.Command, args []string) { stopProfile() },
 	}
 	f := root.PersistentFlags()
 	f.StringVar(&global.home, "home", defaultHome(), "lode's data directory (env LODE_HOME)")
@@ -83,6 +89,8 @@ tenant is "default". Run "lode demo" for a tour.`,
 	f.StringVar(&global.tenant, "tenant", envOr("LODE_TENANT", "default"), "tenant whose images and key to use (env LODE_TENANT)")
 	f.StringVar(&global.logLevel, "log-level", envOr("LODE_LOG_LEVEL", "warn"), "log level: debug, info, warn, error")
 	f.StringVar(&global.logFormat, "log-format", envOr("LODE_LOG_FORMAT", "text"), "log format: text or json")
+	f.StringVar(&global.cpuProf, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
+	f.MarkHidden("cpuprofile")
 
 	root.AddCommand(newBuildCmd(), newImagesCmd(), newInspectCmd(), newKeysCmd(), newServeNBDCmd(), newMountCmd(), newUmountCmd(), newRunCmd(), newDemoCmd(), newCacheCmd())
 	for _, add := range extraCommands {
@@ -112,4 +120,26 @@ func setupLogging(cmd *cobra.Command) error {
 		return fmt.Errorf("--log-format %q: want text or json", global.logFormat)
 	}
 	return nil
+}
+
+var profFile *os.File
+
+func startProfile() error {
+	if global.cpuProf == "" {
+		return nil
+	}
+	f, err := os.Create(global.cpuProf)
+	if err != nil {
+		return err
+	}
+	profFile = f
+	return pprof.StartCPUProfile(f)
+}
+
+func stopProfile() {
+	if profFile != nil {
+		pprof.StopCPUProfile()
+		profFile.Close()
+		profFile = nil
+	}
 }
