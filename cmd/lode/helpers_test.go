@@ -1,0 +1,289 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lode-dev/lode/internal/demo"
+	"github.com/lode-dev/lode/internal/lodetest"
+)
+
+// testDir holds what tests of this binary share: the sample image and its
+// unpacked oracle.
+var testDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "lode-cmd-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	testDir = dir
+	code := m.Run()
+	lodetest.StopS3Servers()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// samplePayload keeps the demo's unused payload layer small.
+const samplePayload = 8 << 20
+
+var (
+	sampleMu     sync.Mutex
+	sampleSource string
+	sampleOracle string
+)
+
+// sample writes the demo's multi-layer OCI image once per test binary and
+// returns its build source.
+func sample(t *testing.T) string {
+	t.Helper()
+	sampleMu.Lock()
+	defer sampleMu.Unlock()
+	if sampleSource == "" {
+		src, err := demo.WriteSample(context.Background(), filepath.Join(testDir, "sample"), demo.Options{PayloadBytes: samplePayload})
+		if err != nil {
+			t.Fatalf("writing the sample image: %v", err)
+		}
+		sampleSource = src
+	}
+	return sampleSource
+}
+
+// oracle returns the sample's merged rootfs as umoci unpacks it: what a
+// mount of the image must show.
+func oracle(t *testing.T) string {
+	t.Helper()
+	lodetest.Require(t, lodetest.Root, lodetest.Tool("umoci"))
+	src := sample(t)
+	sampleMu.Lock()
+	defer sampleMu.Unlock()
+	if sampleOracle == "" {
+		bundle := filepath.Join(testDir, "oracle")
+		layout := strings.TrimSuffix(strings.TrimPrefix(src, "oci:"), ":"+demo.Tag)
+		if out, err := exec.Command("umoci", "unpack", "--image", layout+":"+demo.Tag, bundle).CombinedOutput(); err != nil {
+			t.Fatalf("umoci unpack: %v\n%s", err, out)
+		}
+		sampleOracle = filepath.Join(bundle, "rootfs")
+	}
+	return sampleOracle
+}
+
+// syncBuffer is a bytes.Buffer safe for a command writing while the test
+// reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitFor polls f until it holds; the limit only guards against a hang.
+func waitFor(t *testing.T, what string, errc <-chan error, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !f() {
+		select {
+		case err := <-errc:
+			t.Fatalf("waiting for %s: the command returned %v", what, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// cli is one user's lode: a home directory, and the package variables
+// (global flags, stdout, stderr, logger) pointed at it and at buffers.
+type cli struct {
+	home           string
+	stdout, stderr *syncBuffer
+	log            *syncBuffer
+}
+
+// newCLI sets the global options as "lode --home HOME" would and restores
+// them when t ends. Tests that use it must not run in parallel.
+func newCLI(t *testing.T) *cli {
+	t.Helper()
+	savedGlobal, savedOut, savedErr, savedLog := global, stdout, stderr, logger
+	t.Cleanup(func() { global, stdout, stderr, logger = savedGlobal, savedOut, savedErr, savedLog })
+	c := &cli{home: t.TempDir(), stdout: &syncBuffer{}, stderr: &syncBuffer{}, log: &syncBuffer{}}
+	global = globalOptions{home: c.home, tenant: "default", logLevel: "info", logFormat: "text"}
+	stdout, stderr = c.stdout, c.stderr
+	logger = slog.New(slog.NewTextHandler(c.log, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return c
+}
+
+// workerOpts are the worker flags' defaults, scaled down for tests.
+func (c *cli) workerOpts() workerOptions {
+	return workerOptions{
+		cacheDir: filepath.Join(c.home, "cache"), diskBytes: 256 << 20, memBytes: 64 << 20,
+		fetchTimeout: 20 * time.Second, readAhead: 4, fetches: 8,
+	}
+}
+
+// buildSample creates the keyring and builds the sample as name, keeping
+// its ext4 image; it returns the kept image's path.
+func (c *cli) buildSample(t *testing.T, name string) string {
+	t.Helper()
+	src := sample(t)
+	var out bytes.Buffer
+	if err := runKeysCreate(&out); err != nil {
+		t.Fatalf("keys create: %v", err)
+	}
+	keep := filepath.Join(c.home, name+".ext4")
+	if err := runBuild(context.Background(), buildOptions{name: name, chunkSize: 512 << 10, keepImage: keep}, src, &out); err != nil {
+		t.Fatalf("lode build: %v\n%s", err, out.String())
+	}
+	return keep
+}
+
+// execLode runs "lode ARGS" through cobra as a user would, with --home set,
+// and restores the global options the run overwrote.
+func (c *cli) execLode(t *testing.T, args ...string) error {
+	t.Helper()
+	saved := global
+	defer func() { global = saved }()
+	cmd := newRootCmd()
+	cmd.SetArgs(append([]string{"--home", c.home, "--tenant", saved.tenant, "--log-level", "info"}, args...))
+	return cmd.ExecuteContext(context.Background())
+}
+
+// isMounted reports whether dir is a mount point in /proc/self/mountinfo.
+func isMounted(t *testing.T, dir string) bool {
+	t.Helper()
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if fields := strings.Fields(sc.Text()); len(fields) > 4 && fields[4] == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// entry is what the tree comparison checks of one path.
+type entry struct {
+	Mode          fs.FileMode
+	UID, GID      uint32
+	Size          int64
+	SHA256        string
+	Target        string
+	Xattrs        map[string]string
+	MtimeSec      int64
+	LinkGroupSize int
+	FirstLink     string
+}
+
+// snapshot describes every path under root (not following symlinks).
+func snapshot(t *testing.T, root string) map[string]entry {
+	t.Helper()
+	out := map[string]entry{}
+	inodes := map[uint64][]string{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if rel == "lost+found" {
+			return filepath.SkipDir
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		sys := fi.Sys().(*syscall.Stat_t)
+		e := entry{Mode: fi.Mode(), UID: sys.Uid, GID: sys.Gid, MtimeSec: fi.ModTime().Unix()}
+		switch {
+		case fi.Mode().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return fmt.Errorf("reading %s: %w", rel, err)
+			}
+			e.Size, e.SHA256 = int64(len(b)), fmt.Sprintf("%x", sha256.Sum256(b))
+			inodes[sys.Ino] = append(inodes[sys.Ino], rel)
+		case fi.Mode()&fs.ModeSymlink != 0:
+			if e.Target, err = os.Readlink(p); err != nil {
+				return err
+			}
+			e.MtimeSec = 0
+		}
+		if fi.IsDir() {
+			e.MtimeSec = 0 // unpacking into a directory changes its mtime
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			e.Xattrs = userXattrs(t, p)
+		}
+		out[rel] = e
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walking %s: %v", root, err)
+	}
+	for _, paths := range inodes {
+		sort.Strings(paths)
+		for _, p := range paths {
+			e := out[p]
+			e.LinkGroupSize, e.FirstLink = len(paths), paths[0]
+			out[p] = e
+		}
+	}
+	return out
+}
+
+func userXattrs(t *testing.T, p string) map[string]string {
+	t.Helper()
+	buf := make([]byte, 4096)
+	n, err := unix.Llistxattr(p, buf)
+	if err != nil {
+		t.Fatalf("listxattr %s: %v", p, err)
+	}
+	var m map[string]string
+	for _, name := range strings.Split(string(buf[:n]), "\x00") {
+		if !strings.HasPrefix(name, "user.") {
+			continue
+		}
+		v := make([]byte, 4096)
+		vn, err := unix.Lgetxattr(p, name, v)
+		if err != nil {
+			t.Fatalf("getxattr %s %s: %v", p, name, err)
+		}
+		if m == nil {
+			m = map[string]string{}
+		}
+		m[name] = string(v[:vn])
+	}
+	return m
+}
