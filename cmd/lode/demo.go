@@ -24,6 +24,8 @@ type demoOptions struct {
 	payload    int64
 	rebuild    bool
 	fleetNodes int
+	noRun      bool
+	keepImage  string
 	run        runOptions
 }
 
@@ -46,6 +48,8 @@ the start reads, and prints the statistics.`,
 	f := cmd.Flags()
 	f.Int64Var(&o.payload, "payload", 1<<30, "bytes of the unused payload layer")
 	f.BoolVar(&o.rebuild, "rebuild", false, "build the sample image again even if the store has it")
+	f.BoolVar(&o.noRun, "no-run", false, "build the sample image, then stop")
+	f.StringVar(&o.keepImage, "keep-image", "", "also write the built ext4 image to this path (with --rebuild or a first build)")
 	f.IntVar(&o.fleetNodes, "fleet-nodes", 5, "start an in-process cache fleet of this many nodes on 127.0.0.x and run twice: a cold worker that fills the fleet, then a second worker that reads from it (0: no fleet, one run)")
 	o.run.network = "host"
 	o.run.runtime = "runc"
@@ -83,7 +87,7 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(out, "== lode build %s --name %s\n", src, demoImage)
-		if err := runBuild(ctx, buildOptions{name: demoImage, chunkSize: 512 << 10}, src, out); err != nil {
+		if err := runBuild(ctx, buildOptions{name: demoImage, chunkSize: 512 << 10, keepImage: o.keepImage}, src, out); err != nil {
 			return err
 		}
 	} else if lerr != nil {
@@ -94,6 +98,9 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 	fmt.Fprintf(out, "== lode inspect %s\n", demoImage)
 	if err := runInspect(ctx, demoImage, false, out); err != nil {
 		return err
+	}
+	if o.noRun {
+		return nil
 	}
 	o.run.stateDir = filepath.Join(global.home, "mounts")
 	runs := []string{"worker 1: cold worker cache, empty fleet"}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/lode-dev/lode/internal/blockdev/fuse"
 	"github.com/lode-dev/lode/internal/run"
@@ -21,6 +22,7 @@ type runOptions struct {
 	network       string
 	runtime       string
 	keep          bool
+	prefetchAll   bool
 	stateDir      string
 	worker        workerOptions
 }
@@ -51,6 +53,7 @@ each tier and the share of the image that was read.`,
 	f.StringVar(&o.network, "network", run.NetworkHost, "network: host or none")
 	f.StringVar(&o.runtime, "runtime", "runc", "OCI runtime binary")
 	f.BoolVar(&o.keep, "keep", false, "keep the container's state dir (and its writes) afterwards")
+	f.BoolVar(&o.prefetchAll, "prefetch-all", false, "download every chunk before mounting (the non-lazy baseline)")
 	f.StringVar(&o.stateDir, "state-dir", fuse.DefaultStateDir, "where mount state lives")
 	o.worker.bind(f)
 	return cmd
@@ -87,6 +90,11 @@ func runImage(ctx context.Context, o runOptions, name string, args []string, in 
 	w, err := openWorker(ctx, o.worker, name, nil)
 	if err != nil {
 		return rep, nil, err
+	}
+	if o.prefetchAll {
+		if err := readAll(ctx, w.image, 8); err != nil {
+			return rep, w, fmt.Errorf("prefetching %s: %w", w.name, err)
+		}
 	}
 	base := filepath.Join(global.home, "run")
 	if err := os.MkdirAll(base, 0o755); err != nil {
@@ -143,4 +151,27 @@ func runImage(ctx context.Context, o runOptions, name string, args []string, in 
 		return rep, w, fmt.Errorf("running %s: %w", w.name, err)
 	}
 	return rep, w, nil
+}
+
+// readAll reads every byte of d with par readers of one chunk-sized span
+// each, so every chunk passes through the tiers once.
+func readAll(ctx context.Context, d interface {
+	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
+	Size() int64
+}, par int) error {
+	const span = 1 << 20
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(par)
+	for off := int64(0); off < d.Size(); off += span {
+		off := off
+		g.Go(func() error {
+			buf := make([]byte, min(span, d.Size()-off))
+			_, err := d.ReadAt(ctx, buf, off)
+			if err == io.EOF {
+				err = nil
+			}
+			return err
+		})
+	}
+	return g.Wait()
 }
