@@ -1,0 +1,83 @@
+package gc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/lode-dev/lode/internal/store"
+)
+
+// alarmKey is roots/<root>/ALARM. It belongs with the rest of the layout in
+// store/keys.go; it is here until that file gains it.
+func alarmKey(r store.RootID) string { return store.RootPrefix(r) + "ALARM" }
+
+// Alarm is the content of roots/<root>/ALARM: the first read (or check) that
+// found something live in a root that should hold nothing live. While it
+// exists the collector does not delete the root.
+type Alarm struct {
+	Root  store.RootID `json:"-"`
+	Image string       `json:"image"`           // tenant/name of the image read, when known
+	Chunk string       `json:"chunk,omitempty"` // chunk name read, "" for a manifest or pointer
+	Time  time.Time    `json:"time"`
+}
+
+// RaiseAlarm writes root's alarm marker, naming the image and chunk whose
+// read hit the root. The agent calls it on every read from an expired root
+// (see docs/gc.md); the collector calls it when a live pointer names an
+// expired root. The first alarm is kept: later ones do not overwrite its
+// evidence. It is safe to call concurrently and repeatedly.
+func RaiseAlarm(ctx context.Context, st store.Store, root store.RootID, image, chunk string) error {
+	if err := store.ValidName("root", string(root)); err != nil {
+		return fmt.Errorf("raising alarm: %w", err)
+	}
+	b, _ := json.Marshal(Alarm{Image: image, Chunk: chunk, Time: time.Now().UTC()})
+	err := st.PutIfAbsent(ctx, alarmKey(root), append(b, '\n'))
+	if err != nil && !errors.Is(err, store.ErrExists) {
+		return fmt.Errorf("raising alarm on root %s: %w", root, err)
+	}
+	return nil
+}
+
+// ReadAlarm returns root's alarm, or an error wrapping store.ErrNotFound when
+// it has none.
+func ReadAlarm(ctx context.Context, st store.Store, root store.RootID) (Alarm, error) {
+	b, err := st.Get(ctx, alarmKey(root), nil)
+	if err != nil {
+		return Alarm{}, fmt.Errorf("reading alarm of root %s: %w", root, err)
+	}
+	var a Alarm
+	if err := json.Unmarshal(b, &a); err != nil {
+		// A marker that does not parse still blocks deletion: report it.
+		return Alarm{Root: root, Image: "(unreadable alarm: " + err.Error() + ")"}, nil
+	}
+	a.Root = root
+	return a, nil
+}
+
+// ClearAlarm removes root's alarm marker so the collector may delete the
+// root once its grace has passed. Clearing a root without one is not an
+// error.
+func ClearAlarm(ctx context.Context, st store.Store, root store.RootID) error {
+	if err := store.ValidName("root", string(root)); err != nil {
+		return fmt.Errorf("clearing alarm: %w", err)
+	}
+	if err := st.Delete(ctx, alarmKey(root)); err != nil {
+		return fmt.Errorf("clearing alarm of root %s: %w", root, err)
+	}
+	return nil
+}
+
+// hasAlarm reports whether root has an alarm marker.
+func hasAlarm(ctx context.Context, st store.Store, root store.RootID) (bool, error) {
+	_, err := st.Stat(ctx, alarmKey(root))
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("checking alarm of root %s: %w", root, err)
+	}
+	return true, nil
+}
