@@ -416,6 +416,12 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, data []byte) (err e
 				s.log.Warn("S3 server does not support If-None-Match on PUT; PutIfAbsent falls back to HEAD then PUT, which races (harmless for content-addressed chunks)",
 					"store", s.name, "endpoint", s.endpoint)
 			}
+		case r.StatusCode == 0 && s.exists(ctx, key):
+			// Some servers (versitygw) answer a conditional PUT on an
+			// existing key with 412 before reading the body and close the
+			// connection; the client then sees a reset, not the 412. The
+			// key being there now is the answer either way.
+			return fmt.Errorf("putting %s in %s: %w", key, s.name, store.ErrExists)
 		default:
 			return s.fail("putting", key, err)
 		}
@@ -516,4 +522,10 @@ func (s *Store) ListDirs(ctx context.Context, prefix string, fn func(name string
 		}
 	}
 	return nil
+}
+
+// exists reports whether key is present now (errors count as absent).
+func (s *Store) exists(ctx context.Context, key string) bool {
+	_, err := s.Stat(ctx, key)
+	return err == nil
 }
