@@ -115,6 +115,10 @@ type world struct {
 	live map[string][][]byte
 	// plain maps every chunk name ever sealed to its plaintext.
 	plain map[chunk.Name][]byte
+	// chunkSize is the chunk size of builds (default testChunkSize).
+	chunkSize int
+	// forget, when set, keeps neither live nor plain (for benchmarks).
+	forget bool
 }
 
 var testTenants = []string{"acme", "zeta"}
@@ -136,9 +140,10 @@ func newWorld(t testing.TB, st store.Store) *world {
 	}
 	return &world{
 		t: t, raw: st, kr: kr, sealer: s,
-		now:   time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC),
-		live:  map[string][][]byte{},
-		plain: map[chunk.Name][]byte{},
+		now:       time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC),
+		live:      map[string][][]byte{},
+		plain:     map[chunk.Name][]byte{},
+		chunkSize: testChunkSize,
 	}
 }
 
@@ -178,8 +183,8 @@ func (w *world) step(ctx context.Context, st store.Store, b *build) (bool, error
 		return false, nil
 	case 1:
 		m := &manifest.Manifest{
-			Root: string(b.root), ChunkSize: testChunkSize, FSType: manifest.FSTypeExt4,
-			ImageSize: int64(len(b.blocks) * testChunkSize),
+			Root: string(b.root), ChunkSize: w.chunkSize, FSType: manifest.FSTypeExt4,
+			ImageSize: int64(len(b.blocks) * w.chunkSize),
 			Names:     make([]chunk.Name, len(b.blocks)), Keys: make([]chunk.Key, len(b.blocks)),
 		}
 		for i, p := range b.blocks {
@@ -190,7 +195,9 @@ func (w *world) step(ctx context.Context, st store.Store, b *build) (bool, error
 			if err != nil {
 				return false, err
 			}
-			w.plain[ref.Name] = p
+			if !w.forget {
+				w.plain[ref.Name] = p
+			}
 			m.Names[i], m.Keys[i] = ref.Name, ref.Key
 			key := store.ChunkKey(b.root, ref.Name)
 			if _, err := st.Stat(ctx, key); err == nil {
@@ -217,7 +224,9 @@ func (w *world) step(ctx context.Context, st store.Store, b *build) (bool, error
 		if err := st.Put(ctx, store.ImageKey(b.tenant, b.name), store.MarshalPointer(p)); err != nil {
 			return false, err
 		}
-		w.live[b.tenant+"/"+b.name] = b.blocks
+		if !w.forget {
+			w.live[b.tenant+"/"+b.name] = b.blocks
+		}
 		return true, nil
 	}
 }
@@ -332,4 +341,8 @@ func block(id int) []byte {
 		b[i] = h[i%len(h)] ^ byte(i/len(h))
 	}
 	return b
+}
+
+func deleteImage(ctx context.Context, st store.Store, tenant, name string) error {
+	return catalog.Delete(ctx, st, tenant, name)
 }

@@ -68,7 +68,7 @@ func TestRandomFile(t *testing.T) {
 			t.Fatal(err)
 		}
 		return st
-	}, 6, 30)
+	}, 10, 40)
 }
 
 var s3Prefix atomic.Int64
@@ -85,7 +85,7 @@ func TestRandomS3(t *testing.T) {
 			t.Fatal(err)
 		}
 		return st
-	}, 2, 25)
+	}, 5, 40)
 }
 
 func runRandom(t *testing.T, newStore func(*testing.T) store.Store, nSeeds, steps int) {
