@@ -73,6 +73,11 @@ type FlattenStats struct {
 func Flatten(ctx context.Context, im *Image, w io.Writer, o FlattenOptions) (FlattenStats, error) {
 	o.withDefaults()
 	f := &flattener{o: o, im: im, root: &node{children: map[string]*node{}}}
+	defer func() {
+		for _, l := range im.layers {
+			l.closeSpool()
+		}
+	}()
 	for _, l := range im.layers {
 		if err := f.scan(ctx, l); err != nil {
 			return FlattenStats{}, fmt.Errorf("flattening %s: %w", im, err)
@@ -330,6 +335,21 @@ func (f *flattener) scan(ctx context.Context, l *layer) error {
 		return err
 	}
 	defer s.Close()
+	// A compressed layer is decompressed once: pass 1 keeps the verified
+	// tar in an unlinked temporary file that pass 2 reads back.
+	var spool *os.File
+	if s.compressed() {
+		if spool, err = os.CreateTemp(f.o.TempDir, "lode-layer-*.tar"); err != nil {
+			return l.errorf(ErrCorrupt, err, "spooling layer")
+		}
+		os.Remove(spool.Name())
+		s.teeTo(spool)
+		defer func() {
+			if l.spool != spool {
+				spool.Close()
+			}
+		}()
+	}
 	tr := tar.NewReader(s.tar)
 	var ops []op
 	last := ""
@@ -360,6 +380,7 @@ func (f *flattener) scan(ctx context.Context, l *layer) error {
 	if err := s.finish(last); err != nil {
 		return err
 	}
+	l.spool = spool
 	// Whiteouts and opaque markers hide lower layers only, wherever they sit in this layer's tar.
 	for i := range ops {
 		switch ops[i].kind {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/klauspost/compress/gzip"
@@ -27,6 +28,10 @@ type layer struct {
 	wantRaw  string                        // digest of the bytes open returns; "" = not checked
 	wantDiff string                        // digest of the uncompressed tar; "" = not checked
 	open     func() (io.ReadCloser, error) // raw bytes: gzip, zstd or plain tar (detected by magic)
+	// spool, when set, holds the layer's uncompressed tar exactly as the
+	// first, verified read saw it (an unlinked temporary file). Later reads
+	// come from it instead of decompressing and hashing the blob again.
+	spool *os.File
 }
 
 func (l *layer) errorf(err error, cause error, format string, args ...any) *EntryError {
@@ -62,6 +67,10 @@ func newHash(digest string) (hash.Hash, error) {
 }
 
 func (l *layer) openStream() (*layerStream, error) {
+	if l.spool != nil {
+		r := bufio.NewReaderSize(io.NewSectionReader(l.spool, 0, 1<<62), 1<<20)
+		return &layerStream{l: l, raw: io.NopCloser(nil), rawBuf: r, dec: r, tar: r}, nil
+	}
 	s := &layerStream{l: l}
 	var err error
 	if l.wantRaw != "" {
@@ -150,4 +159,18 @@ func (s *layerStream) Close() error {
 func digestString(like string, h hash.Hash) string {
 	alg, _, _ := strings.Cut(like, ":")
 	return alg + ":" + hex.EncodeToString(h.Sum(nil))
+}
+
+// compressed reports whether the stream decompresses its blob.
+func (s *layerStream) compressed() bool { return s.dec != io.Reader(s.rawBuf) }
+
+// teeTo copies everything archive/tar reads from s into w as well.
+func (s *layerStream) teeTo(w io.Writer) { s.tar = io.TeeReader(s.tar, w) }
+
+// closeSpool drops the layer's spooled copy, if any.
+func (l *layer) closeSpool() {
+	if l.spool != nil {
+		l.spool.Close()
+		l.spool = nil
+	}
 }

@@ -216,15 +216,22 @@ func openLayout(dir, tag string) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing layers of %s: %w", desc.Digest, err)
 	}
+	// The diff IDs come from the (verified) config: asking ggcr's layer for
+	// its DiffID decompresses the whole blob once more just to hash it, and
+	// layerStream hashes the uncompressed stream on every read anyway.
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("%w: parsing image config %s: %v", ErrCorrupt, m.Config.Digest, err)
+	}
+	if len(cfg.RootFS.DiffIDs) != len(ls) {
+		return nil, fmt.Errorf("%w: image config %s lists %d diff IDs for %d layers", ErrCorrupt, m.Config.Digest, len(cfg.RootFS.DiffIDs), len(ls))
+	}
 	for i, l := range ls {
 		d, err := l.Digest()
 		if err != nil {
 			return nil, fmt.Errorf("reading layer %d digest: %w", i, err)
 		}
-		diff, err := l.DiffID()
-		if err != nil {
-			return nil, fmt.Errorf("%w: reading diff ID of layer %d (%s): %v", ErrCorrupt, i, d, err)
-		}
+		diff := cfg.RootFS.DiffIDs[i]
 		out.layers = append(out.layers, &layer{
 			index: i, digest: d.String(), wantRaw: d.String(), wantDiff: diff.String(),
 			open: l.Compressed, // the blob file itself for a layout; layerStream decompresses and hashes

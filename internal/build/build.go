@@ -1,0 +1,375 @@
+package build
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/ext4img"
+	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/oci"
+	"github.com/lode-dev/lode/internal/store"
+)
+
+// Options configure one build.
+type Options struct {
+	Source string // oci:DIR[:TAG], docker-archive:FILE[:TAG], rootfs:FILE
+	Tenant string
+	Name   string
+
+	ChunkSize  int    // default chunk.DefaultSize
+	SaltDomain string // optional placement domain mixed into the salt
+	// Uploads bounds concurrent seal+upload workers (default 4×GOMAXPROCS:
+	// sealing is CPU-bound, uploads to a remote store are latency-bound).
+	Uploads int
+	TempDir string // where the ext4 image is staged (default os.TempDir())
+	// KeepImage, when set, is a path where the built ext4 image is kept.
+	KeepImage string
+
+	Flatten oci.FlattenOptions
+	Ext4    ext4img.Options
+
+	Log      *slog.Logger
+	Progress Progress // may be nil
+	Now      func() time.Time
+}
+
+// Progress observes a build. Calls come from several goroutines.
+type Progress interface {
+	// Phase starts a phase; total is -1 when unknown.
+	Phase(name string, total int64)
+	// Add reports n more units of the current phase done.
+	Add(n int64)
+}
+
+// Result summarises a build.
+type Result struct {
+	Tenant, Name string
+	Root         store.RootID
+	ManifestID   string
+	SourceDigest string
+	Config       manifest.Config
+
+	InputBytes int64 // file content bytes in the flattened tree
+	ImageSize  int64 // bytes of the ext4 image
+	Chunks     int
+	Holes      int
+	New        int   // chunks uploaded by this build
+	NewBytes   int64 // ciphertext bytes uploaded
+	Dedup      int   // chunks already in the root or repeated within the image
+	Duration   time.Duration
+}
+
+// SharedShare is the share of non-hole chunks that were not uploaded.
+func (r Result) SharedShare() float64 {
+	if d := r.Chunks - r.Holes; d > 0 {
+		return float64(r.Dedup) / float64(d)
+	}
+	return 0
+}
+
+// Salt returns the salt of chunks built into root within domain.
+func Salt(root store.RootID, domain string) []byte {
+	h := sha256.New()
+	h.Write([]byte("lode/salt/v1\x00"))
+	h.Write([]byte(root))
+	h.Write([]byte{0})
+	h.Write([]byte(domain))
+	return h.Sum(nil)
+}
+
+func (o *Options) setDefaults() error {
+	if o.ChunkSize == 0 {
+		o.ChunkSize = chunk.DefaultSize
+	}
+	if err := chunk.ValidSize(o.ChunkSize); err != nil {
+		return err
+	}
+	if o.Uploads <= 0 {
+		o.Uploads = 4 * runtime.GOMAXPROCS(0)
+	}
+	if o.TempDir == "" {
+		o.TempDir = os.TempDir()
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Progress == nil {
+		o.Progress = nopProgress{}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Flatten == (oci.FlattenOptions{}) {
+		o.Flatten = oci.DefaultFlattenOptions()
+	}
+	if o.Flatten.TempDir == "" {
+		o.Flatten.TempDir = o.TempDir
+	}
+	if err := store.ValidName("tenant", o.Tenant); err != nil {
+		return err
+	}
+	return store.ValidName("image", o.Name)
+}
+
+// Build runs the whole pipeline for one image. storeSecret is the
+// convergent-encryption secret of the store (manifest.FileKeyring.StoreSecret);
+// kr wraps the manifest's data key for o.Tenant.
+func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret []byte, o Options) (Result, error) {
+	start := time.Now()
+	if err := o.setDefaults(); err != nil {
+		return Result{}, err
+	}
+	sealer, err := chunk.NewSealer(storeSecret)
+	if err != nil {
+		return Result{}, err
+	}
+	// Check the tenant key before doing any work: a missing key is the most
+	// common mistake and should not cost a whole flatten.
+	if _, err := kr.Wrap(ctx, o.Tenant, make([]byte, 32)); err != nil {
+		return Result{}, fmt.Errorf("checking key of tenant %s: %w", o.Tenant, err)
+	}
+	res := Result{Tenant: o.Tenant, Name: o.Name}
+
+	im, err := oci.Open(ctx, o.Source)
+	if err != nil {
+		return res, err
+	}
+	defer im.Close()
+	res.SourceDigest = im.Digest()
+	c := im.Config()
+	res.Config = manifest.Config{Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User}
+
+	img, err := os.CreateTemp(o.TempDir, "lode-build-*.ext4")
+	if err != nil {
+		return res, fmt.Errorf("staging image: %w", err)
+	}
+	defer func() {
+		img.Close()
+		os.Remove(img.Name())
+	}()
+
+	o.Log.Info("flattening", "source", o.Source, "layers", im.Layers(), "image", o.Tenant+"/"+o.Name)
+	o.Progress.Phase("flatten", -1)
+	fs, err := flattenToExt4(ctx, im, img, o)
+	if err != nil {
+		return res, err
+	}
+	res.InputBytes = fs.Bytes
+	size, err := img.Seek(0, io.SeekEnd)
+	if err != nil {
+		return res, fmt.Errorf("sizing staged image: %w", err)
+	}
+	res.ImageSize = size
+
+	root, err := store.ActiveRoot(ctx, st, true, o.Now())
+	if err != nil {
+		return res, err
+	}
+	res.Root = root
+
+	m := &manifest.Manifest{
+		Root:         string(root),
+		ChunkSize:    o.ChunkSize,
+		ImageSize:    size,
+		FSType:       ext4img.FSType,
+		SourceDigest: res.SourceDigest,
+		Config:       res.Config,
+	}
+	n := chunk.Count(size, o.ChunkSize)
+	m.Names = make([]chunk.Name, n)
+	m.Keys = make([]chunk.Key, n)
+	o.Log.Info("chunking", "image", o.Tenant+"/"+o.Name, "bytes", size, "chunks", n, "root", root)
+	o.Progress.Phase("upload", size)
+	if err := sealAndUpload(ctx, st, sealer, Salt(root, o.SaltDomain), img, size, m, &res, o); err != nil {
+		return res, err
+	}
+	res.Chunks = n
+
+	if o.KeepImage != "" {
+		if err := copyFile(img, o.KeepImage); err != nil {
+			return res, err
+		}
+	}
+
+	sealed, err := manifest.Seal(ctx, m, o.Tenant, kr)
+	if err != nil {
+		return res, fmt.Errorf("sealing manifest of %s/%s: %w", o.Tenant, o.Name, err)
+	}
+	id := manifest.ID(sealed)
+	res.ManifestID = id
+	mkey := store.ManifestKey(root, id)
+	if err := st.PutIfAbsent(ctx, mkey, sealed); err != nil && !errors.Is(err, store.ErrExists) {
+		return res, fmt.Errorf("storing manifest %s: %w", mkey, err)
+	}
+	ptr := store.Pointer{Root: root, Manifest: id, Created: o.Now().UTC()}
+	if err := st.Put(ctx, store.ImageKey(o.Tenant, o.Name), store.MarshalPointer(ptr)); err != nil {
+		// Leave no manifest behind that no pointer names. The delete uses a
+		// fresh context: the build's may be what was cancelled.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if derr := st.Delete(dctx, mkey); derr != nil {
+			o.Log.Warn("removing manifest of failed build", "key", mkey, "err", derr)
+		}
+		return res, fmt.Errorf("storing image pointer %s/%s: %w", o.Tenant, o.Name, err)
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// flattenToExt4 runs the flattener and the ext4 writer concurrently over a
+// pipe.
+func flattenToExt4(ctx context.Context, im *oci.Image, img *os.File, o Options) (oci.FlattenStats, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	var fs oci.FlattenStats
+	var ferr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fs, ferr = oci.Flatten(ctx, im, &progressWriter{w: pw, p: o.Progress}, o.Flatten)
+		pw.CloseWithError(ferr)
+	}()
+	_, berr := ext4img.Build(ctx, pr, img, o.Ext4)
+	if berr != nil {
+		cancel()
+		pr.CloseWithError(berr)
+	}
+	<-done
+	// The flattener's error names the entry that failed; prefer it.
+	if ferr != nil {
+		return fs, ferr
+	}
+	if berr != nil {
+		return fs, fmt.Errorf("building ext4 image of %s: %w", im, berr)
+	}
+	return fs, nil
+}
+
+type progressWriter struct {
+	w io.Writer
+	p Progress
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	p.p.Add(int64(n))
+	return n, err
+}
+
+type job struct {
+	i     int
+	plain []byte
+}
+
+// sealAndUpload seals every non-hole chunk and uploads the ones the root
+// lacks, filling m.Names and m.Keys.
+func sealAndUpload(ctx context.Context, st store.Store, s *chunk.Sealer, salt []byte, img io.ReaderAt, size int64, m *manifest.Manifest, res *Result, o Options) error {
+	g, gctx := errgroup.WithContext(ctx)
+	jobs := make(chan job, o.Uploads)
+	bufs := sync.Pool{New: func() any { b := make([]byte, 0, o.ChunkSize+chunk.Overhead); return &b }}
+	var seen sync.Map // chunk.Name → struct{}: first writer uploads, repeats dedup
+	var holes, newChunks, dedup atomic.Int64
+	var newBytes atomic.Int64
+
+	for w := 0; w < o.Uploads; w++ {
+		g.Go(func() error {
+			for j := range jobs {
+				cb := bufs.Get().(*[]byte)
+				ref, ct, err := s.Seal(j.plain, salt, *cb)
+				if err != nil {
+					return fmt.Errorf("sealing chunk %d: %w", j.i, err)
+				}
+				m.Names[j.i], m.Keys[j.i] = ref.Name, ref.Key
+				if _, dup := seen.LoadOrStore(ref.Name, struct{}{}); dup {
+					dedup.Add(1)
+				} else {
+					uploaded, err := putIfMissing(gctx, st, store.ChunkKey(store.RootID(m.Root), ref.Name), ct)
+					if err != nil {
+						return fmt.Errorf("uploading chunk %d (%s): %w", j.i, ref.Name, err)
+					}
+					if uploaded {
+						newChunks.Add(1)
+						newBytes.Add(int64(len(ct)))
+					} else {
+						dedup.Add(1)
+					}
+				}
+				*cb = ct[:0]
+				bufs.Put(cb)
+				o.Progress.Add(int64(len(j.plain)))
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		defer close(jobs)
+		return chunk.Cut(gctx, img, size, o.ChunkSize, func(i int, piece []byte, hole bool) error {
+			if hole {
+				holes.Add(1)
+				o.Progress.Add(int64(len(piece)))
+				return nil // the zero Name and Key already mark a hole
+			}
+			p := make([]byte, len(piece))
+			copy(p, piece)
+			select {
+			case jobs <- job{i: i, plain: p}:
+				return nil
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		})
+	})
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	res.Holes = int(holes.Load())
+	res.New = int(newChunks.Load())
+	res.NewBytes = newBytes.Load()
+	res.Dedup = int(dedup.Load())
+	return nil
+}
+
+// putIfMissing uploads ct under key unless the store has it. It reports
+// whether this call stored it.
+func putIfMissing(ctx context.Context, st store.Store, key string, ct []byte) (bool, error) {
+	if _, err := st.Stat(ctx, key); err == nil {
+		return false, nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return false, err
+	}
+	err := st.PutIfAbsent(ctx, key, ct)
+	if errors.Is(err, store.ErrExists) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func copyFile(src *os.File, dst string) error {
+	out, err := os.Create(dst)
+	if err != nil {
+		return fmt.Errorf("keeping image: %w", err)
+	}
+	if _, err := io.Copy(out, io.NewSectionReader(src, 0, 1<<62)); err != nil {
+		out.Close()
+		return fmt.Errorf("keeping image at %s: %w", dst, err)
+	}
+	return out.Close()
+}
+
+type nopProgress struct{}
+
+func (nopProgress) Phase(string, int64) {}
+func (nopProgress) Add(int64)           {}
