@@ -10,6 +10,8 @@
 // cachefleet.Client satisfies it without importing agent), the origin adapter
 // over a store.Store, the shared memory and disk caches, one fetch per chunk
 // however many readers miss it at once, the bound on concurrent fetches,
+// the multi-root origin of a daemon serving images from several roots
+// (Origins),
 // sequential read-ahead, per-tier Prometheus metrics and per-image statistics.
 //
 // It does not own: the manifest codec (callers pass an opened
