@@ -35,6 +35,11 @@ func TestRoundTrip(t *testing.T) {
 		{"largest chunk size", makeManifest(spec{chunks: 2, chunkSize: chunk.MaxSize})},
 		{"hints", makeManifest(spec{chunks: 8, hints: []uint32{7, 0, 3, 1}})},
 		{"hints on every chunk", makeManifest(spec{chunks: 4, hints: []uint32{3, 2, 1, 0}})},
+		{"zstd with hints", func() *Manifest {
+			m := makeManifest(spec{chunks: 6, hole: func(i int) bool { return i == 2 }, hints: []uint32{5, 0, 1}})
+			m.Compression = CompressionZstd
+			return m
+		}()},
 		{"full config", makeManifest(spec{chunks: 2, config: Config{
 			Entrypoint: []string{"/docker-entrypoint.sh"},
 			Cmd:        []string{"nginx", "-g", "daemon off;", ""},

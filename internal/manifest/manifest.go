@@ -44,8 +44,8 @@ type Manifest struct {
 	ChunkSize int    // bytes per chunk; the last chunk may be short
 	ImageSize int64  // bytes of the filesystem image
 	FSType    string // "ext4"
-	// Compression of each chunk's plaintext before sealing: 0 none (the only
-	// value written today; reserved for zstd without a version bump).
+	// Compression of each chunk's plaintext before sealing: CompressionNone
+	// or CompressionZstd.
 	Compression uint8
 	// Names holds one entry per chunk: the chunk's name, or the zero Name for
 	// a hole.

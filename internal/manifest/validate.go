@@ -36,8 +36,17 @@ const (
 // FSTypeExt4 is the only filesystem type this version builds.
 const FSTypeExt4 = "ext4"
 
-// CompressionNone is the only Compression value this version writes or reads.
-const CompressionNone = 0
+// Compression values (Manifest.Compression). The byte is part of format
+// version 1 and was reserved for zstd from the start, so adding the value
+// needs no version bump: a reader that predates it rejects the manifest
+// (ErrCorrupt) instead of misreading chunks.
+const (
+	// CompressionNone: each chunk's sealed plaintext is its image bytes.
+	CompressionNone = 0
+	// CompressionZstd: each non-hole chunk's sealed plaintext is one zstd
+	// frame holding its image bytes (docs/beyond.md, "Compression").
+	CompressionZstd = 1
+)
 
 // Validate reports the first rule m breaks, wrapping ErrInvalid: lengths
 // consistent (len(Keys) == len(Names) == chunk.Count(ImageSize, ChunkSize)),
@@ -68,8 +77,8 @@ func (m *Manifest) validatePublic() error {
 	if m.FSType != FSTypeExt4 {
 		return fmt.Errorf("%w: filesystem type %q: want %q", ErrInvalid, m.FSType, FSTypeExt4)
 	}
-	if m.Compression != CompressionNone {
-		return fmt.Errorf("%w: compression %d: unknown (want %d)", ErrInvalid, m.Compression, CompressionNone)
+	if m.Compression != CompressionNone && m.Compression != CompressionZstd {
+		return fmt.Errorf("%w: compression %d: unknown (want %d or %d)", ErrInvalid, m.Compression, CompressionNone, CompressionZstd)
 	}
 	if len(m.SourceDigest) > MaxString {
 		return fmt.Errorf("%w: source digest: %d bytes, at most %d", ErrInvalid, len(m.SourceDigest), MaxString)
