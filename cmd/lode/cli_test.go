@@ -289,7 +289,7 @@ func TestS3SameAsFile(t *testing.T) {
 func TestWrongTenant(t *testing.T) {
 	c := newCLI(t)
 	ctx := context.Background()
-	c.buildSample(t, "demo")
+	c.buildSample(t)
 	var out bytes.Buffer
 
 	global.tenant = "other"

@@ -78,7 +78,7 @@ func TestMountComparesEveryFile(t *testing.T) {
 	requireMount(t)
 	want := snapshot(t, oracle(t))
 	c := newCLI(t)
-	c.buildSample(t, "demo")
+	c.buildSample(t)
 	m := c.startMount(t, "demo")
 
 	got := snapshot(t, m.dir)
@@ -147,7 +147,7 @@ func unixFadviseDontNeed(f *os.File) {
 func TestUmountFromOutside(t *testing.T) {
 	requireMount(t)
 	c := newCLI(t)
-	c.buildSample(t, "demo")
+	c.buildSample(t)
 	m := c.startMount(t, "demo")
 	b, err := os.ReadFile(filepath.Join(m.dir, "app/config.json"))
 	if err != nil || !strings.Contains(string(b), `"workers": 4`) {
@@ -175,7 +175,7 @@ func TestRun(t *testing.T) {
 	requireMount(t)
 	lodetest.Require(t, lodetest.Tool("runc"))
 	c := newCLI(t)
-	c.buildSample(t, "demo")
+	c.buildSample(t)
 	ctx := context.Background()
 	opts := runOptions{runtime: "runc", network: "host", stateDir: filepath.Join(c.home, "mounts"), worker: c.workerOpts()}
 
@@ -223,7 +223,7 @@ func TestRun(t *testing.T) {
 func TestServeNBD(t *testing.T) {
 	lodetest.Require(t, lodetest.Tool("nbdcopy"), lodetest.Tool("nbdinfo"))
 	c := newCLI(t)
-	keep := c.buildSample(t, "demo")
+	keep := c.buildSample(t)
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -277,7 +277,7 @@ func TestTamperedChunkGivesEIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newCLI(t)
-	keep := c.buildSample(t, "demo")
+	keep := c.buildSample(t)
 
 	ctx := context.Background()
 	st, err := openStore(ctx)
@@ -388,5 +388,44 @@ func TestTamperedChunkGivesEIO(t *testing.T) {
 	}
 	if !regexp.MustCompile(`[1-9]\d* fetch errors, [1-9]\d* verification failures`).MatchString(c.stderr.String()) {
 		t.Errorf("statistics do not count the failure: %q", c.stderr.String())
+	}
+}
+
+// TestServeNBDKeepsFileAtListenPath: --listen unix:PATH replaces a stale
+// socket, but must never delete a regular file a mistyped PATH names.
+func TestServeNBDKeepsFileAtListenPath(t *testing.T) {
+	c := newCLI(t)
+	c.buildSample(t)
+	precious := filepath.Join(t.TempDir(), "precious.txt")
+	if err := os.WriteFile(precious, []byte("keep me\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		errc <- runServeNBD(ctx, serveNBDOptions{listen: "unix:" + precious, worker: c.workerOpts()}, "demo")
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case err := <-errc:
+			if err == nil || !strings.Contains(err.Error(), precious) {
+				t.Errorf("serve-nbd on a regular file = %v, want an error naming %s", err, precious)
+			}
+		default:
+			if strings.Contains(c.stderr.String(), "on unix:"+precious) || time.Now().After(deadline) {
+				t.Errorf("serve-nbd listens on %s, where a regular file was", precious)
+				cancel()
+				<-errc
+			} else {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+		}
+		break
+	}
+	if b, err := os.ReadFile(precious); err != nil || string(b) != "keep me\n" {
+		t.Errorf("the file at the listen path: %q, %v; want it untouched", b, err)
 	}
 }

@@ -187,20 +187,42 @@ func (c *cli) workerOpts() workerOptions {
 	}
 }
 
-// buildSample creates the keyring and builds the sample as name, keeping
-// its ext4 image; it returns the kept image's path.
-func (c *cli) buildSample(t *testing.T, name string) string {
+var (
+	goldenMu   sync.Mutex
+	goldenHome string // a home where "lode keys create; lode build SAMPLE --name demo" ran
+)
+
+// buildSample gives c's home a keyring and a store holding the sample
+// built as default/demo, plus the built ext4 image, whose path it returns.
+// The build runs once per test binary (through runKeysCreate and runBuild
+// in a home of its own); each test gets a copy, so it may change its
+// store and keyring freely.
+func (c *cli) buildSample(t *testing.T) string {
 	t.Helper()
 	src := sample(t)
-	var out bytes.Buffer
-	if err := runKeysCreate(&out); err != nil {
-		t.Fatalf("keys create: %v", err)
+	goldenMu.Lock()
+	defer goldenMu.Unlock()
+	if goldenHome == "" {
+		home := filepath.Join(testDir, "golden")
+		saved := global
+		global = globalOptions{home: home, tenant: "default"}
+		var out bytes.Buffer
+		err := runKeysCreate(&out)
+		if err == nil {
+			err = runBuild(context.Background(), buildOptions{name: "demo", chunkSize: 512 << 10, keepImage: filepath.Join(home, "demo.ext4")}, src, &out)
+		}
+		global = saved
+		if err != nil {
+			t.Fatalf("building the sample: %v\n%s", err, out.String())
+		}
+		goldenHome = home
 	}
-	keep := filepath.Join(c.home, name+".ext4")
-	if err := runBuild(context.Background(), buildOptions{name: name, chunkSize: 512 << 10, keepImage: keep}, src, &out); err != nil {
-		t.Fatalf("lode build: %v\n%s", err, out.String())
+	for _, name := range []string{"store", "keyring.json", "demo.ext4"} {
+		if out, err := exec.Command("cp", "-a", filepath.Join(goldenHome, name), c.home).CombinedOutput(); err != nil {
+			t.Fatalf("copying the built sample: %v\n%s", err, out)
+		}
 	}
-	return keep
+	return filepath.Join(c.home, "demo.ext4")
 }
 
 // execLode runs "lode ARGS" through cobra as a user would, with --home set,
