@@ -88,8 +88,10 @@ type tierState struct {
 // read-only afterwards.
 type call struct {
 	ref    chunk.Ref
-	size   int    // expected plaintext length
-	image  string // the image that started it, for logs
+	key    chunk.Ref // its key in the call table and memory cache (cacheRef)
+	zstd   bool      // the sealed plaintext is a zstd frame (manifest.CompressionZstd)
+	size   int       // expected plaintext length
+	image  string    // the image that started it, for logs
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -202,12 +204,14 @@ func NewImage(name string, m *manifest.Manifest, c Config) (*Image, error) {
 // (leaving a quarter of them to demand reads) and returns nil if the chunk is
 // cached, already in flight, or no slot is free; full reports the last case.
 func (a *Agent) join(ref chunk.Ref, size int, im *Image, prefetch bool) (c *call, plain []byte, full bool) {
+	zstd := im.m.Compression == manifest.CompressionZstd
+	key := cacheRef(ref, zstd)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
 		return nil, nil, false
 	}
-	if c := a.calls[ref]; c != nil {
+	if c := a.calls[key]; c != nil {
 		if prefetch {
 			return nil, nil, false
 		}
@@ -215,7 +219,7 @@ func (a *Agent) join(ref chunk.Ref, size int, im *Image, prefetch bool) (c *call
 		return c, nil, false
 	}
 	if a.cfg.Mem != nil {
-		if p, ok := a.cfg.Mem.Get(ref); ok {
+		if p, ok := a.cfg.Mem.Get(key); ok {
 			return nil, p, false
 		}
 	}
@@ -230,9 +234,9 @@ func (a *Agent) join(ref chunk.Ref, size int, im *Image, prefetch bool) (c *call
 			return nil, nil, true
 		}
 	}
-	c = &call{ref: ref, size: size, image: im.name, tier: -1, done: make(chan struct{}), waiters: 1}
+	c = &call{ref: ref, key: key, zstd: zstd, size: size, image: im.name, tier: -1, done: make(chan struct{}), waiters: 1}
 	c.ctx, c.cancel = context.WithTimeout(a.ctx, a.cfg.FetchTimeout)
-	a.calls[ref] = c
+	a.calls[key] = c
 	a.wg.Add(1)
 	go a.run(c, prefetch)
 	return c, nil, false
@@ -260,8 +264,8 @@ func (a *Agent) leave(c *call) {
 		case <-c.done:
 		default:
 			c.cancel()
-			if a.calls[c.ref] == c {
-				delete(a.calls, c.ref)
+			if a.calls[c.key] == c {
+				delete(a.calls, c.key)
 			}
 		}
 	}
@@ -281,7 +285,7 @@ func (a *Agent) run(c *call, holding bool) {
 			return
 		}
 	}
-	bp := a.buffer(c.size + chunk.Overhead)
+	bp := a.buffer(c.size + chunk.Overhead + zstdSlack)
 	ct := a.fetch(c, *bp)
 	<-a.sem
 	a.finish(c)
@@ -305,14 +309,14 @@ func (a *Agent) buffer(n int) *[]byte {
 // finish publishes c's result and removes it from the table.
 func (a *Agent) finish(c *call) {
 	if c.err == nil && a.cfg.Mem != nil {
-		a.cfg.Mem.Put(c.ref, c.plain)
+		a.cfg.Mem.Put(c.key, c.plain)
 		if a.am.memBytes != nil {
 			a.am.memBytes.Set(float64(a.cfg.Mem.Bytes()))
 		}
 	}
 	a.mu.Lock()
-	if a.calls[c.ref] == c {
-		delete(a.calls, c.ref)
+	if a.calls[c.key] == c {
+		delete(a.calls, c.key)
 	}
 	close(c.done)
 	a.mu.Unlock()
@@ -356,7 +360,7 @@ func (a *Agent) fetch(c *call, buf []byte) []byte {
 		if cap(ct) > cap(buf) {
 			buf = ct // keep the larger buffer for the next tier and the pool
 		}
-		plain, err := chunk.Open(c.ref, ct, make([]byte, 0, c.size))
+		plain, err := openChunk(c, ct)
 		if err == nil && len(plain) != c.size {
 			err = &chunk.CorruptError{Name: name, Reason: fmt.Sprintf("plaintext is %d bytes, the manifest says %d", len(plain), c.size)}
 		}

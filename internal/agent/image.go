@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/manifest"
@@ -33,12 +35,17 @@ type Image struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // read-ahead goroutines
 	isShut atomic.Bool
+	zstd   bool // chunks are zstd frames: memory-cache keys differ (cacheRef)
+
+	orderMu sync.Mutex
+	order   []uint32 // non-hole chunks in the order readers first touched them
 
 	st imageStats
 }
 
 type imageStats struct {
 	bytesRead, memHits, holes, fetchErrors, verifyFails, readAheads atomic.Int64
+	prefetches                                                      atomic.Int64
 	distinctChunks, distinctBytes                                   atomic.Int64
 	read                                                            bitmap
 	tiers                                                           []tierCounts
@@ -64,7 +71,8 @@ func newImage(a *Agent, owns bool, name string, m *manifest.Manifest) (*Image, e
 	if err := validManifest(m); err != nil {
 		return nil, fmt.Errorf("opening image %s: %w", name, err)
 	}
-	im := &Image{name: name, m: m, a: a, ownsAgent: owns, size: m.ImageSize, cs: int64(m.ChunkSize)}
+	im := &Image{name: name, m: m, a: a, ownsAgent: owns, size: m.ImageSize, cs: int64(m.ChunkSize),
+		zstd: m.Compression == manifest.CompressionZstd}
 	im.last.Store(-2)
 	im.ctx, im.cancel = context.WithCancel(context.Background())
 	n := len(m.Names)
@@ -92,7 +100,7 @@ func validManifest(m *manifest.Manifest) error {
 	if len(m.Keys) != len(m.Names) {
 		return fmt.Errorf("manifest has %d chunk keys for %d names", len(m.Keys), len(m.Names))
 	}
-	if m.Compression != 0 {
+	if m.Compression != manifest.CompressionNone && m.Compression != manifest.CompressionZstd {
 		return fmt.Errorf("chunk compression %d is not supported", m.Compression)
 	}
 	return nil
@@ -229,6 +237,9 @@ func (im *Image) start(i int) ([]byte, *call, error) {
 		im.st.distinctChunks.Add(1)
 		if !im.m.Names[i].IsZero() {
 			im.st.distinctBytes.Add(int64(im.chunkLen(i)))
+			im.orderMu.Lock()
+			im.order = append(im.order, uint32(i))
+			im.orderMu.Unlock()
 		}
 	}
 	ref := im.m.Ref(i)
@@ -241,12 +252,13 @@ func (im *Image) start(i int) ([]byte, *call, error) {
 	if a.cfg.Mem != nil {
 		var plain []byte
 		var ok bool
+		key := cacheRef(ref, im.zstd)
 		if a.memM.seconds != nil {
 			t0 := a.cfg.Now()
-			plain, ok = a.cfg.Mem.Get(ref)
+			plain, ok = a.cfg.Mem.Get(key)
 			a.memM.seconds.Observe(a.cfg.Now().Sub(t0).Seconds())
 		} else {
-			plain, ok = a.cfg.Mem.Get(ref)
+			plain, ok = a.cfg.Mem.Get(key)
 		}
 		if ok {
 			im.memHit(plain)
@@ -340,7 +352,7 @@ func (im *Image) readAhead(first, last int) {
 	stop := min(last+ra, len(im.m.Names)-1)
 	for j := max(last+1, im.raNext); j <= stop; j++ {
 		ref := im.m.Ref(j)
-		if !ref.IsHole() && (im.a.cfg.Mem == nil || !im.a.cfg.Mem.Contains(ref)) {
+		if !ref.IsHole() && (im.a.cfg.Mem == nil || !im.a.cfg.Mem.Contains(cacheRef(ref, im.zstd))) {
 			c, _, full := im.a.join(ref, im.chunkLen(j), im, true)
 			if full {
 				return
@@ -398,6 +410,7 @@ type Stats struct {
 	DistinctBytesRead  int64       // plaintext bytes of the distinct non-hole chunks readers touched
 	BytesRead          int64       // bytes returned to readers
 	ReadAheads         int64       // fetches started by read-ahead
+	Prefetches         int64       // fetches started by Prefetch (startup hints)
 	FetchErrors        int64       // chunk reads that failed
 	VerifyFailures     int64       // chunks a tier served that failed verification
 }
@@ -423,6 +436,7 @@ func (im *Image) Stats() Stats {
 		DistinctBytesRead:  im.st.distinctBytes.Load(),
 		BytesRead:          im.st.bytesRead.Load(),
 		ReadAheads:         im.st.readAheads.Load(),
+		Prefetches:         im.st.prefetches.Load(),
 		FetchErrors:        im.st.fetchErrors.Load(),
 		VerifyFailures:     im.st.verifyFails.Load(),
 	}
@@ -431,4 +445,125 @@ func (im *Image) Stats() Stats {
 		s.Tiers = append(s.Tiers, TierStats{Tier: im.a.tiers[i].t.Name(), Hits: t.hits.Load(), Chunks: t.chunks.Load(), Bytes: t.bytes.Load()})
 	}
 	return s
+}
+
+// ReadOrder returns the image's non-hole chunks in the order readers first
+// touched them (read-ahead and Prefetch fetches are not reads and do not
+// count). It is what `lode run --record` stores as manifest.Hints.
+func (im *Image) ReadOrder() []uint32 {
+	im.orderMu.Lock()
+	defer im.orderMu.Unlock()
+	return slices.Clone(im.order)
+}
+
+// Served values of ChunkTiers beside tier indexes.
+const (
+	ServedNone = -2 // never read nor fetched for this image (or a hole)
+	ServedMem  = -1 // read, but only from the memory cache
+)
+
+// ChunkTiers returns, per chunk, the index in Stats().Tiers of the fastest
+// tier that served it to this image (read-ahead and prefetch included),
+// ServedMem when readers got it only from the memory cache, or ServedNone.
+func (im *Image) ChunkTiers() []int {
+	out := make([]int, len(im.m.Names))
+	for i := range out {
+		out[i] = ServedNone
+		if im.st.read.has(i) && !im.m.Names[i].IsZero() {
+			out[i] = ServedMem
+		}
+		for t := range im.st.tiers {
+			if im.st.tiers[t].seen.has(i) {
+				out[i] = t
+				break
+			}
+		}
+	}
+	return out
+}
+
+// has reports whether i is in the set.
+func (b bitmap) has(i int) bool { return b[i/64].Load()&(1<<(i%64)) != 0 }
+
+// Prefetch fetches the listed chunks (manifest.Hints: a start's read order)
+// through the tiers into the memory cache, in order, with at most parallel
+// fetches of its own in flight. It runs at low priority: like read-ahead it
+// takes a fetch slot only when one is free beyond the quarter kept for
+// demand reads, and otherwise waits and retries, so demand reads are never
+// queued behind it; a chunk a reader is already fetching is skipped. Holes,
+// cached chunks and indexes out of range are skipped.
+//
+// It returns when every listed chunk was fetched or skipped, when ctx ends,
+// or when the image is closed (Close waits for it), with the number of
+// fetches it started; callers usually run it in its own goroutine right
+// after opening the image. Fetch errors are not returned: a chunk that failed
+// is fetched again, and reported, by the read that needs it.
+func (im *Image) Prefetch(ctx context.Context, idx []uint32, parallel int) (int, error) {
+	im.raMu.Lock()
+	if im.closed {
+		im.raMu.Unlock()
+		return 0, fmt.Errorf("prefetching image %s: %w", im.name, ErrClosed)
+	}
+	im.wg.Add(1)
+	im.raMu.Unlock()
+	defer im.wg.Done()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(im.ctx, cancel)
+	defer stop()
+
+	parallel = max(1, parallel)
+	slots := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	started := 0
+	const retry = 500 * time.Microsecond
+	for _, u := range idx {
+		j := int(u)
+		if j >= len(im.m.Names) {
+			continue
+		}
+		ref := im.m.Ref(j)
+		if ref.IsHole() {
+			continue
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return started, ctx.Err()
+		}
+		for {
+			if im.a.cfg.Mem != nil && im.a.cfg.Mem.Contains(cacheRef(ref, im.zstd)) {
+				<-slots
+				break
+			}
+			c, _, full := im.a.join(ref, im.chunkLen(j), im, true)
+			if c != nil {
+				started++
+				im.st.prefetches.Add(1)
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer func() { <-slots }()
+					if err := im.a.wait(ctx, c); err == nil {
+						im.credit(c, j)
+					}
+				}()
+				break
+			}
+			if !full { // in flight already, or the agent is closed
+				<-slots
+				break
+			}
+			t := time.NewTimer(retry)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				<-slots
+				return started, ctx.Err()
+			}
+		}
+	}
+	return started, nil
 }
