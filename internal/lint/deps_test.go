@@ -21,6 +21,7 @@ var allowed = map[string][]string{
 	"internal/metrics":              {},
 	"internal/oci":                  {},
 	"internal/demo":                 {},
+	"internal/heatmap":              {},
 	"internal/lint":                 {},
 	"internal/lodetest":             {},
 	"internal/store":                {"internal/chunk"},
