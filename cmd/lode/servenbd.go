@@ -51,7 +51,14 @@ that receives the writes (the image itself is never changed).`,
 
 func listen(addr string) (net.Listener, error) {
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
-		os.Remove(p) // a stale socket of a previous run
+		// Remove a stale socket of a previous run, and nothing else: a
+		// mistyped path must not delete a file.
+		if fi, err := os.Lstat(p); err == nil {
+			if fi.Mode()&os.ModeSocket == 0 {
+				return nil, fmt.Errorf("unix:%s exists and is not a socket", p)
+			}
+			os.Remove(p)
+		}
 		if err := os.MkdirAll(dirOf(p), 0o755); err != nil {
 			return nil, err
 		}

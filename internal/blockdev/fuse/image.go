@@ -213,9 +213,12 @@ func teardown(ctx context.Context, st state, timeout time.Duration, fm *FileMoun
 	if lazy {
 		log.Warn("filesystem busy, detached lazily", slog.String("dir", st.Dir))
 	}
-	if st.Loop != "" && within(loopBacking(st.Loop), st.FUSEDir) {
+	// After a lazy unmount the filesystem still holds the loop device, so
+	// waiting for it to detach would only run out the timeout: autoclear
+	// detaches it when the last user goes.
+	if st.Loop != "" && !lazy && within(loopBacking(st.Loop), st.FUSEDir) {
 		dctx, cancel := context.WithTimeout(ctx, timeout)
-		if err := detachLoop(dctx, st.Loop); err != nil && !lazy {
+		if err := detachLoop(dctx, st.Loop); err != nil {
 			errs = append(errs, err)
 		}
 		cancel()
