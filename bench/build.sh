@@ -22,6 +22,9 @@ if [ ! -x debian/usr/bin/python3 ]; then
   rm -rf debian
   debootstrap --variant=minbase --include=python3 bookworm debian "$mirror" >debootstrap.log
 fi
+# Container images carry an empty /dev (the runtime mounts one); debootstrap
+# leaves device nodes there, which lode build refuses by default.
+find debian/dev -mindepth 1 -delete
 (cd "$here" && go build -o "$W/lode" ./cmd/lode)
 LODE="$W/lode"
 
