@@ -81,38 +81,13 @@ func openWorker(ctx context.Context, o workerOptions, name string, reg prometheu
 		return nil, err
 	}
 	w := &worker{manifest: m, pointer: p, name: global.tenant + "/" + name}
-	if o.diskBytes > 0 {
-		dir := o.cacheDir
-		if dir == "" {
-			dir = filepath.Join(global.home, "cache")
-		}
-		dc, err := agent.NewDiskCache(dir, o.diskBytes, logger)
-		if err != nil {
-			return nil, err
-		}
-		w.tiers = append(w.tiers, dc)
-	}
-	fleet, closeFleet, err := o.fleet.open(ctx, reg)
+	tiers, closers, err := o.cacheTiers(ctx, reg)
 	if err != nil {
 		return nil, err
 	}
-	if fleet != nil {
-		w.tiers = append(w.tiers, fleet)
-		w.closers = append(w.closers, closeFleet)
-	}
-	w.tiers = append(w.tiers, agent.NewOrigin(st, p.Root))
-
-	c := agent.DefaultConfig()
-	c.Mem = agent.NewMemCache(o.memBytes)
-	c.Tiers = w.tiers
-	c.FetchTimeout = o.fetchTimeout
-	c.ReadAhead = o.readAhead
-	c.MaxConcurrentFetches = o.fetches
-	c.Log = logger
-	if reg != nil {
-		c.Metrics = agent.NewMetrics(reg)
-	}
-	a, err := agent.New(c)
+	w.closers = closers
+	w.tiers = append(tiers, agent.NewOrigin(st, p.Root))
+	a, err := agent.New(o.agentConfig(w.tiers, reg))
 	if err != nil {
 		w.Close()
 		return nil, err
@@ -125,4 +100,49 @@ func openWorker(ctx context.Context, o workerOptions, name string, reg prometheu
 	}
 	w.image = im
 	return w, nil
+}
+
+// cacheTiers returns the tiers between the memory cache and the origin:
+// the disk cache (unless disabled) and the fleet (if configured), with
+// what closes them.
+func (o workerOptions) cacheTiers(ctx context.Context, reg prometheus.Registerer) ([]agent.Tier, []func() error, error) {
+	var tiers []agent.Tier
+	if o.diskBytes > 0 {
+		dc, err := agent.NewDiskCache(o.diskCacheDir(), o.diskBytes, logger)
+		if err != nil {
+			return nil, nil, err
+		}
+		tiers = append(tiers, dc)
+	}
+	fleet, closeFleet, err := o.fleet.open(ctx, reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if fleet == nil {
+		return tiers, nil, nil
+	}
+	return append(tiers, fleet), []func() error{closeFleet}, nil
+}
+
+// diskCacheDir is --cache-dir, default $LODE_HOME/cache.
+func (o workerOptions) diskCacheDir() string {
+	if o.cacheDir != "" {
+		return o.cacheDir
+	}
+	return filepath.Join(global.home, "cache")
+}
+
+// agentConfig is the agent configuration the flags select over tiers.
+func (o workerOptions) agentConfig(tiers []agent.Tier, reg prometheus.Registerer) agent.Config {
+	c := agent.DefaultConfig()
+	c.Mem = agent.NewMemCache(o.memBytes)
+	c.Tiers = tiers
+	c.FetchTimeout = o.fetchTimeout
+	c.ReadAhead = o.readAhead
+	c.MaxConcurrentFetches = o.fetches
+	c.Log = logger
+	if reg != nil {
+		c.Metrics = agent.NewMetrics(reg)
+	}
+	return c
 }
