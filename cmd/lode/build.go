@@ -22,6 +22,7 @@ type buildOptions struct {
 	keepImage    string
 	allowDevices bool
 	noSetuid     bool
+	compress     string
 }
 
 func newBuildCmd() *cobra.Command {
@@ -55,6 +56,7 @@ SOURCE is one of:
 	f.StringVar(&o.keepImage, "keep-image", "", "also write the built ext4 image to this path")
 	f.BoolVar(&o.allowDevices, "allow-devices", false, "allow device nodes in the image")
 	f.BoolVar(&o.noSetuid, "no-setuid", false, "refuse setuid/setgid files")
+	f.StringVar(&o.compress, "compress", "none", "compress each chunk before encryption: none or zstd (recorded in the manifest)")
 	cmd.MarkFlagRequired("name")
 	return cmd
 }
@@ -73,8 +75,13 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 	if o.noSetuid {
 		fo.AllowSetuid = false
 	}
+	comp, err := compressionFlag(o.compress) // profile.go
+	if err != nil {
+		return err
+	}
 	bo := build.Options{
-		Source: source, Tenant: global.tenant, Name: o.name,
+		Compression: comp,
+		Source:      source, Tenant: global.tenant, Name: o.name,
 		ChunkSize: o.chunkSize, SaltDomain: o.saltDomain, Uploads: o.uploads,
 		TempDir: o.tempDir, KeepImage: o.keepImage, Flatten: fo,
 		Log: logger,

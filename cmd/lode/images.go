@@ -76,15 +76,20 @@ func runImages(ctx context.Context, all bool, out io.Writer) error {
 
 func newInspectCmd() *cobra.Command {
 	var asJSON bool
+	var heat string
 	cmd := &cobra.Command{
 		Use:   "inspect NAME",
 		Short: "Show an image's size, chunks, holes, sharing and entrypoint",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runInspect(cmd.Context(), args[0], asJSON, stdout)
+			if err := runInspect(cmd.Context(), args[0], asJSON, stdout); err != nil || heat == "" {
+				return err
+			}
+			return writeInspectHeatmap(cmd.Context(), args[0], heat, stderr) // heatmap.go
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&heat, "heatmap", "", "also draw the image's chunks (hole, shared, unique) as an SVG grid to this file")
 	return cmd
 }
 

@@ -25,6 +25,9 @@ type runOptions struct {
 	prefetchAll   bool
 	stateDir      string
 	worker        workerOptions
+	record        bool   // store the start's read order as the image's profile (profile.go)
+	noPrefetch    bool   // ignore the image's profile
+	heatmap       string // draw the chunks by serving tier to this SVG file
 }
 
 func newRunCmd() *cobra.Command {
@@ -55,6 +58,9 @@ each tier and the share of the image that was read.`,
 	f.BoolVar(&o.keep, "keep", false, "keep the container's state dir (and its writes) afterwards")
 	f.BoolVar(&o.prefetchAll, "prefetch-all", false, "download every chunk before mounting (the non-lazy baseline)")
 	f.StringVar(&o.stateDir, "state-dir", fuse.DefaultStateDir, "where mount state lives")
+	f.BoolVar(&o.record, "record", false, "record the chunks this start reads, in order, as the image's startup profile (stored encrypted in its manifest)")
+	f.BoolVar(&o.noPrefetch, "no-prefetch", false, "do not prefetch the image's startup profile")
+	f.StringVar(&o.heatmap, "heatmap", "", "after the run, draw the image's chunks colored by the tier that served them to this SVG file")
 	o.worker.bind(f)
 	return cmd
 }
@@ -68,11 +74,15 @@ type runReport struct {
 }
 
 func runRun(ctx context.Context, o runOptions, name string, args []string, in io.Reader, out, errOut io.Writer) error {
-	rep, w, err := runImage(ctx, o, name, args, in, out, errOut)
+	first := newFirstWrite(out)
+	rep, w, err := runImage(ctx, o, name, args, in, first, errOut)
 	if w != nil {
 		fmt.Fprintf(errOut, "lode: %s: mounted in %v, first exec after %v, exit %d after %v\n",
 			w.name, rep.Mounted.Round(time.Millisecond), rep.FirstExec.Round(time.Millisecond), rep.ExitCode, rep.Total.Round(time.Millisecond))
 		printStats(errOut, w)
+		if aerr := afterRun(ctx, o, name, w, first, err, errOut); err == nil {
+			err = aerr
+		}
 		w.Close()
 	}
 	if err != nil {
@@ -91,6 +101,7 @@ func runImage(ctx context.Context, o runOptions, name string, args []string, in 
 	if err != nil {
 		return rep, nil, err
 	}
+	startPrefetch(ctx, o, w)
 	if o.prefetchAll {
 		if err := readAll(ctx, w.image, 8); err != nil {
 			return rep, w, fmt.Errorf("prefetching %s: %w", w.name, err)
