@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -25,6 +28,11 @@ type latencyConfig struct {
 	StopPID int
 	Timeout time.Duration
 	Seed    uint64
+	// Drain uses the drainTransport prototype instead of the client's
+	// default transport.
+	Drain time.Duration
+	// MaxWaiting caps requests per node waiting for headers (with Drain).
+	MaxWaiting int
 }
 
 // randomChunks returns count random "ciphertexts" of size bytes and their
@@ -67,6 +75,7 @@ func fillAll(ctx context.Context, c *cachefleet.Client, data [][]byte, names []c
 }
 
 type sample struct {
+	connects int64 // TCP connections opened on the machine meanwhile
 	lat      []time.Duration
 	errs     int
 	elapsed  time.Duration
@@ -87,6 +96,7 @@ func measure(ctx context.Context, c *cachefleet.Client, names []chunk.Name, read
 	var firstErr error
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	opens := activeOpens()
 	start := time.Now()
 	for w := range conc {
 		wg.Add(1)
@@ -113,7 +123,7 @@ func measure(ctx context.Context, c *cachefleet.Client, names []chunk.Name, read
 		}()
 	}
 	wg.Wait()
-	s := sample{elapsed: time.Since(start), firstErr: firstErr}
+	s := sample{elapsed: time.Since(start), firstErr: firstErr, connects: activeOpens() - opens}
 	for w := range conc {
 		s.lat = append(s.lat, lats[w]...)
 		s.errs += errs[w]
@@ -136,7 +146,12 @@ func runLatency(ctx context.Context, c latencyConfig) error {
 	if len(c.Nodes) == 0 {
 		return errors.New("latency: -nodes is required")
 	}
-	cl, err := cachefleet.NewClient(cachefleet.ClientConfig{Nodes: c.Nodes, Timeout: c.Timeout})
+	cfg := cachefleet.ClientConfig{Nodes: c.Nodes, Timeout: c.Timeout}
+	if c.Drain > 0 {
+		cfg.Transport = &drainTransport{base: newBenchTransport(), grace: c.Drain, maxWaiting: c.MaxWaiting}
+		fmt.Printf("prototype: cancelled shard requests drain in the background for up to %v; at most %d requests per node waiting for headers (0: no cap)\n", c.Drain, c.MaxWaiting)
+	}
+	cl, err := cachefleet.NewClient(cfg)
 	if err != nil {
 		return err
 	}
@@ -192,12 +207,13 @@ func runLatency(ctx context.Context, c latencyConfig) error {
 	}
 
 	fmt.Println()
-	fmt.Println("| phase | concurrency | fetches | fetches/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| phase | concurrency | fetches | fetches/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | TCP connects per fetch |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		s := r.s
-		fmt.Printf("| %s | %d | %d | %.0f | %s | %s | %s | %s | %s | %d |\n", r.phase, r.conc, len(s.lat),
-			float64(len(s.lat))/s.elapsed.Seconds(), ms(s.pct(50)), ms(s.pct(90)), ms(s.pct(99)), ms(s.pct(99.9)), ms(s.lat[len(s.lat)-1]), s.errs)
+		fmt.Printf("| %s | %d | %d | %.0f | %s | %s | %s | %s | %s | %d | %.2f |\n", r.phase, r.conc, len(s.lat),
+			float64(len(s.lat))/s.elapsed.Seconds(), ms(s.pct(50)), ms(s.pct(90)), ms(s.pct(99)), ms(s.pct(99.9)), ms(s.lat[len(s.lat)-1]), s.errs,
+			float64(s.connects)/float64(len(s.lat)))
 	}
 	if c.StopPID > 0 {
 		fmt.Println()
@@ -221,4 +237,31 @@ func runLatency(ctx context.Context, c latencyConfig) error {
 		}
 	}
 	return nil
+}
+
+// activeOpens reads the kernel's count of TCP connections opened (Tcp
+// ActiveOpens in /proc/net/snmp; machine-wide, so other jobs add noise).
+func activeOpens() int64 {
+	b, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		return 0
+	}
+	var head []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if head == nil {
+			head = f
+			continue
+		}
+		for i, h := range head {
+			if h == "ActiveOpens" && i < len(f) {
+				n, _ := strconv.ParseInt(f[i], 10, 64)
+				return n
+			}
+		}
+	}
+	return 0
 }

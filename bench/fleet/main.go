@@ -42,6 +42,8 @@ func main() {
 		reads   = flag.Int("reads", 2000, "latency: fetches per measurement and concurrency")
 		concs   = flag.String("conc", "1,8", "latency: concurrency levels")
 		timeout = flag.Duration("timeout", 0, "latency: client Fetch timeout (0: the client default)")
+		waiting = flag.Int("max-waiting", 0, "latency: with -drain, prototype: cap per node on requests waiting for response headers (0: none)")
+		drain   = flag.Duration("drain", 0, "latency: prototype: let cancelled shard requests finish in the background for up to this long, keeping their connections (0: off)")
 		// shards
 		www = flag.String("www", "", "shards: directory to copy the shards into")
 		// replay
@@ -58,7 +60,7 @@ func main() {
 		if cs, err = ints(*concs); err == nil {
 			err = runLatency(ctx, latencyConfig{
 				Nodes: split(*nodes), Chunks: *chunks, Reads: *reads, Conc: cs,
-				StopPID: *stopPID, Timeout: *timeout, Seed: *seed,
+				StopPID: *stopPID, Timeout: *timeout, Seed: *seed, Drain: *drain, MaxWaiting: *waiting,
 			})
 		}
 	case "shards":
