@@ -6,7 +6,7 @@
 # Run as root (or through sudo). Safe to run again: it installs only what is missing.
 set -euo pipefail
 
-pkgs=(e2fsprogs util-linux fuse3 runc skopeo umoci nbdkit libnbd-bin qemu-utils s3cmd)
+pkgs=(e2fsprogs util-linux fuse3 runc skopeo umoci nbdkit libnbd-bin qemu-utils s3cmd qemu-system-x86 linux-image-cloud-amd64 busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
