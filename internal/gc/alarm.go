@@ -12,7 +12,6 @@ import (
 
 // alarmKey is roots/<root>/ALARM. It belongs with the rest of the layout in
 // store/keys.go; it is here until that file gains it.
-func alarmKey(r store.RootID) string { return store.RootPrefix(r) + "ALARM" }
 
 // Alarm is the content of roots/<root>/ALARM: the first read (or check) that
 // found something live in a root that should hold nothing live. While it
@@ -34,7 +33,7 @@ func RaiseAlarm(ctx context.Context, st store.Store, root store.RootID, image, c
 		return fmt.Errorf("raising alarm: %w", err)
 	}
 	b, _ := json.Marshal(Alarm{Image: image, Chunk: chunk, Time: time.Now().UTC()})
-	err := st.PutIfAbsent(ctx, alarmKey(root), append(b, '\n'))
+	err := st.PutIfAbsent(ctx, store.AlarmKey(root), append(b, '\n'))
 	if err != nil && !errors.Is(err, store.ErrExists) {
 		return fmt.Errorf("raising alarm on root %s: %w", root, err)
 	}
@@ -44,7 +43,7 @@ func RaiseAlarm(ctx context.Context, st store.Store, root store.RootID, image, c
 // ReadAlarm returns root's alarm, or an error wrapping store.ErrNotFound when
 // it has none.
 func ReadAlarm(ctx context.Context, st store.Store, root store.RootID) (Alarm, error) {
-	b, err := st.Get(ctx, alarmKey(root), nil)
+	b, err := st.Get(ctx, store.AlarmKey(root), nil)
 	if err != nil {
 		return Alarm{}, fmt.Errorf("reading alarm of root %s: %w", root, err)
 	}
@@ -64,7 +63,7 @@ func ClearAlarm(ctx context.Context, st store.Store, root store.RootID) error {
 	if err := store.ValidName("root", string(root)); err != nil {
 		return fmt.Errorf("clearing alarm: %w", err)
 	}
-	if err := st.Delete(ctx, alarmKey(root)); err != nil {
+	if err := st.Delete(ctx, store.AlarmKey(root)); err != nil {
 		return fmt.Errorf("clearing alarm of root %s: %w", root, err)
 	}
 	return nil
@@ -72,7 +71,7 @@ func ClearAlarm(ctx context.Context, st store.Store, root store.RootID) error {
 
 // hasAlarm reports whether root has an alarm marker.
 func hasAlarm(ctx context.Context, st store.Store, root store.RootID) (bool, error) {
-	_, err := st.Stat(ctx, alarmKey(root))
+	_, err := st.Stat(ctx, store.AlarmKey(root))
 	if errors.Is(err, store.ErrNotFound) {
 		return false, nil
 	}

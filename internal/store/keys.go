@@ -88,3 +88,28 @@ func ValidKey(key string) error {
 	}
 	return nil
 }
+
+// ValidPrefix reports an error unless prefix is "" or can begin a valid key
+// (List takes such prefixes).
+func ValidPrefix(prefix string) error {
+	if prefix == "" {
+		return nil
+	}
+	if err := ValidKey(prefix + "x"); err != nil {
+		return fmt.Errorf("prefix %q: %w", prefix, ErrInvalidKey)
+	}
+	return nil
+}
+
+// ValidDirPrefix reports an error unless prefix is "" or a valid prefix
+// ending in "/" (ListDirs takes such prefixes).
+func ValidDirPrefix(prefix string) error {
+	if prefix != "" && !strings.HasSuffix(prefix, "/") {
+		return fmt.Errorf("directory prefix %q does not end in \"/\": %w", prefix, ErrInvalidKey)
+	}
+	return ValidPrefix(prefix)
+}
+
+// AlarmKey is the key of root r's alarm marker: while it exists the garbage
+// collector does not delete r (see internal/gc).
+func AlarmKey(r RootID) string { return RootPrefix(r) + "ALARM" }

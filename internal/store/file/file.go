@@ -324,7 +324,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(key string, siz
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("listing %q in %s: %w", prefix, s, err)
 	}
-	if err := validPrefix(prefix); err != nil {
+	if err := store.ValidPrefix(prefix); err != nil {
 		return fmt.Errorf("listing in %s: %w", s, err)
 	}
 	dirKey := prefix[:strings.LastIndexByte(prefix, '/')+1] // "" or ends in "/"
@@ -373,7 +373,7 @@ func (s *Store) ListDirs(ctx context.Context, prefix string, fn func(name string
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("listing directories %q in %s: %w", prefix, s, err)
 	}
-	if err := validDirPrefix(prefix); err != nil {
+	if err := store.ValidDirPrefix(prefix); err != nil {
 		return fmt.Errorf("listing directories in %s: %w", s, err)
 	}
 	dir := filepath.Join(s.root, filepath.FromSlash(prefix))

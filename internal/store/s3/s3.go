@@ -471,7 +471,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(key string, siz
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("listing %q in %s: %w", prefix, s.name, err)
 	}
-	if err := validPrefix(prefix); err != nil {
+	if err := store.ValidPrefix(prefix); err != nil {
 		return fmt.Errorf("listing in %s: %w", s.name, err)
 	}
 	lctx, cancel := context.WithCancel(ctx)
@@ -500,7 +500,7 @@ func (s *Store) ListDirs(ctx context.Context, prefix string, fn func(name string
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("listing directories %q in %s: %w", prefix, s.name, err)
 	}
-	if err := validDirPrefix(prefix); err != nil {
+	if err := store.ValidDirPrefix(prefix); err != nil {
 		return fmt.Errorf("listing directories in %s: %w", s.name, err)
 	}
 	full := s.prefix + prefix
