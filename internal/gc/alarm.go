@@ -10,9 +10,6 @@ import (
 	"github.com/lode-dev/lode/internal/store"
 )
 
-// alarmKey is roots/<root>/ALARM. It belongs with the rest of the layout in
-// store/keys.go; it is here until that file gains it.
-
 // Alarm is the content of roots/<root>/ALARM: the first read (or check) that
 // found something live in a root that should hold nothing live. While it
 // exists the collector does not delete the root.
