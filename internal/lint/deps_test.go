@@ -40,6 +40,7 @@ var allowed = map[string][]string{
 	"internal/blockdev/nbd":         {"internal/blockdev", "internal/metrics"},
 	"internal/gc":                   {"internal/chunk", "internal/manifest", "internal/store", "internal/metrics", "internal/catalog"},
 	"internal/run":                  {"internal/agent", "internal/manifest", "internal/blockdev", "internal/blockdev/fuse"},
+	"internal/vm":                   {"internal/blockdev"},
 }
 
 type pkg struct {
