@@ -4,7 +4,8 @@
 #      disk cache, page cache dropped), without and with the image's startup
 #      profile (lode run --no-prefetch vs lode run), RUNS runs each, medians,
 #      with the origin an S3 server (versitygw) behind an HTTP proxy that adds
-#      DELAYS (default 2, 5 and 10 ms) to every request;
+#      DELAYS (default 2, 5, 10 ms, and 36 ms: the paper's S3 median) to
+#      every request;
 #   2. the same image built with --compress zstd: stored bytes, bytes fetched
 #      per start and start time (at 5 ms), without and with its profile;
 #   3. heatmaps of the image (inspect --heatmap, and a cold run by tier).
@@ -16,7 +17,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 W=${1:-/var/cache/lode-bench/profile}
 RUNS=${2:-5}
-DELAYS=${3:-"2ms 5ms 10ms"}
+DELAYS=${3:-"2ms 5ms 10ms 36ms"}
 mkdir -p "$W"
 (cd "$here" && go build -o "$W/lode" ./cmd/lode && go build -o "$W/latproxy" ./bench/latproxy)
 (cd "$here" && .ci/s3.sh >/dev/null)
@@ -54,12 +55,24 @@ if ! "$L" --store "$ZST" images 2>/dev/null | grep -q lode-demo; then
     "$L" --store "$ZST" build "${SRC%/}:latest" --name lode-demo --compress zstd >/dev/null
 fi
 
-PY='import json, email.parser, email.message, http.client, asyncio, argparse, logging, unittest, decimal, urllib.request, csv, difflib, tarfile, zipfile, configparser, dataclasses, typing, inspect, xml.etree.ElementTree, html.parser, sqlite3, pydoc, ssl, hashlib, socket, subprocess, threading, concurrent.futures, statistics, fractions, textwrap, string, shutil, tempfile, pathlib, pickle, base64, uuid, random, datetime, calendar; print("ready", flush=True)'
-start() { # start STORE [FLAGS...]: one cold start; prints "first_exec_ms first_output_ms fetched"
+# Two starts, each with its own profile (an image has one): python3
+# importing ~40 stdlib modules (CPU-heavy), and a shell reading the Python
+# stdlib's sources (I/O-heavy, like an app loading its code or a model).
+PY='import json, email.parser, email.message, http.client, asyncio, argparse, logging, unittest, decimal, urllib.request, csv, difflib, tarfile, zipfile, configparser, dataclasses, typing, inspect, xml.etree.ElementTree, html.parser, pydoc, hashlib, socket, subprocess, threading, concurrent.futures, statistics, fractions, textwrap, string, shutil, tempfile, pathlib, pickle, base64, uuid, random, datetime, calendar; print("ready", flush=True)'
+SH='cat /usr/lib/python3.11/*.py /usr/lib/python3.11/*/*.py /usr/lib/python3.11/*/*/*.py /usr/lib/python3.11/*/*/*/*.py >/dev/null 2>&1; echo ready'
+workload() { # workload NAME: the run arguments of that start
+  case $1 in
+    python-imports) echo /usr/bin/python3; echo -c; echo "$PY" ;;
+    read-sources) echo /bin/sh; echo -c; echo "$SH" ;;
+  esac
+}
+WL=python-imports
+start() { # start STORE [FLAGS...]: one cold start of $WL; prints "first_exec_ms first_output_ms fetched"
   local st=$1; shift
+  local -a w; mapfile -t w < <(workload "$WL")
   rm -rf "$W/cache"; drop
   local out
-  out=$("$L" --store "$st" run lode-demo --cache-dir "$W/cache" "$@" --entrypoint /usr/bin/python3 -- -c "$PY" 2>&1 >/dev/null)
+  out=$("$L" --store "$st" run lode-demo --cache-dir "$W/cache" "$@" --entrypoint "${w[0]}" -- "${w[1]}" "${w[2]}" 2>&1 >/dev/null)
   echo "$out" >>"$W/runs.log"
   ms() { awk '{ v=$1; if (v ~ /ms$/) { sub(/ms$/,"",v); print v } else if (v ~ /µs$/) { sub(/µs$/,"",v); print v/1000 } else { sub(/s$/,"",v); print v*1000 } }'; }
   local fe fo fetched
@@ -69,51 +82,59 @@ start() { # start STORE [FLAGS...]: one cold start; prints "first_exec_ms first_
   echo "$fe $fo $fetched"
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+col() { printf '%s\n' "${@:2}" | awk -v c="$1" '{print $c}' | median; }
+record() { # record STORE: record $WL's profile (at the current latency); prints its size
+  rm -rf "$W/cache"; drop
+  local -a w; mapfile -t w < <(workload "$WL")
+  "$L" --store "$1" run lode-demo --cache-dir "$W/cache" --record --no-prefetch --entrypoint "${w[0]}" -- "${w[1]}" "${w[2]}" 2>&1 >/dev/null |
+    sed -n 's/.*recorded a startup profile of \([0-9]*\) chunks.*/\1/p'
+}
 
-# Record each image's profile once (at 5 ms), unless it has one.
-proxy 5ms
-for st in "$RAW" "$ZST"; do
-  if ! "$L" --store "$st" run lode-demo --cache-dir "$W/cache" --no-prefetch --entrypoint /usr/bin/python3 -- -c 'print(1)' 2>&1 | grep -q "startup profile:"; then
-    rm -rf "$W/cache"; drop
-    "$L" --store "$st" run lode-demo --cache-dir "$W/cache" --record --entrypoint /usr/bin/python3 -- -c "$PY" 2>&1 >/dev/null | grep -E "recorded|first output"
-  fi
-done
-hints=$("$L" --store "$RAW" run lode-demo --cache-dir "$W/cache" --no-prefetch --entrypoint /usr/bin/python3 -- -c 'print(1)' 2>&1 | sed -n 's/.*startup profile: \([0-9]*\) chunks.*/\1/p')
 size=$("$L" --store "$RAW" inspect lode-demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["image_size"])')
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); image $((size>>20)) MiB ext4; profile $hints chunks; $RUNS cold runs each, medians"
-echo
-echo "| origin latency per request | first exec, no profile | first exec, profile | first output, no profile | first output, profile | speed-up to first output | fetched (no profile / profile) |"
-echo "|---|---|---|---|---|---|---|"
-for d in $DELAYS; do
-  proxy "$d"
-  declare -a a=() b=()
-  for i in $(seq "$RUNS"); do
-    a+=("$(start "$RAW" --no-prefetch)")
-    b+=("$(start "$RAW")")
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg); image $((size>>20)) MiB ext4; $RUNS cold runs each, medians"
+for WL in read-sources python-imports; do
+  proxy 5ms
+  hints=$(record "$RAW")
+  echo
+  echo "start: $WL (profile: $hints chunks)"
+  echo
+  echo "| origin latency per request | first exec, no profile | first exec, profile | first output, no profile | first output, profile | speed-up to first output | fetched (no profile / profile) |"
+  echo "|---|---|---|---|---|---|---|"
+  for d in $DELAYS; do
+    proxy "$d"
+    a=(); b=()
+    for i in $(seq "$RUNS"); do
+      a+=("$(start "$RAW" --no-prefetch)")
+      b+=("$(start "$RAW")")
+    done
+    fea=$(col 1 "${a[@]}"); feb=$(col 1 "${b[@]}"); foa=$(col 2 "${a[@]}"); fob=$(col 2 "${b[@]}")
+    fa=$(printf '%s\n' "${a[@]}" | tail -1 | awk '{print $3}'); fb=$(printf '%s\n' "${b[@]}" | tail -1 | awk '{print $3}')
+    printf "| %s | %.0f ms | %.0f ms | %.0f ms | %.0f ms | %.2f× | %s / %s |\n" "$d" "$fea" "$feb" "$foa" "$fob" "$(echo "$foa / $fob" | bc -l)" "$fa" "$fb"
   done
-  col() { printf '%s\n' "${@:2}" | awk -v c="$1" '{print $c}' | median; }
-  fea=$(col 1 "${a[@]}"); feb=$(col 1 "${b[@]}"); foa=$(col 2 "${a[@]}"); fob=$(col 2 "${b[@]}")
-  fa=$(printf '%s\n' "${a[@]}" | tail -1 | awk '{print $3}'); fb=$(printf '%s\n' "${b[@]}" | tail -1 | awk '{print $3}')
-  printf "| %s | %.0f ms | %.0f ms | %.0f ms | %.0f ms | %.2f× | %s / %s |\n" "$d" "$fea" "$feb" "$foa" "$fob" "$(echo "$foa / $fob" | bc -l)" "$fa" "$fb"
 done
-
 echo
 proxy 5ms
 raw_bytes=$(du -sb "$W/gw/bench/raw" | cut -f1); zst_bytes=$(du -sb "$W/gw/bench/zstd" | cut -f1)
-declare -a za=() zb=()
+record "$ZST" >/dev/null
+record "$RAW" >/dev/null
+ra=(); rb=(); za=(); zb=()
 for i in $(seq "$RUNS"); do
+  ra+=("$(start "$RAW" --no-prefetch)")
+  rb+=("$(start "$RAW")")
   za+=("$(start "$ZST" --no-prefetch)")
   zb+=("$(start "$ZST")")
 done
-col() { printf '%s\n' "${@:2}" | awk -v c="$1" '{print $c}' | median; }
-echo "| image (5 ms origin) | stored (du of the store) | fetched per start | first output, no profile | first output, profile |"
+echo
+echo "start: $WL, 5 ms origin"
+echo
+echo "| image | stored (du of the store) | fetched per start | first output, no profile | first output, profile |"
 echo "|---|---|---|---|---|"
-printf "| raw | %s MiB | %s | (above) | (above) |\n" "$((raw_bytes>>20))" "$(printf '%s\n' "${a[@]:-}" | tail -1 | awk '{print $3}')"
+printf "| raw | %s MiB | %s | %.0f ms | %.0f ms |\n" "$((raw_bytes>>20))" "$(printf '%s\n' "${ra[@]}" | tail -1 | awk '{print $3}')" "$(col 2 "${ra[@]}")" "$(col 2 "${rb[@]}")"
 printf "| zstd | %s MiB | %s | %.0f ms | %.0f ms |\n" "$((zst_bytes>>20))" "$(printf '%s\n' "${za[@]}" | tail -1 | awk '{print $3}')" "$(col 2 "${za[@]}")" "$(col 2 "${zb[@]}")"
 
 # Pictures.
 "$L" --store "$RAW" inspect lode-demo --heatmap "$W/heatmap-state.svg" >/dev/null
 rm -rf "$W/cache"; drop
-"$L" --store "$RAW" run lode-demo --cache-dir "$W/cache" --heatmap "$W/heatmap-run.svg" --entrypoint /usr/bin/python3 -- -c "$PY" >/dev/null 2>&1
+"$L" --store "$RAW" run lode-demo --cache-dir "$W/cache" --no-prefetch --heatmap "$W/heatmap-run.svg" --entrypoint /usr/bin/python3 -- -c "$PY" >/dev/null 2>&1
 echo
 echo "heatmaps: $W/heatmap-state.svg $W/heatmap-run.svg"
