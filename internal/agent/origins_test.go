@@ -186,3 +186,24 @@ func BenchmarkOriginsAttach(b *testing.B) {
 		o.Attach(testRoot, ti.m)()
 	}
 }
+
+func BenchmarkOriginsFetch(b *testing.B) {
+	const newRoot = store.RootID("r-000002")
+	ti := buildImage(b, 64<<10, 64*(64<<10), nil, 5)
+	o := NewOrigins(ti.st)
+	defer o.Attach(testRoot, ti.m)()
+	defer o.Attach(newRoot, ti.m)() // newer, but empty: every fetch falls back
+	buf := make([]byte, 0, 64<<10+chunk.Overhead)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.SetBytes(64 << 10)
+	i := 0
+	for b.Loop() {
+		ct, err := o.Fetch(ctx, ti.m.Names[i%len(ti.m.Names)], buf[:0])
+		if err != nil {
+			b.Fatal(err)
+		}
+		buf = ct[:0]
+		i++
+	}
+}
