@@ -11,20 +11,19 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 what=${1:-all}
 W=${2:-/var/tmp/lode-bench/fleet}
-DUR=${DUR:-10s}
+DUR=${DUR:-5s}
 CHUNKS=${CHUNKS:-2000}
 mkdir -p "$W"
 cd "$here"
 
-# The lode binary; if the working tree does not build (work in progress),
-# build the last commit.
-if ! go build -o "$W/lode" ./cmd/lode 2>"$W/build.log"; then
+# The lode binary and the benchmark program; if the working tree does not
+# build (someone's work in progress), build the last commit instead.
+if ! { go build -o "$W/lode" ./cmd/lode && go build -o "$W/fleetbench" ./bench/fleet; } 2>"$W/build.log"; then
   echo "working tree does not build ($(head -1 "$W/build.log")); building HEAD $(git rev-parse --short HEAD)" >&2
   rm -rf "$W/src" && mkdir -p "$W/src"
   git archive HEAD | tar -x -C "$W/src"
-  (cd "$W/src" && go build -o "$W/lode" ./cmd/lode)
+  (cd "$W/src" && go build -o "$W/lode" ./cmd/lode && go build -o "$W/fleetbench" ./bench/fleet)
 fi
-go build -o "$W/fleetbench" ./bench/fleet
 L="$W/lode"; B="$W/fleetbench"
 
 pids=()
@@ -76,49 +75,51 @@ http {
 }
 CONF
   nshards=$((${TPUT_CHUNKS:-400} * 5))
-  bench() { # key label url
-    local key=$1 label=$2 url=$3 c t out
-    for c in 1 16 64; do
-      t=$((c < 2 ? 1 : 2))
-      out=$(wrk -t"$t" -c"$c" -d"$DUR" --latency -s "$W/paths.lua" "$url" -- "$www/paths.txt")
-      echo "$out" > "$W/wrk-$label-$c.txt"
-      rps=$(awk '/^Requests\/sec/{print $2}' <<<"$out")
-      tr=$(awk '/^Transfer\/sec/{print $2}' <<<"$out")
-      p50=$(awk '$1=="50%"{print $2}' <<<"$out"); p99=$(awk '$1=="99%"{print $2}' <<<"$out")
-      errs=$(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ' | paste -sd' ' || true)
-      echo "| $label | $c | $rps | $tr | $p50 | $p99 | ${errs:-0} |"
-      echo "$key $c $rps" >> "$W/tput.txt"
-    done
+  ROUNDS=${ROUNDS:-3}
+  one() { # key url conns -> appends "key conns req/s MB/s p50 p99" to tput.txt
+    local out rps tr
+    out=$(wrk -t$(($3 < 2 ? 1 : 2)) -c"$3" -d"$DUR" --latency -s "$W/paths.lua" "$2" -- "$www/paths.txt")
+    echo "$out" >> "$W/wrk-$1-$3.txt"
+    grep -qE 'Non-2xx|Socket errors' <<<"$out" && { echo "wrk errors against $2:" >&2; echo "$out" >&2; }
+    rps=$(awk '/^Requests\/sec/{print $2}' <<<"$out")
+    tr=$(awk -v r="$rps" 'BEGIN{printf "%.0f", r*'"$shard"'/1e6}')
+    echo "$1 $3 $rps $tr $(awk '$1=="50%"{print $2}' <<<"$out") $(awk '$1=="99%"{print $2}' <<<"$out")" >> "$W/tput.txt"
   }
-  : > "$W/tput.txt"
-  "$L" cache serve --listen 127.0.0.1:7500 --mem 1GiB 2>"$W/node-tput.log" & pids+=($!); waitup 127.0.0.1:7500/healthz
+  : > "$W/tput.txt"; rm -f "$W"/wrk-*.txt
+  # Two nodes at once: one holding every shard in memory, one with 16 MiB of
+  # memory so that almost every shard is demoted to its disk directory.
+  "$L" cache serve --listen 127.0.0.1:7500 --mem 1GiB 2>"$W/node-mem.log" & pids+=($!)
+  "$L" cache serve --listen 127.0.0.1:7501 --mem 16MiB --disk "$W/nodedisk" --disk-size 2GiB 2>"$W/node-disk.log" & pids+=($!)
+  waitup 127.0.0.1:7500/healthz; waitup 127.0.0.1:7501/healthz
   "$B" -scenario=shards -nodes=127.0.0.1:7500 -chunks="${TPUT_CHUNKS:-400}" -www="$www"
-  nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" & ngx=$!; pids+=($ngx); waitup 127.0.0.1:7600/paths.txt
-  echo "$nshards shards of $(stat -c %s "$(find "$www/v1" -type f | head -1)") bytes, random path per request"
-  echo
-  echo "| server | connections | req/s | transfer/s | p50 | p99 | errors |"
-  echo "|---|---|---|---|---|---|---|"
-  bench mem "lode (memory)" "http://127.0.0.1:7500"
-  bench nginx "nginx (page cache warm)" "http://127.0.0.1:7600"
-  kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
-  # The node again, with 16 MiB of memory: almost every shard is demoted to disk.
-  "$L" cache serve --listen 127.0.0.1:7500 --mem 16MiB --disk "$W/nodedisk" --disk-size 2GiB 2>"$W/node-tput-disk.log" & pids[0]=$!; waitup 127.0.0.1:7500/healthz
-  "$B" -scenario=shards -nodes=127.0.0.1:7500 -chunks="${TPUT_CHUNKS:-400}" -www="$www" >/dev/null
-  bench disk "lode (disk-demoted, page cache warm)" "http://127.0.0.1:7500"
-  for label in nginx lode; do
-    url=http://127.0.0.1:7600; [[ $label == lode ]] && url=http://127.0.0.1:7500
+  "$B" -scenario=shards -nodes=127.0.0.1:7501 -chunks="${TPUT_CHUNKS:-400}" -www="$W/www-copy" >/dev/null
+  cmp -s "$www/paths.txt" "$W/www-copy/paths.txt" || { echo "the two nodes hold different shards" >&2; exit 1; }
+  rm -rf "$W/www-copy"
+  nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" & pids+=($!); waitup 127.0.0.1:7600/paths.txt
+  shard=$(stat -c %s "$(find "$www/v1" -type f | head -1)")
+  echo "$nshards shards of $shard bytes ($((nshards * shard >> 20)) MiB), a random one per request; $ROUNDS interleaved rounds of wrk -d $DUR per cell, median shown"
+  for r in $(seq "$ROUNDS"); do
     for c in 1 16 64; do
-      drop
-      out=$(wrk -t$((c < 2 ? 1 : 2)) -c"$c" -d"$DUR" --latency -s "$W/paths.lua" "$url" -- "$www/paths.txt")
-      echo "| $label cold (drop_caches first) | $c | $(awk '/^Requests\/sec/{print $2}' <<<"$out") | $(awk '/^Transfer\/sec/{print $2}' <<<"$out") | $(awk '$1=="50%"{print $2}' <<<"$out") | $(awk '$1=="99%"{print $2}' <<<"$out") | |"
+      one mem http://127.0.0.1:7500 "$c"; one nginx http://127.0.0.1:7600 "$c"; one disk http://127.0.0.1:7501 "$c"
     done
   done
-  echo
   for c in 1 16 64; do
-    m=$(awk -v c=$c '$1=="mem" && $2==c {print $3}' "$W/tput.txt")
-    d=$(awk -v c=$c '$1=="disk" && $2==c {print $3}' "$W/tput.txt")
-    n=$(awk -v c=$c '$1=="nginx" && $2==c {print $3}' "$W/tput.txt")
-    printf 'connections %s: lode memory / nginx = %.2f, lode disk-demoted / nginx = %.2f (goal >= 0.8)\n' "$c" "$(echo "$m / $n" | bc -l)" "$(echo "$d / $n" | bc -l)"
+    drop; one nginx-cold http://127.0.0.1:7600 "$c"; drop; one disk-cold http://127.0.0.1:7501 "$c"
+  done
+  med() { awk -v k="$1" -v c="$2" -v f="$3" '$1==k && $2==c {print $f}' "$W/tput.txt" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  all() { awk -v k="$1" -v c="$2" '$1==k && $2==c {printf "%s%.0f", (n++ ? ", " : ""), $3}' "$W/tput.txt"; }
+  echo
+  echo "| server | connections | req/s (median) | MB/s | p50 | p99 | all rounds req/s | ratio to nginx warm |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for k in mem nginx disk nginx-cold disk-cold; do
+    case $k in
+      mem) label="lode, shards in memory";; nginx) label="nginx, page cache warm";; disk) label="lode, shards demoted to disk (page cache warm)";;
+      nginx-cold) label="nginx, page cache dropped before the run";; disk-cold) label="lode disk-demoted, page cache dropped before the run";;
+    esac
+    for c in 1 16 64; do
+      rps=$(med "$k" "$c" 3); n=$(med nginx "$c" 3)
+      printf '| %s | %s | %.0f | %s | %s | %s | %s | %.2f |\n' "$label" "$c" "$rps" "$(med "$k" "$c" 4)" "$(med "$k" "$c" 5)" "$(med "$k" "$c" 6)" "$(all "$k" "$c")" "$(echo "$rps / $n" | bc -l)"
+    done
   done
   cleanup
 fi
