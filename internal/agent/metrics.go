@@ -21,6 +21,9 @@ type Metrics struct {
 	readErrors   prometheus.Counter
 	readAhead    prometheus.Counter
 	memBytes     prometheus.Gauge
+
+	startsInFlight prometheus.Gauge   // Admission
+	startsRejected prometheus.Counter // Admission: ErrTooManyStarts
 }
 
 // NewMetrics creates the agent metrics and registers them with reg (if reg
@@ -72,10 +75,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "lode_agent_mem_cache_bytes",
 			Help: "Plaintext bytes held by the memory cache.",
 		}),
+		startsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lode_agent_starts_in_flight",
+			Help: "Image starts holding an admission slot.",
+		}),
+		startsRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lode_agent_starts_rejected_total",
+			Help: "Image starts refused with \"too many starts in flight\" after waiting for a slot.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.tierBytes, m.fetchSeconds, m.verifyFails, m.fillErrors,
-			m.fillSkipped, m.readBytes, m.holeReads, m.readErrors, m.readAhead, m.memBytes)
+			m.fillSkipped, m.readBytes, m.holeReads, m.readErrors, m.readAhead, m.memBytes,
+			m.startsInFlight, m.startsRejected)
 	}
 	return m
 }

@@ -1,0 +1,150 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/lode-dev/lode/internal/chunk"
+)
+
+// Admission control and origin protection (issue #12): decorators that bound
+// what one worker asks of a tier, and a gate on image starts. They are
+// composed in cmd/lode's wiring like any other Tier.
+
+// ErrTooManyStarts is returned by Admission.Acquire when the worker already
+// has its limit of starts in flight and none finished within the wait.
+var ErrTooManyStarts = errors.New("too many starts in flight")
+
+// ErrThrottled is returned by a RateLimit tier whose wait for a token would
+// outlast the caller's deadline.
+var ErrThrottled = errors.New("tier request rate limit")
+
+// limited bounds the concurrent Fetch calls on a tier.
+type limited struct {
+	Tier
+	sem chan struct{}
+}
+
+// Limit returns t with at most n Fetch calls in flight; further calls wait
+// for a slot (honouring ctx). Fill is not limited: write-backs are already
+// bounded by the agent. n <= 0 returns t unchanged.
+func Limit(t Tier, n int) Tier {
+	if n <= 0 {
+		return t
+	}
+	return &limited{Tier: t, sem: make(chan struct{}, n)}
+}
+
+func (l *limited) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
+	select {
+	case l.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for a %s fetch slot for chunk %s: %w", l.Tier.Name(), n, context.Cause(ctx))
+	}
+	defer func() { <-l.sem }()
+	return l.Tier.Fetch(ctx, n, dst)
+}
+
+// rateLimited spaces Fetch calls on a tier by a token bucket.
+type rateLimited struct {
+	Tier
+	lim *rate.Limiter
+}
+
+// RateLimit returns t with Fetch calls limited to perSecond on average and
+// burst at once (a token bucket, golang.org/x/time/rate). A call that would
+// have to wait past its context's deadline fails at once with ErrThrottled
+// rather than sleeping into the deadline. perSecond <= 0 returns t unchanged.
+func RateLimit(t Tier, perSecond float64, burst int) Tier {
+	if perSecond <= 0 {
+		return t
+	}
+	return &rateLimited{Tier: t, lim: rate.NewLimiter(rate.Limit(perSecond), max(1, burst))}
+}
+
+func (r *rateLimited) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
+	if err := r.lim.Wait(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("waiting for the %s rate limit for chunk %s: %w", r.Tier.Name(), n, context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("fetching chunk %s from %s: %w: %w", n, r.Tier.Name(), ErrThrottled, err)
+	}
+	return r.Tier.Fetch(ctx, n, dst)
+}
+
+// Admission bounds the image starts a worker has in flight. A start holds a
+// slot from Acquire until the release function is called (when the
+// container's first exec has happened, or the start failed). Reads of
+// running containers never pass through it, so they keep priority over new
+// starts.
+type Admission struct {
+	slots chan struct{}
+	wait  time.Duration
+	m     *Metrics
+}
+
+// NewAdmission allows max starts in flight; a start past it waits up to wait
+// for a slot, then fails with ErrTooManyStarts. max <= 0 admits everything.
+func NewAdmission(max int, wait time.Duration, m *Metrics) *Admission {
+	a := &Admission{wait: wait, m: m}
+	if max > 0 {
+		a.slots = make(chan struct{}, max)
+	}
+	return a
+}
+
+// Acquire takes a start slot for image, waiting up to the admission's wait
+// (or ctx). The returned release must be called exactly once.
+func (a *Admission) Acquire(ctx context.Context, image string) (release func(), err error) {
+	if a == nil || a.slots == nil {
+		return func() {}, nil
+	}
+	select {
+	case a.slots <- struct{}{}:
+	default:
+		t := time.NewTimer(a.wait)
+		defer t.Stop()
+		select {
+		case a.slots <- struct{}{}:
+		case <-t.C:
+			a.rejected()
+			return nil, fmt.Errorf("starting %s: %w (%d starts, waited %v)", image, ErrTooManyStarts, cap(a.slots), a.wait)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("starting %s: waiting for a start slot: %w", image, context.Cause(ctx))
+		}
+	}
+	a.inFlight(1)
+	var once bool
+	return func() {
+		if once {
+			return
+		}
+		once = true
+		a.inFlight(-1)
+		<-a.slots
+	}, nil
+}
+
+// InFlight is the number of starts holding a slot.
+func (a *Admission) InFlight() int {
+	if a == nil || a.slots == nil {
+		return 0
+	}
+	return len(a.slots)
+}
+
+func (a *Admission) rejected() {
+	if a.m != nil {
+		inc(a.m.startsRejected)
+	}
+}
+
+func (a *Admission) inFlight(d float64) {
+	if a.m != nil && a.m.startsInFlight != nil {
+		a.m.startsInFlight.Add(d)
+	}
+}
