@@ -74,7 +74,7 @@ Each image reads chunks under its own pointer's root; every --refresh the
 daemon re-reads the pointers and follows images the garbage collector moved
 to a newer root. On SIGTERM it unmounts everything and stops its exports.
 A mount dies with the daemon: see docs/operations.md for upgrades.`,
-		Example: `  lode agent --metrics-listen :9100 &
+		Example: `  lode agent --metrics-listen 127.0.0.1:9470 &
   lode agent mount app /mnt/app
   lode agent status
   lode agent umount /mnt/app`,
