@@ -3,6 +3,7 @@ package vm
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,5 +96,32 @@ func TestBootRunsCommand(t *testing.T) {
 	}
 	if strings.Contains(out.String(), marker) {
 		t.Errorf("output shows the marker: %q", out.String())
+	}
+}
+
+func TestBootReportsInitFailure(t *testing.T) {
+	k := requireVM(t)
+	dir := t.TempDir()
+	blank := filepath.Join(dir, "blank.img")
+	if err := os.WriteFile(blank, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	marker := NewMarker()
+	ird := filepath.Join(dir, "initrd.cpio")
+	f, err := os.Create(ird)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (Initramfs{Kernel: k, Guest: Guest{Argv: []string{"true"}}, Marker: marker}).Write(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	var out bytes.Buffer
+	_, err = Run(context.Background(), Machine{Kernel: k.Image, Initrd: ird, Disk: FileDisk(blank), Marker: marker}, &out)
+	if !errors.Is(err, ErrGuestInit) || !strings.Contains(err.Error(), "mounting /dev/vda") {
+		t.Errorf("booting a blank disk = %v, want ErrGuestInit naming the mount", err)
+	}
+	if out.Len() != 0 {
+		t.Errorf("a failed boot printed %q", out.String())
 	}
 }
