@@ -7,7 +7,7 @@
 // /run/lode/mounts/<hash of dir>/ with the FUSE mount point and state.json)
 // so that another process can tear it down (Unmount), and crash recovery
 // (Recover, used by `lode doctor`; the manual steps are in
-// docs/ops-mount.md). It does not own the Device (the agent's image), the
+// docs/operations.md ("Crash recovery")). It does not own the Device (the agent's image), the
 // container that uses the mount (internal/run), or the CLI.
 //
 // Library: hanwen/go-fuse/v2 (fs API), mounting with mount(2) directly
