@@ -64,7 +64,8 @@ config.`,
 		Example: `  lode vm app
   lode vm app -- /bin/sh -c 'cat /etc/os-release'
   lode vm app --entrypoint /usr/bin/python3 -- -c 'print(42)'
-  lode vm app --disk 'nbd+unix:///app?socket=/tmp/nbdkit.sock' -- true`,
+  lode vm app --disk 'nbd+unix:///app?socket=/tmp/nbdkit.sock' -- true
+  lode vm app --disk vhost-user:/tmp/qsd.sock -- true`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.setEntrypoint = cmd.Flags().Changed("entrypoint")
@@ -81,7 +82,7 @@ config.`,
 	f.IntVar(&o.memory, "memory", 512, "guest memory in MiB")
 	f.IntVar(&o.cpus, "cpus", 1, "guest CPUs")
 	f.BoolVar(&o.verbose, "verbose", false, "show the kernel's and the init's console lines too")
-	f.StringVar(&o.disk, "disk", "", "boot from this disk instead of serving the image: nbd+unix:///EXPORT?socket=PATH or file:PATH")
+	f.StringVar(&o.disk, "disk", "", "boot from this disk instead of serving the image: nbd+unix:///EXPORT?socket=PATH, file:PATH or vhost-user:SOCKET (a vhost-user-blk backend such as qemu-storage-daemon)")
 	f.StringVar(&o.report, "report", "", "also write the timings and byte counts as JSON to this file")
 	o.worker.bind(f)
 	return cmd
@@ -160,8 +161,10 @@ func runVM(ctx context.Context, o vmOptions, name string, args []string, out, er
 
 	rep := vmReport{Image: w.name, Disk: "lode"}
 	var counted *vm.CountingDevice
-	disk := ""
-	if o.disk != "" {
+	disk, vhost := "", ""
+	if p, ok := strings.CutPrefix(o.disk, "vhost-user:"); ok && p != "" {
+		rep.Disk, vhost = o.disk, p
+	} else if o.disk != "" {
 		rep.Disk = o.disk
 		if disk, err = parseDisk(o.disk); err != nil {
 			return err
@@ -191,7 +194,7 @@ func runVM(ctx context.Context, o vmOptions, name string, args []string, out, er
 
 	m := vm.Machine{
 		QEMU: o.qemu, Accel: o.accel, Kernel: k.Image, Initrd: initrd,
-		MemoryMiB: o.memory, CPUs: o.cpus, Disk: disk, Verbose: o.verbose, Marker: marker,
+		MemoryMiB: o.memory, CPUs: o.cpus, Disk: disk, VhostUser: vhost, Verbose: o.verbose, Marker: marker,
 	}
 	res, err := vm.Run(ctx, m, out)
 	rep.ExitCode, rep.InitMS, rep.StartMS, rep.ExitMS, rep.TotalMS = res.ExitCode, ms(res.Init), ms(res.Start), ms(res.Exit), ms(res.Total)

@@ -30,6 +30,10 @@ type Machine struct {
 	// Disk is the root disk's -blockdev options without node-name (see
 	// NBDDisk and FileDisk).
 	Disk string
+	// VhostUser, instead of Disk, is the unix socket of a vhost-user-blk
+	// backend (qemu-storage-daemon, say) serving the root disk; the
+	// guest's memory is then a shared memfd the backend maps.
+	VhostUser string
 	// TSCKHz is passed as tsc_early_khz: without it TCG boots hang at
 	// random. Zero means HostTSCKHz at Run time.
 	TSCKHz int64
@@ -87,16 +91,30 @@ func (m Machine) KernelParams() []string {
 // the guest powers off, reboots or panics (-no-reboot, panic=-1).
 func (m Machine) Args() []string {
 	m = m.withDefaults()
-	return []string{
-		"-M", "microvm", "-accel", m.Accel, "-cpu", "max",
+	machine := "microvm"
+	var disk []string
+	if m.VhostUser != "" {
+		machine += ",memory-backend=mem"
+		disk = []string{
+			"-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", m.MemoryMiB),
+			"-global", "virtio-mmio.force-legacy=false",
+			"-chardev", "socket,id=vhost0,path=" + escapeOpt(m.VhostUser),
+			"-device", "vhost-user-blk,chardev=vhost0,num-queues=1",
+		}
+	} else {
+		disk = []string{
+			"-blockdev", "node-name=root,read-only=on," + m.Disk,
+			"-device", "virtio-blk-device,drive=root",
+		}
+	}
+	return append([]string{
+		"-M", machine, "-accel", m.Accel, "-cpu", "max",
 		"-m", strconv.Itoa(m.MemoryMiB), "-smp", strconv.Itoa(m.CPUs),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-serial", "stdio",
 		"-kernel", m.Kernel, "-initrd", m.Initrd,
 		"-append", strings.Join(m.KernelParams(), " "),
-		"-blockdev", "node-name=root,read-only=on," + m.Disk,
-		"-device", "virtio-blk-device,drive=root",
-	}
+	}, disk...)
 }
 
 // HostTSCKHz reads the host's TSC frequency from the kernel log ("tsc:
