@@ -398,6 +398,17 @@ func TestMachineArgs(t *testing.T) {
 	if strings.Contains(got, "quiet") || !strings.Contains(got, "-accel kvm") || !strings.Contains(got, "-m 1024") {
 		t.Errorf("verbose kvm args = %q", got)
 	}
+	m.VhostUser = "/run/qsd.sock"
+	got = strings.Join(m.Args(), " ")
+	for _, want := range []string{
+		"-M microvm,memory-backend=mem", "-object memory-backend-memfd,id=mem,size=1024M,share=on",
+		"-global virtio-mmio.force-legacy=false", "-chardev socket,id=vhost0,path=/run/qsd.sock",
+		"-device vhost-user-blk,chardev=vhost0,num-queues=1",
+	} {
+		if !strings.Contains(got, want) || strings.Contains(got, "-blockdev") {
+			t.Errorf("vhost-user args %q lack %q or have a -blockdev", got, want)
+		}
+	}
 }
 
 func TestEnv(t *testing.T) {
