@@ -47,6 +47,8 @@ type agentdOptions struct {
 	metricsListen string
 	stateDir      string
 	refresh       time.Duration
+	maxStarts     int
+	startWait     time.Duration
 	worker        workerOptions
 }
 
@@ -88,6 +90,8 @@ A mount dies with the daemon: see docs/operations.md for upgrades.`,
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "also serve Prometheus /metrics and /healthz on this TCP address")
 	f.StringVar(&o.stateDir, "state-dir", fuse.DefaultStateDir, "where mount state lives (lode umount and lode doctor read it)")
 	f.DurationVar(&o.refresh, "refresh", time.Minute, "how often to re-read the pointers and root states of served images (0 disables)")
+	f.IntVar(&o.maxStarts, "max-starts", 64, "mounts and exports being set up at once; past it a request waits --start-wait, then fails with \"too many starts in flight\" (0: unbounded)")
+	f.DurationVar(&o.startWait, "start-wait", 2*time.Second, "how long a start waits for a slot before it is refused")
 	o.worker.bind(f)
 	cmd.AddCommand(newAgentMountCmd(&o.socket), newAgentUmountCmd(&o.socket), newAgentStatusCmd(&o.socket),
 		newAgentExportCmd(&o.socket), newAgentUnexportCmd(&o.socket))
@@ -100,6 +104,7 @@ type daemon struct {
 	st      store.Store
 	kr      manifest.Keyring
 	origins *agent.Origins
+	admit   *agent.Admission
 	disk    *agent.DiskCache
 	mem     *agent.MemCache
 	agent   *agent.Agent
@@ -276,7 +281,7 @@ func newDaemon(ctx context.Context, o agentdOptions) (*daemon, error) {
 			d.disk = dc
 		}
 	}
-	cfg := o.worker.agentConfig(append(tiers, d.origins), reg)
+	cfg := o.worker.agentConfig(append(tiers, o.worker.protectOrigin(d.origins)), reg)
 	d.mem = cfg.Mem
 	a, err := agent.New(cfg)
 	if err != nil {
@@ -284,6 +289,7 @@ func newDaemon(ctx context.Context, o agentdOptions) (*daemon, error) {
 		return nil, err
 	}
 	d.agent = a
+	d.admit = agent.NewAdmission(o.maxStarts, o.startWait, cfg.Metrics)
 	d.registerMetrics()
 	return d, nil
 }
@@ -599,6 +605,8 @@ func errCode(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, fuse.ErrBusy):
 		return http.StatusConflict
+	case errors.Is(err, agent.ErrTooManyStarts):
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
 }
@@ -706,6 +714,11 @@ func (d *daemon) postMount(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *daemon) mountImage(ctx context.Context, req mountRequest, dir string) (*served, error) {
+	release, err := d.admit.Acquire(ctx, req.Tenant+"/"+req.Image)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	s, err := d.open(ctx, req.Tenant, req.Image)
 	if err != nil {
 		return nil, err
@@ -787,6 +800,11 @@ func (d *daemon) postExport(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *daemon) startExport(ctx context.Context, req exportRequest) (*served, error) {
+	release, err := d.admit.Acquire(ctx, req.Tenant+"/"+req.Image)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	s, err := d.open(ctx, req.Tenant, req.Image)
 	if err != nil {
 		return nil, err

@@ -24,6 +24,11 @@ type workerOptions struct {
 	readAhead    int
 	fetches      int
 	fleet        fleetOptions
+
+	originConcurrency int
+	originRate        float64
+	originBurst       int
+	fleetConcurrency  int
 }
 
 func (o *workerOptions) bind(f *pflag.FlagSet) {
@@ -33,7 +38,18 @@ func (o *workerOptions) bind(f *pflag.FlagSet) {
 	f.DurationVar(&o.fetchTimeout, "fetch-timeout", 30*time.Second, "deadline for fetching one chunk across all tiers; reads fail with EIO after it")
 	f.IntVar(&o.readAhead, "read-ahead", 4, "chunks to prefetch after sequential reads (0 disables)")
 	f.IntVar(&o.fetches, "max-fetches", 32, "concurrent chunk fetches from the tiers")
+	f.IntVar(&o.originConcurrency, "origin-concurrency", 32, "concurrent requests to the origin from this worker (0: unbounded)")
+	f.Float64Var(&o.originRate, "origin-rate", 0, "origin requests per second from this worker, token bucket (0: unlimited); protects the origin when the fleet is empty")
+	f.IntVar(&o.originBurst, "origin-burst", 64, "burst of the --origin-rate token bucket")
+	f.IntVar(&o.fleetConcurrency, "fleet-concurrency", 0, "concurrent chunk reads from the fleet (0: unbounded)")
 	o.fleet.bind(f)
+}
+
+// protectOrigin wraps the origin tier in the worker's concurrency and rate
+// limits (issue #12: a worker never sends the origin more than it is allowed,
+// however empty the fleet).
+func (o workerOptions) protectOrigin(t agent.Tier) agent.Tier {
+	return agent.RateLimit(agent.Limit(t, o.originConcurrency), o.originRate, o.originBurst)
 }
 
 // worker is an opened image and everything behind it.
@@ -86,7 +102,7 @@ func openWorker(ctx context.Context, o workerOptions, name string, reg prometheu
 		return nil, err
 	}
 	w.closers = closers
-	w.tiers = append(tiers, agent.NewOrigin(st, p.Root))
+	w.tiers = append(tiers, o.protectOrigin(agent.NewOrigin(st, p.Root)))
 	a, err := agent.New(o.agentConfig(w.tiers, reg))
 	if err != nil {
 		w.Close()
@@ -121,7 +137,7 @@ func (o workerOptions) cacheTiers(ctx context.Context, reg prometheus.Registerer
 	if fleet == nil {
 		return tiers, nil, nil
 	}
-	return append(tiers, fleet), []func() error{closeFleet}, nil
+	return append(tiers, agent.Limit(fleet, o.fleetConcurrency)), []func() error{closeFleet}, nil
 }
 
 // diskCacheDir is --cache-dir, default $LODE_HOME/cache.
