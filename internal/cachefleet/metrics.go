@@ -13,8 +13,10 @@ type ServerMetrics struct {
 	misses    prometheus.Counter
 	evictions *prometheus.CounterVec // tier
 	demotions prometheus.Counter
-	bytes     *prometheus.GaugeVec // tier
-	shards    *prometheus.GaugeVec // tier
+	// promotions counts disk shards read back into memory (second hit).
+	promotions prometheus.Counter
+	bytes      *prometheus.GaugeVec // tier
+	shards     *prometheus.GaugeVec // tier
 }
 
 // NewServerMetrics creates a node's collectors and registers them on reg
@@ -39,6 +41,9 @@ func NewServerMetrics(reg prometheus.Registerer) *ServerMetrics {
 		demotions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lode_cachenode_demotions_total", Help: "Shards moved from memory to disk.",
 		}),
+		promotions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lode_cachenode_promotions_total", Help: "Shards read back from disk into memory (a second disk hit soon after the first).",
+		}),
 		bytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "lode_cachenode_bytes", Help: "Bytes held (including bookkeeping), by tier.",
 		}, []string{"tier"}),
@@ -47,7 +52,7 @@ func NewServerMetrics(reg prometheus.Registerer) *ServerMetrics {
 		}, []string{"tier"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.latency, m.hits, m.misses, m.evictions, m.demotions, m.bytes, m.shards)
+		reg.MustRegister(m.requests, m.latency, m.hits, m.misses, m.evictions, m.demotions, m.promotions, m.bytes, m.shards)
 	}
 	return m
 }

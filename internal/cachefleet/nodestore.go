@@ -3,6 +3,7 @@ package cachefleet
 import (
 	"container/list"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/lode-dev/lode/internal/chunk"
 )
@@ -54,12 +56,17 @@ type memEntry struct {
 	key    shardKey
 	data   []byte // never modified once stored
 	seg    int
-	onDisk bool // an identical copy is in the disk tier
+	onDisk bool      // an identical copy is in the disk tier
+	used   time.Time // inserted or last hit
 }
 
 type diskEntry struct {
 	key  shardKey
 	size int64
+	// lastHit is the time of the last disk hit, if hit; a second hit soon
+	// after brings the shard back into memory (nodeStore.promoteLocked).
+	lastHit time.Time
+	hit     bool
 }
 
 // nodeStore holds shards under byte budgets: a segmented LRU in memory and,
@@ -73,12 +80,19 @@ type diskEntry struct {
 // hot, protected set in memory (a two-segment LRU, the simplest member of the
 // LRU-k / 2Q family; DESIGN.md "Tiers").
 //
+// A shard held only on disk is served from its file (open, header and length
+// checked, then copied with sendfile by net/http) and is read back into
+// memory only on a second disk hit soon after the first (promoteLocked): a
+// one-off disk hit neither copies the shard nor evicts another.
+//
 // Disk writes and unlinks happen under the store's lock (simple and correct;
 // a node's throughput bound is the network, see docs/fleet.md); disk reads
-// happen outside it and treat a vanished file as a miss.
+// happen outside it and treat a vanished file as a miss. A file being served
+// stays readable after an eviction unlinks it.
 type nodeStore struct {
 	log *slog.Logger
 	m   *ServerMetrics
+	now func() time.Time // time.Now; tests replace it
 
 	mu                   sync.Mutex
 	memBudget            int64
@@ -100,6 +114,7 @@ func newNodeStore(memBytes int64, dir string, diskBytes int64, log *slog.Logger,
 	s := &nodeStore{
 		log:        log,
 		m:          m,
+		now:        time.Now,
 		memBudget:  memBytes,
 		protBudget: int64(float64(memBytes) * protectedShare),
 		mem:        make(map[shardKey]*list.Element),
@@ -153,7 +168,7 @@ func (s *nodeStore) scanDisk() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, f := range fs {
-		s.disk[f.key] = s.diskLRU.PushFront(&diskEntry{f.key, f.size})
+		s.disk[f.key] = s.diskLRU.PushFront(&diskEntry{key: f.key, size: f.size})
 		s.diskUsed += f.size + entryOverhead
 	}
 	s.evictDiskLocked()
@@ -162,25 +177,140 @@ func (s *nodeStore) scanDisk() error {
 	return nil
 }
 
-// get returns a stored shard; the slice must not be modified.
-func (s *nodeStore) get(k shardKey) ([]byte, bool) {
+// shardRef is a shard ready to be served: bytes in memory, or an open shard
+// file whose header and length were checked. Close it after use.
+type shardRef struct {
+	data []byte   // a memory hit; never modified
+	file *os.File // a disk hit, streamed from the file
+	size int64
+}
+
+// writeTo writes the whole shard to w. A file is copied through an
+// io.LimitedReader, which net/http hands to sendfile(2) when w is (or wraps)
+// a response on a TCP connection.
+func (r shardRef) writeTo(w io.Writer) (int64, error) {
+	if r.file == nil {
+		n, err := w.Write(r.data)
+		return int64(n), err
+	}
+	return io.Copy(w, io.LimitReader(r.file, r.size))
+}
+
+func (r shardRef) close() {
+	if r.file != nil {
+		r.file.Close()
+	}
+}
+
+// diskPromoteWindow bounds how close two disk hits of a shard must be for
+// the second to bring it back into memory.
+const diskPromoteWindow = time.Minute
+
+// open returns a stored shard. A memory hit counts as a touch (probation →
+// protected). A shard held only on disk is served from its file without
+// reading it into memory, unless this is its second disk hit within the
+// promotion window (see promoteLocked): then it is read and put back into
+// memory on probation, its file kept. A file that is missing, or whose
+// header or length is wrong, is dropped from the index and is a miss.
+func (s *nodeStore) open(k shardKey) (shardRef, bool) {
 	s.mu.Lock()
 	if el, ok := s.mem[k]; ok {
 		e := el.Value.(*memEntry)
 		s.touchLocked(el, e)
 		s.mu.Unlock()
 		s.m.hits.WithLabelValues("memory").Inc()
-		return e.data, true
+		return shardRef{data: e.data, size: int64(len(e.data))}, true
 	}
 	del, ok := s.disk[k]
 	if !ok {
 		s.mu.Unlock()
 		s.m.misses.Inc()
-		return nil, false
+		return shardRef{}, false
 	}
 	s.diskLRU.MoveToFront(del)
+	de := del.Value.(*diskEntry)
+	now := s.now()
+	promote := s.promoteLocked(de, now)
+	de.hit, de.lastHit = true, now
 	s.mu.Unlock()
 
+	if promote {
+		return s.readIntoMemory(k, del)
+	}
+	ref, err := s.openFile(k, de.size)
+	if err != nil {
+		s.dropBadFile(k, del, err)
+		return shardRef{}, false
+	}
+	s.m.hits.WithLabelValues("disk").Inc()
+	return ref, true
+}
+
+// promoteLocked decides whether a disk hit at now brings the shard back into
+// memory: only a second hit within diskPromoteWindow of the previous one,
+// and, when memory is full, only if that gap is shorter than the time memory
+// keeps an untouched shard (the age of its least recently used entry, which
+// the promotion would evict). A shard reused less often than that would be
+// evicted again before its next hit: promoting it only costs a read into
+// memory and evicts another shard, so it keeps being served from its file.
+func (s *nodeStore) promoteLocked(de *diskEntry, now time.Time) bool {
+	if !de.hit || de.size+entryOverhead > s.memBudget {
+		return false
+	}
+	gap := now.Sub(de.lastHit)
+	if gap > diskPromoteWindow {
+		return false
+	}
+	if s.segBytes[probation]+s.segBytes[protected]+de.size+entryOverhead <= s.memBudget {
+		return true // room without evicting anything
+	}
+	tail := s.seg[probation].Back()
+	if tail == nil {
+		tail = s.seg[protected].Back()
+	}
+	return tail != nil && gap < now.Sub(tail.Value.(*memEntry).used)
+}
+
+// openFile opens k's file and checks its header and total length (the
+// payload can only be checked by the client, by rebuilding and hashing).
+func (s *nodeStore) openFile(k shardKey, size int64) (shardRef, error) {
+	f, err := os.Open(filepath.Join(s.dir, k.fileName()))
+	if err != nil {
+		return shardRef{}, err
+	}
+	err = checkShardFile(f, k, size)
+	if err != nil {
+		f.Close()
+		return shardRef{}, err
+	}
+	return shardRef{file: f, size: size}, nil
+}
+
+func checkShardFile(f *os.File, k shardKey, size int64) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() != size {
+		return fmt.Errorf("shard file %s has %d bytes, indexed with %d: %w", k.fileName(), fi.Size(), size, ErrBadShard)
+	}
+	var hb [HeaderSize]byte
+	if _, err := f.ReadAt(hb[:], 0); err != nil {
+		return fmt.Errorf("reading header of shard file %s: %w", k.fileName(), err)
+	}
+	h, err := parseHeader(hb[:])
+	if err == nil {
+		err = h.checkSize(size)
+	}
+	if err == nil && (h.Name != k.name || h.Index != int(k.idx)) {
+		err = fmt.Errorf("shard file %s holds chunk %s shard %d: %w", k.fileName(), h.Name, h.Index, ErrBadShard)
+	}
+	return err
+}
+
+// readIntoMemory reads k's file, checks it, and puts it back into memory on
+// probation (the file stays, so a later eviction needs no write).
+func (s *nodeStore) readIntoMemory(k shardKey, del *list.Element) (shardRef, bool) {
 	data, err := os.ReadFile(filepath.Join(s.dir, k.fileName()))
 	if err == nil {
 		var h ShardHeader
@@ -190,34 +320,39 @@ func (s *nodeStore) get(k shardKey) ([]byte, bool) {
 		}
 	}
 	if err != nil {
-		s.mu.Lock()
-		if cur, ok := s.disk[k]; ok && cur == del {
-			s.dropDiskLocked(del)
-		}
-		s.updateGaugesLocked()
-		s.mu.Unlock()
-		if !os.IsNotExist(err) {
-			s.log.Warn("dropping unreadable shard file", slog.String("chunk", k.name.String()), slog.Int("shard", int(k.idx)), slog.Any("err", err))
-		}
-		s.m.misses.Inc()
-		return nil, false
+		s.dropBadFile(k, del, err)
+		return shardRef{}, false
 	}
 	s.m.hits.WithLabelValues("disk").Inc()
-	// Bring it back to memory on probation; the disk copy stays, so a later
-	// eviction needs no write.
 	s.mu.Lock()
 	if _, ok := s.mem[k]; !ok {
-		if cur, ok := s.disk[k]; ok && cur == del {
+		if cur, ok := s.disk[k]; ok && cur == del && int64(len(data)) == cur.Value.(*diskEntry).size {
 			s.insertLocked(k, data, true)
+			s.m.promotions.Inc()
 		}
 	}
 	s.updateGaugesLocked()
 	s.mu.Unlock()
-	return data, true
+	return shardRef{data: data, size: int64(len(data))}, true
 }
 
-// getAll returns every shard of chunk n the node holds, in index order.
-func (s *nodeStore) getAll(n chunk.Name) [][]byte {
+// dropBadFile forgets k's disk entry (if it is still del) after its file
+// could not be served, and counts a miss.
+func (s *nodeStore) dropBadFile(k shardKey, del *list.Element, err error) {
+	s.mu.Lock()
+	if cur, ok := s.disk[k]; ok && cur == del {
+		s.dropDiskLocked(del)
+	}
+	s.updateGaugesLocked()
+	s.mu.Unlock()
+	if !os.IsNotExist(err) {
+		s.log.Warn("dropping unreadable shard file", slog.String("chunk", k.name.String()), slog.Int("shard", int(k.idx)), slog.Any("err", err))
+	}
+	s.m.misses.Inc()
+}
+
+// openAll returns every shard of chunk n the node holds, in index order.
+func (s *nodeStore) openAll(n chunk.Name) []shardRef {
 	var present []shardKey
 	s.mu.Lock()
 	for i := 0; i < MaxShards; i++ {
@@ -229,13 +364,13 @@ func (s *nodeStore) getAll(n chunk.Name) [][]byte {
 		}
 	}
 	s.mu.Unlock()
-	var out [][]byte
+	var out []shardRef
 	for _, k := range present {
-		if d, ok := s.get(k); ok {
-			out = append(out, d)
+		if r, ok := s.open(k); ok {
+			out = append(out, r)
 		}
 	}
-	if len(out) == 0 {
+	if len(present) == 0 {
 		s.m.misses.Inc()
 	}
 	return out
@@ -270,7 +405,7 @@ func (s *nodeStore) put(k shardKey, data []byte) {
 }
 
 func (s *nodeStore) insertLocked(k shardKey, data []byte, onDisk bool) {
-	e := &memEntry{key: k, data: data, seg: probation, onDisk: onDisk}
+	e := &memEntry{key: k, data: data, seg: probation, onDisk: onDisk, used: s.now()}
 	s.mem[k] = s.seg[probation].PushFront(e)
 	s.segBytes[probation] += memSize(e)
 	for s.segBytes[probation]+s.segBytes[protected] > s.memBudget {
@@ -289,6 +424,7 @@ func memSize(e *memEntry) int64 { return int64(len(e.data)) + entryOverhead }
 
 // touchLocked records a hit: probation → protected, protected → its front.
 func (s *nodeStore) touchLocked(el *list.Element, e *memEntry) {
+	e.used = s.now()
 	if e.seg == protected {
 		s.seg[protected].MoveToFront(el)
 		return
@@ -333,7 +469,7 @@ func (s *nodeStore) evictMemLocked(el *list.Element) {
 		s.log.Warn("demoting shard to disk", slog.String("chunk", e.key.name.String()), slog.Int("shard", int(e.key.idx)), slog.Any("err", err))
 		return
 	}
-	s.disk[e.key] = s.diskLRU.PushFront(&diskEntry{e.key, int64(len(e.data))})
+	s.disk[e.key] = s.diskLRU.PushFront(&diskEntry{key: e.key, size: int64(len(e.data))})
 	s.diskUsed += int64(len(e.data)) + entryOverhead
 	s.m.demotions.Inc()
 	s.evictDiskLocked()

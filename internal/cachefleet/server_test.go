@@ -2,12 +2,17 @@ package cachefleet
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lode-dev/lode/internal/chunk"
 )
@@ -185,3 +190,167 @@ type discardWriter struct {
 func (w *discardWriter) Header() http.Header         { return w.h }
 func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (w *discardWriter) WriteHeader(code int)        { w.code = code }
+
+// diskServer returns a server whose memory holds at most one shard of
+// 128 KiB, and the 5 shards of one 512 KiB chunk PUT into it: shards 0..3
+// demoted to disk, shard 4 in memory.
+func diskServer(t testing.TB) (*Server, string, chunk.Name, [][]byte) {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := NewServer(ServerConfig{MemBytes: 200 << 10, DiskDir: dir, DiskBytes: 64 << 20})
+	if err != nil {
+		t.Fatalf("NewServer: %v", err)
+	}
+	cd, _ := newCodec(4, 5)
+	data, n := randomChunk(rand.New(rand.NewPCG(31, 32)), chunk.DefaultSize)
+	shards, err := cd.encode(n, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, sh := range shards {
+		if w := do(s, "PUT", ShardPath(n, i), sh); w.Code != http.StatusNoContent {
+			t.Fatalf("PUT shard %d = %d %s", i, w.Code, w.Body)
+		}
+	}
+	if st := s.store.stats(); st.MemShards != 1 || st.DiskShards != 4 {
+		t.Fatalf("store after 5 PUTs: %+v, want 1 shard in memory, 4 on disk", st)
+	}
+	return s, dir, n, shards
+}
+
+// TestServerDiskShardsOverHTTP: shards held only on disk are served over a
+// real connection (the sendfile path) byte for byte, alone and within the
+// all-shards answer, with the right Content-Length.
+func TestServerDiskShardsOverHTTP(t *testing.T) {
+	s, _, n, shards := diskServer(t)
+	hs := httptest.NewServer(s)
+	defer hs.Close()
+	get := func(path string) (int, string, []byte) {
+		t.Helper()
+		resp, err := http.Get(hs.URL + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("reading GET %s: %v", path, err)
+		}
+		return resp.StatusCode, resp.Header.Get("Content-Length"), b
+	}
+	for round := 0; round < 2; round++ { // the second round promotes
+		for i, sh := range shards {
+			code, cl, b := get(ShardPath(n, i))
+			if code != http.StatusOK || cl != strconv.Itoa(len(sh)) || !bytes.Equal(b, sh) {
+				t.Errorf("round %d: GET shard %d = %d, length %s, %d bytes (equal %v); want 200 and the %d shard bytes", round, i, code, cl, len(b), bytes.Equal(b, sh), len(sh))
+			}
+		}
+		code, cl, b := get(ShardPath(n, -1))
+		if want := bytes.Join(shards, nil); code != http.StatusOK || cl != strconv.Itoa(len(want)) || !bytes.Equal(b, want) {
+			t.Errorf("round %d: GET all = %d, length %s, %d bytes; want 200 and the %d bytes of all 5 shards", round, code, cl, len(b), len(want))
+		}
+	}
+	if got := counterValue(s.m.hits.WithLabelValues("disk")); got == 0 {
+		t.Errorf("disk hits = 0, want > 0")
+	}
+}
+
+// TestServerNeverServesBadShardFile: a shard file that is truncated or has
+// a bad header is left out of the all-shards answer and is a 404 alone.
+func TestServerNeverServesBadShardFile(t *testing.T) {
+	for _, bad := range []string{"truncated", "bad header"} {
+		t.Run(bad, func(t *testing.T) {
+			s, dir, n, shards := diskServer(t)
+			p := filepath.Join(dir, shardKey{n, 1}.fileName())
+			b := bytes.Clone(shards[1])
+			if bad == "truncated" {
+				b = b[:len(b)/2]
+			} else {
+				b[4] = 9 // version
+			}
+			if err := os.WriteFile(p, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			w := do(s, "GET", ShardPath(n, -1), nil)
+			want := bytes.Join([][]byte{shards[0], shards[2], shards[3], shards[4]}, nil)
+			if w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), want) || w.Header().Get("Content-Length") != strconv.Itoa(len(want)) {
+				t.Errorf("GET all with shard 1 %s = %d, %d bytes; want 200 with the other 4 shards (%d bytes)", bad, w.Code, w.Body.Len(), len(want))
+			}
+			if w := do(s, "GET", ShardPath(n, 1), nil); w.Code != http.StatusNotFound {
+				t.Errorf("GET shard 1 (%s file) = %d, want 404", bad, w.Code)
+			}
+			if _, err := os.Stat(p); !os.IsNotExist(err) {
+				t.Errorf("bad shard file still there: %v", err)
+			}
+		})
+	}
+}
+
+// TestServerSendsFilesThroughReadFrom: a disk shard reaches the response
+// writer's ReadFrom as an io.LimitedReader of the *os.File, the form
+// net/http's TCP connection hands to sendfile(2).
+func TestServerSendsFilesThroughReadFrom(t *testing.T) {
+	s, _, n, shards := diskServer(t)
+	for _, path := range []string{ShardPath(n, 0), ShardPath(n, -1)} {
+		w := &readFromRecorder{ResponseRecorder: httptest.NewRecorder()}
+		s.ServeHTTP(w, httptest.NewRequest("GET", path, nil))
+		if w.Code != http.StatusOK {
+			t.Fatalf("GET %s = %d", path, w.Code)
+		}
+		if w.files == 0 {
+			t.Errorf("GET %s: ReadFrom saw no file (sources %v), want every disk shard as a limited *os.File", path, w.others)
+		}
+		if len(w.others) > 0 {
+			t.Errorf("GET %s: ReadFrom saw %v, want only limited *os.File readers", path, w.others)
+		}
+	}
+	if w := do(s, "GET", ShardPath(n, -1), nil); !bytes.Equal(w.Body.Bytes(), bytes.Join(shards, nil)) {
+		t.Errorf("GET all after the sendfile check: wrong bytes")
+	}
+}
+
+type readFromRecorder struct {
+	*httptest.ResponseRecorder
+	files  int
+	others []string
+}
+
+func (w *readFromRecorder) ReadFrom(r io.Reader) (int64, error) {
+	if lr, ok := r.(*io.LimitedReader); ok {
+		if _, ok := lr.R.(*os.File); ok {
+			w.files++
+			return io.Copy(w.ResponseRecorder, r)
+		}
+	}
+	w.others = append(w.others, fmt.Sprintf("%T", r))
+	return io.Copy(w.ResponseRecorder, r)
+}
+
+// BenchmarkServeShardDisk: GET of a 128 KiB shard held only on disk, over a
+// real loopback connection (sendfile), promotion disabled by a clock that
+// puts every hit outside the window.
+func BenchmarkServeShardDisk(b *testing.B) {
+	s, _, n, shards := diskServer(b)
+	var ticks time.Duration
+	s.store.now = func() time.Time { ticks += 2 * diskPromoteWindow; return time.Unix(0, 0).Add(ticks) }
+	hs := httptest.NewServer(s)
+	defer hs.Close()
+	url := hs.URL + ShardPath(n, 0)
+	buf := make([]byte, len(shards[0]))
+	b.SetBytes(int64(len(shards[0])))
+	b.ReportAllocs()
+	for b.Loop() {
+		resp, err := http.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, err = io.ReadFull(resp.Body, buf)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			b.Fatalf("GET = %d, %v", resp.StatusCode, err)
+		}
+	}
+	if s.store.inMemory(shardKey{n, 0}) {
+		b.Fatalf("the shard was promoted")
+	}
+}

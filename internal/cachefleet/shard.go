@@ -72,26 +72,46 @@ func (h ShardHeader) put(b []byte) {
 // ParseShard decodes and checks a shard's header and its total length. It
 // does not (cannot) check the payload: only the rebuilt chunk's name can.
 func ParseShard(b []byte) (ShardHeader, []byte, error) {
+	h, err := parseHeader(b)
+	if err != nil {
+		return h, nil, err
+	}
+	if err := h.checkSize(int64(len(b))); err != nil {
+		return h, nil, err
+	}
+	return h, b[HeaderSize:], nil
+}
+
+// parseHeader decodes and checks the header at the start of b (the payload
+// need not follow: a node checks a shard file's header without reading the
+// payload).
+func parseHeader(b []byte) (ShardHeader, error) {
 	var h ShardHeader
 	if len(b) < HeaderSize {
-		return h, nil, fmt.Errorf("shard of %d bytes shorter than its %d-byte header: %w", len(b), HeaderSize, ErrBadShard)
+		return h, fmt.Errorf("shard of %d bytes shorter than its %d-byte header: %w", len(b), HeaderSize, ErrBadShard)
 	}
 	if string(b[0:4]) != shardMagic {
-		return h, nil, fmt.Errorf("shard magic %q: %w", b[0:4], ErrBadShard)
+		return h, fmt.Errorf("shard magic %q: %w", b[0:4], ErrBadShard)
 	}
 	if b[4] != shardVersion {
-		return h, nil, fmt.Errorf("shard version %d, want %d: %w", b[4], shardVersion, ErrBadShard)
+		return h, fmt.Errorf("shard version %d, want %d: %w", b[4], shardVersion, ErrBadShard)
 	}
 	h.M, h.K, h.Index = int(b[5]), int(b[6]), int(b[7])
 	h.Length = int(binary.BigEndian.Uint32(b[8:12]))
 	copy(h.Name[:], b[12:44])
 	if err := h.validate(); err != nil {
-		return h, nil, err
+		return h, err
 	}
-	if p := len(b) - HeaderSize; p != h.payloadSize() {
-		return h, nil, fmt.Errorf("shard %d of chunk %s: payload %d bytes, want %d: %w", h.Index, h.Name, p, h.payloadSize(), ErrBadShard)
+	return h, nil
+}
+
+// checkSize checks that a whole shard (header and payload) of size bytes
+// has the payload length its header implies.
+func (h ShardHeader) checkSize(size int64) error {
+	if p := size - HeaderSize; p != int64(h.payloadSize()) {
+		return fmt.Errorf("shard %d of chunk %s: payload %d bytes, want %d: %w", h.Index, h.Name, p, h.payloadSize(), ErrBadShard)
 	}
-	return h, b[HeaderSize:], nil
+	return nil
 }
 
 func (h ShardHeader) validate() error {
