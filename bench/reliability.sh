@@ -7,7 +7,7 @@
 #                                  keeps for each target into testdata/fuzz/<Target>/ where that
 #                                  directory is missing (run "fuzz" first)
 #   bench/reliability.sh tests     run the reliability and leak tests, printing their counts
-#   bench/reliability.sh faults    faults under load (bench/reliability/faults; FAULTS_ARGS)
+#   bench/reliability.sh faults    faults under load (go run ./bench/reliability -scenario=faults; FAULTS_ARGS)
 #   bench/reliability.sh soak      memory soak of the agent and of a cache node (SOAK_ARGS)
 #   bench/reliability.sh entries   flatten an image of 2,000,001 entries at the default MaxEntries
 #   bench/reliability.sh all       everything above but seeds
@@ -89,9 +89,9 @@ case "${1:-all}" in
   fuzz) fuzz ;;
   seeds) seeds ;;
   tests) tests ;;
-  faults) go run ./bench/reliability/faults ${FAULTS_ARGS:-} ;;
-  soak) go run ./bench/reliability/soak ${SOAK_ARGS:-} ;;
-  entries) go run ./bench/reliability/entries ${ENTRIES_ARGS:-} ;;
-  all) tests; fuzz; go run ./bench/reliability/faults ${FAULTS_ARGS:-}; go run ./bench/reliability/soak ${SOAK_ARGS:-}; go run ./bench/reliability/entries ;;
+  faults) go run ./bench/reliability -scenario=faults ${FAULTS_ARGS:-} ;;
+  soak) go run ./bench/reliability -scenario=soak ${SOAK_ARGS:-} ;;
+  entries) go run ./bench/reliability -scenario=entries ${ENTRIES_ARGS:-} ;;
+  all) tests; fuzz; go run ./bench/reliability -scenario=faults ${FAULTS_ARGS:-}; go run ./bench/reliability -scenario=soak ${SOAK_ARGS:-}; go run ./bench/reliability -scenario=entries ;;
   *) sed -n '2,16p' "$0"; exit 2 ;;
 esac
