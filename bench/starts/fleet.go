@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/lode-dev/lode/internal/cachefleet"
+)
+
+// fleet is N cache nodes on 127.0.0.2, 127.0.0.3, …: `lode cache serve`
+// processes when a lode binary is given, else in-process servers. Restart
+// replaces a node with an empty one on the same address.
+type fleet struct {
+	lode  string // binary; "" for in-process nodes
+	mem   int64
+	addrs []string
+
+	mu     sync.Mutex
+	procs  []*exec.Cmd
+	cancel []context.CancelFunc
+	done   []chan struct{}
+	hwm    []int64 // peak RSS of each node, max over its lives (processes)
+	logDir string
+}
+
+func startFleet(ctx context.Context, n int, basePort int, memBytes int64, lode, logDir string) (*fleet, error) {
+	f := &fleet{lode: lode, mem: memBytes, procs: make([]*exec.Cmd, n), cancel: make([]context.CancelFunc, n),
+		done: make([]chan struct{}, n), hwm: make([]int64, n), logDir: logDir}
+	for i := range n {
+		f.addrs = append(f.addrs, net.JoinHostPort(fmt.Sprintf("127.0.0.%d", 2+i), strconv.Itoa(basePort)))
+	}
+	for i := range n {
+		if err := f.start(ctx, i); err != nil {
+			f.close()
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+func (f *fleet) urls() []string {
+	var u []string
+	for _, a := range f.addrs {
+		u = append(u, "http://"+a)
+	}
+	return u
+}
+
+func (f *fleet) start(ctx context.Context, i int) error {
+	addr := f.addrs[i]
+	if f.lode != "" {
+		log, err := os.OpenFile(fmt.Sprintf("%s/node%d.log", f.logDir, i), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command(f.lode, "cache", "serve", "--listen", addr, "--mem", strconv.FormatInt(f.mem, 10))
+		cmd.Stdout, cmd.Stderr = log, log
+		if err := cmd.Start(); err != nil {
+			log.Close()
+			return fmt.Errorf("starting cache node %s: %w", addr, err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); log.Close(); close(done) }()
+		f.mu.Lock()
+		f.procs[i], f.done[i] = cmd, done
+		f.mu.Unlock()
+	} else {
+		srv, err := cachefleet.NewServer(cachefleet.ServerConfig{MemBytes: f.mem})
+		if err != nil {
+			return err
+		}
+		var l net.Listener
+		for try := 0; try < 100; try++ {
+			if l, err = net.Listen("tcp", addr); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			return fmt.Errorf("listening for cache node %s: %w", addr, err)
+		}
+		sctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { srv.Serve(sctx, l); close(done) }()
+		f.mu.Lock()
+		f.cancel[i], f.done[i] = cancel, done
+		f.mu.Unlock()
+	}
+	return waitHealthy(ctx, addr)
+}
+
+func waitHealthy(ctx context.Context, addr string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("cache node %s did not come up: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop kills node i (SIGKILL: a crash, its memory is gone).
+func (f *fleet) stop(i int) {
+	f.mu.Lock()
+	cmd, cancel, done := f.procs[i], f.cancel[i], f.done[i]
+	f.procs[i], f.cancel[i] = nil, nil
+	f.mu.Unlock()
+	if cmd != nil {
+		if h := vmHWM(cmd.Process.Pid); h > f.hwm[i] {
+			f.hwm[i] = h
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+	}
+	if cancel != nil {
+		cancel()
+	}
+	if done != nil {
+		<-done
+	}
+}
+
+// restart replaces nodes idx with empty ones, all stopped before any starts.
+func (f *fleet) restart(ctx context.Context, idx ...int) error {
+	for _, i := range idx {
+		f.stop(i)
+	}
+	for _, i := range idx {
+		if err := f.start(ctx, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// peakRSS returns each node's peak resident set so far (processes only).
+func (f *fleet) peakRSS() []int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := append([]int64(nil), f.hwm...)
+	for i, cmd := range f.procs {
+		if cmd != nil {
+			out[i] = max(out[i], vmHWM(cmd.Process.Pid))
+		}
+	}
+	return out
+}
+
+func (f *fleet) close() {
+	for i := range f.addrs {
+		f.stop(i)
+	}
+}
+
+// vmHWM returns the peak resident set size of process pid (0 for self) in
+// bytes, from /proc/PID/status, or 0 if unreadable.
+func vmHWM(pid int) int64 {
+	p := "/proc/self/status"
+	if pid > 0 {
+		p = fmt.Sprintf("/proc/%d/status", pid)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	tierFleet = iota
+	tierOrigin
+	nTiers
+)
+
+// bucket is one second of the run.
+type bucket struct {
+	startsOK, rejected, failed atomic.Int64
+	requests, hits             [nTiers]atomic.Int64
+	originByWorker             []atomic.Int64
+	runOK, runFailed           atomic.Int64
+	runMaxNS                   atomic.Int64
+}
+
+// timeline records per-second counts and every start's latency.
+type timeline struct {
+	t0      time.Time
+	buckets []bucket
+
+	mu   sync.Mutex
+	lats []sample // successful starts
+}
+
+type sample struct {
+	at  time.Duration // completion, since t0
+	lat time.Duration
+	// chunk reads of the start served by the memory cache, fleet, origin
+	mem, fleet, origin int32
+}
+
+func newTimeline(seconds, workers int) *timeline {
+	tl := &timeline{t0: time.Now(), buckets: make([]bucket, seconds)}
+	for i := range tl.buckets {
+		tl.buckets[i].originByWorker = make([]atomic.Int64, workers)
+	}
+	return tl
+}
+
+func (tl *timeline) now() *bucket {
+	i := int(time.Since(tl.t0) / time.Second)
+	return &tl.buckets[min(max(i, 0), len(tl.buckets)-1)]
+}
+
+func (tl *timeline) since() time.Duration { return time.Since(tl.t0) }
+
+func (tl *timeline) request(kind, worker int) {
+	b := tl.now()
+	b.requests[kind].Add(1)
+	if kind == tierOrigin {
+		b.originByWorker[worker].Add(1)
+	}
+}
+
+func (tl *timeline) hit(kind int) { tl.now().hits[kind].Add(1) }
+
+func (tl *timeline) started(s sample) {
+	tl.now().startsOK.Add(1)
+	tl.mu.Lock()
+	tl.lats = append(tl.lats, s)
+	tl.mu.Unlock()
+}
+
+func (tl *timeline) runRead(d time.Duration, ok bool) {
+	b := tl.now()
+	if ok {
+		b.runOK.Add(1)
+	} else {
+		b.runFailed.Add(1)
+	}
+	for {
+		m := b.runMaxNS.Load()
+		if int64(d) <= m || b.runMaxNS.CompareAndSwap(m, int64(d)) {
+			return
+		}
+	}
+}
+
+// window summarises seconds [from, to) of the run.
+type window struct {
+	secs                       float64
+	starts, rejected, failed   int64
+	requests, hits             [nTiers]int64
+	maxOriginSec, maxOriginWkr int64 // highest origin requests in one second: all workers, one worker
+	runOK, runFailed           int64
+	runMax                     time.Duration
+	p50, p99, p999             time.Duration
+	mem, fleet, origin         int64 // chunk reads of successful starts by serving tier
+}
+
+func (tl *timeline) window(from, to time.Duration) window {
+	f, t := int(from/time.Second), min(int(to/time.Second), len(tl.buckets))
+	w := window{secs: float64(t - f)}
+	for i := f; i < t; i++ {
+		b := &tl.buckets[i]
+		w.starts += b.startsOK.Load()
+		w.rejected += b.rejected.Load()
+		w.failed += b.failed.Load()
+		for k := range nTiers {
+			w.requests[k] += b.requests[k].Load()
+			w.hits[k] += b.hits[k].Load()
+		}
+		w.maxOriginSec = max(w.maxOriginSec, b.requests[tierOrigin].Load())
+		for j := range b.originByWorker {
+			w.maxOriginWkr = max(w.maxOriginWkr, b.originByWorker[j].Load())
+		}
+		w.runOK += b.runOK.Load()
+		w.runFailed += b.runFailed.Load()
+		w.runMax = max(w.runMax, time.Duration(b.runMaxNS.Load()))
+	}
+	var lats []time.Duration
+	tl.mu.Lock()
+	for _, s := range tl.lats {
+		if s.at >= time.Duration(f)*time.Second && s.at < time.Duration(t)*time.Second {
+			lats = append(lats, s.lat)
+			w.mem += int64(s.mem)
+			w.fleet += int64(s.fleet)
+			w.origin += int64(s.origin)
+		}
+	}
+	tl.mu.Unlock()
+	slices.Sort(lats)
+	q := func(p float64) time.Duration {
+		if len(lats) == 0 {
+			return 0
+		}
+		return lats[min(len(lats)-1, int(p*float64(len(lats))))]
+	}
+	w.p50, w.p99, w.p999 = q(0.5), q(0.99), q(0.999)
+	return w
+}
+
+func (w window) rate(n int64) float64 {
+	if w.secs == 0 {
+		return 0
+	}
+	return float64(n) / w.secs
+}
+
+func (w window) share(n int64) float64 {
+	reads := w.mem + w.fleet + w.origin
+	if reads == 0 {
+		return 0
+	}
+	return 100 * float64(n) / float64(reads)
+}
