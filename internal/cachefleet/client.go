@@ -49,6 +49,16 @@ type ClientConfig struct {
 	// FillConcurrency bounds shard PUTs in flight across all Fills (default
 	// 16), so a burst of origin misses cannot flood the fleet.
 	FillConcurrency int
+	// Linger is how long a shard request that Fetch no longer needs (it
+	// rebuilt the chunk from other nodes, or gave up) may go on (default
+	// 1 s): its answer is then read to the end and discarded in the
+	// background, so its keep-alive connection is reused instead of closed.
+	Linger time.Duration
+	// MaxWaiting caps, per node, the shard requests still waiting for
+	// response headers (default 16). While a node is at the cap, Fetch
+	// skips it and counts it as failed: a stalled node (SIGSTOP, a hung
+	// disk) then costs a counter check per Fetch, not a new connection.
+	MaxWaiting int
 	// ResolveInterval is how often DNS names are re-resolved (default 30 s).
 	ResolveInterval time.Duration
 	// Resolver defaults to net.DefaultResolver.
@@ -76,7 +86,7 @@ func (c ClientConfig) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	if c.Timeout < 0 || c.FillTimeout < 0 || c.FillConcurrency < 0 || c.ResolveInterval < 0 {
+	if c.Timeout < 0 || c.FillTimeout < 0 || c.FillConcurrency < 0 || c.ResolveInterval < 0 || c.Linger < 0 || c.MaxWaiting < 0 {
 		errs = append(errs, errors.New("timeouts, intervals and concurrency must not be negative"))
 	}
 	return errors.Join(errs...)
@@ -88,6 +98,12 @@ func (c *ClientConfig) applyDefaults() {
 	}
 	if c.Timeout == 0 {
 		c.Timeout = 500 * time.Millisecond
+	}
+	if c.Linger == 0 {
+		c.Linger = time.Second
+	}
+	if c.MaxWaiting == 0 {
+		c.MaxWaiting = 16
 	}
 	if c.FillTimeout == 0 {
 		c.FillTimeout = 10 * time.Second
@@ -178,6 +194,14 @@ type Client struct {
 	bgBusy   atomic.Bool      // a background re-resolution is running
 	bg       sync.WaitGroup
 	closed   atomic.Bool
+
+	// Shard GETs: each runs in its own goroutine, tracked by reqs, until
+	// answered or cancelled (Linger after its Fetch is done, or by Close).
+	reqMu   sync.Mutex
+	waiting map[string]int // per node: GETs without response headers yet
+	reqs    sync.WaitGroup // Add under reqMu, only while not closed
+	life    context.Context
+	stop    context.CancelFunc
 }
 
 // NewClient validates c and returns a client. Node entries that are IP
@@ -200,7 +224,9 @@ func NewClient(c ClientConfig) (*Client, error) {
 		http:     &http.Client{Transport: c.Transport},
 		fillSem:  make(chan struct{}, c.FillConcurrency),
 		resolved: make(map[int][]string),
+		waiting:  make(map[string]int),
 	}
+	cl.life, cl.stop = context.WithCancel(context.Background())
 	names := false
 	for _, s := range c.Nodes {
 		e, _ := parseNode(s)
@@ -291,12 +317,70 @@ func (c *Client) members(ctx context.Context) []string {
 	return nil
 }
 
-// Close waits for background resolution and closes idle connections.
+// Close cancels shard requests still running (lingering or in flight),
+// waits for them and for background resolution, and closes idle
+// connections. Fetch after Close misses.
 func (c *Client) Close() error {
+	c.reqMu.Lock()
 	c.closed.Store(true)
+	c.reqMu.Unlock()
+	c.stop()
+	c.reqs.Wait()
 	c.bg.Wait()
 	c.http.CloseIdleConnections()
 	return nil
+}
+
+// Errors of shard requests that were not sent.
+var (
+	// ErrNodeBusy means a node already had MaxWaiting requests without an
+	// answer, so Fetch did not ask it.
+	ErrNodeBusy = errors.New("node has too many requests waiting for an answer")
+	errClosed   = errors.New("fleet client closed")
+)
+
+// admit reserves a waiting slot at node for one shard GET.
+func (c *Client) admit(node string) error {
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	if c.closed.Load() {
+		return errClosed
+	}
+	if c.waiting[node] >= c.cfg.MaxWaiting {
+		return ErrNodeBusy
+	}
+	c.waiting[node]++
+	c.reqs.Add(1)
+	return nil
+}
+
+// answered releases node's waiting slot: the GET has its response headers,
+// or failed.
+func (c *Client) answered(node string) {
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	if c.waiting[node]--; c.waiting[node] <= 0 {
+		delete(c.waiting, node)
+	}
+}
+
+// detach returns the context a shard GET runs under: fctx's values but not
+// its cancellation, so that Fetch returning does not tear down the
+// connection; the GET is cancelled Linger after fctx is done, or when the
+// client closes. release frees the context's resources.
+func (c *Client) detach(fctx context.Context) (ctx context.Context, release func()) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(fctx))
+	var timer atomic.Pointer[time.Timer]
+	stopLinger := context.AfterFunc(fctx, func() { timer.Store(time.AfterFunc(c.cfg.Linger, cancel)) })
+	stopLife := context.AfterFunc(c.life, cancel)
+	return ctx, func() {
+		stopLinger()
+		stopLife()
+		cancel()
+		if t := timer.Load(); t != nil {
+			t.Stop()
+		}
+	}
 }
 
 // placement returns the node of each of the K shards of n: shard i goes to
@@ -360,7 +444,10 @@ const maxRebuilds = 64
 // every shard of n it holds (not for "shard i": after membership changes a
 // node may hold a different index than its current position), and rebuilds
 // from the first M distinct shards that parse and, together, rebuild a chunk
-// whose SHA-256 is n; the remaining requests are cancelled. When a set fails
+// whose SHA-256 is n. The remaining requests are not cancelled but left to
+// finish in the background (at most Linger), so their connections stay
+// pooled; a node with MaxWaiting requests unanswered is not asked at all
+// and counts as failed. When a set fails
 // to verify, Fetch waits for more shards and tries other M-subsets: a
 // corrupt shard is dropped (and counted), never served.
 //
@@ -378,6 +465,11 @@ func (c *Client) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, e
 	defer cancel()
 	replies := make(chan reply, len(placed)) // each request sends once: no leak
 	for _, node := range placed {
+		if err := c.admit(node); err != nil {
+			c.m.requests.WithLabelValues(node, "get", "busy").Inc()
+			replies <- reply{node: node, err: fmt.Errorf("fetching shards of chunk %s from node %s: %w", n, node, err)}
+			continue
+		}
 		go c.getShards(fctx, node, n, replies)
 	}
 
@@ -389,8 +481,18 @@ func (c *Client) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, e
 	var valid []int            // indices of parsed shards, arrival order
 	miss := &MissError{Name: n}
 	attempts := 0
+wait:
 	for got := 0; got < len(placed); got++ {
-		r := <-replies
+		var r reply
+		select {
+		case r = <-replies:
+		case <-fctx.Done(): // Timeout, or ctx cancelled
+			miss.Failures += len(placed) - got
+			if miss.Err == nil && ctx.Err() == nil {
+				miss.Err = fmt.Errorf("waiting for %d of %d nodes: %w", len(placed)-got, len(placed), fctx.Err())
+			}
+			break wait
+		}
 		switch {
 		case r.err != nil:
 			miss.Failures++
@@ -513,13 +615,18 @@ func nextCombination(pick []int, n int) bool {
 }
 
 // getShards fetches every shard of n that node holds and always sends
-// exactly one reply.
-func (c *Client) getShards(ctx context.Context, node string, n chunk.Name, out chan<- reply) {
+// exactly one reply. It holds one of node's waiting slots (see admit) and is
+// counted in c.reqs. The GET runs detached from fctx (see detach): once fctx
+// is done its answer is drained, not used, and its result is "cancelled".
+func (c *Client) getShards(fctx context.Context, node string, n chunk.Name, out chan<- reply) {
+	defer c.reqs.Done()
 	start := time.Now()
-	shards, err := c.doGet(ctx, node, n)
+	rctx, release := c.detach(fctx)
+	defer release()
+	shards, err := c.doGet(rctx, fctx, node, n)
 	result := "hit"
 	switch {
-	case err != nil && ctx.Err() != nil:
+	case fctx.Err() != nil:
 		result = "cancelled"
 	case err != nil:
 		result = "error"
@@ -539,12 +646,17 @@ func (c *Client) maxResponse() int64 {
 	return int64(c.cfg.K) * int64(HeaderSize+(chunk.MaxSize+c.cfg.M-1)/c.cfg.M)
 }
 
-func (c *Client) doGet(ctx context.Context, node string, n chunk.Name) ([][]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, node+ShardPath(n, -1), nil)
+// doGet runs the GET under rctx and releases node's waiting slot when the
+// response headers arrive (or the request fails). If fctx is done by then,
+// the body is read to the end and discarded, keeping the connection.
+func (c *Client) doGet(rctx, fctx context.Context, node string, n chunk.Name) ([][]byte, error) {
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, node+ShardPath(n, -1), nil)
 	if err != nil {
+		c.answered(node)
 		return nil, fmt.Errorf("fetching shards of chunk %s from node %s: %w", n, node, err)
 	}
 	resp, err := c.http.Do(req)
+	c.answered(node)
 	if err != nil {
 		return nil, fmt.Errorf("fetching shards of chunk %s from node %s: %w", n, node, err)
 	}
@@ -560,6 +672,12 @@ func (c *Client) doGet(ctx context.Context, node string, n chunk.Name) ([][]byte
 	}
 	if resp.ContentLength < HeaderSize || resp.ContentLength > c.maxResponse() {
 		return nil, fmt.Errorf("fetching shards of chunk %s from node %s: content length %d out of range: %w", n, node, resp.ContentLength, ErrBadShard)
+	}
+	if err := fctx.Err(); err != nil {
+		// Not needed any more: drain (bounded by rctx) so that Close
+		// returns the connection to the pool instead of closing it.
+		io.Copy(io.Discard, resp.Body)
+		return nil, fmt.Errorf("fetching shards of chunk %s from node %s: %w", n, node, err)
 	}
 	body := make([]byte, resp.ContentLength)
 	if _, err := io.ReadFull(resp.Body, body); err != nil {

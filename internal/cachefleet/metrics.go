@@ -73,7 +73,7 @@ func NewClientMetrics(reg prometheus.Registerer) *ClientMetrics {
 	m := &ClientMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lode_fleet_shard_requests_total",
-			Help: "Shard requests to fleet nodes by node, op (get, put) and result (hit, miss, bad, error, cancelled, ok).",
+			Help: "Shard requests to fleet nodes by node, op (get, put) and result (get: hit, miss, error, cancelled = answered after Fetch no longer needed it, busy = not sent, the node had too many unanswered; put: ok, error).",
 		}, []string{"node", "op", "result"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "lode_fleet_shard_request_seconds", Help: "Latency of completed shard requests by node and op.",
