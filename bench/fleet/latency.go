@@ -28,11 +28,13 @@ type latencyConfig struct {
 	StopPID int
 	Timeout time.Duration
 	Seed    uint64
-	// Drain uses the drainTransport prototype instead of the client's
-	// default transport.
-	Drain time.Duration
-	// MaxWaiting caps requests per node waiting for headers (with Drain).
+	// Linger and MaxWaiting set the client's fields (0: its defaults).
+	Linger     time.Duration
 	MaxWaiting int
+	// Before approximates the client before issue #5's fix: a request
+	// Fetch no longer needs is cancelled at once (its connection closed),
+	// and requests to a stalled node are not capped.
+	Before bool
 }
 
 // randomChunks returns count random "ciphertexts" of size bytes and their
@@ -146,11 +148,11 @@ func runLatency(ctx context.Context, c latencyConfig) error {
 	if len(c.Nodes) == 0 {
 		return errors.New("latency: -nodes is required")
 	}
-	cfg := cachefleet.ClientConfig{Nodes: c.Nodes, Timeout: c.Timeout}
-	if c.Drain > 0 {
-		cfg.Transport = &drainTransport{base: newBenchTransport(), grace: c.Drain, maxWaiting: c.MaxWaiting}
-		fmt.Printf("prototype: cancelled shard requests drain in the background for up to %v; at most %d requests per node waiting for headers (0: no cap)\n", c.Drain, c.MaxWaiting)
+	cfg := cachefleet.ClientConfig{Nodes: c.Nodes, Timeout: c.Timeout, Linger: c.Linger, MaxWaiting: c.MaxWaiting}
+	if c.Before {
+		cfg.Linger, cfg.MaxWaiting = time.Nanosecond, 1<<30
 	}
+	fmt.Printf("client: Linger %v, MaxWaiting %d (0: defaults 1s, 16)\n", cfg.Linger, cfg.MaxWaiting)
 	cl, err := cachefleet.NewClient(cfg)
 	if err != nil {
 		return err

@@ -42,8 +42,9 @@ func main() {
 		reads   = flag.Int("reads", 2000, "latency: fetches per measurement and concurrency")
 		concs   = flag.String("conc", "1,8", "latency: concurrency levels")
 		timeout = flag.Duration("timeout", 0, "latency: client Fetch timeout (0: the client default)")
-		waiting = flag.Int("max-waiting", 0, "latency: with -drain, prototype: cap per node on requests waiting for response headers (0: none)")
-		drain   = flag.Duration("drain", 0, "latency: prototype: let cancelled shard requests finish in the background for up to this long, keeping their connections (0: off)")
+		waiting = flag.Int("max-waiting", 0, "latency: client MaxWaiting, per-node cap on requests waiting for response headers (0: the client default)")
+		linger  = flag.Duration("linger", 0, "latency: client Linger, how long requests Fetch no longer needs may finish in the background (0: the client default)")
+		before  = flag.Bool("before", false, "latency: approximate the client before issue #5's fix: unneeded requests cancelled at once (Linger 1 ns), no cap on waiting requests")
 		// shards
 		www = flag.String("www", "", "shards: directory to copy the shards into")
 		// replay
@@ -60,7 +61,7 @@ func main() {
 		if cs, err = ints(*concs); err == nil {
 			err = runLatency(ctx, latencyConfig{
 				Nodes: split(*nodes), Chunks: *chunks, Reads: *reads, Conc: cs,
-				StopPID: *stopPID, Timeout: *timeout, Seed: *seed, Drain: *drain, MaxWaiting: *waiting,
+				StopPID: *stopPID, Timeout: *timeout, Seed: *seed, Linger: *linger, MaxWaiting: *waiting, Before: *before,
 			})
 		}
 	case "shards":
