@@ -122,7 +122,9 @@ func (im *Image) chunkLen(i int) int {
 // and an error wrapping ErrIO and the cause, naming the image and chunk; no
 // byte of p is meaningful then. Chunks spanned by p are fetched in parallel.
 func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
-	if im.isShut.Load() {
+	// The agent's context ends when the agent is closed: after that no read
+	// is served, not even from the memory cache.
+	if im.isShut.Load() || im.a.ctx.Err() != nil {
 		return 0, fmt.Errorf("reading image %s: %w: %w", im.name, ErrIO, ErrClosed)
 	}
 	if off < 0 {
