@@ -135,11 +135,11 @@ type Sharing struct {
 	Distinct      int // distinct non-hole chunks
 	Shared        int // distinct chunks that at least one other manifest in the root also names
 	Unique        int // Distinct - Shared
-	OtherImages   int // other manifests compared against
+	OtherImages   int // other live images' manifests compared against
 }
 
-// Share compares m (the manifest p points to) with every other manifest in
-// p's root, using only their public parts.
+// Share compares m (the manifest p points to) with the manifest of every
+// other live image in p's root, using only their public parts.
 func Share(ctx context.Context, st store.Store, m *manifest.Manifest, p store.Pointer) (Sharing, error) {
 	id := p.Manifest
 	mine := make(map[chunk.Name]bool)
@@ -153,9 +153,17 @@ func Share(ctx context.Context, st store.Store, m *manifest.Manifest, p store.Po
 	}
 	s.Distinct = len(mine)
 	root := p.Root
+	// Compare only with manifests that a live image points to: rebuilds and
+	// recorded start profiles leave older manifests in the root until the
+	// garbage collector retires it, and they would count as sharing.
+	live, err := liveManifests(ctx, st, root)
+	if err != nil {
+		return s, err
+	}
 	prefix := store.ManifestsPrefix(root)
-	err := st.List(ctx, prefix, func(key string, _ int64) error {
-		if strings.TrimPrefix(key, prefix) == id {
+	err = st.List(ctx, prefix, func(key string, _ int64) error {
+		mid := strings.TrimPrefix(key, prefix)
+		if mid == id || !live[mid] {
 			return nil
 		}
 		b, err := st.Get(ctx, key, nil)
@@ -187,4 +195,29 @@ func Share(ctx context.Context, st store.Store, m *manifest.Manifest, p store.Po
 	}
 	s.Unique = s.Distinct - s.Shared
 	return s, nil
+}
+
+// liveManifests returns the ids of the manifests in root that some tenant's
+// live image points to.
+func liveManifests(ctx context.Context, st store.Store, root store.RootID) (map[string]bool, error) {
+	tenants, err := Tenants(ctx, st)
+	if err != nil {
+		return nil, fmt.Errorf("listing tenants in %s: %w", st, err)
+	}
+	live := map[string]bool{}
+	for _, t := range tenants {
+		if store.ValidName("tenant", t) != nil {
+			continue
+		}
+		es, err := List(ctx, st, t, false)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range es {
+			if e.Pointer.Root == root {
+				live[e.Pointer.Manifest] = true
+			}
+		}
+	}
+	return live, nil
 }
