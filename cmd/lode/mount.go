@@ -83,6 +83,11 @@ func runMount(ctx context.Context, o mountOptions, name, dir string) error {
 		}
 		defer stop()
 	}
+	if len(w.manifest.Hints) > 0 {
+		// The image carries a recorded start profile: fetch it from the
+		// first millisecond, alongside the mount.
+		go w.image.Prefetch(ctx, w.manifest.Hints, o.worker.fetches)
+	}
 	mo := fuse.MountOptions{StateDir: o.stateDir}
 	mo.Log = logger
 	m, err := fuse.MountImage(ctx, dir, w.image, mo)

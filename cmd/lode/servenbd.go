@@ -81,6 +81,9 @@ func runServeNBD(ctx context.Context, o serveNBDOptions, name string) error {
 		return err
 	}
 	defer w.Close()
+	if len(w.manifest.Hints) > 0 {
+		go w.image.Prefetch(ctx, w.manifest.Hints, o.worker.fetches) // the recorded start profile
+	}
 	var dev blockdev.Device = w.image
 	if o.overlay != "" {
 		ov, err := blockdev.NewOverlay(w.image, o.overlay)
