@@ -27,6 +27,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"slices"
@@ -106,7 +107,7 @@ func main() {
 	f.DurationVar(&c.StartWait, "start-wait", 2*time.Second, "admission: wait for a slot before refusing (lode agent --start-wait)")
 	f.DurationVar(&c.FetchTimeout, "fetch-timeout", 5*time.Second, "agent: deadline of one chunk fetch across tiers")
 	f.IntVar(&c.Fetches, "max-fetches", 32, "agent: tier fetches in flight per worker")
-	f.Int64Var(&c.L1MiB, "l1-mem", 32, "worker memory cache, MiB")
+	f.Int64Var(&c.L1MiB, "l1-mem", 96, "worker memory cache, MiB")
 	f.IntVar(&c.OriginConc, "origin-concurrency", 32, "origin requests in flight per worker")
 	f.Float64Var(&c.OriginRate, "origin-rate", 50, "origin requests/s per worker (token bucket; 0: unlimited)")
 	f.IntVar(&c.OriginBurst, "origin-burst", 10, "origin token bucket burst")
@@ -192,8 +193,8 @@ func (r *runner) sweep(ctx context.Context) error {
 	defer r.halt(c.FetchTimeout + 5*time.Second)
 	time.Sleep(c.Warm)
 	fmt.Println()
-	fmt.Println("| offered starts/s per worker | starts/s | rejected | failed | p50 ms | p99 ms | p99.9 ms | p99/p50 | fleet req/s | origin req/s | hits mem / fleet / origin % |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| offered starts/s per worker | starts/s | rejected | failed | p50 ms | p99 ms | p99.9 ms | p99/p50 | starts reading the fleet or origin: share, p50 / p99 ms, p99/p50 | fleet req/s | origin req/s | hits mem / fleet / origin % |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, rate := range c.Rates {
 		r.setRate(rate)
 		from := r.tl.since() + 2*time.Second
@@ -202,8 +203,9 @@ func (r *runner) sweep(ctx context.Context) error {
 			return ctx.Err()
 		}
 		w := r.tl.window(from, r.tl.since())
-		fmt.Printf("| %.0f | %.1f | %d | %d | %s | %s | %s | %.2f | %.0f | %.1f | %.1f / %.1f / %.2f |\n",
+		fmt.Printf("| %.0f | %.1f | %d | %d | %s | %s | %s | %.2f | %.0f%%, %s / %s, %.2f | %.0f | %.1f | %.1f / %.1f / %.2f |\n",
 			rate, w.rate(w.starts), w.rejected, w.failed, ms(w.p50), ms(w.p99), ms(w.p999), ratio(w.p99, w.p50),
+			100*float64(w.coldN)/float64(max(1, w.starts)), ms(w.coldP50), ms(w.coldP99), ratio(w.coldP99, w.coldP50),
 			w.rate(w.requests[tierFleet]), w.rate(w.requests[tierOrigin]), w.share(w.mem), w.share(w.fleet), w.share(w.origin))
 	}
 	r.footer()
@@ -219,7 +221,7 @@ func (r *runner) scenario(ctx context.Context) error {
 	// Idle baseline: no start in flight, caches warm.
 	r.setRate(0)
 	r.waitQuiet(c.FetchTimeout + 5*time.Second)
-	g0, h0 := idleState()
+	g0, h0, l0 := r.idleState()
 	stopProf, err := startProfile(c.CPUProfile)
 	if err != nil {
 		return err
@@ -270,7 +272,7 @@ func (r *runner) scenario(ctx context.Context) error {
 	r.fault.setErrorRate(0)
 	hung := r.halt(c.FetchTimeout + 5*time.Second)
 	stopped := r.tl.since()
-	g1, h1 := idleState()
+	g1, h1, l1 := r.idleState()
 
 	fmt.Printf("\n### %s: %s\n\n", c.Scenario, what)
 	fmt.Printf("event at t=%.0f s (node restarts took %v)\n\n", event.Seconds(), restartTook.Round(time.Millisecond))
@@ -292,21 +294,25 @@ func (r *runner) scenario(ctx context.Context) error {
 
 	if c.Scenario != "steady" {
 		fmt.Println()
-		fmt.Println("| t s | starts | rejected | failed | fleet req | fleet hits | origin req | origin max/worker | running failed | running max ms |")
-		fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+		fmt.Println("| t s | starts | p50 / p99 ms | rejected | failed | fleet req | fleet hits | origin req | origin max/worker | running failed | running max ms |")
+		fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 		from := int(event/time.Second) - 2*c.Every
 		for s := max(0, from); s+c.Every <= int(end/time.Second); s += c.Every {
 			w := r.tl.window(time.Duration(s)*time.Second, time.Duration(s+c.Every)*time.Second)
-			fmt.Printf("| %d | %d | %d | %d | %d | %d | %d | %d | %d | %s |\n", s-int(event/time.Second), w.starts, w.rejected, w.failed,
+			fmt.Printf("| %d | %d | %s / %s | %d | %d | %d | %d | %d | %d | %d | %s |\n", s-int(event/time.Second), w.starts, ms(w.p50), ms(w.p99), w.rejected, w.failed,
 				w.requests[tierFleet], w.hits[tierFleet], w.requests[tierOrigin], w.maxOriginWkr, w.runFailed, ms(w.runMax))
 		}
 		fmt.Println("(t relative to the event; counts per row)")
 		fmt.Println()
 		refRate := ref.rate(ref.starts)
-		if rec, ok := r.recovery(event, end, refRate); ok {
-			fmt.Printf("recovery: the start rate (3 s moving average) is ≥ 90%% of the steady %.1f/s from %.0f s after the event to the end\n", refRate, rec.Seconds())
-		} else {
-			fmt.Printf("recovery: the start rate did not stay ≥ 90%% of the steady %.1f/s within the %.0f s run\n", refRate, (end - event).Seconds())
+		low, at, rec, ok := r.recovery(event, end, refRate)
+		switch {
+		case low >= 0.9*refRate:
+			fmt.Printf("recovery: the start rate (3 s moving average) never fell below 90%% of the steady %.1f/s (lowest %.1f/s, %.0f%%, %.0f s after the event)\n", refRate, low, 100*low/refRate, at.Seconds())
+		case ok:
+			fmt.Printf("recovery: the start rate (3 s moving average) fell to %.1f/s (%.0f%% of the steady %.1f/s) %.0f s after the event and was back at ≥ 90%% %.0f s after the event\n", low, 100*low/refRate, refRate, at.Seconds(), rec.Seconds())
+		default:
+			fmt.Printf("recovery: the start rate fell to %.1f/s (%.0f%% of the steady %.1f/s) %.0f s after the event and was not back at 90%% within the run\n", low, 100*low/refRate, refRate, at.Seconds())
 		}
 		limit := c.OriginRate + float64(c.OriginBurst)
 		aw := r.tl.window(event, end)
@@ -329,28 +335,34 @@ func (r *runner) scenario(ctx context.Context) error {
 		fmt.Printf("first %s error: %v\n", k, r.firstErrs[k])
 	}
 	fmt.Printf("admission: lode_agent_starts_rejected_total = %.0f over all workers\n", r.rejectedMetric())
-	fmt.Printf("after the run: %d starts still in flight %v after stopping (hung); goroutines %d idle before → %d after; heap in use %.1f → %.1f MiB (stopped at t=%.0f s)\n",
-		hung, (stopped - end).Round(100*time.Millisecond), g0, g1, float64(h0)/(1<<20), float64(h1)/(1<<20), stopped.Seconds())
+	fmt.Printf("after the run: %d starts still in flight %v after stopping (hung); idle, after closing idle fleet connections: goroutines %d before → %d after; heap in use %.1f → %.1f MiB, of which memory caches %.1f → %.1f MiB (heap outside them %+.1f MiB)\n",
+		hung, (stopped - end).Round(100*time.Millisecond), g0, g1, mib(h0), mib(h1), mib(l0), mib(l1), mib((h1-l1)-(h0-l0)))
 	r.footer()
 	return nil
 }
 
-// recovery returns how long after the event the 3-second moving average of
-// completed starts reaches 90% of ref and stays there until end.
-func (r *runner) recovery(event, end time.Duration, ref float64) (time.Duration, bool) {
+// recovery finds the lowest 3-second moving average of completed starts
+// after the event (low, at), and when after it the average is first back at
+// 90% of ref (rec).
+func (r *runner) recovery(event, end time.Duration, ref float64) (low float64, at, rec time.Duration, ok bool) {
 	e, last := int(event/time.Second), int(end/time.Second)-3
-	ok := -1
-	for s := last; s >= e; s-- {
+	avg := func(s int) float64 {
 		w := r.tl.window(time.Duration(s)*time.Second, time.Duration(s+3)*time.Second)
-		if w.rate(w.starts) < 0.9*ref {
-			break
+		return w.rate(w.starts)
+	}
+	lowAt := e
+	low = math.Inf(1)
+	for s := e; s <= last; s++ {
+		if a := avg(s); a < low {
+			low, lowAt = a, s
 		}
-		ok = s
 	}
-	if ok < 0 {
-		return 0, false
+	for s := lowAt; s <= last; s++ {
+		if avg(s) >= 0.9*ref {
+			return low, time.Duration(lowAt-e) * time.Second, time.Duration(s-e) * time.Second, true
+		}
 	}
-	return time.Duration(ok-e) * time.Second, true
+	return low, time.Duration(lowAt-e) * time.Second, 0, false
 }
 
 func (r *runner) footer() {
@@ -387,6 +399,8 @@ func fmtHist(h []int) string {
 	}
 	return strings.Join(parts, ", ") + " (chunks×requests)"
 }
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
 func ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 1, 64) }
 

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -31,6 +33,8 @@ type worker struct {
 	adm     *agent.Admission
 	reg     *prometheus.Registry
 	client  *cachefleet.Client
+	tr      *http.Transport
+	mem     *agent.MemCache
 	running []*agent.Image // one per image: the running containers' view
 }
 
@@ -105,7 +109,18 @@ func nodeKind(lode string) string {
 
 func (r *runner) newWorker(w int) (*worker, error) {
 	c := r.c
-	client, err := cachefleet.NewClient(cachefleet.ClientConfig{Nodes: r.fl.urls()})
+	// The transport is ours only so that idle connections can be closed
+	// before counting goroutines; it mirrors the client's default.
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 128,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		ReadBufferSize:      64 << 10,
+		WriteBufferSize:     64 << 10,
+	}
+	client, err := cachefleet.NewClient(cachefleet.ClientConfig{Nodes: r.fl.urls(), Transport: tr})
 	if err != nil {
 		return nil, err
 	}
@@ -120,8 +135,9 @@ func (r *runner) newWorker(w int) (*worker, error) {
 	}
 	reg := prometheus.NewRegistry()
 	m := agent.NewMetrics(reg)
+	mem := agent.NewMemCache(c.L1MiB << 20)
 	a, err := agent.New(agent.Config{
-		Mem:                  agent.NewMemCache(c.L1MiB << 20),
+		Mem:                  mem,
 		Tiers:                []agent.Tier{fleetTier, originTier},
 		FetchTimeout:         c.FetchTimeout,
 		MaxConcurrentFetches: c.Fetches,
@@ -131,7 +147,7 @@ func (r *runner) newWorker(w int) (*worker, error) {
 		client.Close()
 		return nil, err
 	}
-	wk := &worker{id: w, a: a, adm: agent.NewAdmission(c.MaxStarts, c.StartWait, m), reg: reg, client: client}
+	wk := &worker{id: w, a: a, adm: agent.NewAdmission(c.MaxStarts, c.StartWait, m), reg: reg, client: client, tr: tr, mem: mem}
 	for i, mf := range r.ims.manifests {
 		im, err := a.Open(fmt.Sprintf("w%d/running/img%d", w, i), mf)
 		if err != nil {
@@ -319,14 +335,20 @@ func (r *runner) runReads(ctx context.Context, w *worker, k int) {
 	}
 }
 
-// idleState waits for quiet and returns the goroutine count and heap in use
-// after a GC.
-func idleState() (goroutines int, heap uint64) {
+// idleState waits for quiet, closes idle fleet connections and returns the
+// goroutine count, the heap in use after a GC and the bytes held by the
+// workers' memory caches.
+func (r *runner) idleState() (goroutines int, heap, l1 int64) {
 	time.Sleep(time.Second)
+	for _, w := range r.wks {
+		w.tr.CloseIdleConnections()
+		l1 += w.mem.Bytes()
+	}
+	time.Sleep(200 * time.Millisecond)
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return runtime.NumGoroutine(), ms.HeapInuse
+	return runtime.NumGoroutine(), int64(ms.HeapInuse), l1
 }
 
 // waitQuiet waits up to limit for no start to be in flight.

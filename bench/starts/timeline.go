@@ -94,7 +94,9 @@ type window struct {
 	runOK, runFailed           int64
 	runMax                     time.Duration
 	p50, p99, p999             time.Duration
-	mem, fleet, origin         int64 // chunk reads of successful starts by serving tier
+	coldN                      int           // starts that read at least one chunk from the fleet or origin
+	coldP50, coldP99           time.Duration // their latency
+	mem, fleet, origin         int64         // chunk reads of successful starts by serving tier
 }
 
 func (tl *timeline) window(from, to time.Duration) window {
@@ -117,25 +119,22 @@ func (tl *timeline) window(from, to time.Duration) window {
 		w.runFailed += b.runFailed.Load()
 		w.runMax = max(w.runMax, time.Duration(b.runMaxNS.Load()))
 	}
-	var lats []time.Duration
+	var lats, cold []time.Duration
 	tl.mu.Lock()
 	for _, s := range tl.lats {
 		if s.at >= time.Duration(f)*time.Second && s.at < time.Duration(t)*time.Second {
 			lats = append(lats, s.lat)
+			if s.fleet+s.origin > 0 {
+				cold = append(cold, s.lat)
+			}
 			w.mem += int64(s.mem)
 			w.fleet += int64(s.fleet)
 			w.origin += int64(s.origin)
 		}
 	}
 	tl.mu.Unlock()
-	slices.Sort(lats)
-	q := func(p float64) time.Duration {
-		if len(lats) == 0 {
-			return 0
-		}
-		return lats[min(len(lats)-1, int(p*float64(len(lats))))]
-	}
-	w.p50, w.p99, w.p999 = q(0.5), q(0.99), q(0.999)
+	w.p50, w.p99, w.p999 = quantile(lats, 0.5), quantile(lats, 0.99), quantile(lats, 0.999)
+	w.coldN, w.coldP50, w.coldP99 = len(cold), quantile(cold, 0.5), quantile(cold, 0.99)
 	return w
 }
 
@@ -152,4 +151,13 @@ func (w window) share(n int64) float64 {
 		return 0
 	}
 	return 100 * float64(n) / float64(reads)
+}
+
+// quantile sorts ds and returns its p-quantile (0 for none).
+func quantile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	slices.Sort(ds)
+	return ds[min(len(ds)-1, int(p*float64(len(ds))))]
 }

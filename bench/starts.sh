@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Many starts at once (issue #12), docs/scale.md: the bench/starts load
+# generator against 5 `lode cache serve` processes on 127.0.0.2..6 and a file
+# origin, latencies injected per tier from the paper. Scenarios:
+#   sweep          one worker, rising start rates: the highest rate with p99 ≤ 2× p50
+#   steady         W workers, warm fleet, CPU profile of the generator (pprof top)
+#   empty-fleet    every node restarted empty at once (and again with the
+#                  jittered second look at the fleet, SECOND_LOOK)
+#   node-restart   one node restarted empty
+#   origin-errors  fleet emptied, 5% of origin requests fail
+#   origin-stall   fleet emptied, the origin answers nothing for 10 s
+# Usage: bench/starts.sh [all|sweep|steady|storm|faults] [WORKDIR]
+# Environment: W (workers, 4), RATE (starts/s per worker, 5), ORIGIN_RATE
+# (origin requests/s per worker, 25), SWEEP (rates, 5,10,20,30,40),
+# SECOND_LOOK (100ms; empty to skip that run).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+what=${1:-all}
+WD=${2:-/var/tmp/lode-bench/starts}
+W=${W:-4}; RATE=${RATE:-5}; ORIGIN_RATE=${ORIGIN_RATE:-25}; SWEEP=${SWEEP:-5,10,20,30,40}
+SECOND_LOOK=${SECOND_LOOK-100ms}
+mkdir -p "$WD"
+cd "$here"
+
+# Build the lode binary (for the node processes) and the generator; if the
+# working tree does not build (someone's work in progress), build HEAD.
+if ! { go build -o "$WD/lode" ./cmd/lode && go build -o "$WD/starts" ./bench/starts; } 2>"$WD/build.log"; then
+  echo "working tree does not build ($(head -1 "$WD/build.log")); building HEAD $(git rev-parse --short HEAD)" >&2
+  rm -rf "$WD/src" && mkdir -p "$WD/src"
+  git archive HEAD | tar -x -C "$WD/src"
+  (cd "$WD/src" && go build -o "$WD/lode" ./cmd/lode && go build -o "$WD/starts" ./bench/starts)
+fi
+B=("$WD/starts" -lode="$WD/lode" -work="$WD/run")
+common=(-workers="$W" -rate="$RATE" -origin-rate="$ORIGIN_RATE" -origin-burst=10 -warm=6s -before=8s -after=24s)
+fresh() { rm -rf "$WD/run"; mkdir -p "$WD/run"; }
+
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; load $(cut -d' ' -f1-3 /proc/loadavg); $(go version | cut -d' ' -f3); commit $(git rev-parse --short HEAD)"
+
+if [[ $what == all || $what == sweep ]]; then
+  echo; echo "## sweep: one worker, offered start rates $SWEEP"
+  fresh; "${B[@]}" -scenario=sweep -workers=1 -rates="$SWEEP" -warm=8s -step=6s
+fi
+
+if [[ $what == all || $what == steady ]]; then
+  echo; echo "## steady: $W workers × $RATE starts/s, warm fleet, CPU profile"
+  fresh; "${B[@]}" -scenario=steady "${common[@]}" -before=15s -after=1s -cpuprofile="$WD/steady.pprof"
+  echo; echo "pprof (generator process: $W agents, fleet clients, injected latency), flat:"
+  go tool pprof -top -nodecount=15 "$WD/starts" "$WD/steady.pprof" 2>/dev/null | sed -n '4,22p'
+  echo; echo "cumulative, lock and allocation entries:"
+  go tool pprof -top -cum -nodecount=400 "$WD/starts" "$WD/steady.pprof" 2>/dev/null |
+    grep -E 'mallocgc$|runtime\.lock2$|lockSlow$|RWMutex\)\.R?Lock$|gcBgMarkWorker$|runtime\.memmove$|Mutex\)\.Lock$' | head -12
+fi
+
+if [[ $what == all || $what == storm ]]; then
+  echo; echo "## storm: $W workers × $RATE starts/s, origin limit $ORIGIN_RATE/s per worker"
+  fresh; "${B[@]}" -scenario=empty-fleet "${common[@]}"
+  if [[ -n $SECOND_LOOK ]]; then
+    fresh; "${B[@]}" -scenario=empty-fleet "${common[@]}" -second-look="$SECOND_LOOK" -every=4 | sed 's/^### empty-fleet:/### empty-fleet, second look '"$SECOND_LOOK"':/'
+  fi
+  fresh; "${B[@]}" -scenario=node-restart "${common[@]}" -every=4
+fi
+
+if [[ $what == all || $what == faults ]]; then
+  echo; echo "## origin faults: fleet emptied, then origin errors or a stall"
+  fresh; "${B[@]}" -scenario=origin-errors "${common[@]}" -error-rate=0.05 -every=4
+  fresh; "${B[@]}" -scenario=origin-stall "${common[@]}" -stall=10s -every=2
+fi
+rm -rf "$WD/run"
