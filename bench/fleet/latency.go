@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -76,8 +77,12 @@ func fillAll(ctx context.Context, c *cachefleet.Client, data [][]byte, names []c
 	return errors.Join(errs...)
 }
 
+// clientDials counts connections the benchmark's client dialed.
+var clientDials atomic.Int64
+
 type sample struct {
 	connects int64 // TCP connections opened on the machine meanwhile
+	dials    int64 // connections the client dialed meanwhile
 	lat      []time.Duration
 	errs     int
 	elapsed  time.Duration
@@ -98,7 +103,7 @@ func measure(ctx context.Context, c *cachefleet.Client, names []chunk.Name, read
 	var firstErr error
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	opens := activeOpens()
+	opens, dials := activeOpens(), clientDials.Load()
 	start := time.Now()
 	for w := range conc {
 		wg.Add(1)
@@ -125,7 +130,7 @@ func measure(ctx context.Context, c *cachefleet.Client, names []chunk.Name, read
 		}()
 	}
 	wg.Wait()
-	s := sample{elapsed: time.Since(start), firstErr: firstErr, connects: activeOpens() - opens}
+	s := sample{elapsed: time.Since(start), firstErr: firstErr, connects: activeOpens() - opens, dials: clientDials.Load() - dials}
 	for w := range conc {
 		s.lat = append(s.lat, lats[w]...)
 		s.errs += errs[w]
@@ -153,6 +158,15 @@ func runLatency(ctx context.Context, c latencyConfig) error {
 		cfg.Linger, cfg.MaxWaiting = time.Nanosecond, 1<<30
 	}
 	fmt.Printf("client: Linger %v, MaxWaiting %d (0: defaults 1s, 16)\n", cfg.Linger, cfg.MaxWaiting)
+	// The client's own connections, counted exactly (the kernel's count is
+	// machine-wide).
+	tr := cachefleet.NewTransport()
+	dial := tr.DialContext
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		clientDials.Add(1)
+		return dial(ctx, network, addr)
+	}
+	cfg.Transport = tr
 	cl, err := cachefleet.NewClient(cfg)
 	if err != nil {
 		return err
@@ -209,13 +223,13 @@ func runLatency(ctx context.Context, c latencyConfig) error {
 	}
 
 	fmt.Println()
-	fmt.Println("| phase | concurrency | fetches | fetches/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | TCP connects per fetch |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| phase | concurrency | fetches | fetches/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | client dials per fetch | TCP connects per fetch (machine) |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		s := r.s
-		fmt.Printf("| %s | %d | %d | %.0f | %s | %s | %s | %s | %s | %d | %.2f |\n", r.phase, r.conc, len(s.lat),
+		fmt.Printf("| %s | %d | %d | %.0f | %s | %s | %s | %s | %s | %d | %.3f | %.2f |\n", r.phase, r.conc, len(s.lat),
 			float64(len(s.lat))/s.elapsed.Seconds(), ms(s.pct(50)), ms(s.pct(90)), ms(s.pct(99)), ms(s.pct(99.9)), ms(s.lat[len(s.lat)-1]), s.errs,
-			float64(s.connects)/float64(len(s.lat)))
+			float64(s.dials)/float64(len(s.lat)), float64(s.connects)/float64(len(s.lat)))
 	}
 	if c.StopPID > 0 {
 		fmt.Println()

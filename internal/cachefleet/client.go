@@ -64,7 +64,7 @@ type ClientConfig struct {
 	// Resolver defaults to net.DefaultResolver.
 	Resolver Resolver
 	// Transport defaults to a transport tuned for many small parallel
-	// requests to few hosts (see newTransport).
+	// requests to few hosts (NewTransport).
 	Transport http.RoundTripper
 	// Log defaults to discarding.
 	Log *slog.Logger
@@ -118,7 +118,7 @@ func (c *ClientConfig) applyDefaults() {
 		c.Resolver = net.DefaultResolver
 	}
 	if c.Transport == nil {
-		c.Transport = newTransport()
+		c.Transport = NewTransport()
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
@@ -128,10 +128,12 @@ func (c *ClientConfig) applyDefaults() {
 	}
 }
 
-// newTransport keeps connections alive to every node: a read opens K
-// requests at once, so MaxIdleConnsPerHost must exceed the client's
-// concurrency per node or connections churn.
-func newTransport() *http.Transport {
+// NewTransport returns a new transport as a client uses by default (callers
+// may adjust it, e.g. wrap DialContext to count connections). It keeps
+// connections alive to every node: a read opens K requests at once, so
+// MaxIdleConnsPerHost must exceed the client's concurrency per node or
+// connections churn.
+func NewTransport() *http.Transport {
 	return &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConns:          1024,

@@ -10,9 +10,13 @@
 //     header (magic, version, M, K, index, chunk length, chunk name);
 //   - the node (server.go, nodestore.go): an HTTP API over a byte-budgeted
 //     store of shards, memory first then disk, with scan-resistant eviction;
+//     disk-only shards are sent from their files (sendfile) and come back
+//     into memory only on a second hit;
 //   - the client (client.go): membership from a node list and DNS names,
 //     M-of-K reads that rebuild from the first M valid replies and verify the
-//     rebuilt chunk against its name, and write-back (Fill).
+//     rebuilt chunk against its name (requests no longer needed are drained
+//     in the background, keeping connections; a stalled node is skipped),
+//     and write-back (Fill).
 //
 // It does not own: the origin (the agent fetches from the origin on a fleet
 // miss and calls Fill), decryption (nodes and client see ciphertext only), or
