@@ -14,16 +14,8 @@ import (
 // closed worker (kill the agent, remount) cannot keep serving through
 // images it handed out.
 //
-// It fails today: Image.ReadAt checks only the image's own isShut flag, and
-// the memory-cache path of Image.chunk never consults the agent, so a read
-// of a cached chunk after Agent.Close succeeds (the agent then still
-// serves correct bytes: a contract bug, not a safety one). Fix in
-// internal/agent: give Agent an atomic.Bool set first thing in Close and test
-// it beside im.isShut at the top of Image.ReadAt (and Prefetch); and create
-// a.ctx with context.WithCancelCause, cancelling with ErrClosed in Close,
-// so that fetches cut short by Close report ErrClosed rather than a bare
-// context.Canceled (bench/reliability's faults scenario counts those
-// separately as "fetch cancelled by agent close").
+// It failed when written: Image.ReadAt checked only the image's own flag and
+// the memory-cache path never consulted the agent (fixed in f2c2a51).
 func TestReadAfterAgentCloseFails(t *testing.T) {
 	ctx := context.Background()
 	w := newRelWorld(t)
