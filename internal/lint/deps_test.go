@@ -38,6 +38,7 @@ var allowed = map[string][]string{
 	"internal/agent":                {"internal/chunk", "internal/manifest", "internal/store", "internal/metrics"},
 	"internal/blockdev/fuse":        {"internal/blockdev", "internal/metrics"},
 	"internal/blockdev/nbd":         {"internal/blockdev", "internal/metrics"},
+	"internal/blockdev/vhost":       {"internal/blockdev", "internal/metrics"},
 	"internal/gc":                   {"internal/chunk", "internal/manifest", "internal/store", "internal/metrics", "internal/catalog"},
 	"internal/run":                  {"internal/agent", "internal/manifest", "internal/blockdev", "internal/blockdev/fuse"},
 	"internal/vm":                   {"internal/blockdev"},

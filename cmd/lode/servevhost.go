@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lode-dev/lode/internal/blockdev"
+	"github.com/lode-dev/lode/internal/blockdev/vhost"
+)
+
+func init() { extraCommands = append(extraCommands, newServeVhostCmd) }
+
+type serveVhostOptions struct {
+	socket  string
+	overlay string
+	workers int
+	worker  workerOptions
+}
+
+func newServeVhostCmd() *cobra.Command {
+	var o serveVhostOptions
+	cmd := &cobra.Command{
+		Use:   "serve-vhost NAME --socket PATH",
+		Short: "Serve an image as a vhost-user-blk backend for QEMU (read-only, or copy-on-write with --overlay)",
+		Long: `Serve-vhost serves the image as a vhost-user-blk device on a unix socket:
+QEMU's vhost-user-blk front-end connects, shares the guest's memory (a memfd
+backend with share=on) and this process serves the virtio-blk queue directly
+from the worker's tiers, with no NBD hop. The disk is read-only unless
+--overlay names a local file that receives the writes (the image itself is
+never changed). It serves one VM at a time per connection until interrupted.`,
+		Example: `  lode serve-vhost app --socket /run/lode/app.vhost
+  qemu-system-x86_64 -M microvm,memory-backend=mem \
+    -object memory-backend-memfd,id=mem,size=512M,share=on \
+    -global virtio-mmio.force-legacy=false \
+    -chardev socket,id=disk,path=/run/lode/app.vhost \
+    -device vhost-user-blk,chardev=disk,num-queues=1 …
+  lode vm app --disk vhost-user:/run/lode/app.vhost -- true`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runServeVhost(cmd.Context(), o, args[0], nil)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.socket, "socket", "/run/lode/vhost.sock", "unix socket to listen on")
+	f.StringVar(&o.overlay, "overlay", "", "copy-on-write file for writes (makes the disk writable)")
+	f.IntVar(&o.workers, "workers", 16, "requests served at once per VM")
+	o.worker.bind(f)
+	return cmd
+}
+
+// runServeVhost serves until ctx ends. ready, if not nil, is closed once
+// the socket listens.
+func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready chan<- struct{}) error {
+	w, err := openWorker(ctx, o.worker, name, nil)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	if len(w.manifest.Hints) > 0 {
+		go w.image.Prefetch(ctx, w.manifest.Hints, o.worker.fetches) // the recorded start profile
+	}
+	var dev blockdev.Device = w.image
+	if o.overlay != "" {
+		ov, err := blockdev.NewOverlay(w.image, o.overlay)
+		if err != nil {
+			return err
+		}
+		defer ov.Close()
+		dev = ov
+	}
+	l, err := listen("unix:" + o.socket)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", o.socket, err)
+	}
+	c := vhost.DefaultConfig()
+	c.Log = logger
+	c.Workers = o.workers
+	c.Serial = "lode"
+	srv := vhost.NewServer(dev, c)
+	mode := "read-only"
+	if o.overlay != "" {
+		mode = "writes to " + o.overlay
+	}
+	fmt.Fprintf(stderr, "serving %s (%d bytes, %s) as vhost-user-blk on %s\n", w.name, w.image.Size(), mode, o.socket)
+	if ready != nil {
+		close(ready)
+	}
+	err = srv.Serve(ctx, l)
+	printStats(stderr, w)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
