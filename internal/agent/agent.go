@@ -76,6 +76,8 @@ type Agent struct {
 	closed bool
 
 	bufs sync.Pool // *[]byte ciphertext buffers
+
+	deg degradedState // per-image degraded reasons (degraded.go)
 }
 
 type tierState struct {
@@ -105,6 +107,7 @@ type call struct {
 	// Guarded by Agent.mu.
 	waiters  int
 	credited []*Image
+	noMem    bool // a background fill's fetch: keep it out of the memory cache unless a reader joins
 }
 
 // New returns an Agent with c's defaults applied.
@@ -203,7 +206,11 @@ func NewImage(name string, m *manifest.Manifest, c Config) (*Image, error) {
 // With prefetch, join starts a fetch only if a fetch slot is free right now
 // (leaving a quarter of them to demand reads) and returns nil if the chunk is
 // cached, already in flight, or no slot is free; full reports the last case.
-func (a *Agent) join(ref chunk.Ref, size int, im *Image, prefetch bool) (c *call, plain []byte, full bool) {
+//
+// noMem marks a fetch started here as a background fill's: its plaintext is
+// not put in the memory cache (so a fill does not flush the hot set) unless a
+// demand reader joins it before it finishes.
+func (a *Agent) join(ref chunk.Ref, size int, im *Image, prefetch, noMem bool) (c *call, plain []byte, full bool) {
 	zstd := im.m.Compression == manifest.CompressionZstd
 	key := cacheRef(ref, zstd)
 	a.mu.Lock()
@@ -216,6 +223,7 @@ func (a *Agent) join(ref chunk.Ref, size int, im *Image, prefetch bool) (c *call
 			return nil, nil, false
 		}
 		c.waiters++
+		c.noMem = false
 		return c, nil, false
 	}
 	if a.cfg.Mem != nil {
@@ -234,7 +242,7 @@ func (a *Agent) join(ref chunk.Ref, size int, im *Image, prefetch bool) (c *call
 			return nil, nil, true
 		}
 	}
-	c = &call{ref: ref, key: key, zstd: zstd, size: size, image: im.name, tier: -1, done: make(chan struct{}), waiters: 1}
+	c = &call{ref: ref, key: key, zstd: zstd, size: size, image: im.name, tier: -1, done: make(chan struct{}), waiters: 1, noMem: noMem}
 	c.ctx, c.cancel = context.WithTimeout(a.ctx, a.cfg.FetchTimeout)
 	a.calls[key] = c
 	a.wg.Add(1)
@@ -308,7 +316,10 @@ func (a *Agent) buffer(n int) *[]byte {
 
 // finish publishes c's result and removes it from the table.
 func (a *Agent) finish(c *call) {
-	if c.err == nil && a.cfg.Mem != nil {
+	a.mu.Lock()
+	noMem := c.noMem
+	a.mu.Unlock()
+	if c.err == nil && a.cfg.Mem != nil && !noMem {
 		a.cfg.Mem.Put(c.key, c.plain)
 		if a.am.memBytes != nil {
 			a.am.memBytes.Set(float64(a.cfg.Mem.Bytes()))
@@ -353,6 +364,9 @@ func (a *Agent) fetch(c *call, buf []byte) []byte {
 				inc(ts.m.err)
 				if c.ctx.Err() == nil {
 					log("fetching chunk from tier", err)
+					if ts.t.Name() == "fleet" {
+						a.degrade(c.image, DegradedFleetUnreachable, err)
+					}
 				}
 			}
 			continue
@@ -375,9 +389,18 @@ func (a *Agent) fetch(c *call, buf []byte) []byte {
 		inc(ts.m.hit)
 		add(ts.m.bytes, len(ct))
 		c.plain, c.tier, c.ctLen = plain, i, len(ct)
+		if c.verifyFails > 0 {
+			a.degrade(c.image, DegradedVerifyFailure, errors.Join(causes...))
+		}
+		if ts.t.Name() == "origin" && a.hasFleet() {
+			a.degrade(c.image, DegradedOriginFallback, errors.Join(causes...))
+		}
 		return ct
 	}
 	c.err = fmt.Errorf("fetching chunk %s: %w: %w", name, ErrIO, errors.Join(causes...))
+	if c.verifyFails > 0 {
+		a.degrade(c.image, DegradedVerifyFailure, c.err)
+	}
 	return buf
 }
 

@@ -271,6 +271,14 @@ func (c *DiskCache) forgetLocked(n chunk.Name) {
 	}
 }
 
+// Has reports whether chunk n is in the cache, without marking it used.
+func (c *DiskCache) Has(n chunk.Name) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.idx[n]
+	return ok
+}
+
 // Bytes returns the ciphertext bytes held.
 func (c *DiskCache) Bytes() int64 {
 	c.mu.Lock()

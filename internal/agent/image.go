@@ -40,12 +40,16 @@ type Image struct {
 	orderMu sync.Mutex
 	order   []uint32 // non-hole chunks in the order readers first touched them
 
+	// Demand activity, for the background fill (fill.go): reads in progress
+	// and a count of every read begun.
+	demandActive, demandSeq atomic.Int64
+
 	st imageStats
 }
 
 type imageStats struct {
 	bytesRead, memHits, holes, fetchErrors, verifyFails, readAheads atomic.Int64
-	prefetches                                                      atomic.Int64
+	prefetches, filled, filledBytes                                 atomic.Int64
 	distinctChunks, distinctBytes                                   atomic.Int64
 	read                                                            bitmap
 	tiers                                                           []tierCounts
@@ -144,6 +148,9 @@ func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if end == off {
 		return 0, nil
 	}
+	im.demandSeq.Add(1)
+	im.demandActive.Add(1)
+	defer im.demandActive.Add(-1)
 	n := int(end - off)
 	first, last := int(off/im.cs), int((end-1)/im.cs)
 	var err error
@@ -268,7 +275,7 @@ func (im *Image) start(i int) ([]byte, *call, error) {
 		}
 		inc(a.memM.miss)
 	}
-	c, plain, _ := a.join(ref, im.chunkLen(i), im, false)
+	c, plain, _ := a.join(ref, im.chunkLen(i), im, false, false)
 	if plain != nil {
 		im.memHit(plain)
 		return plain, nil, nil
@@ -355,7 +362,7 @@ func (im *Image) readAhead(first, last int) {
 	for j := max(last+1, im.raNext); j <= stop; j++ {
 		ref := im.m.Ref(j)
 		if !ref.IsHole() && (im.a.cfg.Mem == nil || !im.a.cfg.Mem.Contains(cacheRef(ref, im.zstd))) {
-			c, _, full := im.a.join(ref, im.chunkLen(j), im, true)
+			c, _, full := im.a.join(ref, im.chunkLen(j), im, true, false)
 			if full {
 				return
 			}
@@ -404,17 +411,19 @@ type TierStats struct {
 // Stats is a snapshot of one image's reads.
 type Stats struct {
 	ImageSize          int64
-	ChunkCount         int         // chunks in the image, holes included
-	Tiers              []TierStats // in the agent's tier order
-	MemHits            int64       // chunk reads served by the memory cache
-	Holes              int64       // chunk reads served as zeros from a hole
-	DistinctChunksRead int64       // distinct chunks (holes included) readers touched
-	DistinctBytesRead  int64       // plaintext bytes of the distinct non-hole chunks readers touched
-	BytesRead          int64       // bytes returned to readers
-	ReadAheads         int64       // fetches started by read-ahead
-	Prefetches         int64       // fetches started by Prefetch (startup hints)
-	FetchErrors        int64       // chunk reads that failed
-	VerifyFailures     int64       // chunks a tier served that failed verification
+	ChunkCount         int              // chunks in the image, holes included
+	Tiers              []TierStats      // in the agent's tier order
+	MemHits            int64            // chunk reads served by the memory cache
+	Holes              int64            // chunk reads served as zeros from a hole
+	DistinctChunksRead int64            // distinct chunks (holes included) readers touched
+	DistinctBytesRead  int64            // plaintext bytes of the distinct non-hole chunks readers touched
+	BytesRead          int64            // bytes returned to readers
+	ReadAheads         int64            // fetches started by read-ahead
+	Prefetches         int64            // fetches started by Prefetch (startup hints)
+	FetchErrors        int64            // chunk reads that failed
+	VerifyFailures     int64            // chunks a tier served that failed verification
+	Degraded           map[string]int64 // degraded fetches by reason (degraded.go); nil when none
+	Filled             int64            // chunks the background fill fetched (fill.go)
 }
 
 // ShareRead is the fraction of the image's bytes held in the non-hole chunks
@@ -441,6 +450,8 @@ func (im *Image) Stats() Stats {
 		Prefetches:         im.st.prefetches.Load(),
 		FetchErrors:        im.st.fetchErrors.Load(),
 		VerifyFailures:     im.st.verifyFails.Load(),
+		Degraded:           im.Degraded(),
+		Filled:             im.st.filled.Load(),
 	}
 	for i := range im.st.tiers {
 		t := &im.st.tiers[i]
@@ -501,6 +512,14 @@ func (b bitmap) has(i int) bool { return b[i/64].Load()&(1<<(i%64)) != 0 }
 // after opening the image. Fetch errors are not returned: a chunk that failed
 // is fetched again, and reported, by the read that needs it.
 func (im *Image) Prefetch(ctx context.Context, idx []uint32, parallel int) (int, error) {
+	return im.prefetchList(ctx, idx, parallel, false)
+}
+
+// prefetchList is Prefetch; with fill the fetches it starts are a background
+// fill's (fill.go): counted as such, and kept out of the memory cache when
+// the fastest tier (the disk cache) keeps them.
+func (im *Image) prefetchList(ctx context.Context, idx []uint32, parallel int, fill bool) (int, error) {
+	noMem := fill && im.a.fastTier() != nil
 	im.raMu.Lock()
 	if im.closed {
 		im.raMu.Unlock()
@@ -539,16 +558,23 @@ func (im *Image) Prefetch(ctx context.Context, idx []uint32, parallel int) (int,
 				<-slots
 				break
 			}
-			c, _, full := im.a.join(ref, im.chunkLen(j), im, true)
+			c, _, full := im.a.join(ref, im.chunkLen(j), im, true, noMem)
 			if c != nil {
 				started++
-				im.st.prefetches.Add(1)
+				if !fill {
+					im.st.prefetches.Add(1)
+				}
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
 					defer func() { <-slots }()
 					if err := im.a.wait(ctx, c); err == nil {
 						im.credit(c, j)
+						if fill && c.err == nil {
+							im.st.filled.Add(1)
+							im.st.filledBytes.Add(int64(len(c.plain)))
+							add(im.a.am.fillBytes, len(c.plain))
+						}
 					}
 				}()
 				break

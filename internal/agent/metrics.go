@@ -21,6 +21,8 @@ type Metrics struct {
 	readErrors   prometheus.Counter
 	readAhead    prometheus.Counter
 	memBytes     prometheus.Gauge
+	degraded     *prometheus.CounterVec // reason (degraded.go)
+	fillBytes    prometheus.Counter     // background fill (fill.go)
 
 	startsInFlight prometheus.Gauge   // Admission
 	startsRejected prometheus.Counter // Admission: ErrTooManyStarts
@@ -75,6 +77,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "lode_agent_mem_cache_bytes",
 			Help: "Plaintext bytes held by the memory cache.",
 		}),
+		degraded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lode_agent_image_degraded_total",
+			Help: "Chunk fetches where lazy loading degraded, by reason (origin_fallback, verify_failure, fleet_unreachable).",
+		}, []string{"reason"}),
+		fillBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lode_agent_background_fill_bytes_total",
+			Help: "Plaintext bytes of chunks fetched by the background fill.",
+		}),
 		startsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "lode_agent_starts_in_flight",
 			Help: "Image starts holding an admission slot.",
@@ -87,7 +97,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.requests, m.tierBytes, m.fetchSeconds, m.verifyFails, m.fillErrors,
 			m.fillSkipped, m.readBytes, m.holeReads, m.readErrors, m.readAhead, m.memBytes,
-			m.startsInFlight, m.startsRejected)
+			m.startsInFlight, m.startsRejected, m.degraded, m.fillBytes)
 	}
 	return m
 }
@@ -139,11 +149,12 @@ func observe(o prometheus.Observer, seconds float64) {
 type agentMetrics struct {
 	fillSkipped, readBytes, holeReads, readErrors, readAhead prometheus.Counter
 	memBytes                                                 prometheus.Gauge
+	fillBytes                                                prometheus.Counter
 }
 
 func (m *Metrics) agent() agentMetrics {
 	if m == nil {
 		return agentMetrics{}
 	}
-	return agentMetrics{m.fillSkipped, m.readBytes, m.holeReads, m.readErrors, m.readAhead, m.memBytes}
+	return agentMetrics{m.fillSkipped, m.readBytes, m.holeReads, m.readErrors, m.readAhead, m.memBytes, m.fillBytes}
 }

@@ -1,0 +1,304 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/store"
+)
+
+// nonHoles returns the indexes of ti's non-hole chunks.
+func nonHoles(ti *testImage) []int {
+	var out []int
+	for i, n := range ti.m.Names {
+		if !n.IsZero() {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+func TestFillFetchesUnreadChunks(t *testing.T) {
+	tests := []struct {
+		name      string
+		disk      bool
+		read      []int // chunks read before the fill
+		onDisk    []int // chunks put in the disk cache before the fill
+		wantFills int   // chunks the fill fetches
+		wantInMem []int // non-hole chunks in the memory cache afterwards
+	}{
+		{"cold, disk keeps the fill", true, nil, nil, 8, nil},
+		{"read chunks are skipped", true, []int{0, 1}, nil, 6, []int{0, 1}},
+		{"chunks on disk are skipped", true, nil, []int{3, 4, 7}, 5, nil},
+		{"no disk: the fill goes to memory", false, []int{0}, nil, 7, []int{0, 1, 3, 4, 7, 8, 9, 11}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ti := stdImage(t)
+			org := counting(NewOrigin(ti.st, testRoot))
+			tiers := []Tier{org}
+			var d *DiskCache
+			if tt.disk {
+				var err error
+				if d, err = NewDiskCache(t.TempDir(), 1<<20, nil); err != nil {
+					t.Fatal(err)
+				}
+				for _, i := range tt.onDisk {
+					ct, err := ti.st.Get(context.Background(), store.ChunkKey(testRoot, ti.m.Names[i]), nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := d.Fill(context.Background(), ti.m.Names[i], ct); err != nil {
+						t.Fatal(err)
+					}
+				}
+				tiers = []Tier{d, org}
+			}
+			mc := NewMemCache(1 << 20)
+			im := openImage(t, ti, Config{Mem: mc, Tiers: tiers, MaxConcurrentFetches: 8})
+			for _, i := range tt.read {
+				mustRead(t, im, ti, i)
+			}
+			im.quiesce()
+			before := org.total()
+			res, err := im.Fill(context.Background(), FillOptions{After: -1, Parallel: 2, Batch: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			im.quiesce()
+			if res.Chunks != tt.wantFills || org.total()-before != tt.wantFills || im.Stats().Filled != int64(tt.wantFills) {
+				t.Errorf("fill started %d, origin fetched %d, Stats.Filled %d; want %d", res.Chunks, org.total()-before, im.Stats().Filled, tt.wantFills)
+			}
+			var wantBytes int64
+			for _, i := range nonHoles(ti) {
+				if !slices.Contains(tt.read, i) && !slices.Contains(tt.onDisk, i) {
+					wantBytes += int64(im.chunkLen(i))
+				}
+			}
+			if res.Bytes != wantBytes {
+				t.Errorf("fill bytes %d, want %d", res.Bytes, wantBytes)
+			}
+			var inMem []int
+			for _, i := range nonHoles(ti) {
+				if mc.Contains(ti.m.Ref(i)) {
+					inMem = append(inMem, i)
+				}
+				if d != nil && !d.Has(ti.m.Names[i]) {
+					t.Errorf("chunk %d not in the disk cache after the fill", i)
+				}
+			}
+			if diff := cmp.Diff(tt.wantInMem, inMem); diff != "" {
+				t.Errorf("memory cache chunks (-want +got):\n%s", diff)
+			}
+			// Every byte still reads back right, now from the caches.
+			p := make([]byte, ti.m.ImageSize)
+			if _, err := im.ReadAt(context.Background(), p, 0); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(p, ti.plain) {
+				t.Error("image bytes differ after the fill")
+			}
+			im.quiesce()
+			if got := org.total() - before; got != tt.wantFills {
+				t.Errorf("origin fetches after the full read %d, want %d (the fill's only)", got, tt.wantFills)
+			}
+		})
+	}
+}
+
+func mustRead(t *testing.T, im *Image, ti *testImage, i int) {
+	t.Helper()
+	off := int64(i) * cs
+	p := make([]byte, im.chunkLen(i))
+	if _, err := im.ReadAt(context.Background(), p, off); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(p, ti.plain[off:off+int64(len(p))]) {
+		t.Fatalf("chunk %d: wrong bytes", i)
+	}
+}
+
+func TestFillStartAndStop(t *testing.T) {
+	tests := []struct {
+		name       string
+		opts       func(start chan struct{}) FillOptions
+		closeStart bool
+		cancel     bool
+		closeImage bool
+		wantErr    error
+		wantChunks int
+	}{
+		{"start channel overrides the quiet period", func(s chan struct{}) FillOptions {
+			return FillOptions{After: time.Hour, Start: s}
+		}, true, false, false, nil, 8},
+		{"cancelled while waiting for quiet", func(s chan struct{}) FillOptions {
+			return FillOptions{After: time.Hour, Start: s}
+		}, false, true, false, context.Canceled, 0},
+		{"image closed while waiting", func(s chan struct{}) FillOptions {
+			return FillOptions{After: time.Hour, Start: s}
+		}, false, false, true, ErrClosed, 0},
+		{"rate-limited fill completes", func(s chan struct{}) FillOptions {
+			return FillOptions{After: -1, Rate: 1 << 30, Batch: 2}
+		}, false, false, false, nil, 8},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ti := stdImage(t)
+			d, err := NewDiskCache(t.TempDir(), 1<<20, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			im := openImage(t, ti, Config{Mem: NewMemCache(1 << 20), Tiers: []Tier{d, NewOrigin(ti.st, testRoot)}})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			start := make(chan struct{})
+			type out struct {
+				res FillResult
+				err error
+			}
+			done := make(chan out, 1)
+			go func() {
+				res, err := im.Fill(ctx, tt.opts(start))
+				done <- out{res, err}
+			}()
+			switch {
+			case tt.closeStart:
+				close(start)
+			case tt.cancel:
+				cancel()
+			case tt.closeImage:
+				im.Close()
+			}
+			o := <-done
+			if !errors.Is(o.err, tt.wantErr) || (tt.wantErr == nil) != (o.err == nil) {
+				t.Fatalf("Fill error %v, want %v", o.err, tt.wantErr)
+			}
+			if o.res.Chunks != tt.wantChunks {
+				t.Errorf("Fill started %d chunks, want %d", o.res.Chunks, tt.wantChunks)
+			}
+		})
+	}
+}
+
+// TestFillWaitsForQuiet: while a read is in progress (blocked on the origin)
+// a fill with a short quiet period does not start; once it ends, the fill
+// runs.
+func TestFillWaitsForQuiet(t *testing.T) {
+	ti := stdImage(t)
+	d, err := NewDiskCache(t.TempDir(), 1<<20, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	org := counting(NewOrigin(ti.st, testRoot))
+	org.gate = make(chan struct{})
+	im := openImage(t, ti, Config{Mem: NewMemCache(1 << 20), Tiers: []Tier{d, org}})
+	readDone := make(chan error, 1)
+	go func() {
+		p := make([]byte, cs)
+		_, err := im.ReadAt(context.Background(), p, 0)
+		readDone <- err
+	}()
+	for org.total() == 0 { // the read is waiting on the gate
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan FillResult, 1)
+	go func() {
+		res, err := im.Fill(context.Background(), FillOptions{After: 10 * time.Millisecond, Poll: time.Millisecond})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- res
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if n := org.total(); n != 1 {
+		t.Errorf("origin fetches %d while a read was in progress, want 1 (the read's)", n)
+	}
+	close(org.gate)
+	if err := <-readDone; err != nil {
+		t.Fatal(err)
+	}
+	if res := <-done; res.Chunks != 7 {
+		t.Errorf("the fill started %d chunks after the read ended, want 7", res.Chunks)
+	}
+}
+
+// errTier is a tier named name whose every Fetch fails with err.
+type errTier struct {
+	name string
+	err  error
+}
+
+func (e errTier) Fetch(context.Context, chunk.Name, []byte) ([]byte, error) { return nil, e.err }
+func (e errTier) Fill(context.Context, chunk.Name, []byte) error            { return nil }
+func (e errTier) Name() string                                              { return e.name }
+
+// corruptTier serves every chunk of its inner tier with one bit flipped.
+type corruptTier struct{ Tier }
+
+func (c corruptTier) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
+	b, err := c.Tier.Fetch(ctx, n, dst)
+	if err == nil {
+		b = bytes.Clone(b)
+		b[len(b)/2] ^= 1
+	}
+	return b, err
+}
+func (c corruptTier) Name() string { return "disk" }
+
+func TestDegradedReasons(t *testing.T) {
+	tests := []struct {
+		name  string
+		tiers func(ti *testImage) []Tier
+		want  map[string]int64
+	}{
+		{"origin only: nothing degraded", func(ti *testImage) []Tier {
+			return []Tier{NewOrigin(ti.st, testRoot)}
+		}, nil},
+		{"fleet misses: origin fallback", func(ti *testImage) []Tier {
+			return []Tier{errTier{"fleet", fmt.Errorf("shard: %w", store.ErrNotFound)}, NewOrigin(ti.st, testRoot)}
+		}, map[string]int64{DegradedOriginFallback: 3}},
+		{"fleet down: unreachable and fallback", func(ti *testImage) []Tier {
+			return []Tier{errTier{"fleet", errors.New("dial tcp: connection refused")}, NewOrigin(ti.st, testRoot)}
+		}, map[string]int64{DegradedOriginFallback: 3, DegradedFleetUnreachable: 3}},
+		{"corrupt disk: verify failure", func(ti *testImage) []Tier {
+			return []Tier{corruptTier{NewOrigin(ti.st, testRoot)}, NewOrigin(ti.st, testRoot)}
+		}, map[string]int64{DegradedVerifyFailure: 3}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ti := stdImage(t)
+			logs := &syncBuffer{}
+			reg := prometheus.NewRegistry()
+			m := NewMetrics(reg)
+			im := openImage(t, ti, Config{Tiers: tt.tiers(ti), Metrics: m, Log: testLogger(t, logs)})
+			for _, i := range []int{0, 1, 3} {
+				mustRead(t, im, ti, i)
+			}
+			if diff := cmp.Diff(tt.want, im.Stats().Degraded); diff != "" {
+				t.Errorf("Stats.Degraded (-want +got):\n%s", diff)
+			}
+			for _, r := range DegradedReasons {
+				if got := metricValue(t, m.degraded.WithLabelValues(r)); got != float64(tt.want[r]) {
+					t.Errorf("lode_agent_image_degraded_total{reason=%q} = %v, want %d", r, got, tt.want[r])
+				}
+				lines := strings.Count(logs.String(), "reason="+r)
+				if want := min(tt.want[r], 1); int64(lines) != want {
+					t.Errorf("%d log lines for reason %s, want %d:\n%s", lines, r, want, logs.String())
+				}
+			}
+			if tt.want != nil && !strings.Contains(logs.String(), "lazy loading degraded") {
+				t.Errorf("no degraded log line:\n%s", logs.String())
+			}
+		})
+	}
+}
