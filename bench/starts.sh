@@ -31,14 +31,14 @@ if ! { go build -o "$WD/lode" ./cmd/lode && go build -o "$WD/starts" ./bench/sta
   (cd "$WD/src" && go build -o "$WD/lode" ./cmd/lode && go build -o "$WD/starts" ./bench/starts)
 fi
 B=("$WD/starts" -lode="$WD/lode" -work="$WD/run")
-common=(-workers="$W" -rate="$RATE" -origin-rate="$ORIGIN_RATE" -origin-burst=10 -warm=6s -before=8s -after=24s)
+common=(-workers="$W" -rate="$RATE" -origin-rate="$ORIGIN_RATE" -origin-burst=10 -warm=6s -before=8s -after=22s)
 fresh() { rm -rf "$WD/run"; mkdir -p "$WD/run"; }
 
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; load $(cut -d' ' -f1-3 /proc/loadavg); $(go version | cut -d' ' -f3); commit $(git rev-parse --short HEAD)"
 
 if [[ $what == all || $what == sweep ]]; then
   echo; echo "## sweep: one worker, offered start rates $SWEEP"
-  fresh; "${B[@]}" -scenario=sweep -workers=1 -rates="$SWEEP" -warm=8s -step=6s
+  fresh; "${B[@]}" -scenario=sweep -workers=1 -rates="$SWEEP" -warm=8s -step=5s
 fi
 
 if [[ $what == all || $what == steady ]]; then

@@ -62,6 +62,7 @@ type config struct {
 	OriginConc, OriginBurst int
 	OriginRate              float64
 	FleetConc               int
+	LimitOrder              string
 	SecondLook              time.Duration
 
 	FleetMedian, FleetP999, OriginMedian, OriginP999 time.Duration
@@ -111,6 +112,7 @@ func main() {
 	f.IntVar(&c.OriginConc, "origin-concurrency", 32, "origin requests in flight per worker")
 	f.Float64Var(&c.OriginRate, "origin-rate", 50, "origin requests/s per worker (token bucket; 0: unlimited)")
 	f.IntVar(&c.OriginBurst, "origin-burst", 10, "origin token bucket burst")
+	f.StringVar(&c.LimitOrder, "limit-order", "rate-inside", "rate-inside: Limit(RateLimit(origin)); cmd: RateLimit(Limit(origin)) as cmd/lode wires it")
 	f.IntVar(&c.FleetConc, "fleet-concurrency", 0, "fleet reads in flight per worker (0: unbounded)")
 	f.DurationVar(&c.SecondLook, "second-look", 0, "mitigation: on a fleet miss wait up to this (uniform jitter) and ask the fleet again before the origin (0: off)")
 	f.DurationVar(&c.FleetMedian, "fleet-median", 550*time.Microsecond, "fleet latency median")
@@ -177,8 +179,8 @@ func run(ctx context.Context, c config) error {
 		return err
 	}
 	defer r.close()
-	fmt.Printf("config: %d workers, rate %v starts/s per worker, admission %d starts / %v, agent %d fetches / %v, L1 %d MiB, origin ≤ %d in flight and %.0f/s (burst %d) per worker, second look %v, %d running readers per worker (deadline %v)\n",
-		c.Workers, c.Rates, c.MaxStarts, c.StartWait, c.Fetches, c.FetchTimeout, c.L1MiB, c.OriginConc, c.OriginRate, c.OriginBurst, c.SecondLook, c.Running, c.ReadDeadline)
+	fmt.Printf("config: %d workers, rate %v starts/s per worker, admission %d starts / %v, agent %d fetches / %v, L1 %d MiB, origin ≤ %d in flight and %.0f/s (burst %d) per worker (%s), second look %v, %d running readers per worker (deadline %v)\n",
+		c.Workers, c.Rates, c.MaxStarts, c.StartWait, c.Fetches, c.FetchTimeout, c.L1MiB, c.OriginConc, c.OriginRate, c.OriginBurst, c.LimitOrder, c.SecondLook, c.Running, c.ReadDeadline)
 	if c.Scenario == "sweep" {
 		return r.sweep(ctx)
 	}
@@ -220,8 +222,10 @@ func (r *runner) scenario(ctx context.Context) error {
 	time.Sleep(c.Warm)
 	// Idle baseline: no start in flight, caches warm.
 	r.setRate(0)
+	r.pause.Store(true)
 	r.waitQuiet(c.FetchTimeout + 5*time.Second)
 	g0, h0, l0 := r.idleState()
+	r.pause.Store(false)
 	stopProf, err := startProfile(c.CPUProfile)
 	if err != nil {
 		return err

@@ -51,6 +51,7 @@ type runner struct {
 	bufs   sync.Pool
 	rate   atomic.Uint64 // starts/s per worker, float64 bits
 	stop   atomic.Bool   // generators and running readers end
+	pause  atomic.Bool   // running readers wait (the idle baseline)
 	active atomic.Int64  // starts in flight (from arrival to done)
 	wg     sync.WaitGroup
 
@@ -126,10 +127,18 @@ func (r *runner) newWorker(w int) (*worker, error) {
 	}
 	fleetTier := agent.Limit(&counted{Tier: &delayed{Tier: client, lat: fitLatency(c.FleetMedian, c.FleetP999)}, tl: r.tl, kind: tierFleet, worker: w},
 		c.FleetConc)
-	// The worker's view of the origin, as cmd/lode wires it: concurrency,
-	// then rate limit, in front of the (counted, faulty, delayed) origin.
-	originTier := agent.RateLimit(agent.Limit(&counted{Tier: r.fault, tl: r.tl, kind: tierOrigin, worker: w, track: r.track},
-		c.OriginConc), c.OriginRate, c.OriginBurst)
+	// The worker's view of the origin: a concurrency limit, then the rate
+	// limit, in front of the (counted, faulty, delayed) origin. -limit-order
+	// =cmd composes them as cmd/lode does (rate limit outside), where tokens
+	// are taken before the wait for a slot and the origin can see bunches
+	// above the rate.
+	origin := agent.Tier(&counted{Tier: r.fault, tl: r.tl, kind: tierOrigin, worker: w, track: r.track})
+	var originTier agent.Tier
+	if c.LimitOrder == "cmd" {
+		originTier = agent.RateLimit(agent.Limit(origin, c.OriginConc), c.OriginRate, c.OriginBurst)
+	} else {
+		originTier = agent.Limit(agent.RateLimit(origin, c.OriginRate, c.OriginBurst), c.OriginConc)
+	}
 	if c.SecondLook > 0 {
 		originTier = &secondLook{Tier: originTier, fleet: client, jitter: c.SecondLook, saved: &r.saved}
 	}
@@ -321,6 +330,9 @@ func (r *runner) runReads(ctx context.Context, w *worker, k int) {
 	defer r.bufs.Put(bp)
 	for !r.stop.Load() && ctx.Err() == nil {
 		time.Sleep(r.c.RunEvery)
+		if r.pause.Load() {
+			continue
+		}
 		img := rng.IntN(len(w.running))
 		set := r.ims.sets[img]
 		off := int64(set[rng.IntN(len(set))]) * int64(r.c.ChunkSize)
@@ -336,10 +348,15 @@ func (r *runner) runReads(ctx context.Context, w *worker, k int) {
 }
 
 // idleState waits for quiet, closes idle fleet connections and returns the
-// goroutine count, the heap in use after a GC and the bytes held by the
-// workers' memory caches.
+// goroutine count (not counting the generators and running readers, which
+// exist only while the run goes on), the heap in use after a GC and the
+// bytes held by the workers' memory caches.
 func (r *runner) idleState() (goroutines int, heap, l1 int64) {
 	time.Sleep(time.Second)
+	harness := 0
+	if !r.stop.Load() {
+		harness = r.c.Workers * (1 + r.c.Running)
+	}
 	for _, w := range r.wks {
 		w.tr.CloseIdleConnections()
 		l1 += w.mem.Bytes()
@@ -348,7 +365,7 @@ func (r *runner) idleState() (goroutines int, heap, l1 int64) {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return runtime.NumGoroutine(), int64(ms.HeapInuse), l1
+	return runtime.NumGoroutine() - harness, int64(ms.HeapInuse), l1
 }
 
 // waitQuiet waits up to limit for no start to be in flight.

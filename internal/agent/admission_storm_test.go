@@ -48,7 +48,7 @@ func maxInWindow(ts []time.Time, d time.Duration) int {
 
 // TestStormEmptyFleet starts many images at once on several workers whose
 // fleet is empty (every chunk misses it), each worker with its origin behind
-// RateLimit and Limit as cmd/lode wires it and starts behind an Admission.
+// Limit and RateLimit and starts behind an Admission.
 // The origin must never see more than the configured rate from any worker,
 // no chunk may reach the origin more than once per worker, and every start
 // either reads correct bytes or is refused with ErrTooManyStarts.
@@ -84,8 +84,13 @@ func TestStormEmptyFleet(t *testing.T) {
 		reg := prometheus.NewRegistry()
 		m := NewMetrics(reg)
 		a, err := New(Config{
-			Mem:     NewMemCache(64 << 20),
-			Tiers:   []Tier{client, RateLimit(Limit(origin, 8), rate, burst)},
+			Mem: NewMemCache(64 << 20),
+			// The rate limit is the inner decorator: a request takes its
+			// token right before it reaches the origin. (Outside Limit, a
+			// token is taken before the wait for a slot, and requests
+			// queued on the slots reach the origin in bunches above the
+			// rate: see docs/scale.md.)
+			Tiers:   []Tier{client, Limit(RateLimit(origin, rate, burst), 8)},
 			Metrics: m,
 		})
 		if err != nil {
