@@ -50,6 +50,7 @@ type agentdOptions struct {
 	maxStarts     int
 	startWait     time.Duration
 	worker        workerOptions
+	fill          fillOptions
 }
 
 func newAgentCmd() *cobra.Command {
@@ -93,6 +94,7 @@ A mount dies with the daemon: see docs/operations.md for upgrades.`,
 	f.IntVar(&o.maxStarts, "max-starts", 64, "mounts and exports being set up at once; past it a request waits --start-wait, then fails with \"too many starts in flight\" (0: unbounded)")
 	f.DurationVar(&o.startWait, "start-wait", 2*time.Second, "how long a start waits for a slot before it is refused")
 	o.worker.bind(f)
+	o.fill.bind(f)
 	cmd.AddCommand(newAgentMountCmd(&o.socket), newAgentUmountCmd(&o.socket), newAgentStatusCmd(&o.socket),
 		newAgentExportCmd(&o.socket), newAgentUnexportCmd(&o.socket))
 	return cmd
@@ -189,6 +191,11 @@ func (s *served) close() error {
 // exports and returns nil. ready, if not nil, is closed once the socket
 // accepts requests.
 func runAgentDaemon(ctx context.Context, o agentdOptions, ready chan<- struct{}) error {
+	if o.fill.on {
+		if err := o.fill.check(); err != nil {
+			return err
+		}
+	}
 	d, err := newDaemon(ctx, o)
 	if err != nil {
 		return err
@@ -378,6 +385,7 @@ func (d *daemon) open(ctx context.Context, tenant, image string) (*served, error
 		return nil, fmt.Errorf("opening image %s: %w", s.name(), err)
 	}
 	s.im = im
+	d.o.fill.start(context.Background(), im, nil) // ends when the image closes
 	return s, nil
 }
 

@@ -22,6 +22,7 @@ type mountOptions struct {
 	stateDir   string
 	metrics    string
 	worker     workerOptions
+	fill       fillOptions
 }
 
 func newMountCmd() *cobra.Command {
@@ -55,6 +56,7 @@ Needs root, /dev/fuse and loop devices. After a crash, "lode umount DIR" or
 	f.StringVar(&o.stateDir, "state-dir", fuse.DefaultStateDir, "where mount state lives (lode umount and lode doctor read it)")
 	f.StringVar(&o.metrics, "metrics-listen", "", "serve Prometheus /metrics on this address while mounted")
 	o.worker.bind(f)
+	o.fill.bind(f)
 	return cmd
 }
 
@@ -69,6 +71,11 @@ func runMount(ctx context.Context, o mountOptions, name, dir string) error {
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("creating mount point: %w", err)
+	}
+	if o.fill.on {
+		if err := o.fill.check(); err != nil {
+			return err
+		}
 	}
 	reg := metrics.NewRegistry()
 	w, err := openWorker(ctx, o.worker, name, reg)
@@ -94,6 +101,7 @@ func runMount(ctx context.Context, o mountOptions, name, dir string) error {
 	if err != nil {
 		return fmt.Errorf("mounting %s at %s: %w", w.name, dir, err)
 	}
+	o.fill.start(ctx, w.image, nil)
 	fmt.Fprintf(stdout, "%s%s at %s (%d bytes, loop %s)\n", mountedLine, w.name, dir, w.image.Size(), m.Loop())
 	if f, ok := stdout.(*os.File); ok {
 		f.Sync()

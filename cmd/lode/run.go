@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,6 +29,7 @@ type runOptions struct {
 	record        bool   // store the start's read order as the image's profile (profile.go)
 	noPrefetch    bool   // ignore the image's profile
 	heatmap       string // draw the chunks by serving tier to this SVG file
+	fill          fillOptions
 }
 
 func newRunCmd() *cobra.Command {
@@ -62,6 +64,7 @@ each tier and the share of the image that was read.`,
 	f.BoolVar(&o.noPrefetch, "no-prefetch", false, "do not prefetch the image's startup profile")
 	f.StringVar(&o.heatmap, "heatmap", "", "after the run, draw the image's chunks colored by the tier that served them to this SVG file")
 	o.worker.bind(f)
+	o.fill.bind(f)
 	return cmd
 }
 
@@ -97,11 +100,18 @@ func runRun(ctx context.Context, o runOptions, name string, args []string, in io
 func runImage(ctx context.Context, o runOptions, name string, args []string, in io.Reader, out, errOut io.Writer) (runReport, *worker, error) {
 	start := time.Now()
 	var rep runReport
+	if o.fill.on {
+		if err := o.fill.check(); err != nil {
+			return rep, nil, err
+		}
+	}
 	w, err := openWorker(ctx, o.worker, name, nil)
 	if err != nil {
 		return rep, nil, err
 	}
 	startPrefetch(ctx, o, w)
+	execd := make(chan struct{})
+	o.fill.start(ctx, w.image, execd)
 	if o.prefetchAll {
 		if err := readAll(ctx, w.image, 8); err != nil {
 			return rep, w, fmt.Errorf("prefetching %s: %w", w.name, err)
@@ -142,6 +152,7 @@ func runImage(ctx context.Context, o runOptions, name string, args []string, in 
 		Stdout:   out,
 		Stderr:   errOut,
 		Log:      logger,
+		Now:      execClock(execd),
 	}
 	if o.setEntrypoint {
 		ro.Entrypoint = []string{}
@@ -185,4 +196,24 @@ func readAll(ctx context.Context, d interface {
 		})
 	}
 	return g.Wait()
+}
+
+// execClock is a run.Options.Now that closes execd at its second reading:
+// run.Run reads the clock when it begins and then when the runtime reports
+// the container's process started (Result.Started), which is when the
+// background fill may start without waiting for its quiet period.
+// run.Options has no start hook; if a later reading order changes, the fill
+// just falls back to its quiet period.
+func execClock(execd chan struct{}) func() time.Time {
+	var mu sync.Mutex
+	n := 0
+	return func() time.Time {
+		mu.Lock()
+		n++
+		if n == 2 {
+			close(execd)
+		}
+		mu.Unlock()
+		return time.Now()
+	}
 }
