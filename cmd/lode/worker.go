@@ -48,8 +48,12 @@ func (o *workerOptions) bind(f *pflag.FlagSet) {
 // protectOrigin wraps the origin tier in the worker's concurrency and rate
 // limits (issue #12: a worker never sends the origin more than it is allowed,
 // however empty the fleet).
+//
+// The rate limit sits inside the concurrency limit: a request takes its token
+// only once it holds a slot, so requests queued behind busy slots cannot
+// bank tokens and reach the origin in a burst above the rate.
 func (o workerOptions) protectOrigin(t agent.Tier) agent.Tier {
-	return agent.RateLimit(agent.Limit(t, o.originConcurrency), o.originRate, o.originBurst)
+	return agent.Limit(agent.RateLimit(t, o.originRate, o.originBurst), o.originConcurrency)
 }
 
 // worker is an opened image and everything behind it.
