@@ -23,6 +23,7 @@ FUZZTIME=${FUZZTIME:-60s}
 FUZZ_FILTER=${FUZZ_FILTER:-.}
 SEEDS=${SEEDS:-6}
 out=${OUT:-$(mktemp -d /tmp/lode-reliability.XXXXXX)}
+mkdir -p "$out"
 
 # targets lists "pkgdir FuzzName" for every fuzz target in the module.
 targets() {
