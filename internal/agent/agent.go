@@ -68,7 +68,7 @@ type Agent struct {
 
 	// ctx is the parent of every fetch; Close cancels it.
 	ctx    context.Context
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
 	wg     sync.WaitGroup // fetch goroutines
 
 	mu     sync.Mutex
@@ -155,7 +155,7 @@ func New(c Config) (*Agent, error) {
 		fillSem: make(chan struct{}, c.MaxConcurrentFetches),
 		calls:   make(map[chunk.Ref]*call),
 	}
-	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.ctx, a.cancel = context.WithCancelCause(context.Background())
 	for _, t := range c.Tiers {
 		a.tiers = append(a.tiers, tierState{t: t, m: c.Metrics.forTier(t.Name())})
 	}
@@ -168,7 +168,7 @@ func (a *Agent) Close() error {
 	a.mu.Lock()
 	a.closed = true
 	a.mu.Unlock()
-	a.cancel()
+	a.cancel(ErrClosed) // fetches cut short say why: context.Cause is ErrClosed
 	a.wg.Wait()
 	return nil
 }
