@@ -26,6 +26,7 @@ type workerOptions struct {
 	fleet        fleetOptions
 
 	originConcurrency int
+	originAttempts    int
 	originRate        float64
 	originBurst       int
 	fleetConcurrency  int
@@ -39,6 +40,7 @@ func (o *workerOptions) bind(f *pflag.FlagSet) {
 	f.IntVar(&o.readAhead, "read-ahead", 4, "chunks to prefetch after sequential reads (0 disables)")
 	f.IntVar(&o.fetches, "max-fetches", 32, "concurrent chunk fetches from the tiers")
 	f.IntVar(&o.originConcurrency, "origin-concurrency", 32, "concurrent requests to the origin from this worker (0: unbounded)")
+	f.IntVar(&o.originAttempts, "origin-attempts", 3, "tries per chunk fetch from the origin when it fails with a transient error (1: no retry)")
 	f.Float64Var(&o.originRate, "origin-rate", 0, "origin requests per second from this worker, token bucket (0: unlimited); protects the origin when the fleet is empty")
 	f.IntVar(&o.originBurst, "origin-burst", 64, "burst of the --origin-rate token bucket")
 	f.IntVar(&o.fleetConcurrency, "fleet-concurrency", 0, "concurrent chunk reads from the fleet (0: unbounded)")
@@ -53,7 +55,8 @@ func (o *workerOptions) bind(f *pflag.FlagSet) {
 // only once it holds a slot, so requests queued behind busy slots cannot
 // bank tokens and reach the origin in a burst above the rate.
 func (o workerOptions) protectOrigin(t agent.Tier) agent.Tier {
-	return agent.Limit(agent.RateLimit(t, o.originRate, o.originBurst), o.originConcurrency)
+	// Retries sit inside the concurrency limit too, and each try takes its own token.
+	return agent.Limit(agent.Retry(agent.RateLimit(t, o.originRate, o.originBurst), o.originAttempts, 50*time.Millisecond), o.originConcurrency)
 }
 
 // worker is an opened image and everything behind it.

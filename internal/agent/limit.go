@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"golang.org/x/time/rate"
 
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/store"
 )
 
 // Admission control and origin protection (issue #12): decorators that bound
@@ -147,4 +149,53 @@ func (a *Admission) inFlight(d float64) {
 	if a.m != nil && a.m.startsInFlight != nil {
 		a.m.startsInFlight.Add(d)
 	}
+}
+
+// retrying retries a tier's failed fetches.
+type retrying struct {
+	Tier
+	attempts int
+	backoff  time.Duration
+}
+
+// Retry returns t with Fetch tried up to attempts times in all when it fails
+// with a transient error: anything but a miss (store.ErrNotFound), a corrupt
+// chunk (chunk.ErrCorrupt, which the next tier should serve instead), a
+// throttled request, or the caller's context ending. Waits grow from backoff,
+// doubling, with full jitter. attempts <= 1 returns t unchanged.
+func Retry(t Tier, attempts int, backoff time.Duration) Tier {
+	if attempts <= 1 {
+		return t
+	}
+	return &retrying{Tier: t, attempts: attempts, backoff: backoff}
+}
+
+func (r *retrying) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
+	var err error
+	for i := 0; i < r.attempts; i++ {
+		if i > 0 {
+			d := r.backoff << (i - 1)
+			if d > 0 {
+				d = time.Duration(rand.Int64N(int64(d))) + 1
+			}
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil, fmt.Errorf("retrying chunk %s from %s: %w (last error: %w)", n, r.Tier.Name(), context.Cause(ctx), err)
+			}
+		}
+		var b []byte
+		b, err = r.Tier.Fetch(ctx, n, dst)
+		if err == nil || !transient(ctx, err) {
+			return b, err
+		}
+	}
+	return nil, err
+}
+
+func transient(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, chunk.ErrCorrupt) &&
+		!errors.Is(err, ErrThrottled) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }

@@ -166,3 +166,59 @@ func acquireLong(a *Admission) (func(), error) {
 	a2.wait = 5 * time.Second
 	return a2.Acquire(context.Background(), "t/waiter")
 }
+
+// flakyTier fails its first n fetches with err, then misses.
+type flakyTier struct {
+	n     int
+	err   error
+	calls atomic.Int64
+}
+
+func (f *flakyTier) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
+	if int(f.calls.Add(1)) <= f.n {
+		return nil, f.err
+	}
+	return []byte("ok"), nil
+}
+func (f *flakyTier) Fill(context.Context, chunk.Name, []byte) error { return nil }
+func (f *flakyTier) Name() string                                   { return "origin" }
+
+func TestRetry(t *testing.T) {
+	transientErr := errors.New("connection reset")
+	tests := []struct {
+		name      string
+		fails     int
+		err       error
+		attempts  int
+		wantCalls int64
+		wantErr   error
+	}{
+		{"transient error retried", 2, transientErr, 3, 3, nil},
+		{"gives up after attempts", 5, transientErr, 3, 3, transientErr},
+		{"miss not retried", 5, store.ErrNotFound, 3, 1, store.ErrNotFound},
+		{"corrupt not retried", 5, &chunk.CorruptError{Reason: "x"}, 3, 1, chunk.ErrCorrupt},
+		{"throttled not retried", 5, ErrThrottled, 3, 1, ErrThrottled},
+		{"one attempt is no retry", 5, transientErr, 1, 1, transientErr},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &flakyTier{n: tc.fails, err: tc.err}
+			b, err := Retry(f, tc.attempts, time.Millisecond).Fetch(context.Background(), chunk.Name{1}, nil)
+			if tc.wantErr == nil && (err != nil || string(b) != "ok") {
+				t.Errorf("Fetch = %q, %v; want ok", b, err)
+			}
+			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Errorf("Fetch error = %v, want %v", err, tc.wantErr)
+			}
+			if got := f.calls.Load(); got != tc.wantCalls {
+				t.Errorf("tier saw %d fetches, want %d", got, tc.wantCalls)
+			}
+		})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	f := &flakyTier{n: 5, err: transientErr}
+	if _, err := Retry(f, 3, time.Hour).Fetch(ctx, chunk.Name{1}, nil); err == nil || f.calls.Load() != 1 {
+		t.Errorf("Fetch with a cancelled context = %v after %d calls, want an error after 1", err, f.calls.Load())
+	}
+}
