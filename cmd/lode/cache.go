@@ -34,6 +34,7 @@ units (512MiB, 20GB) or plain bytes.`,
 			if err != nil {
 				return fmt.Errorf("parsing --mem %q: %w", mem, err)
 			}
+			limitMemory(int64(memBytes))
 			var diskBytes uint64
 			if diskSize != "" {
 				if diskBytes, err = humanize.ParseBytes(diskSize); err != nil {

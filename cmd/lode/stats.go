@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -61,4 +63,19 @@ func printStats(out io.Writer, w *worker) {
 	}
 	fmt.Fprintf(out, "\n  fetched %s in all; %d read-aheads, %d fetch errors, %d verification failures\n",
 		humanize.IBytes(uint64(fetched)), s.ReadAheads, s.FetchErrors, s.VerifyFailures)
+}
+
+// limitMemory sets the Go runtime's soft memory limit to budget plus a fixed
+// allowance for everything that is not cache (buffers in flight, the
+// runtime, metrics), unless GOMEMLIMIT is set. Without it the heap grows to
+// about twice the live caches before a collection: the reliability soak
+// measured an agent with a 64 MiB memory cache at 231 MiB and a cache node
+// with a 128 MiB budget at 291 MiB.
+func limitMemory(budget int64) {
+	if os.Getenv("GOMEMLIMIT") != "" || budget <= 0 {
+		return
+	}
+	const allowance = 192 << 20
+	debug.SetMemoryLimit(budget + allowance)
+	logger.Debug("memory limit set", "bytes", budget+allowance)
 }
