@@ -34,6 +34,15 @@ type Config struct {
 	// AccessKey, SecretKey and SessionToken are the credentials; all empty
 	// sends anonymous requests.
 	AccessKey, SecretKey, SessionToken string
+	// CredentialsFile is the AWS shared credentials file read when the keys
+	// above are empty ("" means $HOME/.aws/credentials), and Profile its
+	// profile ("" means $AWS_PROFILE, else "default"). The file is re-read
+	// whenever it changes (credentials.go).
+	CredentialsFile, Profile string
+	// IAM adds the instance or container role (EC2 metadata, ECS/EKS
+	// credential endpoints) after the file; its keys are refreshed before
+	// they expire.
+	IAM bool
 	// MaxRetries is how many times one request is attempted in all
 	// (0 means DefaultMaxRetries, 1 means no retry). Backoff between
 	// attempts doubles from 200 ms and is capped at 1 s, with jitter.
@@ -96,6 +105,8 @@ func ParseURL(raw string, getenv func(string) string) (Config, error) {
 	c.AccessKey = getenv(EnvAccessKey)
 	c.SecretKey = getenv(EnvSecretKey)
 	c.SessionToken = getenv(EnvSessionToken)
+	c.CredentialsFile = getenv(EnvCredentialsFile)
+	c.Profile = getenv(EnvProfile)
 	var errs []error
 	for k, vs := range u.Query() {
 		v := vs[len(vs)-1]
@@ -108,13 +119,15 @@ func ParseURL(raw string, getenv func(string) string) (Config, error) {
 			c.PathStyle, err = strconv.ParseBool(v)
 		case "insecure":
 			c.Insecure, err = strconv.ParseBool(v)
+		case "iam":
+			c.IAM, err = strconv.ParseBool(v)
 		case "max_retries":
 			c.MaxRetries, err = strconv.Atoi(v)
 			if err == nil && c.MaxRetries < 1 {
 				err = errors.New("must be at least 1")
 			}
 		default:
-			err = errors.New("unknown parameter (known: endpoint, region, path_style, insecure, max_retries)")
+			err = errors.New("unknown parameter (known: endpoint, region, path_style, insecure, iam, max_retries)")
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s=%q: %w", k, v, err))

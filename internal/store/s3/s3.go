@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/lode-dev/lode/internal/store"
 )
@@ -108,14 +107,8 @@ func New(ctx context.Context, c Config) (*Store, error) {
 	if retries <= 0 {
 		retries = DefaultMaxRetries
 	}
-	var creds *credentials.Credentials
-	if c.AccessKey != "" || c.SecretKey != "" || c.SessionToken != "" {
-		creds = credentials.NewStaticV4(c.AccessKey, c.SecretKey, c.SessionToken)
-	} else {
-		creds = credentials.New(&credentials.Static{Value: credentials.Value{SignerType: credentials.SignatureAnonymous}})
-	}
 	opts := &minio.Options{
-		Creds:        creds,
+		Creds:        c.credentials(), // credentials.go
 		Secure:       secure,
 		Transport:    rt,
 		Region:       region,
