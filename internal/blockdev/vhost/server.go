@@ -117,7 +117,12 @@ func (s *Server) ServeConn(ctx context.Context, conn *net.UnixConn) error {
 	for i := range sess.queues {
 		sess.queues[i] = &queue{index: i}
 	}
-	defer sess.close()
+	defer func() {
+		// The front-end is gone: requests still waiting on the device
+		// are abandoned before the queues wait for them.
+		cancel()
+		sess.close()
+	}()
 	for {
 		m, fds, err := readMessage(conn)
 		if err != nil {
@@ -298,12 +303,13 @@ func (ss *session) handle(ctx context.Context, m message, fds []int) error {
 		}
 		var f *os.File
 		if len(fds) == 1 {
-			if f, err = eventFile(fds[0], m.Req.String()); err != nil {
+			fd := fds[0]
+			fds = nil // eventFile owns it now, even when it fails
+			if f, err = eventFile(fd, m.Req.String()); err != nil {
 				herr = err
 				break
 			}
 		}
-		fds = nil
 		switch m.Req {
 		case reqSetVringKick:
 			qu.stop()

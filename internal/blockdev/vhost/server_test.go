@@ -330,64 +330,43 @@ func (g *gatedDevice) ReadAt(ctx context.Context, p []byte, off int64) (int, err
 			break
 		}
 	}
-	<-g.gate
-	g.waiting.Add(-1)
+	defer g.waiting.Add(-1)
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
 	return g.Device.ReadAt(ctx, p, off)
 }
 
-func TestRequestsRunConcurrently(t *testing.T) {
-	dev := &gatedDevice{Device: blockdev.NewMemDevice(testImage()), gate: make(chan struct{})}
-	f, _ := serve(t, dev, Config{Workers: 3})
-	f.start()
-	for i := range 5 {
-		f.submit(i, blkTIn, uint64(i), make([]byte, 512), i == 4)
-	}
+// waitFor polls until n reads wait at the gate.
+func (g *gatedDevice) waitFor(t *testing.T, n int32) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for dev.waiting.Load() < 3 && time.Now().Before(deadline) {
+	for g.waiting.Load() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d reads at the gate, want %d", g.waiting.Load(), n)
+		}
 		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(20 * time.Millisecond) // a fourth would show up now if the pool leaked
-	if w := dev.waiting.Load(); w != 3 {
-		t.Errorf("%d reads in flight with 3 workers", w)
-	}
-	close(dev.gate)
-	if u := f.wait(5); len(u) != 5 {
-		t.Errorf("used %v", u)
-	}
-	if p := dev.peak.Load(); p != 3 {
-		t.Errorf("peak of %d reads at once, want 3", p)
 	}
 }
 
-func TestBrokenDriver(t *testing.T) {
-	t.Run("descriptor outside memory", func(t *testing.T) {
-		f, _ := serve(t, blockdev.NewMemDevice(testImage()), Config{})
-		f.start()
-		putDescs(f.mem, desc{gBase + memSize - 8, 16, 0, 0})
-		binary.LittleEndian.PutUint16(f.mem[availOff+4:], 0)
-		binary.LittleEndian.PutUint16(f.mem[availOff+2:], 1)
-		f.avail = 1
-		f.notify()
-		if u := f.wait(1); u[0] != [2]uint32{0, 0} {
-			t.Errorf("used %v, want head 0 with nothing written", u)
+func TestDisconnectAbandonsRequests(t *testing.T) {
+	dev := &gatedDevice{Device: blockdev.NewMemDevice(testImage()), gate: make(chan struct{})}
+	f, stop := serve(t, dev, Config{})
+	f.start()
+	f.submit(0, blkTIn, 0, make([]byte, 512), true)
+	dev.waitFor(t, 1)
+	// Only the connection closes: the server itself keeps running.
+	f.conn.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for dev.waiting.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the server still waits for a read after the front-end left")
 		}
-	})
-	t.Run("bad version closes the connection", func(t *testing.T) {
-		f, _ := serve(t, blockdev.NewMemDevice(testImage()), Config{})
-		f.send(reqGetFeatures, 2, nil)
-		f.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if n, err := f.conn.Read(make([]byte, 1)); err != io.EOF {
-			t.Errorf("read after a bad message = %d, %v; want EOF", n, err)
-		}
-	})
-	t.Run("mem table without fds", func(t *testing.T) {
-		f, _ := serve(t, blockdev.NewMemDevice(testImage()), Config{})
-		f.send(reqSetMemTable, flagVersion, memTablePayload(memRegion{GuestAddr: gBase, Size: memSize, UserAddr: uBase}))
-		f.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := f.conn.Read(make([]byte, 1)); err != io.EOF {
-			t.Errorf("read after a table without fds = %v, want EOF", err)
-		}
-	})
+		time.Sleep(time.Millisecond)
+	}
+	stop()
 }
 
 // openFDs counts this process's open file descriptors.
