@@ -55,8 +55,9 @@ type hasTier interface{ Has(chunk.Name) bool }
 // half of the agent's fetch slots are busy, i.e. while demand reads (of any
 // image) are under pressure. Fetched chunks are written back to the faster
 // tiers (the disk cache) but not put in the memory cache, so the fill does
-// not flush the hot set; with no tier able to keep them (no disk cache) they
-// go to the memory cache instead.
+// not flush the hot set — except the chunks just after the last one a reader
+// touched (fillWindow), which a streaming reader is about to want; with no
+// tier able to keep them (no disk cache) they all go to the memory cache.
 //
 // It returns when every chunk was considered, when ctx ends (with its
 // error) or when the image is closed (ErrClosed). Fetch errors are not
@@ -133,6 +134,19 @@ func (im *Image) Fill(ctx context.Context, o FillOptions) (FillResult, error) {
 		batch = batch[:0]
 	}
 	return res, nil
+}
+
+// fillWindow is how many chunks after the last one a reader touched count
+// as "about to be read": the fill puts those in the memory cache, acting as
+// read-ahead for a reader streaming through the image (16 MiB at the
+// default chunk size).
+const fillWindow = 32
+
+// nearReader reports whether chunk j lies within fillWindow chunks after
+// the last chunk a reader touched.
+func (im *Image) nearReader(j int) bool {
+	last := im.last.Load()
+	return last >= 0 && int64(j) > last && int64(j) <= last+fillWindow
 }
 
 // fastTier returns the agent's fastest tier if it can say what it holds.

@@ -38,7 +38,8 @@ func TestFillFetchesUnreadChunks(t *testing.T) {
 		wantInMem []int // non-hole chunks in the memory cache afterwards
 	}{
 		{"cold, disk keeps the fill", true, nil, nil, 8, nil},
-		{"read chunks are skipped", true, []int{0, 1}, nil, 6, []int{0, 1}},
+		{"read chunks are skipped; those just after the reader go to memory", true, []int{8, 9}, nil, 6, []int{8, 9, 11}},
+		{"a streaming reader gets the fill in memory", true, []int{0, 1}, nil, 6, []int{0, 1, 3, 4, 7, 8, 9, 11}},
 		{"chunks on disk are skipped", true, nil, []int{3, 4, 7}, 5, nil},
 		{"no disk: the fill goes to memory", false, []int{0}, nil, 7, []int{0, 1, 3, 4, 7, 8, 9, 11}},
 	}

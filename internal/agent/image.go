@@ -519,7 +519,7 @@ func (im *Image) Prefetch(ctx context.Context, idx []uint32, parallel int) (int,
 // fill's (fill.go): counted as such, and kept out of the memory cache when
 // the fastest tier (the disk cache) keeps them.
 func (im *Image) prefetchList(ctx context.Context, idx []uint32, parallel int, fill bool) (int, error) {
-	noMem := fill && im.a.fastTier() != nil
+	keeps := fill && im.a.fastTier() != nil
 	im.raMu.Lock()
 	if im.closed {
 		im.raMu.Unlock()
@@ -558,7 +558,7 @@ func (im *Image) prefetchList(ctx context.Context, idx []uint32, parallel int, f
 				<-slots
 				break
 			}
-			c, _, full := im.a.join(ref, im.chunkLen(j), im, true, noMem)
+			c, _, full := im.a.join(ref, im.chunkLen(j), im, true, keeps && !im.nearReader(j))
 			if c != nil {
 				started++
 				if !fill {
