@@ -522,18 +522,20 @@ type servedStatus struct {
 
 // imageStatus is agent.Stats with stable JSON names.
 type imageStatus struct {
-	ImageSize          int64        `json:"image_size"`
-	ChunkCount         int          `json:"chunk_count"`
-	BytesRead          int64        `json:"bytes_read"`
-	DistinctChunksRead int64        `json:"distinct_chunks_read"`
-	DistinctBytesRead  int64        `json:"distinct_bytes_read"`
-	MemHits            int64        `json:"mem_hits"`
-	Holes              int64        `json:"holes"`
-	ReadAheads         int64        `json:"read_aheads"`
-	FetchErrors        int64        `json:"fetch_errors"`
-	VerifyFailures     int64        `json:"verify_failures"`
-	FetchedBytes       int64        `json:"fetched_bytes"` // ciphertext from every tier below memory
-	Tiers              []tierStatus `json:"tiers"`
+	ImageSize          int64            `json:"image_size"`
+	ChunkCount         int              `json:"chunk_count"`
+	BytesRead          int64            `json:"bytes_read"`
+	DistinctChunksRead int64            `json:"distinct_chunks_read"`
+	DistinctBytesRead  int64            `json:"distinct_bytes_read"`
+	MemHits            int64            `json:"mem_hits"`
+	Holes              int64            `json:"holes"`
+	ReadAheads         int64            `json:"read_aheads"`
+	FetchErrors        int64            `json:"fetch_errors"`
+	VerifyFailures     int64            `json:"verify_failures"`
+	FetchedBytes       int64            `json:"fetched_bytes"` // ciphertext from every tier below memory
+	Tiers              []tierStatus     `json:"tiers"`
+	Degraded           map[string]int64 `json:"degraded,omitempty"` // lazy loading degraded, by reason
+	Filled             int64            `json:"filled,omitempty"`   // chunks the background fill fetched
 }
 
 type tierStatus struct {
@@ -561,6 +563,7 @@ func statusOf(s *served) servedStatus {
 			DistinctChunksRead: st.DistinctChunksRead, DistinctBytesRead: st.DistinctBytesRead,
 			MemHits: st.MemHits, Holes: st.Holes, ReadAheads: st.ReadAheads,
 			FetchErrors: st.FetchErrors, VerifyFailures: st.VerifyFailures, Tiers: []tierStatus{},
+			Degraded: st.Degraded, Filled: st.Filled,
 		},
 	}
 	if s.mount != nil {
