@@ -186,7 +186,7 @@ func TestFleetDeadNode(t *testing.T) {
 
 // TestFleetPausedNode: a node that never answers does not hold up reads;
 // its reply is not needed (the read completes while it is still stalled and
-// the client abandons the request).
+// the client abandons the request once Linger has passed).
 func TestFleetPausedNode(t *testing.T) {
 	f := fleettest.Start(t, 5, fleettest.Options{})
 	c := newClient(t, f.URLs(), nil)
@@ -196,8 +196,9 @@ func TestFleetPausedNode(t *testing.T) {
 	for _, s := range chunks {
 		mustFetch(t, c, s) // would wait out Timeout (10 s) and miss if it needed node 1
 	}
-	// The client cancelled every request to the stalled node once it had M
-	// shards (a request may be cancelled before it even reaches the node).
+	// Every request to the stalled node ends as "cancelled": not needed, and
+	// given up Linger after its Fetch returned (a request may end before it
+	// even reaches the node).
 	n := f.Node(1)
 	cancelled := func() float64 {
 		return c.metric(t, "lode_fleet_shard_requests_total", map[string]string{"node": n.URL, "result": "cancelled"})
