@@ -360,6 +360,9 @@ func (a *Agent) fetch(c *call, buf []byte) []byte {
 				log("corrupt chunk in tier", err)
 			case errors.Is(err, store.ErrNotFound):
 				inc(ts.m.miss)
+				if ts.t.Name() == "fleet" && fleetMissUnreachable(err) {
+					a.degrade(c.image, DegradedFleetUnreachable, err)
+				}
 			default:
 				inc(ts.m.err)
 				if c.ctx.Err() == nil {

@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"errors"
 	"log/slog"
 	"maps"
 	"sync"
+
+	"github.com/lode-dev/lode/internal/cachefleet"
 )
 
 // Reasons lazy loading did not happen as designed or degraded for an image
@@ -16,7 +19,8 @@ const (
 	// DegradedVerifyFailure: a tier served bytes that failed verification.
 	DegradedVerifyFailure = "verify_failure"
 	// DegradedFleetUnreachable: the fleet tier returned an error other than
-	// a miss (nodes down, timeouts, refused connections).
+	// a miss, or a miss because nodes did not answer (down, timing out,
+	// refusing connections) or none are known.
 	DegradedFleetUnreachable = "fleet_unreachable"
 )
 
@@ -88,3 +92,15 @@ func (a *Agent) hasFleet() bool {
 // are kept per image name on the agent, so images opened under the same
 // name share them.
 func (im *Image) Degraded() map[string]int64 { return im.a.degradedCounts(im.name) }
+
+// fleetMissUnreachable reports whether a fleet miss (an error wrapping
+// store.ErrNotFound) came from nodes that did not answer rather than from
+// nodes that answered without the chunk: the fleet client reports both as
+// misses so that the agent falls through to the origin.
+func fleetMissUnreachable(err error) bool {
+	if errors.Is(err, cachefleet.ErrNoNodes) {
+		return true
+	}
+	var me *cachefleet.MissError
+	return errors.As(err, &me) && me.Failures > 0
+}
