@@ -652,10 +652,6 @@ func (c *Client) maxResponse() int64 {
 // response headers arrive (or the request fails). If fctx is done by then,
 // the body is read to the end and discarded, keeping the connection.
 func (c *Client) doGet(rctx, fctx context.Context, node string, n chunk.Name) ([][]byte, error) {
-	if err := fctx.Err(); err != nil { // done before this goroutine ran: send nothing
-		c.answered(node)
-		return nil, fmt.Errorf("fetching shards of chunk %s from node %s: %w", n, node, err)
-	}
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, node+ShardPath(n, -1), nil)
 	if err != nil {
 		c.answered(node)
