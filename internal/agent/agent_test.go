@@ -808,3 +808,37 @@ func TestConcurrentReadersUnderEviction(t *testing.T) {
 		t.Errorf("disk files %d (%d bytes), index %d (%d bytes)", n, size, d.Len(), d.Bytes())
 	}
 }
+
+// TestReadAheadToleratesReordering: the kernel's concurrent requests of one
+// sequential stream arrive slightly out of order; a late request must not
+// stop read-ahead, and a new stream behind an earlier one gets its own.
+func TestReadAheadToleratesReordering(t *testing.T) {
+	ti := stdImage(t) // holes at 2, 5, 6, 10
+	origin := counting(NewOrigin(ti.st, testRoot))
+	im := openImage(t, ti, Config{Mem: NewMemCache(1 << 20), Tiers: []Tier{origin}, ReadAhead: 3})
+	read := func(i int) {
+		t.Helper()
+		if _, err := im.ReadAt(context.Background(), make([]byte, 4096), int64(i)*cs); err != nil {
+			t.Fatal(err)
+		}
+		im.quiesce()
+	}
+	for _, i := range []int{8, 9} { // an earlier stream near the end: read-ahead scheduled to the last chunk
+		read(i)
+	}
+	read(0)
+	read(1) // a new stream at the start: its read-ahead (3, 4) is not skipped for the earlier one
+	if got := origin.count(ti.m.Names[3]); got != 1 {
+		t.Fatalf("chunk 3 fetched %d times after reading 0, 1; want 1 (read-ahead of the new stream)", got)
+	}
+	read(4)
+	read(3) // arrives after 4, as concurrent kernel requests do
+	before := im.Stats().ReadAheads
+	read(5) // still sequential: read-ahead fetches 7 (6 is a hole)
+	if got := im.Stats().ReadAheads; got == before {
+		t.Errorf("no read-ahead after a late request (ReadAheads stayed %d)", got)
+	}
+	if got := origin.count(ti.m.Names[7]); got != 1 {
+		t.Errorf("chunk 7 fetched %d times after reading 5, want 1", got)
+	}
+}

@@ -349,8 +349,22 @@ func (im *Image) credit(c *call, i int) {
 // free it stops and tries again on the next sequential read.
 func (im *Image) readAhead(first, last int) {
 	ra := im.a.cfg.ReadAhead
-	prev := im.last.Swap(int64(last))
-	if ra <= 0 || (int64(first) != prev && int64(first) != prev+1) {
+	// The kernel sends a sequential stream as several concurrent requests
+	// (loop device, FUSE, overlayfs), so they arrive slightly out of order: a
+	// request that starts at most ra chunks behind the stream's position
+	// belongs to the stream and does not move it back.
+	var prev int64
+	for {
+		prev = im.last.Load()
+		next := int64(last)
+		if next < prev && next >= prev-int64(ra) {
+			next = prev
+		}
+		if im.last.CompareAndSwap(prev, next) {
+			break
+		}
+	}
+	if ra <= 0 || int64(first) > prev+1 || int64(first) < prev-int64(ra) {
 		return
 	}
 	im.raMu.Lock()
@@ -359,7 +373,13 @@ func (im *Image) readAhead(first, last int) {
 		return
 	}
 	stop := min(last+ra, len(im.m.Names)-1)
-	for j := max(last+1, im.raNext); j <= stop; j++ {
+	// Skip what this stream already scheduled, but not what an earlier
+	// stream elsewhere in the image did.
+	start := last + 1
+	if im.raNext > start && im.raNext <= stop+1 {
+		start = im.raNext
+	}
+	for j := start; j <= stop; j++ {
 		ref := im.m.Ref(j)
 		if !ref.IsHole() && (im.a.cfg.Mem == nil || !im.a.cfg.Mem.Contains(cacheRef(ref, im.zstd))) {
 			c, _, full := im.a.join(ref, im.chunkLen(j), im, true, false)
