@@ -7,6 +7,8 @@
 #   nbdkit      nbdkit's file plugin on the same local file (the NBD reference)
 #   nbdkit+5ms  the same with nbdkit's delay filter adding 5 ms to each read
 #   qsd         qemu-storage-daemon exporting the file as vhost-user-blk
+#   lode vhost  lode serve-vhost (vhost-user-blk through the worker's tiers,
+#               empty L1 cache, file store), booted with --disk vhost-user:
 #   lode cold   lode vm: in-process NBD export of the image through the
 #               worker's tiers, empty L1 cache, file store
 #   lode warm   the same with the L1 disk cache holding what the boot reads
@@ -69,6 +71,13 @@ qsd_boot() {
   boot qsd --disk "vhost-user:$W/qsd.sock"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
+lode_vhost_boot() {
+  rm -rf "$W/cachev" "$W/lode.vhost"
+  "$L" serve-vhost lode-demo --socket "$W/lode.vhost" --cache-dir "$W/cachev" 2>>"$W/runs.log" &
+  local pid=$!; PIDS+=("$pid"); waitsock "$W/lode.vhost"
+  boot "lode vhost" --disk "vhost-user:$W/lode.vhost"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
 
 # The 5 ms origin: the image built into versitygw's S3, behind latproxy.
 VGW=${LODE_VERSITYGW:-${LODE_TOOLS:-$HOME/.cache/lode-tools}/versitygw}
@@ -98,6 +107,7 @@ for i in $(seq "$RUNS"); do
   drop; nbdkit_boot nbdkit
   drop; nbdkit_boot nbdkit+5ms --filter=delay rdelay=5ms
   drop; qsd_boot
+  drop; lode_vhost_boot
   rm -rf "$W/cache"; drop; boot "lode cold" --cache-dir "$W/cache"
   drop; boot "lode warm" --cache-dir "$W/cache"
   if [ -n "$S3" ]; then rm -rf "$W/cache5"; drop; boot "lode+5ms" --store "$S3" --cache-dir "$W/cache5"; fi
@@ -111,7 +121,7 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo
 echo "| root disk served by (median of $RUNS) | guest init | command exit | vs nbdkit | guest read | lode fetched (all tiers) | of which origin | fetched / read |"
 echo "|---|---|---|---|---|---|---|---|"
-for label in file nbdkit nbdkit+5ms qsd "lode cold" "lode warm" "lode+5ms"; do
+for label in file nbdkit nbdkit+5ms qsd "lode vhost" "lode cold" "lode warm" "lode+5ms"; do
   [ -n "${EXIT[$label]:-}" ] || continue
   e=$(median "${EXIT[$label]}"); n=$(median "${INIT[$label]}")
   r=${READ[$label]:-}; f=${FETCH[$label]:-}

@@ -19,7 +19,9 @@
 // that is not a blockdev.WritableDevice (or Config.ReadOnly) is offered
 // with VIRTIO_BLK_F_RO and writes fail with VIRTIO_BLK_S_IOERR. One queue;
 // its requests are served concurrently by a bounded pool (Config.Workers),
-// since a read may wait on a fetch.
+// since a read may wait on a fetch. The logical block size is 512 bytes
+// with a 4 KiB physical block hint (VIRTIO_BLK_F_TOPOLOGY): a 4 KiB
+// logical block would make ext4 file systems with 1 KiB blocks unmountable.
 //
 // It does not own the device (blockdev, the agent behind it), the socket's
 // path or listener, nor QEMU's command line (internal/vm).
