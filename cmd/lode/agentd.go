@@ -196,6 +196,7 @@ func runAgentDaemon(ctx context.Context, o agentdOptions, ready chan<- struct{})
 			return err
 		}
 	}
+	limitMemory(o.worker.memBytes)
 	d, err := newDaemon(ctx, o)
 	if err != nil {
 		return err

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -63,6 +65,17 @@ func printStats(out io.Writer, w *worker) {
 	}
 	fmt.Fprintf(out, "\n  fetched %s in all; %d read-aheads, %d fetch errors, %d verification failures\n",
 		humanize.IBytes(uint64(fetched)), s.ReadAheads, s.FetchErrors, s.VerifyFailures)
+	if s.Filled > 0 {
+		fmt.Fprintf(out, "  background fill fetched %d chunks\n", s.Filled)
+	}
+	if len(s.Degraded) > 0 {
+		reasons := make([]string, 0, len(s.Degraded))
+		for r, n := range s.Degraded {
+			reasons = append(reasons, fmt.Sprintf("%s %d", r, n))
+		}
+		sort.Strings(reasons)
+		fmt.Fprintf(out, "  lazy loading degraded: %s\n", strings.Join(reasons, ", "))
+	}
 }
 
 // limitMemory sets the Go runtime's soft memory limit to budget plus a fixed
