@@ -29,7 +29,8 @@ QEMU's vhost-user-blk front-end connects, shares the guest's memory (a memfd
 backend with share=on) and this process serves the virtio-blk queue directly
 from the worker's tiers, with no NBD hop. The disk is read-only unless
 --overlay names a local file that receives the writes (the image itself is
-never changed). It serves one VM at a time per connection until interrupted.`,
+never changed). Every QEMU that connects gets the disk; it serves until
+interrupted.`,
 		Example: `  lode serve-vhost app --socket /run/lode/app.vhost
   qemu-system-x86_64 -M microvm,memory-backend=mem \
     -object memory-backend-memfd,id=mem,size=512M,share=on \
