@@ -19,6 +19,13 @@
 // sealing (internal/chunk), the frontends that export an Image as a block
 // device (internal/blockdev/...), or the cache fleet (internal/cachefleet).
 //
+// Beyond the read path it owns: start-profile prefetch (Image.Prefetch of a
+// manifest's hints), background fill of the rest of an image at a bounded
+// rate (fill.go), the per-image "lazy loading degraded" signal
+// (degraded.go), zstd decoding of compressed chunks (zstd.go), and the tier
+// decorators that protect the origin and gate starts: Limit, RateLimit,
+// Retry and Admission (limit.go, issue #12).
+//
 // Hand-written on the standard library: the per-chunk single flight needs
 // reference-counted cancellation (a fetch stops only when every waiter has
 // gone, and one waiter leaving never cancels it for the others), which
