@@ -5,8 +5,6 @@ import (
 	"log/slog"
 	"maps"
 	"sync"
-
-	"github.com/lode-dev/lode/internal/cachefleet"
 )
 
 // Reasons lazy loading did not happen as designed or degraded for an image
@@ -98,9 +96,8 @@ func (im *Image) Degraded() map[string]int64 { return im.a.degradedCounts(im.nam
 // nodes that answered without the chunk: the fleet client reports both as
 // misses so that the agent falls through to the origin.
 func fleetMissUnreachable(err error) bool {
-	if errors.Is(err, cachefleet.ErrNoNodes) {
-		return true
-	}
-	var me *cachefleet.MissError
-	return errors.As(err, &me) && me.Failures > 0
+	// The fleet client's errors say so themselves (cachefleet.ErrNoNodes,
+	// *cachefleet.MissError); the method keeps agent from importing it.
+	var u interface{ Unreachable() bool }
+	return errors.As(err, &u) && u.Unreachable()
 }

@@ -44,8 +44,9 @@ var (
 	// ErrTooFewShards means fewer than M valid shards of a chunk could be
 	// read. Errors that wrap it also wrap store.ErrNotFound.
 	ErrTooFewShards = errors.New("too few shards")
-	// ErrNoNodes means the client has no fleet nodes to ask.
-	ErrNoNodes = errors.New("no fleet nodes")
+	// ErrNoNodes means the client has no fleet nodes to ask. It reports
+	// Unreachable() == true (see unreachable.go).
+	ErrNoNodes error = noNodesError{}
 )
 
 // ShardHeader is the decoded header of one shard.
