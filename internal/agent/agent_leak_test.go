@@ -3,45 +3,11 @@ package agent_test
 import (
 	"bytes"
 	"context"
-	"os"
-	"runtime"
 	"testing"
-	"time"
 
 	"github.com/lode-dev/lode/internal/agent"
+	"github.com/lode-dev/lode/internal/lodetest"
 )
-
-// leakCounts returns the goroutines and open file descriptors of the
-// process.
-func leakCounts(t testing.TB) (goroutines, fds int) {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return runtime.NumGoroutine(), len(ents)
-}
-
-// checkNoLeak waits up to 10 s for the goroutine and fd counts to come back
-// within tol of the baseline, then reports what is left.
-func checkNoLeak(t testing.TB, what string, g0, f0, tol int) {
-	t.Helper()
-	var g, f int
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		g, f = leakCounts(t)
-		if (g <= g0+tol && f <= f0+tol) || time.Now().After(deadline) {
-			break
-		}
-	}
-	t.Logf("leak check %s: goroutines %d -> %d, fds %d -> %d", what, g0, g, f0, f)
-	if g > g0+tol {
-		buf := make([]byte, 1<<20)
-		t.Errorf("%s: %d goroutines after, %d before (tolerance %d)\n%s", what, g, g0, tol, buf[:runtime.Stack(buf, true)])
-	}
-	if f > f0+tol {
-		t.Errorf("%s: %d open fds after, %d before (tolerance %d)", what, f, f0, tol)
-	}
-}
 
 // TestNoLeakOpenClose opens, reads and closes 50 images on one agent (disk
 // cache and origin tiers, read-ahead on), then creates and closes 20
@@ -65,7 +31,7 @@ func TestNoLeakOpenClose(t *testing.T) {
 		return ag
 	}
 	ag := newAgent()
-	g0, f0 := leakCounts(t)
+	r0 := lodetest.Count(t)
 	p := make([]byte, 3*relChunkSize)
 	for i := range 50 {
 		im, err := ag.Open("a/app", a.m)
@@ -81,10 +47,10 @@ func TestNoLeakOpenClose(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	checkNoLeak(t, "50 images opened, read and closed", g0, f0, 2)
+	lodetest.CheckNoLeak(t, "50 images opened, read and closed", r0, 2)
 	ag.Close()
 
-	g0, f0 = leakCounts(t)
+	r0 = lodetest.Count(t)
 	for range 20 {
 		ag := newAgent()
 		im, err := ag.Open("a/app", a.m)
@@ -96,5 +62,5 @@ func TestNoLeakOpenClose(t *testing.T) {
 		}
 		ag.Close()
 	}
-	checkNoLeak(t, "20 agents created and closed", g0, f0, 2)
+	lodetest.CheckNoLeak(t, "20 agents created and closed", r0, 2)
 }

@@ -4,45 +4,12 @@ import (
 	"bytes"
 	"context"
 	"net"
-	"os"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/lode-dev/lode/internal/blockdev"
+	"github.com/lode-dev/lode/internal/lodetest"
 )
-
-// leakCounts returns the goroutines and open file descriptors of the
-// process.
-func leakCounts(t testing.TB) (goroutines, fds int) {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return runtime.NumGoroutine(), len(ents)
-}
-
-// checkNoLeak waits up to 10 s for the goroutine and fd counts to come back
-// within tol of the baseline, then reports what is left.
-func checkNoLeak(t testing.TB, what string, g0, f0, tol int) {
-	t.Helper()
-	var g, f int
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		g, f = leakCounts(t)
-		if (g <= g0+tol && f <= f0+tol) || time.Now().After(deadline) {
-			break
-		}
-	}
-	t.Logf("leak check %s: goroutines %d -> %d, fds %d -> %d", what, g0, g, f0, f)
-	if g > g0+tol {
-		buf := make([]byte, 1<<20)
-		t.Errorf("%s: %d goroutines after, %d before (tolerance %d)\n%s", what, g, g0, tol, buf[:runtime.Stack(buf, true)])
-	}
-	if f > f0+tol {
-		t.Errorf("%s: %d open fds after, %d before (tolerance %d)", what, f, f0, tol)
-	}
-}
 
 // TestNoLeakConnections serves 20 NBD connections that negotiate, read and
 // hang up (half of them without NBD_CMD_DISC), then stops the server:
@@ -50,7 +17,7 @@ func checkNoLeak(t testing.TB, what string, g0, f0, tol int) {
 // server still up and after it stopped.
 func TestNoLeakConnections(t *testing.T) {
 	img := testImage()
-	g0, f0 := leakCounts(t)
+	r0 := lodetest.Count(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +28,7 @@ func TestNoLeakConnections(t *testing.T) {
 		done <- NewServer(map[string]Export{"x": {Device: blockdev.NewMemDevice(img)}}, Config{}).Serve(ctx, l)
 	}()
 	// One connection first, so the listener's own goroutine is counted.
-	g1, f1 := 0, 0
+	var r1 lodetest.Resources
 	for i := range 21 {
 		c := dialNBD(t, "tcp", l.Addr().String())
 		if typ, err := c.goExport("x"); err != nil || typ != repAck {
@@ -77,13 +44,13 @@ func TestNoLeakConnections(t *testing.T) {
 		c.c.Close()
 		if i == 0 {
 			time.Sleep(100 * time.Millisecond)
-			g1, f1 = leakCounts(t)
+			r1 = lodetest.Count(t)
 		}
 	}
-	checkNoLeak(t, "20 NBD connections closed, server up", g1, f1, 2)
+	lodetest.CheckNoLeak(t, "20 NBD connections closed, server up", r1, 2)
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Serve = %v", err)
 	}
-	checkNoLeak(t, "server stopped", g0, f0, 2)
+	lodetest.CheckNoLeak(t, "server stopped", r0, 2)
 }
