@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/lode-dev/lode/internal/blockdev"
 	"github.com/lode-dev/lode/internal/blockdev/nbd"
 	"github.com/lode-dev/lode/internal/metrics"
 )
@@ -81,18 +80,11 @@ func runServeNBD(ctx context.Context, o serveNBDOptions, name string) error {
 		return err
 	}
 	defer w.Close()
-	if len(w.manifest.Hints) > 0 {
-		go w.image.Prefetch(ctx, w.manifest.Hints, o.worker.fetches) // the recorded start profile
+	dev, closeDev, err := w.device(ctx, o.overlay, o.worker.fetches)
+	if err != nil {
+		return err
 	}
-	var dev blockdev.Device = w.image
-	if o.overlay != "" {
-		ov, err := blockdev.NewOverlay(w.image, o.overlay)
-		if err != nil {
-			return err
-		}
-		defer ov.Close()
-		dev = ov
-	}
+	defer closeDev()
 	export := o.export
 	if export == "" {
 		export = name

@@ -6,7 +6,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/lode-dev/lode/internal/blockdev"
 	"github.com/lode-dev/lode/internal/blockdev/vhost"
 )
 
@@ -59,18 +58,11 @@ func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready 
 		return err
 	}
 	defer w.Close()
-	if len(w.manifest.Hints) > 0 {
-		go w.image.Prefetch(ctx, w.manifest.Hints, o.worker.fetches) // the recorded start profile
+	dev, closeDev, err := w.device(ctx, o.overlay, o.worker.fetches)
+	if err != nil {
+		return err
 	}
-	var dev blockdev.Device = w.image
-	if o.overlay != "" {
-		ov, err := blockdev.NewOverlay(w.image, o.overlay)
-		if err != nil {
-			return err
-		}
-		defer ov.Close()
-		dev = ov
-	}
+	defer closeDev()
 	l, err := listen("unix:" + o.socket)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", o.socket, err)

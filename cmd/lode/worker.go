@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/lode-dev/lode/internal/agent"
+	"github.com/lode-dev/lode/internal/blockdev"
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
@@ -168,4 +169,22 @@ func (o workerOptions) agentConfig(tiers []agent.Tier, reg prometheus.Registerer
 		c.Metrics = agent.NewMetrics(reg)
 	}
 	return c
+}
+
+// device is the block device a frontend exports for w: the image itself, or
+// a copy-on-write overlay over it when overlay names a file. It also starts
+// prefetching the image's recorded start profile, if it has one. The
+// returned close releases the overlay.
+func (w *worker) device(ctx context.Context, overlay string, parallel int) (blockdev.Device, func() error, error) {
+	if len(w.manifest.Hints) > 0 {
+		go w.image.Prefetch(ctx, w.manifest.Hints, parallel)
+	}
+	if overlay == "" {
+		return w.image, func() error { return nil }, nil
+	}
+	ov, err := blockdev.NewOverlay(w.image, overlay)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ov, ov.Close, nil
 }
