@@ -7,6 +7,8 @@
 #   replay      skewed multi-image workload over simulated workers (in-process
 #               fleet), hit shares per tier.
 # Usage: bench/fleet.sh [all|latency|throughput|replay] [WORKDIR]   (root for drop_caches)
+# BEFORE_LODE=path/to/lode adds, to throughput, a disk-demoted node run by
+# that binary (e.g. an older commit) in the same interleaved rounds.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 what=${1:-all}
@@ -95,12 +97,24 @@ CONF
   "$B" -scenario=shards -nodes=127.0.0.1:7501 -chunks="${TPUT_CHUNKS:-400}" -www="$W/www-copy" >/dev/null
   cmp -s "$www/paths.txt" "$W/www-copy/paths.txt" || { echo "the two nodes hold different shards" >&2; exit 1; }
   rm -rf "$W/www-copy"
+  keys="mem nginx disk"
+  if [[ -n ${BEFORE_LODE:-} ]]; then
+    rm -rf "$W/nodedisk-before"
+    "$BEFORE_LODE" cache serve --listen 127.0.0.1:7502 --mem 16MiB --disk "$W/nodedisk-before" --disk-size 2GiB 2>"$W/node-before.log" & pids+=($!)
+    waitup 127.0.0.1:7502/healthz
+    "$B" -scenario=shards -nodes=127.0.0.1:7502 -chunks="${TPUT_CHUNKS:-400}" -www="$W/www-copy" >/dev/null
+    cmp -s "$www/paths.txt" "$W/www-copy/paths.txt" || { echo "the before node holds different shards" >&2; exit 1; }
+    rm -rf "$W/www-copy"
+    keys="$keys disk-before"
+    echo "before: $BEFORE_LODE as a disk-demoted node on 127.0.0.1:7502"
+  fi
   nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" & pids+=($!); waitup 127.0.0.1:7600/paths.txt
   shard=$(stat -c %s "$(find "$www/v1" -type f | head -1)")
   echo "$nshards shards of $shard bytes ($((nshards * shard >> 20)) MiB), a random one per request; $ROUNDS interleaved rounds of wrk -d $DUR per cell, median shown"
   for r in $(seq "$ROUNDS"); do
     for c in 1 16 64; do
       one mem http://127.0.0.1:7500 "$c"; one nginx http://127.0.0.1:7600 "$c"; one disk http://127.0.0.1:7501 "$c"
+      [[ -z ${BEFORE_LODE:-} ]] || one disk-before http://127.0.0.1:7502 "$c"
     done
   done
   for c in 1 16 64; do
@@ -111,8 +125,9 @@ CONF
   echo
   echo "| server | connections | req/s (median) | MB/s | p50 | p99 | all rounds req/s | ratio to nginx warm |"
   echo "|---|---|---|---|---|---|---|---|"
-  for k in mem nginx disk nginx-cold disk-cold; do
+  for k in $keys nginx-cold disk-cold; do
     case $k in
+      disk-before) label="lode before the fix, shards demoted to disk (page cache warm)";;
       mem) label="lode, shards in memory";; nginx) label="nginx, page cache warm";; disk) label="lode, shards demoted to disk (page cache warm)";;
       nginx-cold) label="nginx, page cache dropped before the run";; disk-cold) label="lode disk-demoted, page cache dropped before the run";;
     esac
