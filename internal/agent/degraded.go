@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"strings"
 	"sync"
 )
 
@@ -53,7 +54,11 @@ func (a *Agent) degrade(image, reason string, cause error) {
 		for _, r := range DegradedReasons {
 			attrs = append(attrs, slog.Int64(r, m[r]))
 		}
-		attrs = append(attrs, slog.Any("err", cause))
+		if cause != nil {
+			// errors.Join puts each tier's cause on its own line; keep the
+			// log record on one.
+			attrs = append(attrs, slog.String("err", strings.ReplaceAll(cause.Error(), "\n", "; ")))
+		}
 	}
 	d.mu.Unlock()
 	if a.cfg.Metrics != nil {
