@@ -76,12 +76,12 @@ func (m *mounted) wait(t *testing.T, what string) error {
 
 func TestMountComparesEveryFile(t *testing.T) {
 	requireMount(t)
-	want := snapshot(t, oracle(t))
+	want := lodetest.Snapshot(t, oracle(t))
 	c := newCLI(t)
 	c.buildSample(t)
 	m := c.startMount(t, "demo")
 
-	got := snapshot(t, m.dir)
+	got := lodetest.Snapshot(t, m.dir)
 	if len(want) < 100 {
 		t.Fatalf("the oracle has only %d paths", len(want))
 	}

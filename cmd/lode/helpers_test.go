@@ -4,22 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/lode-dev/lode/internal/demo"
 	"github.com/lode-dev/lode/internal/lodetest"
@@ -254,95 +248,3 @@ func isMounted(t *testing.T, dir string) bool {
 }
 
 // entry is what the tree comparison checks of one path.
-type entry struct {
-	Mode          fs.FileMode
-	UID, GID      uint32
-	Size          int64
-	SHA256        string
-	Target        string
-	Xattrs        map[string]string
-	MtimeSec      int64
-	LinkGroupSize int
-	FirstLink     string
-}
-
-// snapshot describes every path under root (not following symlinks).
-func snapshot(t *testing.T, root string) map[string]entry {
-	t.Helper()
-	out := map[string]entry{}
-	inodes := map[uint64][]string{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		if rel == "lost+found" {
-			return filepath.SkipDir
-		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		sys := fi.Sys().(*syscall.Stat_t)
-		e := entry{Mode: fi.Mode(), UID: sys.Uid, GID: sys.Gid, MtimeSec: fi.ModTime().Unix()}
-		switch {
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return fmt.Errorf("reading %s: %w", rel, err)
-			}
-			e.Size, e.SHA256 = int64(len(b)), fmt.Sprintf("%x", sha256.Sum256(b))
-			inodes[sys.Ino] = append(inodes[sys.Ino], rel)
-		case fi.Mode()&fs.ModeSymlink != 0:
-			if e.Target, err = os.Readlink(p); err != nil {
-				return err
-			}
-			e.MtimeSec = 0
-		}
-		if fi.IsDir() {
-			e.MtimeSec = 0 // unpacking into a directory changes its mtime
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			e.Xattrs = userXattrs(t, p)
-		}
-		out[rel] = e
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("walking %s: %v", root, err)
-	}
-	for _, paths := range inodes {
-		sort.Strings(paths)
-		for _, p := range paths {
-			e := out[p]
-			e.LinkGroupSize, e.FirstLink = len(paths), paths[0]
-			out[p] = e
-		}
-	}
-	return out
-}
-
-func userXattrs(t *testing.T, p string) map[string]string {
-	t.Helper()
-	buf := make([]byte, 4096)
-	n, err := unix.Llistxattr(p, buf)
-	if err != nil {
-		t.Fatalf("listxattr %s: %v", p, err)
-	}
-	var m map[string]string
-	for _, name := range strings.Split(string(buf[:n]), "\x00") {
-		if !strings.HasPrefix(name, "user.") {
-			continue
-		}
-		v := make([]byte, 4096)
-		vn, err := unix.Lgetxattr(p, name, v)
-		if err != nil {
-			t.Fatalf("getxattr %s %s: %v", p, name, err)
-		}
-		if m == nil {
-			m = map[string]string{}
-		}
-		m[name] = string(v[:vn])
-	}
-	return m
-}

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -222,102 +221,6 @@ func newUmociImage(t *testing.T) umociImage {
 }
 
 // entry is what the comparison checks of one file.
-type entry struct {
-	Mode          fs.FileMode
-	UID, GID      uint32
-	Size          int64
-	SHA256        string
-	Target        string
-	Xattrs        map[string]string
-	MtimeSec      int64
-	LinkGroupSize int // number of paths sharing this inode (regular files)
-	FirstLink     string
-}
-
-// snapshot walks root without following symlinks and describes every
-// path under it.
-func snapshot(t *testing.T, root string) map[string]entry {
-	t.Helper()
-	out := map[string]entry{}
-	inodes := map[uint64][]string{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		if rel == "lost+found" {
-			return filepath.SkipDir
-		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		sys := fi.Sys().(*syscall.Stat_t)
-		e := entry{Mode: fi.Mode(), UID: sys.Uid, GID: sys.Gid, MtimeSec: fi.ModTime().Unix()}
-		switch {
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return fmt.Errorf("reading %s: %w", rel, err)
-			}
-			e.Size = int64(len(b))
-			e.SHA256 = fmt.Sprintf("%x", sha256.Sum256(b))
-			inodes[sys.Ino] = append(inodes[sys.Ino], rel)
-		case fi.Mode()&fs.ModeSymlink != 0:
-			e.Target, err = os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			e.MtimeSec = 0 // symlink times are not compared
-		}
-		if fi.IsDir() {
-			e.MtimeSec = 0 // a directory's mtime changes when umoci unpacks into it
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			e.Xattrs = userXattrs(t, p)
-		}
-		out[rel] = e
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("walking %s: %v", root, err)
-	}
-	for _, paths := range inodes {
-		sort.Strings(paths)
-		for _, p := range paths {
-			e := out[p]
-			e.LinkGroupSize, e.FirstLink = len(paths), paths[0]
-			out[p] = e
-		}
-	}
-	return out
-}
-
-func userXattrs(t *testing.T, p string) map[string]string {
-	t.Helper()
-	buf := make([]byte, 4096)
-	n, err := unix.Llistxattr(p, buf)
-	if err != nil {
-		t.Fatalf("listxattr %s: %v", p, err)
-	}
-	var m map[string]string
-	for _, name := range strings.Split(string(buf[:n]), "\x00") {
-		if !strings.HasPrefix(name, "user.") {
-			continue
-		}
-		v := make([]byte, 4096)
-		vn, err := unix.Lgetxattr(p, name, v)
-		if err != nil {
-			t.Fatalf("getxattr %s %s: %v", p, name, err)
-		}
-		if m == nil {
-			m = map[string]string{}
-		}
-		m[name] = string(v[:vn])
-	}
-	return m
-}
-
 // loopMount mounts an ext4 image read-only at a new directory until the
 // test ends.
 func loopMount(t *testing.T, image string) string {
@@ -355,35 +258,35 @@ func TestUmociImageMountsAsMergedTree(t *testing.T) {
 		t.Errorf("e2fsck -fn: %v\n%s", err, out)
 	}
 
-	want := snapshot(t, img.rootfs)
-	got := snapshot(t, loopMount(t, keep))
+	want := lodetest.Snapshot(t, img.rootfs)
+	got := lodetest.Snapshot(t, loopMount(t, keep))
 	// Spot checks that the oracle has what the layers put there, so a
 	// broken oracle cannot make the comparison vacuous.
-	for p, check := range map[string]func(entry) bool{
+	for p, check := range map[string]func(lodetest.TreeEntry) bool{
 		"etc/gone":          nil,
 		"var/old":           nil,
-		"etc/added":         func(e entry) bool { return e.Mode.IsRegular() },
-		"srv/big.bin":       func(e entry) bool { return e.Size == 1536<<10 },
-		"srv/fifo":          func(e entry) bool { return e.Mode&fs.ModeNamedPipe != 0 && e.Mode.Perm() == 0o620 },
-		"srv/owned":         func(e entry) bool { return e.UID == 1000 && e.GID == 1000 },
-		"usr/bin/su":        func(e entry) bool { return e.Mode&fs.ModeSetuid != 0 },
+		"etc/added":         func(e lodetest.TreeEntry) bool { return e.Mode.IsRegular() },
+		"srv/big.bin":       func(e lodetest.TreeEntry) bool { return e.Size == 1536<<10 },
+		"srv/fifo":          func(e lodetest.TreeEntry) bool { return e.Mode&fs.ModeNamedPipe != 0 && e.Mode.Perm() == 0o620 },
+		"srv/owned":         func(e lodetest.TreeEntry) bool { return e.UID == 1000 && e.GID == 1000 },
+		"usr/bin/su":        func(e lodetest.TreeEntry) bool { return e.Mode&fs.ModeSetuid != 0 },
 		"usr/bin/tool":      nil,
-		"usr/bin/tool-link": func(e entry) bool { return e.LinkGroupSize == 1 && e.Size > 0 },
-		"usr/sbin/su-link": func(e entry) bool {
+		"usr/bin/tool-link": func(e lodetest.TreeEntry) bool { return e.LinkGroupSize == 1 && e.Size > 0 },
+		"usr/sbin/su-link": func(e lodetest.TreeEntry) bool {
 			return e.LinkGroupSize == 2 && e.FirstLink == "usr/bin/su" && e.Mode&fs.ModeSetuid != 0
 		},
-		"usr/bin/abs":       func(e entry) bool { return e.Target == "/usr/bin/tool" },
-		"etc/hostname":      func(e entry) bool { return e.Xattrs["user.lode.test"] == "xattr value" },
-		"deep/a/b/c/d/e/f":  func(e entry) bool { return e.Mode.Perm() == 0o444 },
-		"usr/share/doc/f39": func(e entry) bool { return e.Size == 3900 },
-		"usr/bin/rel":       func(e entry) bool { return e.Target == "tool" },
-		"bin":               func(e entry) bool { return e.Target == "usr/bin" },
-		"usr/share/doc/f00": func(e entry) bool { return e.Size == 0 },
-		"srv/medium.bin":    func(e entry) bool { return e.Mode.Perm() == 0o640 },
-		"srv/new.bin":       func(e entry) bool { return e.Size == 300<<10 },
-		"usr/share/doc/f20": func(e entry) bool { return e.Size == 2000 },
-		"deep/a/b/c/d":      func(e entry) bool { return e.Mode.IsDir() },
-		"usr/share/doc":     func(e entry) bool { return e.Mode.IsDir() },
+		"usr/bin/abs":       func(e lodetest.TreeEntry) bool { return e.Target == "/usr/bin/tool" },
+		"etc/hostname":      func(e lodetest.TreeEntry) bool { return e.Xattrs["user.lode.test"] == "xattr value" },
+		"deep/a/b/c/d/e/f":  func(e lodetest.TreeEntry) bool { return e.Mode.Perm() == 0o444 },
+		"usr/share/doc/f39": func(e lodetest.TreeEntry) bool { return e.Size == 3900 },
+		"usr/bin/rel":       func(e lodetest.TreeEntry) bool { return e.Target == "tool" },
+		"bin":               func(e lodetest.TreeEntry) bool { return e.Target == "usr/bin" },
+		"usr/share/doc/f00": func(e lodetest.TreeEntry) bool { return e.Size == 0 },
+		"srv/medium.bin":    func(e lodetest.TreeEntry) bool { return e.Mode.Perm() == 0o640 },
+		"srv/new.bin":       func(e lodetest.TreeEntry) bool { return e.Size == 300<<10 },
+		"usr/share/doc/f20": func(e lodetest.TreeEntry) bool { return e.Size == 2000 },
+		"deep/a/b/c/d":      func(e lodetest.TreeEntry) bool { return e.Mode.IsDir() },
+		"usr/share/doc":     func(e lodetest.TreeEntry) bool { return e.Mode.IsDir() },
 	} {
 		e, ok := want[p]
 		if check == nil {
