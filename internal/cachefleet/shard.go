@@ -179,6 +179,22 @@ func (c *codec) encode(n chunk.Name, ciphertext []byte) ([][]byte, error) {
 func (c *codec) rebuild(h ShardHeader, payloads [][]byte, dst []byte) ([]byte, error) {
 	set := make([][]byte, c.k)
 	copy(set, payloads)
+	// A missing data shard is rebuilt into a pooled buffer (Reed–Solomon
+	// uses a zero-length shard's capacity) instead of a fresh allocation.
+	per := h.payloadSize()
+	var lent []*[]byte
+	defer func() {
+		for _, bp := range lent {
+			putBody(bp)
+		}
+	}()
+	for i := 0; i < c.m; i++ {
+		if set[i] == nil {
+			bp := getBody(per)
+			lent = append(lent, bp)
+			set[i] = (*bp)[:0]
+		}
+	}
 	if err := c.enc.ReconstructData(set); err != nil {
 		return nil, fmt.Errorf("reconstructing chunk %s: %w", h.Name, err)
 	}
