@@ -11,7 +11,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/lode-dev/lode/internal/lodetest"
-	"github.com/lode-dev/lode/internal/vm"
 )
 
 // TestServeVhostBootsImage serves the sample through the agent as a
@@ -20,13 +19,7 @@ import (
 // reads back), then read-only (the write is refused and the block is the
 // image's again).
 func TestServeVhostBootsImage(t *testing.T) {
-	lodetest.Require(t, lodetest.Root, lodetest.Tool("qemu-system-x86_64"), lodetest.Tool("busybox"))
-	if _, err := vm.FindKernel(vm.DefaultKernelGlob, "/lib/modules"); err != nil {
-		if lodetest.NoSkip() {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	lodetest.Require(t, vmRequirements...)
 	c := newCLI(t)
 	img := c.buildSample(t)
 	fi, err := os.Stat(img)

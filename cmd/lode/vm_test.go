@@ -12,18 +12,17 @@ import (
 	"github.com/lode-dev/lode/internal/vm"
 )
 
+// vmRequirements are what booting a microVM needs: root, QEMU, busybox for
+// the initramfs, and the Debian cloud kernel with its modules.
+var vmRequirements = []lodetest.Requirement{lodetest.Root, lodetest.Tool("qemu-system-x86_64"), lodetest.Tool("busybox"),
+	func() error { _, err := vm.FindKernel(vm.DefaultKernelGlob, "/lib/modules"); return err }}
+
 // TestVMBootsImage boots the sample (a real Debian userland: dash,
 // coreutils, python3) as a microVM from lode's NBD export, and from the
 // built ext4 file as the reference, and checks the guest's output, exit
 // status and the report.
 func TestVMBootsImage(t *testing.T) {
-	lodetest.Require(t, lodetest.Root, lodetest.Tool("qemu-system-x86_64"), lodetest.Tool("busybox"))
-	if _, err := vm.FindKernel(vm.DefaultKernelGlob, "/lib/modules"); err != nil {
-		if lodetest.NoSkip() {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	lodetest.Require(t, vmRequirements...)
 	c := newCLI(t)
 	img := c.buildSample(t)
 	fi, err := os.Stat(img)
