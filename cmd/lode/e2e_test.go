@@ -19,7 +19,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/lode-dev/lode/internal/blockdev/fuse"
-	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/lodetest"
 	"github.com/lode-dev/lode/internal/store"
@@ -279,19 +278,7 @@ func TestTamperedChunkGivesEIO(t *testing.T) {
 	c := newCLI(t)
 	keep := c.buildSample(t)
 
-	ctx := context.Background()
-	st, err := openStore(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kr, err := openKeyring()
-	if err != nil {
-		t.Fatal(err)
-	}
-	man, p, err := catalog.Resolve(ctx, st, kr, "default", "demo")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, man, p := resolveDemo(t)
 	// chunkAt returns the chunk holding logical block b of the file, and
 	// its file in the store.
 	chunkAt := func(b int64) (chunk.Name, string) {

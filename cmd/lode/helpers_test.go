@@ -15,8 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/demo"
 	"github.com/lode-dev/lode/internal/lodetest"
+	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/store"
 )
 
 // testDir holds what tests of this binary share: the sample image and its
@@ -248,3 +251,23 @@ func isMounted(t *testing.T, dir string) bool {
 }
 
 // entry is what the tree comparison checks of one path.
+
+// resolveDemo opens the test's store and keyring and resolves the sample
+// image "demo" of tenant "default".
+func resolveDemo(t *testing.T) (store.Store, *manifest.FileKeyring, *manifest.Manifest, store.Pointer) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := openStore(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := openKeyring()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, p, err := catalog.Resolve(ctx, st, kr, "default", "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, kr, m, p
+}

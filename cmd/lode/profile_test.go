@@ -26,18 +26,7 @@ func TestRunRecordThenPrefetch(t *testing.T) {
 	c := newCLI(t)
 	c.buildSample(t)
 	ctx := context.Background()
-	st, err := openStore(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kr, err := openKeyring()
-	if err != nil {
-		t.Fatal(err)
-	}
-	before, p0, err := catalog.Resolve(ctx, st, kr, "default", "demo")
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, kr, before, p0 := resolveDemo(t)
 	if len(before.Hints) != 0 {
 		t.Fatalf("the fresh build has %d hints, want none", len(before.Hints))
 	}
