@@ -71,12 +71,17 @@ qsd_boot() {
   boot qsd --disk "vhost-user:$W/qsd.sock"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
-lode_vhost_boot() {
-  rm -rf "$W/cachev" "$W/lode.vhost"
-  "$L" serve-vhost lode-demo --socket "$W/lode.vhost" --cache-dir "$W/cachev" 2>>"$W/runs.log" &
+lode_vhost_boot() { # lode_vhost_boot LABEL CACHEDIR [SERVE-VHOST FLAGS...]
+  local label=$1 cache=$2; shift 2
+  rm -f "$W/lode.vhost"
+  "$L" serve-vhost lode-demo --socket "$W/lode.vhost" --cache-dir "$cache" --report "$W/vhost.json" "$@" 2>>"$W/runs.log" &
   local pid=$!; PIDS+=("$pid"); waitsock "$W/lode.vhost"
-  boot "lode vhost" --disk "vhost-user:$W/lode.vhost"
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  boot "$label" --disk "vhost-user:$W/lode.vhost"
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  # serve-vhost, not the VM, knows what the export read and fetched.
+  READ[$label]=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('guest_read_bytes', 0))" "$W/vhost.json")
+  FETCH[$label]=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('fetched_bytes', 0))" "$W/vhost.json")
+  ORIG[$label]=$(python3 -c "import json,sys; print((json.load(open(sys.argv[1])).get('tier_bytes') or {}).get('origin', 0))" "$W/vhost.json")
 }
 
 # The 5 ms origin: the image built into versitygw's S3, behind latproxy.
@@ -107,10 +112,14 @@ for i in $(seq "$RUNS"); do
   drop; nbdkit_boot nbdkit
   drop; nbdkit_boot nbdkit+5ms --filter=delay rdelay=5ms
   drop; qsd_boot
-  drop; lode_vhost_boot
+  rm -rf "$W/cachev"; drop; lode_vhost_boot "lode vhost cold" "$W/cachev"
+  drop; lode_vhost_boot "lode vhost warm" "$W/cachev"
   rm -rf "$W/cache"; drop; boot "lode cold" --cache-dir "$W/cache"
   drop; boot "lode warm" --cache-dir "$W/cache"
-  if [ -n "$S3" ]; then rm -rf "$W/cache5"; drop; boot "lode+5ms" --store "$S3" --cache-dir "$W/cache5"; fi
+  if [ -n "$S3" ]; then
+    rm -rf "$W/cache5"; drop; boot "lode+5ms" --store "$S3" --cache-dir "$W/cache5"
+    rm -rf "$W/cachev5"; drop; lode_vhost_boot "lode vhost+5ms" "$W/cachev5" --store "$S3"
+  fi
 done
 grep -q '"python": "3' "$W/guest.log" || { echo "the guest did not print python's version" >&2; exit 1; }
 
@@ -121,7 +130,7 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo
 echo "| root disk served by (median of $RUNS) | guest init | command exit | vs nbdkit | guest read | lode fetched (all tiers) | of which origin | fetched / read |"
 echo "|---|---|---|---|---|---|---|---|"
-for label in file nbdkit nbdkit+5ms qsd "lode vhost" "lode cold" "lode warm" "lode+5ms"; do
+for label in file nbdkit nbdkit+5ms qsd "lode cold" "lode warm" "lode+5ms" "lode vhost cold" "lode vhost warm" "lode vhost+5ms"; do
   [ -n "${EXIT[$label]:-}" ] || continue
   e=$(median "${EXIT[$label]}"); n=$(median "${INIT[$label]}")
   r=${READ[$label]:-}; f=${FETCH[$label]:-}

@@ -2,11 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
+	"github.com/lode-dev/lode/internal/blockdev"
 	"github.com/lode-dev/lode/internal/blockdev/vhost"
+	"github.com/lode-dev/lode/internal/vm"
 )
 
 func init() { extraCommands = append(extraCommands, newServeVhostCmd) }
@@ -15,6 +19,7 @@ type serveVhostOptions struct {
 	socket  string
 	overlay string
 	workers int
+	report  string
 	worker  workerOptions
 }
 
@@ -46,6 +51,7 @@ interrupted.`,
 	f.StringVar(&o.socket, "socket", "/run/lode/vhost.sock", "unix socket to listen on")
 	f.StringVar(&o.overlay, "overlay", "", "copy-on-write file for writes (makes the disk writable)")
 	f.IntVar(&o.workers, "workers", 16, "requests served at once per VM")
+	f.StringVar(&o.report, "report", "", "on exit, write the bytes the VMs read and lode fetched per tier as JSON to this file (the fields of lode vm --report)")
 	o.worker.bind(f)
 	return cmd
 }
@@ -58,11 +64,21 @@ func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready 
 		return err
 	}
 	defer w.Close()
-	dev, closeDev, err := w.device(ctx, o.overlay, o.worker.fetches)
-	if err != nil {
-		return err
+	// Count what the guests read from the image (below any overlay), to set
+	// against what the tiers fetched, as lode vm does for its NBD export.
+	counted := vm.Count(w.image)
+	if len(w.manifest.Hints) > 0 {
+		go w.image.Prefetch(ctx, w.manifest.Hints, o.worker.fetches)
 	}
-	defer closeDev()
+	var dev blockdev.Device = counted
+	if o.overlay != "" {
+		ov, err := blockdev.NewOverlay(counted, o.overlay)
+		if err != nil {
+			return err
+		}
+		defer ov.Close()
+		dev = ov
+	}
 	l, err := listen("unix:" + o.socket)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", o.socket, err)
@@ -82,8 +98,25 @@ func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready 
 	}
 	err = srv.Serve(ctx, l)
 	printStats(stderr, w)
+	if o.report != "" {
+		if werr := writeServeReport(o.report, w, counted); werr != nil {
+			return werr
+		}
+	}
 	if ctx.Err() != nil {
 		return nil
 	}
 	return err
+}
+
+// writeServeReport writes the byte counts of a served image in the fields
+// lode vm --report uses, so that a benchmark reads both the same way.
+func writeServeReport(path string, w *worker, counted *vm.CountingDevice) error {
+	rep := vmReport{Image: w.name, Disk: "lode"}
+	fillTierReport(&rep, w, counted)
+	b, _ := json.MarshalIndent(rep, "", "  ")
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("writing the report %s: %w", path, err)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -61,7 +62,8 @@ print("marked" if buf[:17] == b"` + mark + `" else "original")`
 			ctx, cancel := context.WithCancel(context.Background())
 			ready := make(chan struct{})
 			served := make(chan error, 1)
-			o := serveVhostOptions{socket: sock, overlay: tc.overlay, workers: 8, worker: c.workerOpts()}
+			report := filepath.Join(t.TempDir(), "report.json")
+			o := serveVhostOptions{socket: sock, overlay: tc.overlay, workers: 8, report: report, worker: c.workerOpts()}
 			go func() { served <- runServeVhost(ctx, o, "demo", ready) }()
 			select {
 			case <-ready:
@@ -83,6 +85,15 @@ print("marked" if buf[:17] == b"` + mark + `" else "original")`
 			}
 			if !strings.Contains(c.stderr.String(), "as vhost-user-blk on "+sock) {
 				t.Errorf("serve-vhost did not announce its socket: %s", c.stderr.String())
+			}
+			// The report counts what the guest read and what the tiers fetched.
+			var rep vmReport
+			if b, err := os.ReadFile(report); err != nil {
+				t.Errorf("serve-vhost --report: %v", err)
+			} else if err := json.Unmarshal(b, &rep); err != nil {
+				t.Errorf("serve-vhost --report: %v", err)
+			} else if rep.GuestReadBytes <= 0 || rep.GuestRequests <= 0 || rep.FetchedBytes < rep.GuestReadBytes/4 || len(rep.TierBytes) == 0 {
+				t.Errorf("serve-vhost --report = %+v; want the guest's reads and the tiers' bytes", rep)
 			}
 		})
 	}

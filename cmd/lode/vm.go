@@ -108,6 +108,19 @@ type vmReport struct {
 	MemHits        int64            `json:"mem_hits,omitempty"`
 }
 
+// fillTierReport sets the report's guest and tier figures from a counted
+// export of w's image.
+func fillTierReport(rep *vmReport, w *worker, counted *vm.CountingDevice) {
+	rep.GuestReadBytes, rep.GuestRequests = counted.Bytes(), counted.Requests()
+	s := w.image.Stats()
+	rep.TierBytes, rep.TierHits, rep.MemHits = map[string]int64{}, map[string]int64{}, s.MemHits
+	for _, t := range s.Tiers {
+		rep.TierBytes[t.Tier] += t.Bytes
+		rep.TierHits[t.Tier] += t.Hits
+		rep.FetchedBytes += t.Bytes
+	}
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func runVM(ctx context.Context, o vmOptions, name string, args []string, out, errOut io.Writer) error {
@@ -206,14 +219,7 @@ func runVM(ctx context.Context, o vmOptions, name string, args []string, out, er
 		w.name, res.Init.Round(time.Millisecond), res.GuestInit.Round(time.Millisecond), res.Start.Round(time.Millisecond),
 		res.ExitCode, res.Exit.Round(time.Millisecond), res.Total.Round(time.Millisecond))
 	if counted != nil {
-		rep.GuestReadBytes, rep.GuestRequests = counted.Bytes(), counted.Requests()
-		s := w.image.Stats()
-		rep.TierBytes, rep.TierHits, rep.MemHits = map[string]int64{}, map[string]int64{}, s.MemHits
-		for _, t := range s.Tiers {
-			rep.TierBytes[t.Tier] += t.Bytes
-			rep.TierHits[t.Tier] += t.Hits
-			rep.FetchedBytes += t.Bytes
-		}
+		fillTierReport(&rep, w, counted)
 		fmt.Fprintf(errOut, "  the guest read %s in %d requests\n", humanize.IBytes(uint64(rep.GuestReadBytes)), rep.GuestRequests)
 		printStats(errOut, w)
 	}
