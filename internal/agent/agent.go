@@ -30,8 +30,10 @@ type Config struct {
 	// to keep an origin's latency hidden behind a container's parallel reads
 	// without opening hundreds of connections).
 	MaxConcurrentFetches int
-	// ReadAhead is how many chunks after a sequential read to prefetch
-	// (0 disables; DefaultConfig uses 4, 2 MiB at the default chunk size).
+	// ReadAhead is how many chunks to prefetch once reads move through the
+	// image sequentially (from the second read in a row that reaches the
+	// next chunk; 0 disables; DefaultConfig uses 4, 2 MiB at the default
+	// chunk size).
 	ReadAhead int
 	// Log receives problems (tier errors, corrupt chunks); nil discards.
 	Log *slog.Logger

@@ -31,6 +31,7 @@ type Image struct {
 	closed bool
 	raNext int          // first chunk read-ahead has not yet considered
 	last   atomic.Int64 // last chunk a reader touched; -2 before any
+	run    atomic.Int64 // reads in a row that moved the stream on
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // read-ahead goroutines
@@ -364,7 +365,24 @@ func (im *Image) readAhead(first, last int) {
 			break
 		}
 	}
-	if ra <= 0 || int64(first) > prev+1 || int64(first) < prev-int64(ra) {
+	// Only a read that reaches past the stream's position, starting at most
+	// one chunk after it (or a little behind it, reordered), moves the
+	// stream on and fetches ahead; a read again inside the chunks the
+	// stream has reached (a boot re-reading metadata) fetches nothing more.
+	if ra <= 0 {
+		return
+	}
+	switch {
+	case int64(first) < prev-int64(ra) || int64(first) > prev+1+int64(ra):
+		im.run.Store(0) // a jump: a new stream, or none
+		return
+	case int64(first) > prev+1:
+		return // a little ahead: a reordered request of the stream; wait for the rest
+	}
+	// Like the kernel's, read-ahead starts on the second read in a row that
+	// moves the stream on: one step to a neighbouring chunk is as likely a
+	// scattered read (a VM's boot walking metadata) as the start of a stream.
+	if int64(last) <= prev || im.run.Add(1) < 2 {
 		return
 	}
 	im.raMu.Lock()
