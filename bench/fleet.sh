@@ -7,8 +7,9 @@
 #   replay      skewed multi-image workload over simulated workers (in-process
 #               fleet), hit shares per tier.
 # Usage: bench/fleet.sh [all|latency|throughput|replay] [WORKDIR]   (root for drop_caches)
-# BEFORE_LODE=path/to/lode adds, to throughput, a disk-demoted node run by
-# that binary (e.g. an older commit) in the same interleaved rounds.
+# BEFORE_LODE=path/to/lode adds, to throughput, a memory-resident and a
+# disk-demoted node run by that binary (e.g. an older commit) in the same
+# interleaved rounds.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 what=${1:-all}
@@ -101,19 +102,24 @@ CONF
   if [[ -n ${BEFORE_LODE:-} ]]; then
     rm -rf "$W/nodedisk-before"
     "$BEFORE_LODE" cache serve --listen 127.0.0.1:7502 --mem 16MiB --disk "$W/nodedisk-before" --disk-size 2GiB 2>"$W/node-before.log" & pids+=($!)
-    waitup 127.0.0.1:7502/healthz
-    "$B" -scenario=shards -nodes=127.0.0.1:7502 -chunks="${TPUT_CHUNKS:-400}" -www="$W/www-copy" >/dev/null
-    cmp -s "$www/paths.txt" "$W/www-copy/paths.txt" || { echo "the before node holds different shards" >&2; exit 1; }
-    rm -rf "$W/www-copy"
-    keys="$keys disk-before"
-    echo "before: $BEFORE_LODE as a disk-demoted node on 127.0.0.1:7502"
+    "$BEFORE_LODE" cache serve --listen 127.0.0.1:7503 --mem 1GiB 2>"$W/node-mem-before.log" & pids+=($!)
+    waitup 127.0.0.1:7502/healthz; waitup 127.0.0.1:7503/healthz
+    for port in 7502 7503; do
+      "$B" -scenario=shards -nodes=127.0.0.1:$port -chunks="${TPUT_CHUNKS:-400}" -www="$W/www-copy" >/dev/null
+      cmp -s "$www/paths.txt" "$W/www-copy/paths.txt" || { echo "the before node on $port holds different shards" >&2; exit 1; }
+      rm -rf "$W/www-copy"
+    done
+    keys="mem mem-before nginx disk disk-before"
+    echo "before: $BEFORE_LODE as a memory-resident node on 127.0.0.1:7503 and a disk-demoted one on 127.0.0.1:7502"
   fi
   nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" & pids+=($!); waitup 127.0.0.1:7600/paths.txt
   shard=$(stat -c %s "$(find "$www/v1" -type f | head -1)")
   echo "$nshards shards of $shard bytes ($((nshards * shard >> 20)) MiB), a random one per request; $ROUNDS interleaved rounds of wrk -d $DUR per cell, median shown"
   for r in $(seq "$ROUNDS"); do
     for c in 1 16 64; do
-      one mem http://127.0.0.1:7500 "$c"; one nginx http://127.0.0.1:7600 "$c"; one disk http://127.0.0.1:7501 "$c"
+      one mem http://127.0.0.1:7500 "$c"
+      [[ -z ${BEFORE_LODE:-} ]] || one mem-before http://127.0.0.1:7503 "$c"
+      one nginx http://127.0.0.1:7600 "$c"; one disk http://127.0.0.1:7501 "$c"
       [[ -z ${BEFORE_LODE:-} ]] || one disk-before http://127.0.0.1:7502 "$c"
     done
   done
@@ -127,7 +133,8 @@ CONF
   echo "|---|---|---|---|---|---|---|---|"
   for k in $keys nginx-cold disk-cold; do
     case $k in
-      disk-before) label="lode before the fix, shards demoted to disk (page cache warm)";;
+      disk-before) label="lode before, shards demoted to disk (page cache warm)";;
+      mem-before) label="lode before, shards in memory";;
       mem) label="lode, shards in memory";; nginx) label="nginx, page cache warm";; disk) label="lode, shards demoted to disk (page cache warm)";;
       nginx-cold) label="nginx, page cache dropped before the run";; disk-cold) label="lode disk-demoted, page cache dropped before the run";;
     esac

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // shardKey identifies one stored shard.
@@ -94,6 +95,8 @@ type nodeStore struct {
 	m   *ServerMetrics
 	now func() time.Time // time.Now; tests replace it
 
+	memHits, diskHits prometheus.Counter // m.hits' series, resolved once
+
 	mu                   sync.Mutex
 	memBudget            int64
 	protBudget           int64
@@ -115,6 +118,8 @@ func newNodeStore(memBytes int64, dir string, diskBytes int64, log *slog.Logger,
 		log:        log,
 		m:          m,
 		now:        time.Now,
+		memHits:    m.hits.WithLabelValues("memory"),
+		diskHits:   m.hits.WithLabelValues("disk"),
 		memBudget:  memBytes,
 		protBudget: int64(float64(memBytes) * protectedShare),
 		mem:        make(map[shardKey]*list.Element),
@@ -218,7 +223,7 @@ func (s *nodeStore) open(k shardKey) (shardRef, bool) {
 		e := el.Value.(*memEntry)
 		s.touchLocked(el, e)
 		s.mu.Unlock()
-		s.m.hits.WithLabelValues("memory").Inc()
+		s.memHits.Inc()
 		return shardRef{data: e.data, size: int64(len(e.data))}, true
 	}
 	del, ok := s.disk[k]
@@ -242,7 +247,7 @@ func (s *nodeStore) open(k shardKey) (shardRef, bool) {
 		s.dropBadFile(k, del, err)
 		return shardRef{}, false
 	}
-	s.m.hits.WithLabelValues("disk").Inc()
+	s.diskHits.Inc()
 	return ref, true
 }
 
@@ -323,7 +328,7 @@ func (s *nodeStore) readIntoMemory(k shardKey, del *list.Element) (shardRef, boo
 		s.dropBadFile(k, del, err)
 		return shardRef{}, false
 	}
-	s.m.hits.WithLabelValues("disk").Inc()
+	s.diskHits.Inc()
 	s.mu.Lock()
 	if _, ok := s.mem[k]; !ok {
 		if cur, ok := s.disk[k]; ok && cur == del && int64(len(data)) == cur.Value.(*diskEntry).size {
@@ -352,8 +357,12 @@ func (s *nodeStore) dropBadFile(k shardKey, del *list.Element, err error) {
 }
 
 // openAll returns every shard of chunk n the node holds, in index order.
-func (s *nodeStore) openAll(n chunk.Name) []shardRef {
-	var present []shardKey
+func (s *nodeStore) openAll(n chunk.Name) []shardRef { return s.openAllInto(nil, n) }
+
+// openAllInto is openAll appending to out.
+func (s *nodeStore) openAllInto(out []shardRef, n chunk.Name) []shardRef {
+	var buf [MaxShards]shardKey
+	present := buf[:0]
 	s.mu.Lock()
 	for i := 0; i < MaxShards; i++ {
 		k := shardKey{n, uint8(i)}
@@ -364,7 +373,6 @@ func (s *nodeStore) openAll(n chunk.Name) []shardRef {
 		}
 	}
 	s.mu.Unlock()
-	var out []shardRef
 	for _, k := range present {
 		if r, ok := s.open(k); ok {
 			out = append(out, r)

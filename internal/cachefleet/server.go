@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lode-dev/lode/internal/chunk"
@@ -72,6 +74,14 @@ type Server struct {
 	m       *ServerMetrics
 	store   *nodeStore
 	metrics http.Handler
+
+	// The fast path's series, resolved once.
+	getOK, getNotFound prometheus.Counter
+	getLatency         prometheus.Observer
+	// Connection timeouts (idleTimeout, headerTimeout; tests shorten them).
+	idleTimeout, headerTimeout time.Duration
+	// handoffs counts connections the fast path passed to net/http.
+	handoffs atomic.Int64
 }
 
 // NewServer creates a node; with a DiskDir it scans the directory first.
@@ -93,7 +103,13 @@ func NewServer(c ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{log: log, m: m, store: st, metrics: metrics.Handler(reg)}, nil
+	return &Server{
+		log: log, m: m, store: st, metrics: metrics.Handler(reg),
+		getOK:       m.requests.WithLabelValues(http.MethodGet, "200"),
+		getNotFound: m.requests.WithLabelValues(http.MethodGet, "404"),
+		getLatency:  m.latency.WithLabelValues(http.MethodGet),
+		idleTimeout: idleTimeout, headerTimeout: headerTimeout,
+	}, nil
 }
 
 const shardPrefix = "/v1/shards/"
@@ -296,26 +312,39 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request, n chunk.Name, i int
 }
 
 // Serve answers HTTP on l until ctx is cancelled, then shuts down gracefully
-// (in-flight requests get up to 5 s).
+// (in-flight requests get up to 5 s). Shard GETs are answered by the fast
+// path (fastpath.go) and everything else by net/http.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	hl := newHandoffListener(l.Addr())
 	hs := &http.Server{
 		Handler:           s,
-		ReadHeaderTimeout: 10 * time.Second, // slowloris bound; shard bodies have their own size bound
-		IdleTimeout:       2 * time.Minute,  // keep client pools warm between bursts
+		ReadHeaderTimeout: s.headerTimeout,
+		IdleTimeout:       s.idleTimeout,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(l) }()
+	fs := newFastServer(s, hl)
+	httpc := make(chan error, 1)
+	go func() { httpc <- hs.Serve(hl) }()
+	fastc := make(chan error, 1)
+	go func() { fastc <- fs.serve(l) }()
+	var err error
 	select {
-	case err := <-errc:
-		return fmt.Errorf("serving cache node on %s: %w", l.Addr(), err)
+	case err = <-fastc:
+		err = fmt.Errorf("serving cache node on %s: %w", l.Addr(), err)
+		fastc <- nil
 	case <-ctx.Done():
 	}
+	fs.closing.Store(true)
+	l.Close()
+	<-fastc
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutting down cache node on %s: %w", l.Addr(), err)
+	var wg sync.WaitGroup
+	wg.Go(func() { fs.shutdown(sctx) })
+	if serr := hs.Shutdown(sctx); serr != nil && err == nil {
+		err = fmt.Errorf("shutting down cache node on %s: %w", l.Addr(), serr)
 	}
-	<-errc
-	return nil
+	wg.Wait()
+	<-httpc
+	return err
 }

@@ -1,0 +1,384 @@
+package cachefleet
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lode-dev/lode/internal/chunk"
+)
+
+const testHex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+func TestParseFastRequest(t *testing.T) {
+	name, err := chunk.ParseName(testHex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := "GET /v1/shards/" + testHex
+	tests := []struct {
+		desc  string
+		in    string
+		res   parseResult
+		idx   int
+		close bool
+		n     int // 0: len(in)
+	}{
+		{desc: "one shard", in: get + "/3 HTTP/1.1\r\nHost: 127.0.0.1:7431\r\n\r\n", res: parseOK, idx: 3},
+		{desc: "all shards", in: get + " HTTP/1.1\r\nHost: a\r\n\r\n", res: parseOK, idx: -1},
+		{desc: "shard 0", in: get + "/0 HTTP/1.1\r\nHost: a\r\n\r\n", res: parseOK, idx: 0},
+		{desc: "shard 31", in: get + "/31 HTTP/1.1\r\nHost: a\r\n\r\n", res: parseOK, idx: 31},
+		{desc: "Go client headers", in: get + " HTTP/1.1\r\nHost: node-1:7431\r\nUser-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n", res: parseOK, idx: -1},
+		{desc: "connection close", in: get + "/1 HTTP/1.1\r\nhost: a\r\nCONNECTION:  Close \r\n\r\n", res: parseOK, idx: 1, close: true},
+		{desc: "connection keep-alive", in: get + "/1 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n", res: parseOK, idx: 1},
+		{desc: "pipelined", in: get + "/2 HTTP/1.1\r\nHost: a\r\n\r\nGET /healthz HTTP/1.1\r\n", res: parseOK, idx: 2, n: len(get + "/2 HTTP/1.1\r\nHost: a\r\n\r\n")},
+
+		{desc: "empty", in: "", res: parseMore},
+		{desc: "method prefix", in: "GE", res: parseMore},
+		{desc: "path prefix", in: get[:20], res: parseMore},
+		{desc: "no blank line yet", in: get + "/1 HTTP/1.1\r\nHost: a\r\n", res: parseMore},
+
+		{desc: "PUT", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "HEAD", in: "HEAD /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "healthz", in: "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "lower-case method", in: "get /v1/shards/" + testHex + " HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "upper-case hex", in: "GET /v1/shards/" + strings.ToUpper(testHex) + " HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "short name", in: "GET /v1/shards/" + testHex[2:] + " HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "leading zero", in: get + "/03 HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "index 00", in: get + "/00 HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "index too big", in: get + "/32 HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "trailing slash", in: get + "/ HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "query", in: get + "/1?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "escaped", in: get + "%2F1 HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "HTTP/1.0", in: get + "/1 HTTP/1.0\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "two spaces", in: get + "/1  HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "no Host", in: get + "/1 HTTP/1.1\r\nUser-Agent: x\r\n\r\n", res: parseDecline},
+		{desc: "two Hosts", in: get + "/1 HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", res: parseDecline},
+		{desc: "odd Host", in: get + "/1 HTTP/1.1\r\nHost: a/b\r\n\r\n", res: parseDecline},
+		{desc: "body length", in: get + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", res: parseDecline},
+		{desc: "chunked", in: get + "/1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", res: parseDecline},
+		{desc: "expect", in: get + "/1 HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n", res: parseDecline},
+		{desc: "upgrade", in: get + "/1 HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n", res: parseDecline},
+		{desc: "connection upgrade", in: get + "/1 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n\r\n", res: parseDecline},
+		{desc: "bare LF", in: get + "/1 HTTP/1.1\nHost: a\n\r\n\r\n", res: parseDecline},
+		{desc: "bare LF in headers", in: get + "/1 HTTP/1.1\r\nHost: a\nX: y\r\n\r\n", res: parseDecline},
+		{desc: "no colon", in: get + "/1 HTTP/1.1\r\nHost: a\r\nBroken\r\n\r\n", res: parseDecline},
+		{desc: "folded line", in: get + "/1 HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", res: parseDecline},
+		{desc: "space before colon", in: get + "/1 HTTP/1.1\r\nHost : a\r\n\r\n", res: parseDecline},
+		{desc: "control byte", in: get + "/1 HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", res: parseDecline},
+		{desc: "head too long", in: get + "/1 HTTP/1.1\r\nHost: a\r\nX: " + strings.Repeat("y", maxFastHead) + "\r\n\r\n", res: parseDecline},
+		{desc: "unterminated, too long", in: get + "/1 HTTP/1.1\r\nHost: a\r\nX: " + strings.Repeat("y", maxFastHead), res: parseDecline},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			req, n, res := parseFastRequest([]byte(tt.in))
+			if res != tt.res {
+				t.Fatalf("parseFastRequest(%q) result = %d, want %d", tt.in, res, tt.res)
+			}
+			if res != parseOK {
+				return
+			}
+			wantN := tt.n
+			if wantN == 0 {
+				wantN = len(tt.in)
+			}
+			if n != wantN || req.name != name || req.idx != tt.idx || req.close != tt.close {
+				t.Errorf("parseFastRequest(%q) = %x %d close %v, n %d; want %x %d close %v, n %d", tt.in, req.name, req.idx, req.close, n, name, tt.idx, tt.close, wantN)
+			}
+		})
+	}
+}
+
+// FuzzParseFastRequest: whatever the fast path accepts, net/http reads as
+// the same request (method, path, index, Connection: close, no body) of
+// the same length; a prefix is asked to wait only below the head bound.
+func FuzzParseFastRequest(f *testing.F) {
+	get := "GET /v1/shards/" + testHex
+	for _, s := range []string{
+		get + "/3 HTTP/1.1\r\nHost: a:1\r\n\r\n",
+		get + " HTTP/1.1\r\nHost: a\r\nUser-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n",
+		get + "/1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+		get + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+		"PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\n\r\n",
+		get + "/1 HTTP/1.1\r\nHost: a\r\n X: y\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, n, res := parseFastRequest(b)
+		switch res {
+		case parseMore:
+			if len(b) >= maxFastHead {
+				t.Fatalf("parseMore for %d bytes, at or over the %d-byte bound", len(b), maxFastHead)
+			}
+			return
+		case parseDecline:
+			return
+		}
+		if n <= 0 || n > len(b) || n > maxFastHead {
+			t.Fatalf("head length %d of %d bytes", n, len(b))
+		}
+		src := bytes.NewReader(b)
+		br := bufio.NewReader(src)
+		hr, err := http.ReadRequest(br)
+		if err != nil {
+			t.Fatalf("fast path accepts %q, net/http refuses it: %v", b[:n], err)
+		}
+		if used := len(b) - br.Buffered() - src.Len(); used != n {
+			t.Errorf("fast path reads a %d-byte head, net/http %d bytes of %q", n, used, b)
+		}
+		pn, pi, err := ParseShardPath(hr.URL.Path)
+		if err != nil || pn != req.name || pi != req.idx {
+			t.Errorf("fast path: chunk %x index %d; net/http: path %q → %x %d, %v", req.name, req.idx, hr.URL.Path, pn, pi, err)
+		}
+		if hr.Method != http.MethodGet || hr.URL.RawQuery != "" || hr.URL.RawPath != "" || hr.ContentLength != 0 ||
+			len(hr.TransferEncoding) != 0 || hr.Close != req.close || hr.Host == "" || len(hr.Header["Host"]) > 0 {
+			t.Errorf("net/http reads %q as %s %q query %q, length %d, TE %v, close %v (fast path %v), host %q",
+				b[:n], hr.Method, hr.URL, hr.URL.RawQuery, hr.ContentLength, hr.TransferEncoding, hr.Close, req.close, hr.Host)
+		}
+	})
+}
+
+// serveNode runs s.Serve on a loopback port until the test ends.
+func serveNode(t *testing.T, s *Server) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve = %v", err)
+		}
+	})
+	return l.Addr().String()
+}
+
+type answer struct {
+	code    int
+	header  http.Header
+	body    []byte
+	readErr error
+	close   bool
+}
+
+// exchange writes raw to a new connection at once (pipelined) and reads
+// n answers; the connection is returned for further checks.
+func exchange(t *testing.T, addr, raw string, n int) ([]answer, net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	var out []answer
+	for i := range n {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("reading answer %d of %d: %v", i+1, n, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		out = append(out, answer{resp.StatusCode, resp.Header, b, err, resp.Close})
+	}
+	return out, c, br
+}
+
+// TestFastPathMatchesNetHTTP: over a real connection, every shard GET the
+// fast path answers (memory and disk shards, one or all, hits and misses)
+// has net/http's status, headers and body; no connection was handed off.
+func TestFastPathMatchesNetHTTP(t *testing.T) {
+	s, _, n, shards := diskServer(t)
+	fast := "http://" + serveNode(t, s)
+	slow := httptest.NewServer(s)
+	defer slow.Close()
+	missing := chunk.Name{1}
+	paths := []string{ShardPath(missing, -1), ShardPath(missing, 0), ShardPath(n, -1)}
+	for i := range shards {
+		paths = append(paths, ShardPath(n, i))
+	}
+	get := func(url string) answer {
+		t.Helper()
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return answer{resp.StatusCode, resp.Header, b, err, resp.Close}
+	}
+	for round := range 2 { // the second round promotes disk shards
+		for _, p := range paths {
+			f, h := get(fast+p), get(slow.URL+p)
+			if f.readErr != nil || f.code != h.code || !bytes.Equal(f.body, h.body) || f.close != h.close {
+				t.Errorf("round %d GET %s: fast path %d, %d bytes, %v; net/http %d, %d bytes", round, p, f.code, len(f.body), f.readErr, h.code, len(h.body))
+			}
+			for _, k := range []string{"Content-Length", "Content-Type", "X-Content-Type-Options"} {
+				if f.header.Get(k) != h.header.Get(k) {
+					t.Errorf("round %d GET %s: %s %q from the fast path, %q from net/http", round, p, k, f.header.Get(k), h.header.Get(k))
+				}
+			}
+			if _, err := http.ParseTime(f.header.Get("Date")); err != nil {
+				t.Errorf("GET %s: Date %q: %v", p, f.header.Get("Date"), err)
+			}
+		}
+	}
+	if want := bytes.Join(shards, nil); !bytes.Equal(get(fast+ShardPath(n, -1)).body, want) {
+		t.Errorf("GET all from the fast path: not the 5 shards")
+	}
+	if h := s.handoffs.Load(); h != 0 {
+		t.Errorf("%d connections handed to net/http, want 0", h)
+	}
+}
+
+// TestFastPathPipelined: pipelined GETs are answered in order on one
+// connection, and "Connection: close" closes it after its answer.
+func TestFastPathPipelined(t *testing.T) {
+	s := newTestServer(t)
+	k, b := testShard(t, rand.New(rand.NewPCG(7, 7)), 3000, 1)
+	s.store.put(k, b)
+	addr := serveNode(t, s)
+	p := ShardPath(k.name, 1)
+	raw := "GET " + p + " HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"GET " + ShardPath(k.name, 2) + " HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"GET " + ShardPath(k.name, -1) + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" +
+		"GET " + p + " HTTP/1.1\r\nHost: x\r\n\r\n"
+	got, _, br := exchange(t, addr, raw, 3)
+	want := []struct {
+		code int
+		body []byte
+	}{{200, b}, {404, []byte("shard not found\n")}, {200, b}}
+	for i, w := range want {
+		if got[i].code != w.code || !bytes.Equal(got[i].body, w.body) {
+			t.Errorf("answer %d = %d, %q…; want %d, %d bytes", i+1, got[i].code, got[i].body[:min(20, len(got[i].body))], w.code, len(w.body))
+		}
+	}
+	if !got[2].close {
+		t.Errorf("answer to Connection: close does not say Connection: close")
+	}
+	if extra, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after Connection: close: read %q, %v; want EOF", extra, err)
+	}
+	if h := s.handoffs.Load(); h != 0 {
+		t.Errorf("%d connections handed to net/http, want 0", h)
+	}
+}
+
+// TestFastPathHandsOff: on one connection, a GET answered by the fast path,
+// then a PUT, a HEAD, /healthz and a GET with a head too long for the fast
+// path: net/http gets the connection with the bytes already read, and
+// answers those and what follows.
+func TestFastPathHandsOff(t *testing.T) {
+	s := newTestServer(t)
+	r := rand.New(rand.NewPCG(8, 8))
+	k1, b1 := testShard(t, r, 3000, 1)
+	k2, b2 := testShard(t, r, 2000, 0)
+	s.store.put(k1, b1)
+	addr := serveNode(t, s)
+	long := "X-Long: " + strings.Repeat("z", 2*maxFastHead) + "\r\n"
+	raw := "GET " + ShardPath(k1.name, 1) + " HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"PUT " + ShardPath(k2.name, 0) + " HTTP/1.1\r\nHost: x\r\nContent-Length: " + fmt.Sprint(len(b2)) + "\r\n\r\n" + string(b2) +
+		"GET " + ShardPath(k2.name, 0) + " HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"GET " + ShardPath(k1.name, 1) + " HTTP/1.1\r\nHost: x\r\n" + long + "\r\n"
+	got, _, _ := exchange(t, addr, raw, 5)
+	want := []struct {
+		code int
+		body []byte
+	}{{200, b1}, {204, nil}, {200, b2}, {200, []byte("ok\n")}, {200, b1}}
+	for i, w := range want {
+		if got[i].code != w.code || !bytes.Equal(got[i].body, w.body) {
+			t.Errorf("answer %d = %d, %d bytes; want %d, %d bytes", i+1, got[i].code, len(got[i].body), w.code, len(w.body))
+		}
+	}
+	if h := s.handoffs.Load(); h != 1 {
+		t.Errorf("%d connections handed to net/http, want 1", h)
+	}
+	// A connection whose first request is too long goes to net/http at once.
+	got, _, _ = exchange(t, addr, "GET "+ShardPath(k1.name, 1)+" HTTP/1.1\r\nHost: x\r\n"+long+"\r\n", 1)
+	if got[0].code != 200 || !bytes.Equal(got[0].body, b1) {
+		t.Errorf("GET with a long head = %d, %d bytes; want 200 and the shard", got[0].code, len(got[0].body))
+	}
+}
+
+// TestFastPathTimeouts: an idle connection and one that stalls within a
+// request head are closed after their timeouts.
+func TestFastPathTimeouts(t *testing.T) {
+	s := newTestServer(t)
+	s.idleTimeout, s.headerTimeout = 300*time.Millisecond, 200*time.Millisecond
+	addr := serveNode(t, s)
+	for _, tc := range []struct{ desc, raw string }{
+		{"idle", ""},
+		{"stalled head", "GET /v1/shards/" + testHex[:10]},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			io.WriteString(c, tc.raw)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			start := time.Now()
+			n, err := c.Read(make([]byte, 1))
+			if n != 0 || !errors.Is(err, io.EOF) {
+				t.Fatalf("read = %d, %v; want EOF", n, err)
+			}
+			if d := time.Since(start); d > 3*time.Second {
+				t.Errorf("closed after %v", d)
+			}
+		})
+	}
+}
+
+// TestFastPathShutdown: cancelling Serve closes idle fast-path connections
+// and returns promptly.
+func TestFastPathShutdown(t *testing.T) {
+	s := newTestServer(t)
+	k, b := testShard(t, rand.New(rand.NewPCG(9, 9)), 1000, 0)
+	s.store.put(k, b)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, l) }()
+	_, c, br := exchange(t, l.Addr().String(), "GET "+ShardPath(k.name, 0)+" HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve = %v", err)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("Serve did not return within 4 s of cancel with one idle connection")
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Serve returned %v after cancel, want well under 1 s", d)
+	}
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("idle connection after shutdown: %v, want EOF", err)
+	}
+}
