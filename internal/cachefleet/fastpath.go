@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -120,7 +121,6 @@ type fastConn struct {
 	head    []byte // response head being built
 	bufs    [][]byte
 	refs    []shardRef
-	lr      io.LimitedReader
 	date    []byte // Date header value of dateSec
 	dateSec int64
 }
@@ -210,11 +210,11 @@ func (fc *fastConn) answer(req fastRequest) bool {
 	fc.refs = fc.refs[:0]
 	notFound := "shard not found\n"
 	if req.idx >= 0 {
-		if r, ok := s.store.open(shardKey{req.name, uint8(req.idx)}); ok {
+		if r, ok := s.store.openShared(shardKey{req.name, uint8(req.idx)}); ok {
 			fc.refs = append(fc.refs, r)
 		}
 	} else {
-		fc.refs = s.store.openAllInto(fc.refs, req.name)
+		fc.refs = s.store.openAllInto(fc.refs, req.name, true)
 		notFound = "no shards of chunk\n"
 	}
 	defer func() {
@@ -262,10 +262,7 @@ func (fc *fastConn) writeShards() bool {
 			}
 			bufs = bufs[:0]
 		}
-		fc.lr = io.LimitedReader{R: r.file, N: r.size}
-		n, err := fc.c.ReadFrom(&fc.lr)
-		fc.lr.R = nil
-		if err != nil || n != r.size {
+		if err := sendFileAt(fc.c, r.file, r.size); err != nil {
 			return false
 		}
 	}
@@ -308,6 +305,47 @@ func (fc *fastConn) writeMore(bufs [][]byte) error {
 		}
 	}
 	return nil
+}
+
+// sendFileAt sends the first size bytes of f on c with sendfile(2) at
+// explicit offsets, so concurrent responses can share f.
+func sendFileAt(c *net.TCPConn, f *os.File, size int64) error {
+	dst, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	src, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var off int64
+	var serr error
+	cerr := src.Control(func(sfd uintptr) {
+		werr := dst.Write(func(dfd uintptr) bool {
+			for off < size {
+				n, err := syscall.Sendfile(int(dfd), int(sfd), &off, int(size-off))
+				switch {
+				case err == syscall.EAGAIN:
+					return false // wait until the socket is writable
+				case err == syscall.EINTR:
+				case err != nil:
+					serr = err
+					return true
+				case n == 0:
+					serr = io.ErrUnexpectedEOF // the file shrank
+					return true
+				}
+			}
+			return true
+		})
+		if serr == nil {
+			serr = werr
+		}
+	})
+	if serr == nil {
+		serr = cerr
+	}
+	return serr
 }
 
 // stampDate refreshes the cached Date value when the second has changed.

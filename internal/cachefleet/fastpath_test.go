@@ -382,3 +382,93 @@ func TestFastPathShutdown(t *testing.T) {
 		t.Errorf("idle connection after shutdown: %v, want EOF", err)
 	}
 }
+
+// TestFastPathOpenFileCache: disk shards are sent from cached descriptors
+// (at most maxOpen, shared by concurrent responses at explicit offsets),
+// byte for byte under churn; replacing a shard drops its descriptor, and
+// stopping Serve closes them all.
+func TestFastPathOpenFileCache(t *testing.T) {
+	s, _, n, shards := diskServer(t)
+	var ticks time.Duration // every hit outside the promotion window
+	s.store.now = func() time.Time { ticks += 2 * diskPromoteWindow; return time.Unix(0, 0).Add(ticks) }
+	s.store.maxOpen = 2
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, l) }()
+	base := "http://" + l.Addr().String()
+	cl := &http.Client{Transport: NewTransport()}
+	defer cl.CloseIdleConnections()
+	get := func(path string) ([]byte, error) {
+		resp, err := cl.Get(base + path)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("GET %s: %s", path, resp.Status)
+		}
+		return io.ReadAll(resp.Body)
+	}
+	errc := make(chan error, 8)
+	for w := range 8 {
+		go func() {
+			r := rand.New(rand.NewPCG(uint64(w), 1))
+			for range 40 {
+				i := r.IntN(len(shards))
+				p, want := ShardPath(n, i), shards[i]
+				if r.IntN(4) == 0 {
+					p, want = ShardPath(n, -1), bytes.Join(shards, nil)
+				}
+				b, err := get(p)
+				if err == nil && !bytes.Equal(b, want) {
+					err = fmt.Errorf("GET %s: %d bytes, not the %d stored", p, len(b), len(want))
+				}
+				if err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.store.mu.Lock()
+	open := len(s.store.openFiles)
+	s.store.mu.Unlock()
+	if open == 0 || open > 2 {
+		t.Errorf("%d files kept open, want 1..2", open)
+	}
+	if h := s.handoffs.Load(); h != 0 {
+		t.Errorf("%d connections handed to net/http, want 0", h)
+	}
+
+	// Replace a cached disk shard: its descriptor goes, the new bytes come.
+	s.store.mu.Lock()
+	k := s.store.openFiles[0].key
+	s.store.mu.Unlock()
+	nb := bytes.Clone(shards[k.idx])
+	nb[len(nb)-1] ^= 0xff // same header, other payload: the node cannot tell
+	s.store.put(k, nb)
+	if b, err := get(ShardPath(k.name, int(k.idx))); err != nil || !bytes.Equal(b, nb) {
+		t.Errorf("GET after replacing the shard: %d bytes, %v; want the new %d bytes", len(b), err, len(nb))
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Serve = %v", err)
+	}
+	s.store.mu.Lock()
+	open = len(s.store.openFiles)
+	s.store.mu.Unlock()
+	if open != 0 {
+		t.Errorf("%d files still open after Serve returned", open)
+	}
+}

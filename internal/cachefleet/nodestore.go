@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/lode-dev/lode/internal/chunk"
@@ -68,6 +71,25 @@ type diskEntry struct {
 	// after brings the shard back into memory (nodeStore.promoteLocked).
 	lastHit time.Time
 	hit     bool
+	// open is the shard's file kept open for the fast path (nil: none);
+	// openIdx is its place in nodeStore.openFiles.
+	open    *sharedFile
+	openIdx int
+}
+
+// sharedFile is a checked shard file kept open and shared by concurrent
+// responses, which send it with sendfile at explicit offsets (never moving
+// its file position). The store holds one reference while the file is
+// cached, each response one more; the last release closes it.
+type sharedFile struct {
+	f    *os.File
+	refs atomic.Int32
+}
+
+func (sf *sharedFile) release() {
+	if sf.refs.Add(-1) == 0 {
+		sf.f.Close()
+	}
 }
 
 // nodeStore holds shards under byte budgets: a segmented LRU in memory and,
@@ -107,6 +129,11 @@ type nodeStore struct {
 	diskBudget, diskUsed int64
 	disk                 map[shardKey]*list.Element // of *diskEntry
 	diskLRU              *list.List
+	// openFiles are the disk entries whose files are kept open, at most
+	// maxOpen (random replacement; nginx's open_file_cache, for the fast
+	// path: a hit then costs no open, fstat, header read or close).
+	openFiles []*diskEntry
+	maxOpen   int
 }
 
 // protectedShare is the part of the memory budget the protected segment may
@@ -128,6 +155,7 @@ func newNodeStore(memBytes int64, dir string, diskBytes int64, log *slog.Logger,
 		diskBudget: diskBytes,
 		disk:       make(map[shardKey]*list.Element),
 		diskLRU:    list.New(),
+		maxOpen:    maxOpenFiles(),
 	}
 	if dir != "" {
 		if err := s.scanDisk(); err != nil {
@@ -135,6 +163,16 @@ func newNodeStore(memBytes int64, dir string, diskBytes int64, log *slog.Logger,
 		}
 	}
 	return s, nil
+}
+
+// maxOpenFiles bounds the shard files kept open: a quarter of the file
+// descriptor limit, at most 4096.
+func maxOpenFiles() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0
+	}
+	return int(min(rl.Cur/4, 4096))
 }
 
 // scanDisk rebuilds the disk index from the directory, oldest file least
@@ -188,6 +226,9 @@ type shardRef struct {
 	data []byte   // a memory hit; never modified
 	file *os.File // a disk hit, streamed from the file
 	size int64
+	// shared is set when file is the store's cached descriptor: read it
+	// only at explicit offsets; close releases it.
+	shared *sharedFile
 }
 
 // writeTo writes the whole shard to w. A file is copied through an
@@ -198,11 +239,17 @@ func (r shardRef) writeTo(w io.Writer) (int64, error) {
 		n, err := w.Write(r.data)
 		return int64(n), err
 	}
+	if r.shared != nil {
+		return io.Copy(w, io.NewSectionReader(r.file, 0, r.size))
+	}
 	return io.Copy(w, io.LimitReader(r.file, r.size))
 }
 
 func (r shardRef) close() {
-	if r.file != nil {
+	switch {
+	case r.shared != nil:
+		r.shared.release()
+	case r.file != nil:
 		r.file.Close()
 	}
 }
@@ -217,7 +264,14 @@ const diskPromoteWindow = time.Minute
 // promotion window (see promoteLocked): then it is read and put back into
 // memory on probation, its file kept. A file that is missing, or whose
 // header or length is wrong, is dropped from the index and is a miss.
-func (s *nodeStore) open(k shardKey) (shardRef, bool) {
+func (s *nodeStore) open(k shardKey) (shardRef, bool) { return s.openRef(k, false) }
+
+// openShared is open for the fast path: a disk shard comes as the store's
+// cached descriptor (opened and checked on first use), to be read at
+// explicit offsets only.
+func (s *nodeStore) openShared(k shardKey) (shardRef, bool) { return s.openRef(k, true) }
+
+func (s *nodeStore) openRef(k shardKey, share bool) (shardRef, bool) {
 	s.mu.Lock()
 	if el, ok := s.mem[k]; ok {
 		e := el.Value.(*memEntry)
@@ -237,6 +291,13 @@ func (s *nodeStore) open(k shardKey) (shardRef, bool) {
 	now := s.now()
 	promote := s.promoteLocked(de, now)
 	de.hit, de.lastHit = true, now
+	if share && !promote && de.open != nil {
+		sf := de.open
+		sf.refs.Add(1)
+		s.mu.Unlock()
+		s.diskHits.Inc()
+		return shardRef{file: sf.f, size: de.size, shared: sf}, true
+	}
 	s.mu.Unlock()
 
 	if promote {
@@ -247,8 +308,54 @@ func (s *nodeStore) open(k shardKey) (shardRef, bool) {
 		s.dropBadFile(k, del, err)
 		return shardRef{}, false
 	}
+	if share && s.maxOpen > 0 {
+		s.mu.Lock()
+		if cur, ok := s.disk[k]; ok && cur == del && de.open == nil {
+			s.cacheFileLocked(de, ref.file)
+			de.open.refs.Add(1)
+			ref.shared = de.open
+		}
+		s.mu.Unlock()
+	}
 	s.diskHits.Inc()
 	return ref, true
+}
+
+// closeFiles closes the cached descriptors (responses still sending one
+// keep it until they release it).
+func (s *nodeStore) closeFiles() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.openFiles) > 0 {
+		s.uncacheFileLocked(s.openFiles[len(s.openFiles)-1])
+	}
+}
+
+// cacheFileLocked keeps f open as de's shared file, closing a random other
+// one if maxOpen are open.
+func (s *nodeStore) cacheFileLocked(de *diskEntry, f *os.File) {
+	if len(s.openFiles) >= s.maxOpen {
+		s.uncacheFileLocked(s.openFiles[rand.IntN(len(s.openFiles))])
+	}
+	de.open = &sharedFile{f: f}
+	de.open.refs.Store(1)
+	de.openIdx = len(s.openFiles)
+	s.openFiles = append(s.openFiles, de)
+}
+
+// uncacheFileLocked drops de's shared file, if any; responses still
+// sending it keep it open until they release it.
+func (s *nodeStore) uncacheFileLocked(de *diskEntry) {
+	if de.open == nil {
+		return
+	}
+	last := s.openFiles[len(s.openFiles)-1]
+	s.openFiles[de.openIdx] = last
+	last.openIdx = de.openIdx
+	s.openFiles[len(s.openFiles)-1] = nil
+	s.openFiles = s.openFiles[:len(s.openFiles)-1]
+	de.open.release()
+	de.open = nil
 }
 
 // promoteLocked decides whether a disk hit at now brings the shard back into
@@ -357,10 +464,11 @@ func (s *nodeStore) dropBadFile(k shardKey, del *list.Element, err error) {
 }
 
 // openAll returns every shard of chunk n the node holds, in index order.
-func (s *nodeStore) openAll(n chunk.Name) []shardRef { return s.openAllInto(nil, n) }
+func (s *nodeStore) openAll(n chunk.Name) []shardRef { return s.openAllInto(nil, n, false) }
 
-// openAllInto is openAll appending to out.
-func (s *nodeStore) openAllInto(out []shardRef, n chunk.Name) []shardRef {
+// openAllInto is openAll appending to out, with openShared's disk refs if
+// share.
+func (s *nodeStore) openAllInto(out []shardRef, n chunk.Name, share bool) []shardRef {
 	var buf [MaxShards]shardKey
 	present := buf[:0]
 	s.mu.Lock()
@@ -374,7 +482,7 @@ func (s *nodeStore) openAllInto(out []shardRef, n chunk.Name) []shardRef {
 	}
 	s.mu.Unlock()
 	for _, k := range present {
-		if r, ok := s.open(k); ok {
+		if r, ok := s.openRef(k, share); ok {
 			out = append(out, r)
 		}
 	}
@@ -496,6 +604,7 @@ func (s *nodeStore) evictDiskLocked() {
 
 func (s *nodeStore) dropDiskLocked(el *list.Element) {
 	d := el.Value.(*diskEntry)
+	s.uncacheFileLocked(d)
 	s.diskLRU.Remove(el)
 	delete(s.disk, d.key)
 	s.diskUsed -= d.size + entryOverhead

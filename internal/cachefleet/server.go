@@ -346,5 +346,6 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 	wg.Wait()
 	<-httpc
+	s.store.closeFiles()
 	return err
 }
