@@ -12,6 +12,15 @@
 // later byte off the chunk grid and destroy deduplication between an image and
 // the same image plus a layer.
 //
-// The writer does not place large files on chunk boundaries; see
-// docs/decisions for the measured consequence.
+// Options.Align adds the chunk-aligned layout (align.go, pads.go): tar2ext4
+// offers no control of block placement, so the stream is rewritten on its
+// way in with a zero-filled padding file before each large file, sized by
+// following tar2ext4's allocation, and the padding files are then unlinked
+// and their blocks and inodes freed by a small in-place edit of the image's
+// metadata. That edit and the allocation model are hand-written because no
+// Go ext4 library writes or edits images with control of placement; they
+// cover only what tar2ext4 produces (4 KiB blocks, 32-byte descriptors, no
+// metadata checksums) and are checked against the written image by the
+// tests (e2fsck, a loop mount, and every large file's first block). See
+// docs/decisions/20261123-ext4-writer.md.
 package ext4img

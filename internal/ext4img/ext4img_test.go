@@ -68,13 +68,18 @@ func tarOf(t testing.TB, es []entry) []byte {
 
 func build(t testing.TB, tarball []byte) (string, []byte) {
 	t.Helper()
+	return buildWith(t, tarball, ext4img.DefaultOptions())
+}
+
+func buildWith(t testing.TB, tarball []byte, o ext4img.Options) (string, []byte) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "img.ext4")
 	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	st, err := ext4img.Build(context.Background(), bytes.NewReader(tarball), f, ext4img.DefaultOptions())
+	st, err := ext4img.Build(context.Background(), bytes.NewReader(tarball), f, o)
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}
@@ -88,24 +93,54 @@ func build(t testing.TB, tarball []byte) (string, []byte) {
 	return path, b
 }
 
+// layouts are the option sets every property test runs with: the default
+// layout and the chunk-aligned one, each on the sample tree and on a tree
+// made to trip the aligned layout's bookkeeping.
+func layouts() []struct {
+	name string
+	o    ext4img.Options
+	tree []entry
+} {
+	aligned := ext4img.DefaultOptions()
+	aligned.Align = 512 << 10
+	return []struct {
+		name string
+		o    ext4img.Options
+		tree []entry
+	}{
+		{"default", ext4img.DefaultOptions(), sampleTree()},
+		{"default/tricky", ext4img.DefaultOptions(), trickyTree()},
+		{"aligned", aligned, sampleTree()},
+		{"aligned/tricky", aligned, trickyTree()},
+	}
+}
+
 func TestBuildDeterministic(t *testing.T) {
-	tb := tarOf(t, sampleTree())
-	_, a := build(t, tb)
-	t.Setenv("TZ", "Asia/Tokyo")
-	old := unix.Umask(0o077)
-	defer unix.Umask(old)
-	_, b := build(t, tb)
-	if sha256.Sum256(a) != sha256.Sum256(b) {
-		t.Fatalf("two builds of the same tree differ (%d vs %d bytes)", len(a), len(b))
+	for _, l := range layouts() {
+		t.Run(l.name, func(t *testing.T) {
+			tb := tarOf(t, l.tree)
+			_, a := buildWith(t, tb, l.o)
+			t.Setenv("TZ", "Asia/Tokyo")
+			old := unix.Umask(0o077)
+			defer unix.Umask(old)
+			_, b := buildWith(t, tb, l.o)
+			if sha256.Sum256(a) != sha256.Sum256(b) {
+				t.Fatalf("two builds of the same tree differ (%d vs %d bytes)", len(a), len(b))
+			}
+		})
 	}
 }
 
 func TestBuildPassesE2fsck(t *testing.T) {
 	lodetest.Require(t, lodetest.Tool("e2fsck"))
-	path, _ := build(t, tarOf(t, sampleTree()))
-	out, err := exec.Command("e2fsck", "-fn", path).CombinedOutput()
-	if err != nil {
-		t.Fatalf("e2fsck -fn: %v\n%s", err, out)
+	for _, l := range layouts() {
+		t.Run(l.name, func(t *testing.T) {
+			path, _ := buildWith(t, tarOf(t, l.tree), l.o)
+			out, err := exec.Command("e2fsck", "-fn", path).CombinedOutput()
+			if err != nil {
+				t.Fatalf("e2fsck -fn: %v\n%s", err, out)
+			}
+		})
 	}
 }
 
@@ -126,14 +161,24 @@ func TestBuildCancelled(t *testing.T) {
 // checks every entry's content, mode, owner, link and xattr.
 func TestBuildLoopMount(t *testing.T) {
 	lodetest.Require(t, lodetest.Root, lodetest.Loop)
-	tree := sampleTree()
-	path, _ := build(t, tarOf(t, tree))
+	for _, l := range layouts() {
+		t.Run(l.name, func(t *testing.T) { checkLoopMount(t, l.tree, l.o) })
+	}
+}
+
+func checkLoopMount(t *testing.T, tree []entry, o ext4img.Options) {
+	path, _ := buildWith(t, tarOf(t, tree), o)
 	mnt := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "ext4", "-o", "ro,loop,noload", path, mnt).CombinedOutput(); err != nil {
 		t.Fatalf("mount: %v\n%s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 
+	// The image holds the input's files and nothing else (the aligned
+	// layout's padding files are gone).
+	if lf, err := os.ReadDir(filepath.Join(mnt, "lost+found")); err != nil || len(lf) != 0 {
+		t.Errorf("lost+found holds %d entries (%v), want none", len(lf), err)
+	}
 	for _, e := range tree {
 		p := filepath.Join(mnt, e.hdr.Name)
 		var st unix.Stat_t
@@ -158,7 +203,7 @@ func TestBuildLoopMount(t *testing.T) {
 			}
 			for k, v := range e.hdr.PAXRecords {
 				name := strings.TrimPrefix(k, "SCHILY.xattr.")
-				buf := make([]byte, 256)
+				buf := make([]byte, 4096)
 				n, err := unix.Lgetxattr(p, name, buf)
 				if err != nil || string(buf[:n]) != v {
 					t.Errorf("%s: xattr %s = %q (%v), want %q", e.hdr.Name, name, buf[:n], err, v)
