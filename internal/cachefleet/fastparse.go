@@ -20,14 +20,17 @@ const (
 	parseDecline parseResult = iota
 	// parseMore: a prefix of a head the fast path may serve; read more.
 	parseMore
-	// parseOK: a complete head of a shard GET.
+	// parseOK: a complete head of a shard GET or PUT.
 	parseOK
 )
 
-// fastRequest is a parsed shard GET.
+// fastRequest is a parsed shard GET or PUT.
 type fastRequest struct {
+	put  bool // PUT (with a body of length bytes), else GET
 	name chunk.Name
-	idx  int // -1: every shard of the chunk
+	idx  int // -1: every shard of the chunk (GET only)
+	// length is a PUT's Content-Length (at most MaxShardSize).
+	length int64
 	// close is set by "Connection: close": answer, then close.
 	close bool
 }
@@ -38,11 +41,13 @@ type fastRequest struct {
 //	*(header-name ":" OWS value CRLF)
 //	CRLF
 //
-// with exactly one Host header (non-empty, of host-name characters), no
-// Content-Length, Transfer-Encoding, Expect or Upgrade header, an optional
-// "Connection: close" or "Connection: keep-alive", and any other headers,
-// which are ignored. The path has the single spelling ParseShardPath
-// accepts. It returns parseOK and the head's length, parseMore while b is a
+// or the same with PUT /v1/shards/{chunk}/{index} and exactly one
+// Content-Length of at most MaxShardSize (plain digits); with exactly one
+// Host header (non-empty, of host-name characters), no Transfer-Encoding,
+// Expect, Upgrade, TE or Trailer header (nor Content-Length on a GET), an
+// optional "Connection: close" or "Connection: keep-alive", and any other
+// headers, which are ignored. The path has the single spelling
+// ParseShardPath accepts. It returns parseOK and the head's length, parseMore while b is a
 // strict prefix of a head (shorter than maxFastHead) not yet declined, or
 // parseDecline. It reads only b and allocates nothing.
 //
@@ -51,7 +56,11 @@ type fastRequest struct {
 // fast path never changes how a request is answered (FuzzParseFastRequest
 // checks this against http.ReadRequest).
 func parseFastRequest(b []byte) (req fastRequest, n int, res parseResult) {
-	const line = "GET " + shardPrefix
+	line := "GET " + shardPrefix
+	if len(b) > 0 && b[0] == 'P' {
+		line = "PUT " + shardPrefix
+		req.put = true
+	}
 	if len(b) < len(line) {
 		if bytes.HasPrefix([]byte(line), b) {
 			return req, 0, parseMore
@@ -83,11 +92,11 @@ func parseFastRequest(b []byte) (req fastRequest, n int, res parseResult) {
 	if !ok || string(proto) != "HTTP/1.1" {
 		return req, 0, parseDecline
 	}
-	if !parseShardTarget(target, &req) {
+	if !parseShardTarget(target, &req) || (req.put && req.idx < 0) {
 		return req, 0, parseDecline
 	}
 	// Headers.
-	hosts := 0
+	hosts, lengths := 0, 0
 	for rest := head[eol+1:]; len(rest) > 0; {
 		i := bytes.IndexByte(rest, '\n')
 		if i < 1 || rest[i-1] != '\r' {
@@ -116,13 +125,20 @@ func parseFastRequest(b []byte) (req fastRequest, n int, res parseResult) {
 			default:
 				return req, 0, parseDecline
 			}
-		case equalFold(name, "content-length"), equalFold(name, "transfer-encoding"),
+		case equalFold(name, "content-length"):
+			lengths++
+			l, ok := parseLength(value)
+			if !req.put || !ok || l > MaxShardSize {
+				return req, 0, parseDecline
+			}
+			req.length = l
+		case equalFold(name, "transfer-encoding"),
 			equalFold(name, "expect"), equalFold(name, "upgrade"), equalFold(name, "te"),
 			equalFold(name, "trailer"):
 			return req, 0, parseDecline
 		}
 	}
-	if hosts != 1 {
+	if hosts != 1 || (req.put && lengths != 1) {
 		return req, 0, parseDecline
 	}
 	return req, n, parseOK
@@ -163,6 +179,21 @@ func parseShardTarget(t []byte, req *fastRequest) bool {
 	}
 	req.idx = idx
 	return true
+}
+
+// parseLength parses a Content-Length value: 1 to 9 decimal digits.
+func parseLength(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 9 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }
 
 func lowerHex(c byte) (byte, bool) {

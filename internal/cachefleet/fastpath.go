@@ -22,8 +22,8 @@ const (
 	headerTimeout = 10 * time.Second // slowloris bound once a request has begun
 )
 
-// fastServer is the shard GET fast path (package doc): it owns every
-// accepted TCP connection while the connection's requests are shard GETs
+// fastServer is the shard fast path (package doc): it owns every accepted
+// TCP connection while the connection's requests are shard GETs and PUTs
 // parseFastRequest accepts, answering them itself; at the first request it
 // declines it hands the connection, with the bytes already read, to net/http
 // through handoff, for good.
@@ -163,7 +163,11 @@ func (fc *fastConn) serve() {
 			fc.fs.handoff.give(&handedConn{TCPConn: fc.c, r: fc.br})
 			return
 		}
-		if !fc.answer(req) || req.close || fc.fs.closing.Load() {
+		answer := fc.answer
+		if req.put {
+			answer = fc.put
+		}
+		if !answer(req) || req.close || fc.fs.closing.Load() {
 			return
 		}
 	}
@@ -243,6 +247,31 @@ func (fc *fastConn) answer(req fastRequest) bool {
 	}
 	s.getLatency.Observe(time.Since(start).Seconds())
 	return ok
+}
+
+// put serves a shard PUT like Server.put: reads the body (within the idle
+// timeout), checks it and stores it; false when the connection must close.
+func (fc *fastConn) put(req fastRequest) bool {
+	s := fc.fs.s
+	start := time.Now()
+	data := make([]byte, req.length)
+	fc.c.SetReadDeadline(start.Add(s.idleTimeout))
+	if _, err := io.ReadFull(fc.br, data); err != nil {
+		return false
+	}
+	fc.stampDate(start)
+	if err := checkPutShard(data, req.name, req.idx); err != nil {
+		msg := err.Error() + "\n"
+		fc.head = append(fc.buildHead(http.StatusBadRequest, int64(len(msg)), "text/plain; charset=utf-8", req.close), msg...)
+		s.putBad.Inc()
+	} else {
+		s.store.put(shardKey{req.name, uint8(req.idx)}, data)
+		fc.head = fc.buildHead(http.StatusNoContent, 0, "", req.close)
+		s.putOK.Inc()
+	}
+	_, err := fc.c.Write(fc.head)
+	s.putLatency.Observe(time.Since(start).Seconds())
+	return err == nil
 }
 
 // writeShards writes the response head and fc.refs: runs of memory shards
@@ -357,8 +386,8 @@ func (fc *fastConn) stampDate(now time.Time) {
 }
 
 // buildHead is net/http's response head for the same answer (status line,
-// Content-Length, Content-Type, Date, and for errors the nosniff header
-// http.Error sets), in fc.head's buffer.
+// Content-Length and Content-Type but for a 204, Date, and for errors the
+// nosniff header http.Error sets), in fc.head's buffer.
 func (fc *fastConn) buildHead(code int, size int64, ctype string, close bool) []byte {
 	b := fc.head[:0]
 	b = append(b, "HTTP/1.1 "...)
@@ -368,13 +397,15 @@ func (fc *fastConn) buildHead(code int, size int64, ctype string, close bool) []
 	if close {
 		b = append(b, "\r\nConnection: close"...)
 	}
-	b = append(b, "\r\nContent-Length: "...)
-	b = strconv.AppendInt(b, size, 10)
-	b = append(b, "\r\nContent-Type: "...)
-	b = append(b, ctype...)
+	if code != http.StatusNoContent {
+		b = append(b, "\r\nContent-Length: "...)
+		b = strconv.AppendInt(b, size, 10)
+		b = append(b, "\r\nContent-Type: "...)
+		b = append(b, ctype...)
+	}
 	b = append(b, "\r\nDate: "...)
 	b = append(b, fc.date...)
-	if code != http.StatusOK {
+	if code >= 400 {
 		b = append(b, "\r\nX-Content-Type-Options: nosniff"...)
 	}
 	return append(b, "\r\n\r\n"...)

@@ -33,6 +33,8 @@ func TestParseFastRequest(t *testing.T) {
 		idx   int
 		close bool
 		n     int // 0: len(in)
+		put   bool
+		len   int64
 	}{
 		{desc: "one shard", in: get + "/3 HTTP/1.1\r\nHost: 127.0.0.1:7431\r\n\r\n", res: parseOK, idx: 3},
 		{desc: "all shards", in: get + " HTTP/1.1\r\nHost: a\r\n\r\n", res: parseOK, idx: -1},
@@ -43,12 +45,24 @@ func TestParseFastRequest(t *testing.T) {
 		{desc: "connection keep-alive", in: get + "/1 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n", res: parseOK, idx: 1},
 		{desc: "pipelined", in: get + "/2 HTTP/1.1\r\nHost: a\r\n\r\nGET /healthz HTTP/1.1\r\n", res: parseOK, idx: 2, n: len(get + "/2 HTTP/1.1\r\nHost: a\r\n\r\n")},
 
+		{desc: "PUT", in: "PUT /v1/shards/" + testHex + "/4 HTTP/1.1\r\nHost: a\r\nContent-Length: 1294\r\nContent-Type: application/octet-stream\r\n\r\n", res: parseOK, idx: 4, put: true, len: 1294},
+		{desc: "PUT with body", in: "PUT /v1/shards/" + testHex + "/0 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc", res: parseOK, idx: 0, put: true, len: 3, n: len("PUT /v1/shards/" + testHex + "/0 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")},
+		{desc: "PUT largest", in: "PUT /v1/shards/" + testHex + "/0 HTTP/1.1\r\nHost: a\r\nContent-Length: " + fmt.Sprint(MaxShardSize) + "\r\n\r\n", res: parseOK, idx: 0, put: true, len: MaxShardSize},
+
 		{desc: "empty", in: "", res: parseMore},
+		{desc: "PUT prefix", in: "PUT /v1/sh", res: parseMore},
 		{desc: "method prefix", in: "GE", res: parseMore},
 		{desc: "path prefix", in: get[:20], res: parseMore},
 		{desc: "no blank line yet", in: get + "/1 HTTP/1.1\r\nHost: a\r\n", res: parseMore},
 
-		{desc: "PUT", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "PUT without length", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
+		{desc: "PUT of all shards", in: "PUT /v1/shards/" + testHex + " HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n", res: parseDecline},
+		{desc: "PUT two lengths", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", res: parseDecline},
+		{desc: "PUT too long", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: " + fmt.Sprint(MaxShardSize+1) + "\r\n\r\n", res: parseDecline},
+		{desc: "PUT signed length", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n", res: parseDecline},
+		{desc: "PUT chunked", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", res: parseDecline},
+		{desc: "PUT expect", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n", res: parseDecline},
+		{desc: "POST", in: "POST /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n", res: parseDecline},
 		{desc: "HEAD", in: "HEAD /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
 		{desc: "healthz", in: "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
 		{desc: "lower-case method", in: "get /v1/shards/" + testHex + " HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
@@ -92,16 +106,18 @@ func TestParseFastRequest(t *testing.T) {
 			if wantN == 0 {
 				wantN = len(tt.in)
 			}
-			if n != wantN || req.name != name || req.idx != tt.idx || req.close != tt.close {
-				t.Errorf("parseFastRequest(%q) = %x %d close %v, n %d; want %x %d close %v, n %d", tt.in, req.name, req.idx, req.close, n, name, tt.idx, tt.close, wantN)
+			if n != wantN || req.name != name || req.idx != tt.idx || req.close != tt.close || req.put != tt.put || req.length != tt.len {
+				t.Errorf("parseFastRequest(%q) = put %v %x %d length %d close %v, n %d; want put %v %x %d length %d close %v, n %d",
+					tt.in, req.put, req.name, req.idx, req.length, req.close, n, tt.put, name, tt.idx, tt.len, tt.close, wantN)
 			}
 		})
 	}
 }
 
 // FuzzParseFastRequest: whatever the fast path accepts, net/http reads as
-// the same request (method, path, index, Connection: close, no body) of
-// the same length; a prefix is asked to wait only below the head bound.
+// the same request (method, path, index, Connection: close, body length)
+// with a head of the same length; a prefix is asked to wait only below the
+// head bound.
 func FuzzParseFastRequest(f *testing.F) {
 	get := "GET /v1/shards/" + testHex
 	for _, s := range []string{
@@ -109,7 +125,7 @@ func FuzzParseFastRequest(f *testing.F) {
 		get + " HTTP/1.1\r\nHost: a\r\nUser-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n",
 		get + "/1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\n\r\n",
 		get + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
-		"PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\n\r\n",
+		"PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
 		get + "/1 HTTP/1.1\r\nHost: a\r\n X: y\r\n\r\n",
 	} {
 		f.Add([]byte(s))
@@ -141,7 +157,11 @@ func FuzzParseFastRequest(f *testing.F) {
 		if err != nil || pn != req.name || pi != req.idx {
 			t.Errorf("fast path: chunk %x index %d; net/http: path %q → %x %d, %v", req.name, req.idx, hr.URL.Path, pn, pi, err)
 		}
-		if hr.Method != http.MethodGet || hr.URL.RawQuery != "" || hr.URL.RawPath != "" || hr.ContentLength != 0 ||
+		method := http.MethodGet
+		if req.put {
+			method = http.MethodPut
+		}
+		if hr.Method != method || hr.URL.RawQuery != "" || hr.URL.RawPath != "" || hr.ContentLength != req.length ||
 			len(hr.TransferEncoding) != 0 || hr.Close != req.close || hr.Host == "" || len(hr.Header["Host"]) > 0 {
 			t.Errorf("net/http reads %q as %s %q query %q, length %d, TE %v, close %v (fast path %v), host %q",
 				b[:n], hr.Method, hr.URL, hr.URL.RawQuery, hr.ContentLength, hr.TransferEncoding, hr.Close, req.close, hr.Host)
@@ -205,7 +225,8 @@ func exchange(t *testing.T, addr, raw string, n int) ([]answer, net.Conn, *bufio
 
 // TestFastPathMatchesNetHTTP: over a real connection, every shard GET the
 // fast path answers (memory and disk shards, one or all, hits and misses)
-// has net/http's status, headers and body; no connection was handed off.
+// and every PUT (stored, refused) has net/http's status, headers and body;
+// no connection was handed off.
 func TestFastPathMatchesNetHTTP(t *testing.T) {
 	s, _, n, shards := diskServer(t)
 	fast := "http://" + serveNode(t, s)
@@ -245,6 +266,46 @@ func TestFastPathMatchesNetHTTP(t *testing.T) {
 	if want := bytes.Join(shards, nil); !bytes.Equal(get(fast+ShardPath(n, -1)).body, want) {
 		t.Errorf("GET all from the fast path: not the 5 shards")
 	}
+
+	put := func(url string, body []byte) answer {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPut, url, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("PUT %s: %v", url, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return answer{resp.StatusCode, resp.Header, b, err, resp.Close}
+	}
+	k, b := testShard(t, rand.New(rand.NewPCG(3, 3)), 6000, 1)
+	for _, tc := range []struct {
+		desc string
+		path string
+		body []byte
+		code int
+	}{
+		{"valid", ShardPath(k.name, 1), b, http.StatusNoContent},
+		{"wrong index", ShardPath(k.name, 2), b, http.StatusBadRequest},
+		{"not a shard", ShardPath(k.name, 1), bytes.Repeat([]byte("x"), 100), http.StatusBadRequest},
+		{"empty", ShardPath(k.name, 1), []byte{}, http.StatusBadRequest},
+	} {
+		f, h := put(fast+tc.path, tc.body), put(slow.URL+tc.path, tc.body)
+		if f.readErr != nil || f.code != tc.code || f.code != h.code || !bytes.Equal(f.body, h.body) {
+			t.Errorf("PUT %s: fast path %d %q, %v; net/http %d %q; want %d", tc.desc, f.code, f.body, f.readErr, h.code, h.body, tc.code)
+		}
+		for _, hk := range []string{"Content-Length", "Content-Type", "X-Content-Type-Options"} {
+			if f.header.Get(hk) != h.header.Get(hk) {
+				t.Errorf("PUT %s: %s %q from the fast path, %q from net/http", tc.desc, hk, f.header.Get(hk), h.header.Get(hk))
+			}
+		}
+	}
+	if got := get(fast + ShardPath(k.name, 1)); !bytes.Equal(got.body, b) {
+		t.Errorf("GET after a fast-path PUT: %d bytes, want the %d put", len(got.body), len(b))
+	}
 	if h := s.handoffs.Load(); h != 0 {
 		t.Errorf("%d connections handed to net/http, want 0", h)
 	}
@@ -283,10 +344,10 @@ func TestFastPathPipelined(t *testing.T) {
 	}
 }
 
-// TestFastPathHandsOff: on one connection, a GET answered by the fast path,
-// then a PUT, a HEAD, /healthz and a GET with a head too long for the fast
-// path: net/http gets the connection with the bytes already read, and
-// answers those and what follows.
+// TestFastPathHandsOff: on one connection, a GET and a PUT answered by the
+// fast path, then a chunked PUT, a GET, /healthz and a GET with a head too
+// long for the fast path: net/http gets the connection at the chunked PUT
+// with the bytes already read, and answers it and what follows.
 func TestFastPathHandsOff(t *testing.T) {
 	s := newTestServer(t)
 	r := rand.New(rand.NewPCG(8, 8))
@@ -295,16 +356,18 @@ func TestFastPathHandsOff(t *testing.T) {
 	s.store.put(k1, b1)
 	addr := serveNode(t, s)
 	long := "X-Long: " + strings.Repeat("z", 2*maxFastHead) + "\r\n"
+	k3, b3 := testShard(t, r, 1000, 2)
 	raw := "GET " + ShardPath(k1.name, 1) + " HTTP/1.1\r\nHost: x\r\n\r\n" +
 		"PUT " + ShardPath(k2.name, 0) + " HTTP/1.1\r\nHost: x\r\nContent-Length: " + fmt.Sprint(len(b2)) + "\r\n\r\n" + string(b2) +
-		"GET " + ShardPath(k2.name, 0) + " HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"PUT " + ShardPath(k3.name, 2) + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + fmt.Sprintf("%x\r\n", len(b3)) + string(b3) + "\r\n0\r\n\r\n" +
+		"GET " + ShardPath(k2.name, -1) + " HTTP/1.1\r\nHost: x\r\n\r\n" +
 		"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" +
 		"GET " + ShardPath(k1.name, 1) + " HTTP/1.1\r\nHost: x\r\n" + long + "\r\n"
-	got, _, _ := exchange(t, addr, raw, 5)
+	got, _, _ := exchange(t, addr, raw, 6)
 	want := []struct {
 		code int
 		body []byte
-	}{{200, b1}, {204, nil}, {200, b2}, {200, []byte("ok\n")}, {200, b1}}
+	}{{200, b1}, {204, nil}, {204, nil}, {200, b2}, {200, []byte("ok\n")}, {200, b1}}
 	for i, w := range want {
 		if got[i].code != w.code || !bytes.Equal(got[i].body, w.body) {
 			t.Errorf("answer %d = %d, %d bytes; want %d, %d bytes", i+1, got[i].code, len(got[i].body), w.code, len(w.body))
@@ -312,6 +375,9 @@ func TestFastPathHandsOff(t *testing.T) {
 	}
 	if h := s.handoffs.Load(); h != 1 {
 		t.Errorf("%d connections handed to net/http, want 1", h)
+	}
+	if _, ok := s.store.has(k3); !ok {
+		t.Errorf("the chunked PUT (answered by net/http) stored nothing")
 	}
 	// A connection whose first request is too long goes to net/http at once.
 	got, _, _ = exchange(t, addr, "GET "+ShardPath(k1.name, 1)+" HTTP/1.1\r\nHost: x\r\n"+long+"\r\n", 1)

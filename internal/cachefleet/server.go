@@ -76,8 +76,8 @@ type Server struct {
 	metrics http.Handler
 
 	// The fast path's series, resolved once.
-	getOK, getNotFound prometheus.Counter
-	getLatency         prometheus.Observer
+	getOK, getNotFound, putOK, putBad prometheus.Counter
+	getLatency, putLatency            prometheus.Observer
 	// Connection timeouts (idleTimeout, headerTimeout; tests shorten them).
 	idleTimeout, headerTimeout time.Duration
 	// handoffs counts connections the fast path passed to net/http.
@@ -108,6 +108,9 @@ func NewServer(c ServerConfig) (*Server, error) {
 		getOK:       m.requests.WithLabelValues(http.MethodGet, "200"),
 		getNotFound: m.requests.WithLabelValues(http.MethodGet, "404"),
 		getLatency:  m.latency.WithLabelValues(http.MethodGet),
+		putOK:       m.requests.WithLabelValues(http.MethodPut, "204"),
+		putBad:      m.requests.WithLabelValues(http.MethodPut, "400"),
+		putLatency:  m.latency.WithLabelValues(http.MethodPut),
 		idleTimeout: idleTimeout, headerTimeout: headerTimeout,
 	}, nil
 }
@@ -298,22 +301,30 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request, n chunk.Name, i int
 		http.Error(w, "reading shard body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	h, _, err := ParseShard(data)
-	if err != nil {
+	if err := checkPutShard(data, n, i); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	if h.Name != n || h.Index != i {
-		http.Error(w, fmt.Sprintf("shard header names chunk %s shard %d, path chunk %s shard %d", h.Name, h.Index, n, i), http.StatusBadRequest)
 		return
 	}
 	s.store.put(k, data)
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// checkPutShard checks a PUT body: a well-formed shard whose header names
+// chunk n, shard i.
+func checkPutShard(data []byte, n chunk.Name, i int) error {
+	h, _, err := ParseShard(data)
+	if err != nil {
+		return err
+	}
+	if h.Name != n || h.Index != i {
+		return fmt.Errorf("shard header names chunk %s shard %d, path chunk %s shard %d", h.Name, h.Index, n, i)
+	}
+	return nil
+}
+
 // Serve answers HTTP on l until ctx is cancelled, then shuts down gracefully
-// (in-flight requests get up to 5 s). Shard GETs are answered by the fast
-// path (fastpath.go) and everything else by net/http.
+// (in-flight requests get up to 5 s). Shard GETs and PUTs are answered by
+// the fast path (fastpath.go), everything else by net/http.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	hl := newHandoffListener(l.Addr())
 	hs := &http.Server{
