@@ -159,7 +159,7 @@ func (fc *fastConn) serve() {
 			}
 			fc.c.SetReadDeadline(time.Time{})
 			handedOff = true
-			fc.fs.s.handoffs.Add(1)
+			fc.fs.s.handoffs.Inc()
 			fc.fs.handoff.give(&handedConn{TCPConn: fc.c, r: fc.br})
 			return
 		}

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/lode-dev/lode/internal/chunk"
@@ -81,7 +80,7 @@ type Server struct {
 	// Connection timeouts (idleTimeout, headerTimeout; tests shorten them).
 	idleTimeout, headerTimeout time.Duration
 	// handoffs counts connections the fast path passed to net/http.
-	handoffs atomic.Int64
+	handoffs prometheus.Counter
 }
 
 // NewServer creates a node; with a DiskDir it scans the directory first.
@@ -99,6 +98,13 @@ func NewServer(c ServerConfig) (*Server, error) {
 		reg = prometheus.NewRegistry()
 	}
 	m := NewServerMetrics(reg)
+	handoffs := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "lode_cachenode_handoffs_total",
+		Help: "Connections the shard fast path passed to net/http at a request it does not serve (/metrics, /healthz, HEAD, chunked or oversized PUTs, unusual headers).",
+	})
+	if err := reg.Register(handoffs); err != nil {
+		return nil, fmt.Errorf("registering cache node metrics: %w", err)
+	}
 	st, err := newNodeStore(c.MemBytes, c.DiskDir, c.DiskBytes, log, m)
 	if err != nil {
 		return nil, err
@@ -112,6 +118,7 @@ func NewServer(c ServerConfig) (*Server, error) {
 		putBad:      m.requests.WithLabelValues(http.MethodPut, "400"),
 		putLatency:  m.latency.WithLabelValues(http.MethodPut),
 		idleTimeout: idleTimeout, headerTimeout: headerTimeout,
+		handoffs: handoffs,
 	}, nil
 }
 
