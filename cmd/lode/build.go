@@ -23,6 +23,7 @@ type buildOptions struct {
 	allowDevices bool
 	noSetuid     bool
 	compress     string
+	align        bool
 }
 
 func newBuildCmd() *cobra.Command {
@@ -57,6 +58,7 @@ SOURCE is one of:
 	f.BoolVar(&o.allowDevices, "allow-devices", false, "allow device nodes in the image")
 	f.BoolVar(&o.noSetuid, "no-setuid", false, "refuse setuid/setgid files")
 	f.StringVar(&o.compress, "compress", "none", "compress each chunk before encryption: none or zstd (recorded in the manifest)")
+	f.BoolVar(&o.align, "align", false, "chunk-aligned layout: start every file of at least one chunk on a chunk boundary, so identical large files give identical chunks wherever they sit (more dedup when a base layer changes or layers are reordered)")
 	cmd.MarkFlagRequired("name")
 	return cmd
 }
@@ -85,6 +87,9 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 		ChunkSize: o.chunkSize, SaltDomain: o.saltDomain, Uploads: o.uploads,
 		TempDir: o.tempDir, KeepImage: o.keepImage, Flatten: fo,
 		Log: logger,
+	}
+	if o.align {
+		bo.Ext4.Align = int64(o.chunkSize)
 	}
 	if p := newProgress(stderr); p != nil {
 		bo.Progress = p
