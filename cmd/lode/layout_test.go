@@ -34,7 +34,7 @@ func TestBuildAlign(t *testing.T) {
 	}
 	// The payload layer's file (8 MiB) and the demo's python3 binary.
 	for _, p := range []string{"/data/model.bin", "/usr/bin/python3.11"} {
-		out := debugfs("bmap -a " + p + " 0")
+		out := debugfs("bmap " + p + " 0")
 		blk, err := strconv.ParseInt(strings.Fields(out + " x")[0], 10, 64)
 		if err != nil {
 			t.Fatalf("bmap %s: %q", p, out)
