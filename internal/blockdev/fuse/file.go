@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
-	"syscall"
+	"sync"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
-	gofuse "github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/lode-dev/lode/internal/blockdev"
 )
@@ -27,7 +26,7 @@ type Options struct {
 	// instead of the default direct I/O. Off by default: under a loop mount
 	// ext4 already caches every page, so a second copy only costs memory.
 	PageCache bool
-	// Debug logs every FUSE request (go-fuse's debug output, to Log).
+	// Debug logs every FUSE request (to Log, at debug level).
 	Debug bool
 }
 
@@ -38,15 +37,21 @@ func (o Options) withDefaults() Options {
 	if o.MaxRead <= 0 {
 		o.MaxRead = 1 << 20
 	}
+	o.MaxRead = min(o.MaxRead, 1<<20)
 	return o
 }
+
+// initTimeout bounds the wait for the kernel's INIT after mount(2).
+const initTimeout = 10 * time.Second
 
 // FileMount is a FUSE filesystem exposing one read-only regular file.
 type FileMount struct {
 	mnt, name string
-	server    *gofuse.Server
-	cancel    context.CancelFunc // cancels every Device read in flight
-	done      chan struct{}      // closed when the server loop exits
+	s         *session
+	stopCtx   func() bool   // detaches ctx from the session
+	done      chan struct{} // closed when the server has exited
+	decided   chan bool     // after a pause: true handed over, false resumed
+	mu        sync.Mutex    // guards s.readerDone across resume
 }
 
 // ServeFile mounts at mnt (an existing directory) a FUSE filesystem holding
@@ -60,48 +65,108 @@ func ServeFile(ctx context.Context, mnt, name string, d blockdev.Device, o Optio
 	if name == "" || name != filepath.Base(name) || name == "." || name == ".." {
 		return nil, fmt.Errorf("serving FUSE file %q: %w", name, ErrBadName)
 	}
-	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	stop := context.AfterFunc(ctx, cancel)
-	file := &fileNode{d: d, ctx: rctx, log: o.Log, pageCache: o.PageCache}
-	root := &rootNode{name: name, file: file}
-	long := time.Hour // the file never changes while mounted
-	opts := &fs.Options{
-		EntryTimeout: &long,
-		AttrTimeout:  &long,
-		MountOptions: gofuse.MountOptions{
-			FsName:       "lode",
-			Name:         "lode",
-			DirectMount:  true, // we are root: mount(2) directly, no fusermount
-			MaxWrite:     o.MaxRead,
-			MaxReadAhead: o.MaxRead,
-			// Loop issues reads from a kernel worker; answering several at
-			// once keeps the pipe full.
-			MaxBackground: 64,
-			Debug:         o.Debug,
-			// Splicing a 1 MiB read needs a pipe larger than the default
-			// 1 MiB; go-fuse would log and fall back to a copy every time.
-			DisableSplice: true,
-			Options:       []string{"ro", "default_permissions"},
-		},
-		UID: 0, GID: 0,
-	}
-	if o.Debug {
-		opts.MountOptions.Logger = slog.NewLogLogger(o.Log.Handler(), slog.LevelDebug)
-	}
-	server, err := fs.Mount(mnt, root, opts)
+	fd, err := mountFUSE(mnt, o.MaxRead)
 	if err != nil {
-		stop()
-		cancel()
-		return nil, fmt.Errorf("mounting FUSE at %s: %w", mnt, err)
+		return nil, err
 	}
-	m := &FileMount{mnt: mnt, name: name, server: server, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		server.Wait()
-		stop()
-		cancel()
-		close(m.done)
-	}()
-	return m, nil
+	s, err := newSession(fd, name, d, o)
+	if err != nil {
+		unix.Unmount(mnt, unix.MNT_DETACH)
+		unix.Close(fd)
+		return nil, fmt.Errorf("serving FUSE at %s: %w", mnt, err)
+	}
+	s.start()
+	select {
+	case <-s.inited:
+	case <-s.readerDone:
+		unix.Unmount(mnt, unix.MNT_DETACH)
+		s.close()
+		return nil, fmt.Errorf("serving FUSE at %s: the connection ended before INIT: %w", mnt, s.readerErr)
+	case <-time.After(initTimeout):
+		unix.Unmount(mnt, unix.MNT_DETACH) // ends the connection, and so the reader
+		s.wait()
+		s.close()
+		return nil, fmt.Errorf("serving FUSE at %s: no INIT from the kernel within %v", mnt, initTimeout)
+	}
+	return newFileMount(ctx, mnt, s), nil
+}
+
+// newFileMount wraps a serving session.
+func newFileMount(ctx context.Context, mnt string, s *session) *FileMount {
+	m := &FileMount{mnt: mnt, name: s.name, s: s, done: make(chan struct{}), decided: make(chan bool, 1)}
+	m.stopCtx = context.AfterFunc(ctx, s.cancelReads)
+	go m.watch()
+	return m
+}
+
+// watch closes done when the session ends for good: the connection ended
+// (unmounted or aborted), or the session was handed over.
+func (m *FileMount) watch() {
+	for {
+		m.mu.Lock()
+		rd := m.s.readerDone
+		m.mu.Unlock()
+		<-rd
+		m.s.handlers.Wait()
+		if m.s.readerErr != nil {
+			break
+		}
+		// Stopped for a handover, which may yet be called off.
+		if handed := <-m.decided; handed {
+			break
+		}
+	}
+	m.stopCtx()
+	m.s.cancelReads()
+	m.s.close()
+	close(m.done)
+}
+
+// pause stops serving for a handover: when it returns, every request
+// taken from the kernel has been answered and none will be taken until
+// resume. It fails if the connection has ended.
+func (m *FileMount) pause() error {
+	select {
+	case <-m.done:
+		return fmt.Errorf("handing over FUSE at %s: the server has exited", m.mnt)
+	default:
+	}
+	if err := m.s.stop(); err != nil {
+		return fmt.Errorf("handing over FUSE at %s: %w", m.mnt, err)
+	}
+	return nil
+}
+
+// resume serves again after a pause whose handover failed.
+func (m *FileMount) resume() {
+	m.mu.Lock()
+	m.s.start()
+	m.mu.Unlock()
+	m.decided <- false
+}
+
+// handedOver ends this side after a successful handover: the descriptor
+// is closed here (the other process holds its own), nothing is unmounted.
+func (m *FileMount) handedOver() {
+	m.decided <- true
+	<-m.done
+}
+
+// mountFUSE opens /dev/fuse (non-blocking, so a reader that is told to
+// stop never takes a request: see session.next) and mounts it
+// read-only at mnt with mount(2): lode runs as root, no fusermount.
+func mountFUSE(mnt string, maxRead int) (int, error) {
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return -1, fmt.Errorf("opening /dev/fuse: %w", err)
+	}
+	data := fmt.Sprintf("fd=%d,rootmode=40000,user_id=%d,group_id=%d,default_permissions,max_read=%d",
+		fd, os.Geteuid(), os.Getegid(), maxRead)
+	if err := unix.Mount("lode", mnt, "fuse.lode", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_RDONLY, data); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("mounting FUSE at %s: %w", mnt, err)
+	}
+	return fd, nil
 }
 
 // ErrBadName reports a file name that is not a single path element.
@@ -115,100 +180,27 @@ func (m *FileMount) Dir() string { return m.mnt }
 
 // Unmount cancels reads in flight and unmounts the FUSE filesystem. It
 // fails with EBUSY while the file is open (a loop device over it, say).
+// After a handover it does nothing.
 func (m *FileMount) Unmount() error {
 	select {
 	case <-m.done:
 		return nil
 	default:
 	}
-	if err := m.server.Unmount(); err != nil {
+	if err := unix.Unmount(m.mnt, 0); err != nil {
 		return fmt.Errorf("unmounting FUSE at %s: %w", m.mnt, err)
 	}
-	m.cancel()
+	m.s.cancelReads()
 	<-m.done
 	return nil
 }
 
 // Wait returns when the FUSE server has exited (unmounted from here or by
-// another process, or its connection aborted).
+// another process, its connection aborted, or handed over).
 func (m *FileMount) Wait() { <-m.done }
 
 // Done is closed when the FUSE server has exited.
 func (m *FileMount) Done() <-chan struct{} { return m.done }
 
 // cancelReads makes every Device read, in flight or future, fail.
-func (m *FileMount) cancelReads() { m.cancel() }
-
-type rootNode struct {
-	fs.Inode
-	name string
-	file *fileNode
-}
-
-var _ fs.NodeOnAdder = (*rootNode)(nil)
-
-func (r *rootNode) OnAdd(ctx context.Context) {
-	ch := r.NewPersistentInode(ctx, r.file, fs.StableAttr{Mode: syscall.S_IFREG, Ino: 2})
-	r.AddChild(r.name, ch, false)
-}
-
-func (r *rootNode) Getattr(ctx context.Context, fh fs.FileHandle, out *gofuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFDIR | 0o555
-	out.Nlink = 2
-	return 0
-}
-
-type fileNode struct {
-	fs.Inode
-	d         blockdev.Device
-	ctx       context.Context // ends on unmount
-	log       *slog.Logger
-	pageCache bool
-}
-
-var (
-	_ fs.NodeGetattrer = (*fileNode)(nil)
-	_ fs.NodeOpener    = (*fileNode)(nil)
-	_ fs.NodeReader    = (*fileNode)(nil)
-)
-
-func (f *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *gofuse.AttrOut) syscall.Errno {
-	size := f.d.Size()
-	out.Mode = syscall.S_IFREG | 0o444
-	out.Nlink = 1
-	out.Size = uint64(size)
-	out.Blocks = uint64(size+511) / 512
-	out.Blksize = 4096
-	return 0
-}
-
-func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
-		return nil, 0, syscall.EROFS
-	}
-	if f.pageCache {
-		return nil, gofuse.FOPEN_KEEP_CACHE, 0
-	}
-	return nil, gofuse.FOPEN_DIRECT_IO, 0
-}
-
-func (f *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (gofuse.ReadResult, syscall.Errno) {
-	size := f.d.Size()
-	if off >= size {
-		return gofuse.ReadResultData(nil), 0
-	}
-	if int64(len(dest)) > size-off {
-		dest = dest[:size-off]
-	}
-	// The read ends when the kernel interrupts it or the mount goes away.
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(f.ctx, cancel)
-	defer stop()
-	n, err := f.d.ReadAt(rctx, dest, off)
-	if err != nil && !(errors.Is(err, io.EOF) && n == len(dest)) {
-		f.log.Warn("reading device for FUSE", slog.Int64("offset", off), slog.Int("length", len(dest)), slog.Any("err", err))
-		return nil, syscall.EIO
-	}
-	return gofuse.ReadResultData(dest[:n]), 0
-}
+func (m *FileMount) cancelReads() { m.s.cancelReads() }
