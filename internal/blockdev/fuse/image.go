@@ -137,14 +137,13 @@ func MountImage(ctx context.Context, dir string, d blockdev.Device, o MountOptio
 		detachLoop(tctx, dev)
 	})
 	st := state{Dir: dir, FUSEDir: fuseDir, Loop: dev, PID: os.Getpid(), StartTime: processStart(os.Getpid())}
-	b, _ := json.Marshal(st)
-	if err := os.WriteFile(filepath.Join(entry, stateFile), b, 0o600); err != nil {
-		return nil, fmt.Errorf("writing mount state %s: %w", entry, err)
+	m := &ImageMount{st: st, entry: entry, fm: fm, o: o, log: log, closed: make(chan struct{})}
+	if err := m.writeState(); err != nil {
+		return nil, err
 	}
 	if err := unix.Mount(dev, dir, o.FSType, unix.MS_RDONLY, o.Data); err != nil {
 		return nil, fmt.Errorf("mounting %s (%s over %s) at %s: %w", o.FSType, dev, fm.Path(), dir, err)
 	}
-	m := &ImageMount{st: st, entry: entry, fm: fm, o: o, log: log, closed: make(chan struct{})}
 	log.Info("image mounted", slog.String("loop", dev), slog.String("fuse", fm.Path()))
 	// Torn down from elsewhere (Unmount from another process): finish up.
 	go func() {
@@ -152,6 +151,20 @@ func MountImage(ctx context.Context, dir string, d blockdev.Device, o MountOptio
 		m.Close()
 	}()
 	return m, nil
+}
+
+// writeState records the mount (and this process as its server) in
+// state.json, atomically: lode doctor may read it at any time.
+func (m *ImageMount) writeState() error {
+	b, _ := json.Marshal(m.st)
+	tmp := filepath.Join(m.entry, stateFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("writing mount state %s: %w", m.entry, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(m.entry, stateFile)); err != nil {
+		return fmt.Errorf("writing mount state %s: %w", m.entry, err)
+	}
+	return nil
 }
 
 // ErrBusy reports a target that already has a lode mount.
