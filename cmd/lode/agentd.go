@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -49,6 +51,7 @@ type agentdOptions struct {
 	refresh       time.Duration
 	maxStarts     int
 	startWait     time.Duration
+	takeover      bool
 	worker        workerOptions
 	fill          fillOptions
 }
@@ -76,7 +79,17 @@ NBD on request through an HTTP API on a unix socket (--socket, mode 0600):
 Each image reads chunks under its own pointer's root; every --refresh the
 daemon re-reads the pointers and follows images the garbage collector moved
 to a newer root. On SIGTERM it unmounts everything and stops its exports.
-A mount dies with the daemon: see docs/operations.md for upgrades.`,
+
+Upgrades without unmounting (--takeover, on by default): start the new lode
+agent with the same --socket and --state-dir while the old one runs. It asks
+the old one (POST /v1/takeover on the socket) to hand every mount over: the
+old agent stops taking FUSE requests, answers those it took, and passes each
+mount's /dev/fuse connection (SCM_RIGHTS) with its tenant, image and
+manifest; the new one reopens the same image and serves the connection, so
+readers of the mounts see a pause, not an error. The old agent then stops its
+NBD exports (the new one restarts them on the same addresses; NBD clients
+reconnect), releases the socket and exits 0 without unmounting. A crash still
+loses the mounts (lode doctor --fix cleans up): see docs/operations.md.`,
 		Example: `  lode agent --metrics-listen 127.0.0.1:9470 &
   lode agent mount app /mnt/app
   lode agent status
@@ -93,6 +106,7 @@ A mount dies with the daemon: see docs/operations.md for upgrades.`,
 	f.DurationVar(&o.refresh, "refresh", time.Minute, "how often to re-read the pointers and root states of served images (0 disables)")
 	f.IntVar(&o.maxStarts, "max-starts", 64, "mounts and exports being set up at once; past it a request waits --start-wait, then fails with \"too many starts in flight\" (0: unbounded)")
 	f.DurationVar(&o.startWait, "start-wait", 2*time.Second, "how long a start waits for a slot before it is refused")
+	f.BoolVar(&o.takeover, "takeover", true, "if another agent serves on --socket, take its mounts and exports over (it then exits 0) instead of failing")
 	o.worker.bind(f)
 	o.fill.bind(f)
 	cmd.AddCommand(newAgentMountCmd(&o.socket), newAgentUmountCmd(&o.socket), newAgentStatusCmd(&o.socket),
@@ -120,9 +134,14 @@ type daemon struct {
 
 	mu      sync.Mutex
 	closing bool
-	mounts  map[string]*served // by dir
-	exports map[string]*served // by listen address
-	alarmed map[string]bool    // "image root" pairs already alarmed
+	// takenOver is closed once another agent took everything over: the
+	// daemon then returns without unmounting or removing the socket.
+	takenOver  chan struct{}
+	stopAPI    func()             // closes the control socket's listener (set by runAgentDaemon)
+	apiStopped atomic.Bool        // by a takeover
+	mounts     map[string]*served // by dir
+	exports    map[string]*served // by listen address
+	alarmed    map[string]bool    // "image root" pairs already alarmed
 }
 
 // served is one image the daemon serves: a mount or an NBD export.
@@ -202,23 +221,38 @@ func runAgentDaemon(ctx context.Context, o agentdOptions, ready chan<- struct{})
 		return err
 	}
 	defer d.shutdown()
+	var exports []exportRequest
+	if o.takeover && socketAnswers(o.socket) {
+		if exports, err = d.takeOver(ctx); err != nil {
+			return err
+		}
+	}
 	l, err := listenSocket(o.socket)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(o.socket)
+	defer func() {
+		select {
+		case <-d.takenOver: // the socket is the new agent's now
+		default:
+			os.Remove(o.socket)
+		}
+	}()
 	mux := d.handler()
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
+	stopMetrics := func() {}
 	if o.metricsListen != "" {
-		stop, err := serveMetrics(o.metricsListen, d.reg)
-		if err != nil {
-			srv.Close()
+		if stopMetrics, err = serveMetrics(o.metricsListen, d.reg); err != nil {
+			l.Close()
 			return err
 		}
-		defer stop()
 	}
+	defer stopMetrics()
+	// A takeover releases both listeners before the new agent opens its own.
+	d.stopAPI = func() { l.Close(); stopMetrics() }
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	d.restartExports(ctx, exports)
 	go d.refreshLoop(ctx)
 	d.log.Info("agent serving", slog.String("socket", o.socket), slog.String("store", d.st.String()),
 		slog.String("metrics", o.metricsListen))
@@ -227,7 +261,15 @@ func runAgentDaemon(ctx context.Context, o agentdOptions, ready chan<- struct{})
 	}
 	select {
 	case <-ctx.Done():
+	case <-d.takenOver:
+		d.log.Info("taken over by a new agent: exiting without unmounting")
+		return nil
 	case err := <-errc:
+		if d.apiStopped.Load() {
+			<-d.takenOver
+			d.log.Info("taken over by a new agent: exiting without unmounting")
+			return nil
+		}
 		return fmt.Errorf("serving the control socket %s: %w", o.socket, err)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -278,6 +320,8 @@ func newDaemon(ctx context.Context, o agentdOptions) (*daemon, error) {
 		mounts:  map[string]*served{},
 		exports: map[string]*served{},
 		alarmed: map[string]bool{},
+
+		takenOver: make(chan struct{}),
 	}
 	tiers, closers, err := o.worker.cacheTiers(ctx, reg)
 	if err != nil {
@@ -591,6 +635,7 @@ func (d *daemon) handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/exports", d.deleteExport)
 	mux.HandleFunc("GET /v1/exports", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, d.status().Exports) })
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, d.status()) })
+	mux.HandleFunc("POST /v1/takeover", d.postTakeover)
 	return mux
 }
 
@@ -715,14 +760,19 @@ func (d *daemon) postMount(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, errors.New("the agent is shutting down"))
 		return
 	}
-	// Unmounted from outside (lode umount DIR): forget it.
-	go func() {
-		s.mount.Wait()
-		d.release(d.mounts, dir, s)
-		s.close()
-	}()
+	d.watchMount(s)
 	d.log.Info("mounted", slog.String("image", s.name()), slog.String("dir", dir), slog.String("loop", s.mount.Loop()))
 	writeJSON(w, http.StatusCreated, statusOf(s))
+}
+
+// watchMount forgets s once its mount is gone: unmounted from outside
+// (lode umount DIR), or handed over to a new agent.
+func (d *daemon) watchMount(s *served) {
+	go func() {
+		s.mount.Wait()
+		d.release(d.mounts, s.dir, s)
+		s.close()
+	}()
 }
 
 func (d *daemon) mountImage(ctx context.Context, req mountRequest, dir string) (*served, error) {
@@ -754,6 +804,11 @@ func (d *daemon) mountImage(ctx context.Context, req mountRequest, dir string) (
 func (d *daemon) deleteMount(w http.ResponseWriter, r *http.Request) {
 	dir := filepath.Clean(r.URL.Query().Get("dir"))
 	d.mu.Lock()
+	if d.closing {
+		d.mu.Unlock()
+		writeError(w, http.StatusServiceUnavailable, errors.New("the agent is shutting down or being taken over"))
+		return
+	}
 	s, ok := d.mounts[dir]
 	if ok && s.mount != nil {
 		delete(d.mounts, dir)
@@ -859,6 +914,11 @@ func (d *daemon) startExport(ctx context.Context, req exportRequest) (*served, e
 func (d *daemon) deleteExport(w http.ResponseWriter, r *http.Request) {
 	addr := r.URL.Query().Get("listen")
 	d.mu.Lock()
+	if d.closing {
+		d.mu.Unlock()
+		writeError(w, http.StatusServiceUnavailable, errors.New("the agent is shutting down or being taken over"))
+		return
+	}
 	s, ok := d.exports[addr]
 	if ok && s.nbdDone != nil {
 		delete(d.exports, addr)
@@ -1062,5 +1122,293 @@ func printAgentStatus(out io.Writer, st agentStatus) {
 	}
 	if len(st.Mounts)+len(st.Exports) == 0 {
 		fmt.Fprintln(out, "no mounts or exports")
+	}
+}
+
+// Takeover: a new agent takes a running one's mounts and exports, so an
+// upgrade does not unmount anything (docs/operations.md, "Upgrades").
+//
+// The new agent sends POST /v1/takeover on the old one's socket; the old
+// one answers 101 and the connection becomes a sequence of length-prefixed
+// JSON messages (fuse.WriteMessage): hello (new → old), plan (old → new),
+// one fuse.HandOver per mount (the /dev/fuse descriptor travels with it,
+// the new side acknowledges), then done (old → new) with the exports the
+// new agent restarts once the old one has stopped them and released the
+// socket.
+
+const takeoverProtocol = "lode-takeover/1"
+
+type takeoverHello struct {
+	Version int `json:"version"`
+	PID     int `json:"pid"`
+}
+
+type takeoverPlan struct {
+	Mounts int `json:"mounts"`
+}
+
+// takeoverMount travels with each mount: what the new agent needs to
+// reopen the same image.
+type takeoverMount struct {
+	Tenant   string    `json:"tenant"`
+	Image    string    `json:"image"`
+	Manifest string    `json:"manifest"`
+	Roots    []string  `json:"roots"`
+	Since    time.Time `json:"since"`
+}
+
+type takeoverDone struct {
+	Handed  int             `json:"handed"`
+	Failed  []string        `json:"failed,omitempty"` // dirs the old agent unmounts as it exits
+	Exports []exportRequest `json:"exports"`
+}
+
+// socketAnswers reports whether something accepts on the unix socket path.
+func socketAnswers(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// postTakeover is the old agent's side: it refuses new work, switches the
+// connection to the takeover protocol and hands everything over.
+func (d *daemon) postTakeover(w http.ResponseWriter, r *http.Request) {
+	d.mu.Lock()
+	if d.closing {
+		d.mu.Unlock()
+		writeError(w, http.StatusConflict, errors.New("the agent is shutting down or already being taken over"))
+		return
+	}
+	d.closing = true // no new mounts, exports or unmounts from here on
+	d.mu.Unlock()
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		d.reopen()
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("taking the connection over: %w", err))
+		return
+	}
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		conn.Close()
+		d.reopen()
+		return
+	}
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + takeoverProtocol + "\r\n\r\n")
+	if err := brw.Flush(); err != nil {
+		uc.Close()
+		d.reopen()
+		return
+	}
+	go d.handOver(uc)
+}
+
+// reopen takes requests again after a takeover that did not happen.
+func (d *daemon) reopen() {
+	d.mu.Lock()
+	d.closing = false
+	d.mu.Unlock()
+}
+
+// handOver runs the old agent's side of the takeover protocol on c.
+func (d *daemon) handOver(c *net.UnixConn) {
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	var hello takeoverHello
+	if err := fuse.ReadMessage(c, &hello); err != nil {
+		d.log.Warn("takeover: no hello from the new agent", slog.Any("err", err))
+		d.reopen()
+		return
+	}
+	c.SetDeadline(time.Time{})
+	d.log.Info("handing everything over to a new agent", slog.Int("pid", hello.PID))
+	d.mu.Lock()
+	var ms, es []*served
+	for _, s := range d.mounts {
+		if s.im != nil && s.mount != nil {
+			ms = append(ms, s)
+		}
+	}
+	for _, s := range d.exports {
+		if s.im != nil && s.nbdDone != nil {
+			es = append(es, s)
+		}
+	}
+	d.mu.Unlock()
+	if err := fuse.WriteMessage(c, takeoverPlan{Mounts: len(ms)}); err != nil {
+		d.log.Warn("takeover: the new agent went away", slog.Any("err", err))
+		d.reopen()
+		return
+	}
+	done := takeoverDone{Exports: []exportRequest{}}
+	for _, s := range ms {
+		meta := takeoverMount{Tenant: s.tenant, Image: s.image, Manifest: s.manifestID, Since: s.since}
+		for _, r := range s.attached() {
+			meta.Roots = append(meta.Roots, string(r))
+		}
+		if err := s.mount.HandOver(ctx, c, meta); err != nil {
+			d.log.Error("takeover: handing a mount over failed; it is unmounted when this agent exits",
+				slog.String("dir", s.dir), slog.String("image", s.name()), slog.Any("err", err))
+			done.Failed = append(done.Failed, s.dir)
+			continue
+		}
+		done.Handed++
+		d.log.Info("mount handed over", slog.String("dir", s.dir), slog.String("image", s.name()))
+	}
+	if len(ms) > 0 && done.Handed == 0 {
+		// The new agent took nothing (gone, or refusing): keep serving.
+		d.log.Error("takeover: no mount was taken over; serving on")
+		d.reopen()
+		return
+	}
+	// NBD is stateless between requests: stop the exports so that the new
+	// agent can listen on their addresses; clients reconnect.
+	for _, s := range es {
+		done.Exports = append(done.Exports, exportRequest{Image: s.image, Tenant: s.tenant, Listen: s.listen, Export: s.export, Overlay: s.overlay})
+		d.release(d.exports, s.listen, s)
+		s.close()
+	}
+	d.apiStopped.Store(true)
+	if d.stopAPI != nil {
+		d.stopAPI() // unlinks the socket: the new agent listens on it next
+	}
+	if err := fuse.WriteMessage(c, done); err != nil {
+		d.log.Error("takeover: telling the new agent it is done", slog.Any("err", err))
+	}
+	d.log.Info("taken over", slog.Int("mounts", done.Handed), slog.Int("failed", len(done.Failed)), slog.Int("exports", len(done.Exports)))
+	close(d.takenOver)
+}
+
+// takeOver is the new agent's side: it takes every mount of the agent
+// serving on the socket and returns the exports to restart once it
+// listens there itself.
+func (d *daemon) takeOver(ctx context.Context) ([]exportRequest, error) {
+	fail := func(err error) ([]exportRequest, error) {
+		return nil, fmt.Errorf("taking over from the agent on %s: %w", d.o.socket, err)
+	}
+	conn, err := net.DialTimeout("unix", d.o.socket, 5*time.Second)
+	if err != nil {
+		return fail(err)
+	}
+	defer conn.Close()
+	c := conn.(*net.UnixConn)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(c, "POST /v1/takeover HTTP/1.1\r\nHost: lode-agent\r\nContent-Length: 0\r\n\r\n"); err != nil {
+		return fail(err)
+	}
+	// The old agent sends nothing after its answer until our hello, so
+	// the buffered reader cannot swallow a descriptor.
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return fail(fmt.Errorf("reading its answer: %w", err))
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		var ae apiError
+		if json.Unmarshal(b, &ae) == nil && ae.Error != "" {
+			return fail(errors.New(ae.Error))
+		}
+		return fail(fmt.Errorf("%s (an agent without takeover: stop it first, or run with --takeover=false)", resp.Status))
+	}
+	if br.Buffered() > 0 {
+		return fail(errors.New("unexpected bytes after the switch"))
+	}
+	c.SetDeadline(time.Time{})
+	if err := fuse.WriteMessage(c, takeoverHello{Version: 1, PID: os.Getpid()}); err != nil {
+		return fail(err)
+	}
+	var plan takeoverPlan
+	if err := fuse.ReadMessage(c, &plan); err != nil {
+		return fail(err)
+	}
+	tctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	adopted := 0
+	for range plan.Mounts {
+		h, err := fuse.ReceiveHandover(tctx, c)
+		if err != nil && adopted > 0 {
+			// Keep what was adopted: failing would unmount it.
+			d.log.Error("takeover broke off", slog.Int("adopted", adopted), slog.Any("err", err))
+			return nil, nil
+		}
+		if err != nil {
+			return fail(err)
+		}
+		if err := d.adopt(tctx, h); err != nil {
+			d.log.Error("takeover: adopting a mount failed; the old agent unmounts it", slog.String("dir", h.Dir()), slog.Any("err", err))
+			continue
+		}
+		adopted++
+	}
+	var done takeoverDone
+	if err := fuse.ReadMessage(c, &done); err != nil {
+		if adopted > 0 {
+			d.log.Error("takeover broke off", slog.Int("adopted", adopted), slog.Any("err", err))
+			return nil, nil
+		}
+		return fail(err)
+	}
+	d.log.Info("took over", slog.Int("mounts", done.Handed), slog.Any("failed", done.Failed), slog.Int("exports", len(done.Exports)))
+	return done.Exports, nil
+}
+
+// adopt serves one mount handed over by the old agent, reading the same
+// image (same manifest) through this agent.
+func (d *daemon) adopt(ctx context.Context, h *fuse.Handover) error {
+	var meta takeoverMount
+	if err := json.Unmarshal(h.Meta(), &meta); err != nil || meta.Image == "" {
+		err = fmt.Errorf("decoding the mount's image: %v", err)
+		h.Reject(err)
+		return err
+	}
+	s, err := d.open(ctx, meta.Tenant, meta.Image)
+	if err != nil {
+		h.Reject(err)
+		return err
+	}
+	if s.manifestID != meta.Manifest {
+		s.close()
+		err := fmt.Errorf("image %s now names manifest %s, the mount serves %s", s.name(), s.manifestID, meta.Manifest)
+		h.Reject(err)
+		return err
+	}
+	mo := fuse.MountOptions{StateDir: d.o.stateDir}
+	mo.Log = d.base
+	m, err := h.Adopt(s.im, mo)
+	if err != nil {
+		s.close()
+		return err
+	}
+	s.dir, s.mount = h.Dir(), m
+	if !meta.Since.IsZero() {
+		s.since = meta.Since
+	}
+	d.mu.Lock()
+	d.mounts[s.dir] = s
+	d.mu.Unlock()
+	d.watchMount(s)
+	d.log.Info("mount taken over", slog.String("dir", s.dir), slog.String("image", s.name()), slog.String("loop", m.Loop()))
+	return nil
+}
+
+// restartExports starts the exports the old agent stopped, on the same
+// addresses.
+func (d *daemon) restartExports(ctx context.Context, exports []exportRequest) {
+	for _, req := range exports {
+		s, err := d.startExport(ctx, req)
+		if err != nil {
+			d.log.Error("takeover: restarting an export", slog.String("image", req.Tenant+"/"+req.Image), slog.String("listen", req.Listen), slog.Any("err", err))
+			continue
+		}
+		d.mu.Lock()
+		d.exports[req.Listen] = s
+		d.mu.Unlock()
+		d.log.Info("export restarted", slog.String("image", s.name()), slog.String("listen", s.listen))
 	}
 }

@@ -1,0 +1,282 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lode-dev/lode/internal/blockdev/fuse"
+)
+
+// takeoverAgentSpec tells TestTakeoverHelperAgent which agent to run.
+type takeoverAgentSpec struct {
+	Home, Socket, StateDir, CacheDir string
+}
+
+// TestTakeoverHelperAgent is not a test: TestAgentTakeoverWhileReading
+// re-executes the test binary with LODE_TAKEOVER_AGENT=JSON to run
+// "lode agent" as a process of its own. It prints "agent ready" once the
+// socket serves and "agent exited: ERR" when runAgentDaemon returns, and
+// exits 0 if that was nil.
+func TestTakeoverHelperAgent(t *testing.T) {
+	spec := os.Getenv("LODE_TAKEOVER_AGENT")
+	if spec == "" {
+		return
+	}
+	var s takeoverAgentSpec
+	if err := json.Unmarshal([]byte(spec), &s); err != nil {
+		t.Fatal(err)
+	}
+	global = globalOptions{home: s.Home, tenant: "default"}
+	stdout, stderr = os.Stdout, os.Stderr
+	logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	o := agentdOptions{socket: s.Socket, stateDir: s.StateDir, takeover: true, worker: workerOptions{
+		cacheDir: s.CacheDir, diskBytes: 256 << 20, memBytes: 64 << 20, fetchTimeout: 20 * time.Second, readAhead: 4, fetches: 8,
+	}}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	ready := make(chan struct{})
+	go func() {
+		<-ready
+		fmt.Println("agent ready")
+	}()
+	err := runAgentDaemon(ctx, o, ready)
+	fmt.Printf("agent exited: %v\n", err)
+	if err != nil {
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// agentProc is a "lode agent" process started by startAgentProc.
+type agentProc struct {
+	cmd    *exec.Cmd
+	log    *syncBuffer
+	exited chan error
+}
+
+func startAgentProc(t *testing.T, spec takeoverAgentSpec) *agentProc {
+	t.Helper()
+	b, _ := json.Marshal(spec)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestTakeoverHelperAgent$")
+	cmd.Env = append(os.Environ(), "LODE_TAKEOVER_AGENT="+string(b))
+	p := &agentProc{cmd: cmd, log: &syncBuffer{}, exited: make(chan error, 1)}
+	cmd.Stderr = p.log
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		said := false
+		for sc.Scan() {
+			fmt.Fprintln(p.log, "stdout:", sc.Text())
+			if sc.Text() == "agent ready" && !said {
+				said = true
+				ready <- true
+			}
+		}
+		if !said {
+			ready <- false
+		}
+		p.exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("agent pid %d log:\n%s", cmd.Process.Pid, p.log.String())
+		}
+	})
+	select {
+	case ok := <-ready:
+		if !ok {
+			t.Fatalf("lode agent exited before serving:\n%s", p.log.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("lode agent did not serve within 60 s:\n%s", p.log.String())
+	}
+	return p
+}
+
+// TestAgentTakeoverWhileReading (issue #9): "lode agent" runs as its own
+// process and mounts the sample; a reader process reads two files of the
+// mount with O_DIRECT (every read reaches the FUSE server) in a loop and
+// hashes each read; a second "lode agent" takes the first one over, which
+// exits 0 without unmounting. The reader sees no error and the right bytes
+// before, during and after; the new agent owns the mount (state.json) and
+// restarts the NBD export; unmounting through it leaves no mount, FUSE
+// mount or loop device.
+func TestAgentTakeoverWhileReading(t *testing.T) {
+	requireMount(t)
+	c := newCLI(t)
+	c.buildSample(t)
+	root := oracle(t)
+	files := []string{"data/model.bin", "etc/os-release"}
+	want := map[string]string{}
+	for _, f := range files {
+		b, err := os.ReadFile(filepath.Join(root, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[f] = fmt.Sprintf("%x", sha256.Sum256(b))
+	}
+	spec := takeoverAgentSpec{Home: c.home, Socket: filepath.Join(c.home, "run", "agent.sock"),
+		StateDir: filepath.Join(c.home, "mounts"), CacheDir: filepath.Join(c.home, "cache")}
+	t.Cleanup(func() { fuse.Recover(context.Background(), spec.StateDir) })
+	a := startAgentProc(t, spec)
+	client := newAgentClient(spec.Socket)
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "mnt")
+	var ms servedStatus
+	if err := client.call(ctx, http.MethodPost, "/v1/mounts", mountRequest{Image: "demo", Dir: dir}, &ms); err != nil {
+		t.Fatal(err)
+	}
+	nbdSock := filepath.Join(c.home, "run", "nbd.sock")
+	if err := client.call(ctx, http.MethodPost, "/v1/exports", exportRequest{Image: "demo", Listen: "unix:" + nbdSock}, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// The reader: a shell loop of dd iflag=direct | sha256sum.
+	stopFile := filepath.Join(t.TempDir(), "stop")
+	script := `while [ ! -e "$STOP" ]; do for f in ` + strings.Join(files, " ") + `; do
+  h=$(dd if="$DIR/$f" iflag=direct bs=1M status=none | sha256sum) || h=error
+  echo "$f ${h%% *}"
+done; done`
+	reader := exec.Command("bash", "-o", "pipefail", "-c", script)
+	reader.Env = append(os.Environ(), "DIR="+dir, "STOP="+stopFile)
+	readerErr := &syncBuffer{}
+	reader.Stderr = readerErr
+	rout, err := reader.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu         sync.Mutex
+		reads, bad int
+		firstBad   string
+	)
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		sc := bufio.NewScanner(rout)
+		for sc.Scan() {
+			f, h, _ := strings.Cut(sc.Text(), " ")
+			mu.Lock()
+			reads++
+			if want[f] == "" || h != want[f] {
+				bad++
+				if firstBad == "" {
+					firstBad = sc.Text()
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		os.WriteFile(stopFile, nil, 0o644)
+		select {
+		case <-readerDone:
+		case <-time.After(30 * time.Second):
+			reader.Process.Kill()
+		}
+		reader.Wait()
+	}()
+	count := func() int { mu.Lock(); defer mu.Unlock(); return reads }
+	waitFor(t, "the reader's first reads", nil, func() bool { return count() >= 6 })
+
+	// The takeover.
+	before := count()
+	b := startAgentProc(t, spec)
+	select {
+	case err := <-a.exited:
+		if err != nil {
+			t.Errorf("the old agent exited with %v, want 0", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the old agent did not exit after the takeover")
+	}
+	if !strings.Contains(a.log.String(), "agent exited: <nil>") {
+		t.Errorf("the old agent's last words:\n%s", a.log.String())
+	}
+	if !isMounted(t, dir) {
+		t.Fatalf("%s is not mounted after the takeover", dir)
+	}
+	waitFor(t, "reads after the takeover", nil, func() bool { return count() >= before+20 })
+	os.WriteFile(stopFile, nil, 0o644)
+	select {
+	case <-readerDone:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the reader did not stop")
+	}
+	mu.Lock()
+	if bad != 0 || reads < before+20 {
+		t.Errorf("reader: %d reads, %d wrong (first %q); stderr:\n%s", reads, bad, firstBad, readerErr.String())
+	}
+	if s := readerErr.String(); s != "" {
+		t.Errorf("the reader reported errors:\n%s", s)
+	}
+	t.Logf("%d whole-file O_DIRECT reads, %d before the takeover, none wrong", reads, before)
+	mu.Unlock()
+
+	// The new agent serves the mount and the export, and owns the state.
+	var st agentStatus
+	if err := client.call(ctx, http.MethodGet, "/v1/status", nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	m, ok := mountFor(st, dir)
+	if !ok || m.Image != "demo" || m.Tenant != "default" || m.Loop != ms.Loop || m.Manifest != ms.Manifest {
+		t.Errorf("the new agent's mounts = %+v, want demo at %s on %s", st.Mounts, dir, ms.Loop)
+	}
+	if len(st.Exports) != 1 || st.Exports[0].Listen != "unix:"+nbdSock || !fileIsSocket(nbdSock) {
+		t.Errorf("the new agent's exports = %+v (socket present: %v)", st.Exports, fileIsSocket(nbdSock))
+	}
+	states, _ := filepath.Glob(filepath.Join(spec.StateDir, "*", "state.json"))
+	if len(states) != 1 {
+		t.Fatalf("state files %v, want 1", states)
+	}
+	var rec struct{ PID int }
+	readJSON(t, states[0], &rec)
+	if rec.PID != b.cmd.Process.Pid {
+		t.Errorf("state.json names pid %d, want the new agent's %d", rec.PID, b.cmd.Process.Pid)
+	}
+
+	// Unmounting through the new agent leaves nothing behind.
+	if err := client.call(ctx, http.MethodDelete, "/v1/mounts?dir="+url.QueryEscape(dir), nil, nil); err != nil {
+		t.Fatalf("unmounting through the new agent: %v", err)
+	}
+	if left := lodeMountsUnder(t, dir, spec.StateDir); len(left) != 0 {
+		t.Errorf("mounts left after umount: %v", left)
+	}
+	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, l := range loops {
+		if bf, err := os.ReadFile(l); err == nil && strings.HasPrefix(string(bf), spec.StateDir) {
+			t.Errorf("loop device %s still backed by %s", l, strings.TrimSpace(string(bf)))
+		}
+	}
+}
