@@ -120,6 +120,7 @@ type fastConn struct {
 
 	head    []byte // response head being built
 	bufs    [][]byte
+	first   []byte // writeBufs' first write
 	refs    []shardRef
 	date    []byte // Date header value of dateSec
 	dateSec int64
@@ -275,7 +276,7 @@ func (fc *fastConn) put(req fastRequest) bool {
 }
 
 // writeShards writes the response head and fc.refs: runs of memory shards
-// with one writev, disk shards with sendfile (the bytes before a file sent
+// with writeBufs, disk shards with sendfile (the bytes before a file sent
 // with MSG_MORE, so they share its first packet).
 func (fc *fastConn) writeShards() bool {
 	bufs := append(fc.bufs[:0], fc.head)
@@ -296,12 +297,46 @@ func (fc *fastConn) writeShards() bool {
 		}
 	}
 	if len(bufs) > 0 {
-		nb := net.Buffers(bufs)
-		if _, err := nb.WriteTo(fc.c); err != nil {
+		if err := fc.writeBufs(bufs); err != nil {
 			return false
 		}
 	}
 	return true
+}
+
+// firstWrite is how much of a response from memory goes out in a first,
+// small write (net/http's buffer size). Writing a 128 KiB shard and its
+// head with one writev cost the node 20–25% more CPU per request than this
+// under wrk at 16 and 64 connections (and lower throughput than net/http):
+// the first packet leaves, and the client starts reading, only after the
+// whole copy into the socket.
+const firstWrite = 4096
+
+// writeBufs writes bufs: their first firstWrite bytes with one write, the
+// rest with one write or writev.
+func (fc *fastConn) writeBufs(bufs [][]byte) error {
+	first := fc.first[:0]
+	for len(bufs) > 0 && len(first) < firstWrite {
+		n := min(len(bufs[0]), firstWrite-len(first))
+		first = append(first, bufs[0][:n]...)
+		if bufs[0] = bufs[0][n:]; len(bufs[0]) == 0 {
+			bufs = bufs[1:]
+		}
+	}
+	fc.first = first
+	if _, err := fc.c.Write(first); err != nil {
+		return err
+	}
+	switch len(bufs) {
+	case 0:
+		return nil
+	case 1:
+		_, err := fc.c.Write(bufs[0])
+		return err
+	}
+	nb := net.Buffers(bufs)
+	_, err := nb.WriteTo(fc.c)
+	return err
 }
 
 // writeMore writes bufs with MSG_MORE: the kernel holds them back to fill

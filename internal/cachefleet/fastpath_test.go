@@ -538,3 +538,37 @@ func TestFastPathOpenFileCache(t *testing.T) {
 		t.Errorf("%d files still open after Serve returned", open)
 	}
 }
+
+// TestFastPathShardSizes: memory shards on both sides of the first write's
+// 4 KiB, alone and concatenated, arrive byte for byte.
+func TestFastPathShardSizes(t *testing.T) {
+	s := newTestServer(t)
+	addr := "http://" + serveNode(t, s)
+	cd, _ := newCodec(4, 5)
+	r := rand.New(rand.NewPCG(11, 11))
+	for _, size := range []int{1, 4 * (firstWrite - 200), 4 * (firstWrite - HeaderSize), 4 * firstWrite, 70000, 600000} {
+		data, n := randomChunk(r, size)
+		shards, err := cd.encode(n, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, sh := range shards {
+			s.store.put(shardKey{n, uint8(i)}, sh)
+		}
+		for i := -1; i < len(shards); i++ {
+			want := bytes.Join(shards, nil)
+			if i >= 0 {
+				want = shards[i]
+			}
+			resp, err := http.Get(addr + ShardPath(n, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(got, want) {
+				t.Errorf("chunk of %d bytes, GET shard %d = %d, %d bytes, %v; want the %d bytes", size, i, resp.StatusCode, len(got), err, len(want))
+			}
+		}
+	}
+}
