@@ -185,7 +185,8 @@ func (m *ImageMount) File() string { return m.fm.Path() }
 // Close unmounts dir (retrying while busy, then lazily after
 // UnmountTimeout; reads blocked in the Device are cancelled first, so their
 // readers get EIO), detaches the loop device and unmounts the FUSE file.
-// It is idempotent and returns the first teardown error.
+// It is idempotent and returns the first teardown error. After a
+// successful HandOver it does nothing: the mount is the new server's.
 func (m *ImageMount) Close() error {
 	m.closeMu.Lock()
 	defer m.closeMu.Unlock()
@@ -204,7 +205,7 @@ func (m *ImageMount) Close() error {
 	return m.err
 }
 
-// Wait returns after Close, or after Unmount from another process tore the
+// Wait returns after Close or HandOver, or after Unmount from another process tore the
 // mount down.
 func (m *ImageMount) Wait() { <-m.closed }
 
