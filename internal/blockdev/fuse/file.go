@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -50,8 +49,7 @@ type FileMount struct {
 	s         *session
 	stopCtx   func() bool   // detaches ctx from the session
 	done      chan struct{} // closed when the server has exited
-	decided   chan bool     // after a pause: true handed over, false resumed
-	mu        sync.Mutex    // guards s.readerDone across resume
+	handed    chan struct{} // closed when the session went to another process
 }
 
 // ServeFile mounts at mnt (an existing directory) a FUSE filesystem holding
@@ -93,7 +91,7 @@ func ServeFile(ctx context.Context, mnt, name string, d blockdev.Device, o Optio
 
 // newFileMount wraps a serving session.
 func newFileMount(ctx context.Context, mnt string, s *session) *FileMount {
-	m := &FileMount{mnt: mnt, name: s.name, s: s, done: make(chan struct{}), decided: make(chan bool, 1)}
+	m := &FileMount{mnt: mnt, name: s.name, s: s, done: make(chan struct{}), handed: make(chan struct{})}
 	m.stopCtx = context.AfterFunc(ctx, s.cancelReads)
 	go m.watch()
 	return m
@@ -102,19 +100,10 @@ func newFileMount(ctx context.Context, mnt string, s *session) *FileMount {
 // watch closes done when the session ends for good: the connection ended
 // (unmounted or aborted), or the session was handed over.
 func (m *FileMount) watch() {
-	for {
-		m.mu.Lock()
-		rd := m.s.readerDone
-		m.mu.Unlock()
-		<-rd
+	select {
+	case <-m.s.ended:
 		m.s.handlers.Wait()
-		if m.s.readerErr != nil {
-			break
-		}
-		// Stopped for a handover, which may yet be called off.
-		if handed := <-m.decided; handed {
-			break
-		}
+	case <-m.handed: // pause already waited for the handlers
 	}
 	m.stopCtx()
 	m.s.cancelReads()
@@ -138,17 +127,12 @@ func (m *FileMount) pause() error {
 }
 
 // resume serves again after a pause whose handover failed.
-func (m *FileMount) resume() {
-	m.mu.Lock()
-	m.s.start()
-	m.mu.Unlock()
-	m.decided <- false
-}
+func (m *FileMount) resume() { m.s.start() }
 
 // handedOver ends this side after a successful handover: the descriptor
 // is closed here (the other process holds its own), nothing is unmounted.
 func (m *FileMount) handedOver() {
-	m.decided <- true
+	close(m.handed)
 	<-m.done
 }
 

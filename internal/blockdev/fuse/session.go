@@ -67,6 +67,7 @@ type session struct {
 
 	readerDone chan struct{} // closed when the reader loop returns
 	readerErr  error         // why it returned (nil: stopped for a handover)
+	ended      chan struct{} // closed when the connection has ended (readerErr set)
 
 	bufs sync.Pool // READ reply buffers of MaxRead bytes
 }
@@ -83,6 +84,7 @@ func newSession(fd int, name string, d blockdev.Device, o Options) (*session, er
 	s := &session{
 		fd: fd, efd: efd, name: name, d: d, size: d.Size(), o: o, log: o.Log,
 		inited:   make(chan struct{}),
+		ended:    make(chan struct{}),
 		inflight: map[uint64]context.CancelFunc{},
 	}
 	s.rctx, s.rcancel = context.WithCancel(context.Background())
@@ -136,6 +138,11 @@ func (s *session) next() (stop bool, err error) {
 // it names has been registered.
 func (s *session) readLoop() {
 	defer close(s.readerDone)
+	defer func() {
+		if s.readerErr != nil {
+			close(s.ended)
+		}
+	}()
 	s.initMu.Lock()
 	bufLen := max(8192, inHeaderLen+readInLen+int(max(s.init.MaxWrite, ourMaxWrite))) + 4096
 	s.initMu.Unlock()
