@@ -106,6 +106,9 @@ func startAgentProc(t *testing.T, spec takeoverAgentSpec) *agentProc {
 		case <-time.After(30 * time.Second):
 			cmd.Process.Kill()
 		}
+		if strings.Contains(p.log.String(), "DATA RACE") {
+			t.Errorf("the agent process (pid %d) reported a data race", cmd.Process.Pid)
+		}
 		if t.Failed() {
 			t.Logf("agent pid %d log:\n%s", cmd.Process.Pid, p.log.String())
 		}
@@ -180,6 +183,8 @@ done; done`
 		mu         sync.Mutex
 		reads, bad int
 		firstBad   string
+		last       time.Time
+		maxGap     time.Duration
 	)
 	readerDone := make(chan struct{})
 	go func() {
@@ -188,6 +193,10 @@ done; done`
 		for sc.Scan() {
 			f, h, _ := strings.Cut(sc.Text(), " ")
 			mu.Lock()
+			if now := time.Now(); !last.IsZero() && now.Sub(last) > maxGap {
+				maxGap = now.Sub(last)
+			}
+			last = time.Now()
 			reads++
 			if want[f] == "" || h != want[f] {
 				bad++
@@ -241,7 +250,7 @@ done; done`
 	if s := readerErr.String(); s != "" {
 		t.Errorf("the reader reported errors:\n%s", s)
 	}
-	t.Logf("%d whole-file O_DIRECT reads, %d before the takeover, none wrong", reads, before)
+	t.Logf("%d whole-file O_DIRECT reads, %d before the takeover, none wrong; longest gap between two reads %v", reads, before, maxGap)
 	mu.Unlock()
 
 	// The new agent serves the mount and the export, and owns the state.
