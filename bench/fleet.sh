@@ -128,9 +128,14 @@ CONF
   done
   med() { awk -v k="$1" -v c="$2" -v f="$3" '$1==k && $2==c {print $f}' "$W/tput.txt" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
   all() { awk -v k="$1" -v c="$2" '$1==k && $2==c {printf "%s%.0f", (n++ ? ", " : ""), $3}' "$W/tput.txt"; }
+  # Ratios to nginx within each round (the machine's load changes between
+  # rounds more than between neighbouring cells), and their median.
+  rounds() { awk -v k="$1" -v c="$2" '$2==c && $1==k {a[++na]=$3} $2==c && $1=="nginx" {n[++nn]=$3}
+    END {for (i = 1; i <= na && i <= nn; i++) printf "%s%.2f", (i > 1 ? ", " : ""), a[i]/n[i]}' "$W/tput.txt"; }
+  rmed() { rounds "$1" "$2" | tr ',' '\n' | sort -g | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]}'; }
   echo
-  echo "| server | connections | req/s (median) | MB/s | p50 | p99 | all rounds req/s | ratio to nginx warm |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "| server | connections | req/s (median) | MB/s | p50 | p99 | all rounds req/s | ratio to nginx warm | per round | median per round |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   for k in $keys nginx-cold disk-cold; do
     case $k in
       disk-before) label="lode before, shards demoted to disk (page cache warm)";;
@@ -140,7 +145,7 @@ CONF
     esac
     for c in 1 16 64; do
       rps=$(med "$k" "$c" 3); n=$(med nginx "$c" 3)
-      printf '| %s | %s | %.0f | %s | %s | %s | %s | %.2f |\n' "$label" "$c" "$rps" "$(med "$k" "$c" 4)" "$(med "$k" "$c" 5)" "$(med "$k" "$c" 6)" "$(all "$k" "$c")" "$(echo "$rps / $n" | bc -l)"
+      printf '| %s | %s | %.0f | %s | %s | %s | %s | %.2f | %s | %s |\n' "$label" "$c" "$rps" "$(med "$k" "$c" 4)" "$(med "$k" "$c" 5)" "$(med "$k" "$c" 6)" "$(all "$k" "$c")" "$(echo "$rps / $n" | bc -l)" "$(rounds "$k" "$c")" "$(rmed "$k" "$c")"
     done
   done
   cleanup
