@@ -74,6 +74,7 @@ NBD on request through an HTTP API on a unix socket (--socket, mode 0600):
   POST   /v1/exports  {"image":…,"tenant":…,"listen":…,"overlay":…,"export":…}
   DELETE /v1/exports?listen=ADDR
   GET    /v1/exports, /v1/status, /healthz, /metrics
+  POST   /v1/takeover                                   a new agent takes over (below)
 
 "lode agent mount|umount|status|export|unexport" are clients of that API.
 Each image reads chunks under its own pointer's root; every --refresh the
