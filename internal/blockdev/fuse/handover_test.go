@@ -110,16 +110,32 @@ func (r *directReader) finish() (reads, errs int64, first error) {
 	return r.reads.Load(), r.errs.Load(), r.firstErr
 }
 
+// slowDevice delays every read, so that reads are in flight when a
+// handover starts, and counts them.
+type slowDevice struct {
+	blockdev.Device
+	delay    time.Duration
+	inflight atomic.Int64
+}
+
+func (d *slowDevice) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	d.inflight.Add(1)
+	defer d.inflight.Add(-1)
+	time.Sleep(d.delay)
+	return d.Device.ReadAt(ctx, p, off)
+}
+
 // TestHandoverWhileReading hands a mounted image from one server to the
 // next six times while a reader reads its files with O_DIRECT in a loop,
-// and once to a side that refuses it: the reader sees no error and
+// and once to a side that refuses it, with reads in flight in the Device
+// as it starts: the reader sees no error and
 // every byte right, each old server's goroutines and descriptors are
 // gone, and the last server tears the mount down as usual.
 func TestHandoverWhileReading(t *testing.T) {
 	requireMount(t)
 	src := makeTree(t, 6<<20)
 	_, img := makeImage(t, src, "64M")
-	dev := blockdev.NewMemDevice(img)
+	dev := &slowDevice{Device: blockdev.NewMemDevice(img), delay: 3 * time.Millisecond}
 	base := t.TempDir()
 	mt := mounted{dir: filepath.Join(base, "mnt"), state: filepath.Join(base, "state")}
 	if err := os.Mkdir(mt.dir, 0o755); err != nil {
@@ -180,6 +196,7 @@ func TestHandoverWhileReading(t *testing.T) {
 	}
 
 	var res lodetest.Resources
+	busy := 0 // handovers that began with a Device read in flight
 	for i := range 6 {
 		a, b := connPair(t)
 		type adopted struct {
@@ -203,6 +220,14 @@ func TestHandoverWhileReading(t *testing.T) {
 			got <- adopted{m: m, meta: h.Meta(), err: err}
 		}()
 		old := cur
+		// Start while the Device serves a read: the old server must
+		// answer it before letting go.
+		for deadline := time.Now().Add(5 * time.Second); dev.inflight.Load() == 0 && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Microsecond)
+		}
+		if dev.inflight.Load() > 0 {
+			busy++
+		}
 		if err := old.HandOver(ctx, a, map[string]int{"generation": i}); err != nil {
 			t.Fatalf("HandOver #%d: %v", i, err)
 		}
@@ -243,7 +268,10 @@ func TestHandoverWhileReading(t *testing.T) {
 	if errs != 0 || reads == 0 {
 		t.Fatalf("reader: %d reads, %d errors, first %v", reads, errs, first)
 	}
-	t.Logf("%d O_DIRECT reads, no errors, over 7 handovers", reads)
+	t.Logf("%d O_DIRECT reads, no errors, over 7 handovers, %d of them begun with a read in the Device", reads, busy)
+	if busy < 3 {
+		t.Errorf("only %d of 6 handovers began with a read in flight: the test did not test losslessness", busy)
+	}
 	if err := cur.Close(); err != nil {
 		t.Fatalf("Close of the adopted mount: %v", err)
 	}
