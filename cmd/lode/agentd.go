@@ -1315,7 +1315,7 @@ func (d *daemon) takeOver(ctx context.Context) ([]exportRequest, error) {
 		if json.Unmarshal(b, &ae) == nil && ae.Error != "" {
 			return fail(errors.New(ae.Error))
 		}
-		return fail(fmt.Errorf("%s (an agent without takeover: stop it first, or run with --takeover=false)", resp.Status))
+		return fail(fmt.Errorf("%s (an agent that predates takeover: drain and stop it first)", resp.Status))
 	}
 	if br.Buffered() > 0 {
 		return fail(errors.New("unexpected bytes after the switch"))
