@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -322,4 +324,55 @@ func FuzzParseRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestInterruptCancelsDeviceRead: a process blocked in a read of the FUSE
+// file that gets a signal makes the kernel send INTERRUPT, which cancels
+// the Device read's context; the process then goes away.
+func TestInterruptCancelsDeviceRead(t *testing.T) {
+	lodetest.Require(t, lodetest.Root, lodetest.FUSE, lodetest.Tool("dd"))
+	img := randomBytes(9, 1<<20)
+	dev := &faultyDevice{Device: blockdev.NewMemDevice(img), off: 0, end: int64(len(img)), stall: true, stalled: make(chan struct{}, 1)}
+	dir := filepath.Join(t.TempDir(), "m")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ServeFile(context.Background(), dir, "disk.img", dev, Options{Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := m.Unmount(); err != nil {
+			t.Errorf("Unmount: %v", err)
+		}
+	}()
+	dd := exec.Command("dd", "if="+m.Path(), "of=/dev/null", "bs=4096", "count=1")
+	if err := dd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-dev.stalled:
+	case <-time.After(30 * time.Second):
+		dd.Process.Kill()
+		t.Fatal("dd never reached the device")
+	}
+	dd.Process.Signal(syscall.SIGTERM)
+	exited := make(chan error, 1)
+	go func() { exited <- dd.Wait() }()
+	select {
+	case err := <-exited:
+		if err == nil {
+			t.Errorf("dd of a stalled read exited 0 after SIGTERM")
+		}
+	case <-time.After(10 * time.Second):
+		m.cancelReads()
+		<-exited
+		t.Fatal("dd still blocked 10 s after SIGTERM: INTERRUPT did not cancel the Device read")
+	}
+	m.s.mu.Lock()
+	left := len(m.s.inflight)
+	m.s.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d READs still registered after the interrupted one ended", left)
+	}
 }

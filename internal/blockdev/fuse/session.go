@@ -378,6 +378,10 @@ func (s *session) doRead(ctx context.Context, r request) {
 	dest = dest[:n]
 	got, err := s.d.ReadAt(ctx, dest, r.offset)
 	if err != nil && !(errors.Is(err, io.EOF) && got == len(dest)) {
+		if ctx.Err() != nil && s.rctx.Err() == nil {
+			s.replyErr(r.unique, syscall.EINTR) // interrupted: the caller has a signal
+			return
+		}
 		s.log.Warn("reading device for FUSE", slog.Int64("offset", r.offset), slog.Int("length", len(dest)), slog.Any("err", err))
 		s.replyErr(r.unique, syscall.EIO)
 		return
