@@ -41,8 +41,8 @@
 // sequential read through this stack with a loop mount of a local file.
 //
 // Failure semantics: a Device error is EIO to the reader. Every Device read
-// gets a context that ends when the kernel interrupts the request or the
-// mount is closed, so Close never waits on a stalled Device: it fails reads
+// gets a context that ends when the kernel interrupts the request (the
+// reader got a signal; it is answered EINTR) or the mount is closed, so Close never waits on a stalled Device: it fails reads
 // in flight, unmounts (retrying while busy, then lazily), lets autoclear
 // detach the loop device, and unmounts the FUSE file, aborting its
 // connection through fusectl if a lazily detached filesystem still holds it.
