@@ -52,6 +52,7 @@ type agentdOptions struct {
 	maxStarts     int
 	startWait     time.Duration
 	takeover      bool
+	afterTakeover string
 	worker        workerOptions
 	fill          fillOptions
 }
@@ -89,8 +90,10 @@ mount's /dev/fuse connection (SCM_RIGHTS) with its tenant, image and
 manifest; the new one reopens the same image and serves the connection, so
 readers of the mounts see a pause, not an error. The old agent then stops its
 NBD exports (the new one restarts them on the same addresses; NBD clients
-reconnect), releases the socket and exits 0 without unmounting. A crash still
-loses the mounts (lode doctor --fix cleans up): see docs/operations.md.`,
+reconnect), releases the socket and exits 0 without unmounting
+(--after-takeover=wait: waits for SIGTERM first, then exits 0 without
+unmounting). A crash still loses the mounts (lode doctor --fix cleans up):
+see docs/operations.md.`,
 		Example: `  lode agent --metrics-listen 127.0.0.1:9470 &
   lode agent mount app /mnt/app
   lode agent status
@@ -108,6 +111,7 @@ loses the mounts (lode doctor --fix cleans up): see docs/operations.md.`,
 	f.IntVar(&o.maxStarts, "max-starts", 64, "mounts and exports being set up at once; past it a request waits --start-wait, then fails with \"too many starts in flight\" (0: unbounded)")
 	f.DurationVar(&o.startWait, "start-wait", 2*time.Second, "how long a start waits for a slot before it is refused")
 	f.BoolVar(&o.takeover, "takeover", true, "if another agent serves on --socket, take its mounts and exports over (it then exits 0) instead of failing")
+	f.StringVar(&o.afterTakeover, "after-takeover", "exit", `once taken over by a new agent: "exit" 0 at once, or "wait" for SIGTERM first (for supervisors that restart a process that exits, e.g. a Kubernetes pod being replaced)`)
 	o.worker.bind(f)
 	o.fill.bind(f)
 	cmd.AddCommand(newAgentMountCmd(&o.socket), newAgentUmountCmd(&o.socket), newAgentStatusCmd(&o.socket),
@@ -216,6 +220,9 @@ func runAgentDaemon(ctx context.Context, o agentdOptions, ready chan<- struct{})
 			return err
 		}
 	}
+	if o.afterTakeover != "" && o.afterTakeover != "exit" && o.afterTakeover != "wait" {
+		return fmt.Errorf("--after-takeover %q: want exit or wait", o.afterTakeover)
+	}
 	limitMemory(o.worker.memBytes)
 	d, err := newDaemon(ctx, o)
 	if err != nil {
@@ -263,13 +270,11 @@ func runAgentDaemon(ctx context.Context, o agentdOptions, ready chan<- struct{})
 	select {
 	case <-ctx.Done():
 	case <-d.takenOver:
-		d.log.Info("taken over by a new agent: exiting without unmounting")
-		return nil
+		return d.afterTakenOver(ctx)
 	case err := <-errc:
 		if d.apiStopped.Load() {
 			<-d.takenOver
-			d.log.Info("taken over by a new agent: exiting without unmounting")
-			return nil
+			return d.afterTakenOver(ctx)
 		}
 		return fmt.Errorf("serving the control socket %s: %w", o.socket, err)
 	}
@@ -1162,6 +1167,17 @@ type takeoverDone struct {
 	Handed  int             `json:"handed"`
 	Failed  []string        `json:"failed,omitempty"` // dirs the old agent unmounts as it exits
 	Exports []exportRequest `json:"exports"`
+}
+
+// afterTakenOver returns nil, at once or (--after-takeover=wait) when ctx
+// ends; nothing is unmounted either way.
+func (d *daemon) afterTakenOver(ctx context.Context) error {
+	if d.o.afterTakeover == "wait" {
+		d.log.Info("taken over by a new agent: waiting for a signal to exit (nothing is unmounted)")
+		<-ctx.Done()
+	}
+	d.log.Info("taken over by a new agent: exiting without unmounting")
+	return nil
 }
 
 // socketAnswers reports whether something accepts on the unix socket path.

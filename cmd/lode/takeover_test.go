@@ -25,6 +25,7 @@ import (
 // takeoverAgentSpec tells TestTakeoverHelperAgent which agent to run.
 type takeoverAgentSpec struct {
 	Home, Socket, StateDir, CacheDir string
+	AfterTakeover                    string
 }
 
 // TestTakeoverHelperAgent is not a test: TestAgentTakeoverWhileReading
@@ -44,7 +45,7 @@ func TestTakeoverHelperAgent(t *testing.T) {
 	global = globalOptions{home: s.Home, tenant: "default"}
 	stdout, stderr = os.Stdout, os.Stderr
 	logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	o := agentdOptions{socket: s.Socket, stateDir: s.StateDir, takeover: true, worker: workerOptions{
+	o := agentdOptions{socket: s.Socket, stateDir: s.StateDir, takeover: true, afterTakeover: s.AfterTakeover, worker: workerOptions{
 		cacheDir: s.CacheDir, diskBytes: 256 << 20, memBytes: 64 << 20, fetchTimeout: 20 * time.Second, readAhead: 4, fetches: 8,
 	}}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -64,9 +65,10 @@ func TestTakeoverHelperAgent(t *testing.T) {
 
 // agentProc is a "lode agent" process started by startAgentProc.
 type agentProc struct {
-	cmd    *exec.Cmd
-	log    *syncBuffer
-	exited chan error
+	cmd     *exec.Cmd
+	log     *syncBuffer
+	exited  chan struct{} // closed when the process has exited, with err set
+	exitErr error
 }
 
 func startAgentProc(t *testing.T, spec takeoverAgentSpec) *agentProc {
@@ -74,7 +76,7 @@ func startAgentProc(t *testing.T, spec takeoverAgentSpec) *agentProc {
 	b, _ := json.Marshal(spec)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestTakeoverHelperAgent$")
 	cmd.Env = append(os.Environ(), "LODE_TAKEOVER_AGENT="+string(b))
-	p := &agentProc{cmd: cmd, log: &syncBuffer{}, exited: make(chan error, 1)}
+	p := &agentProc{cmd: cmd, log: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Stderr = p.log
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -97,7 +99,8 @@ func startAgentProc(t *testing.T, spec takeoverAgentSpec) *agentProc {
 		if !said {
 			ready <- false
 		}
-		p.exited <- cmd.Wait()
+		p.exitErr = cmd.Wait()
+		close(p.exited)
 	}()
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
@@ -131,9 +134,17 @@ func startAgentProc(t *testing.T, spec takeoverAgentSpec) *agentProc {
 // exits 0 without unmounting. The reader sees no error and the right bytes
 // before, during and after; the new agent owns the mount (state.json) and
 // restarts the NBD export; unmounting through it leaves no mount, FUSE
-// mount or loop device.
+// mount or loop device. With --after-takeover=wait the old agent instead
+// waits, and the SIGTERM it then gets (a replaced pod's) unmounts nothing.
 func TestAgentTakeoverWhileReading(t *testing.T) {
+	for _, after := range []string{"exit", "wait"} {
+		t.Run(after, func(t *testing.T) { testAgentTakeover(t, after) })
+	}
+}
+
+func testAgentTakeover(t *testing.T, after string) {
 	requireMount(t)
+	start := time.Now()
 	c := newCLI(t)
 	c.buildSample(t)
 	root := oracle(t)
@@ -147,9 +158,11 @@ func TestAgentTakeoverWhileReading(t *testing.T) {
 		want[f] = fmt.Sprintf("%x", sha256.Sum256(b))
 	}
 	spec := takeoverAgentSpec{Home: c.home, Socket: filepath.Join(c.home, "run", "agent.sock"),
-		StateDir: filepath.Join(c.home, "mounts"), CacheDir: filepath.Join(c.home, "cache")}
+		StateDir: filepath.Join(c.home, "mounts"), CacheDir: filepath.Join(c.home, "cache"), AfterTakeover: after}
 	t.Cleanup(func() { fuse.Recover(context.Background(), spec.StateDir) })
+	t.Logf("%v: sample ready", time.Since(start))
 	a := startAgentProc(t, spec)
+	t.Logf("%v: first agent serving", time.Since(start))
 	client := newAgentClient(spec.Socket)
 	ctx := context.Background()
 	dir := filepath.Join(t.TempDir(), "mnt")
@@ -221,11 +234,17 @@ done; done`
 
 	// The takeover.
 	before := count()
+	t.Logf("%v: reader going", time.Since(start))
 	b := startAgentProc(t, spec)
+	t.Logf("%v: second agent serving", time.Since(start))
+	if after == "wait" {
+		waitFor(t, "the old agent to wait", nil, func() bool { return strings.Contains(a.log.String(), "waiting for a signal") })
+		a.cmd.Process.Signal(syscall.SIGTERM)
+	}
 	select {
-	case err := <-a.exited:
-		if err != nil {
-			t.Errorf("the old agent exited with %v, want 0", err)
+	case <-a.exited:
+		if a.exitErr != nil {
+			t.Errorf("the old agent exited with %v, want 0", a.exitErr)
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("the old agent did not exit after the takeover")
@@ -237,6 +256,7 @@ done; done`
 		t.Fatalf("%s is not mounted after the takeover", dir)
 	}
 	waitFor(t, "reads after the takeover", nil, func() bool { return count() >= before+20 })
+	t.Logf("%v: reads after the takeover done", time.Since(start))
 	os.WriteFile(stopFile, nil, 0o644)
 	select {
 	case <-readerDone:
