@@ -79,20 +79,27 @@ http {
 CONF
   nshards=$((${TPUT_CHUNKS:-400} * 5))
   ROUNDS=${ROUNDS:-3}
-  one() { # key url conns -> appends "key conns req/s MB/s p50 p99" to tput.txt
-    local out rps tr
+  # Server CPU (user + system, in clock ticks) of the processes serving key:
+  # a node, or nginx's workers.
+  declare -A spid
+  scpu() { local t=0 p ps=${spid[${1%-cold}]}; [[ ${1%-cold} == nginx ]] && ps=$(pgrep -P "$ps")
+    for p in $ps; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+  one() { # key url conns -> appends "key conns req/s MB/s p50 p99 server-CPU-µs/request" to tput.txt
+    local out rps tr c0 c1 n
+    c0=$(scpu "$1")
     out=$(wrk -t$(($3 < 2 ? 1 : 2)) -c"$3" -d"$DUR" --latency -s "$W/paths.lua" "$2" -- "$www/paths.txt")
+    c1=$(scpu "$1"); n=$(awk '/requests in/{print $1}' <<<"$out")
     echo "$out" >> "$W/wrk-$1-$3.txt"
     grep -qE 'Non-2xx|Socket errors' <<<"$out" && { echo "wrk errors against $2:" >&2; echo "$out" >&2; }
     rps=$(awk '/^Requests\/sec/{print $2}' <<<"$out")
     tr=$(awk -v r="$rps" 'BEGIN{printf "%.0f", r*'"$shard"'/1e6}')
-    echo "$1 $3 $rps $tr $(awk '$1=="50%"{print $2}' <<<"$out") $(awk '$1=="99%"{print $2}' <<<"$out")" >> "$W/tput.txt"
+    echo "$1 $3 $rps $tr $(awk '$1=="50%"{print $2}' <<<"$out") $(awk '$1=="99%"{print $2}' <<<"$out") $(awk -v d=$((c1 - c0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", d / hz * 1e6 / n}')" >> "$W/tput.txt"
   }
   : > "$W/tput.txt"; rm -f "$W"/wrk-*.txt
   # Two nodes at once: one holding every shard in memory, one with 16 MiB of
   # memory so that almost every shard is demoted to its disk directory.
-  "$L" cache serve --listen 127.0.0.1:7500 --mem 1GiB 2>"$W/node-mem.log" & pids+=($!)
-  "$L" cache serve --listen 127.0.0.1:7501 --mem 16MiB --disk "$W/nodedisk" --disk-size 2GiB 2>"$W/node-disk.log" & pids+=($!)
+  "$L" cache serve --listen 127.0.0.1:7500 --mem 1GiB 2>"$W/node-mem.log" & pids+=($!); spid[mem]=$!
+  "$L" cache serve --listen 127.0.0.1:7501 --mem 16MiB --disk "$W/nodedisk" --disk-size 2GiB 2>"$W/node-disk.log" & pids+=($!); spid[disk]=$!
   waitup 127.0.0.1:7500/healthz; waitup 127.0.0.1:7501/healthz
   "$B" -scenario=shards -nodes=127.0.0.1:7500 -chunks="${TPUT_CHUNKS:-400}" -www="$www"
   "$B" -scenario=shards -nodes=127.0.0.1:7501 -chunks="${TPUT_CHUNKS:-400}" -www="$W/www-copy" >/dev/null
@@ -101,8 +108,8 @@ CONF
   keys="mem nginx disk"
   if [[ -n ${BEFORE_LODE:-} ]]; then
     rm -rf "$W/nodedisk-before"
-    "$BEFORE_LODE" cache serve --listen 127.0.0.1:7502 --mem 16MiB --disk "$W/nodedisk-before" --disk-size 2GiB 2>"$W/node-before.log" & pids+=($!)
-    "$BEFORE_LODE" cache serve --listen 127.0.0.1:7503 --mem 1GiB 2>"$W/node-mem-before.log" & pids+=($!)
+    "$BEFORE_LODE" cache serve --listen 127.0.0.1:7502 --mem 16MiB --disk "$W/nodedisk-before" --disk-size 2GiB 2>"$W/node-before.log" & pids+=($!); spid[disk-before]=$!
+    "$BEFORE_LODE" cache serve --listen 127.0.0.1:7503 --mem 1GiB 2>"$W/node-mem-before.log" & pids+=($!); spid[mem-before]=$!
     waitup 127.0.0.1:7502/healthz; waitup 127.0.0.1:7503/healthz
     for port in 7502 7503; do
       "$B" -scenario=shards -nodes=127.0.0.1:$port -chunks="${TPUT_CHUNKS:-400}" -www="$W/www-copy" >/dev/null
@@ -112,7 +119,7 @@ CONF
     keys="mem mem-before nginx disk disk-before"
     echo "before: $BEFORE_LODE as a memory-resident node on 127.0.0.1:7503 and a disk-demoted one on 127.0.0.1:7502"
   fi
-  nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" & pids+=($!); waitup 127.0.0.1:7600/paths.txt
+  nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" & pids+=($!); spid[nginx]=$!; waitup 127.0.0.1:7600/paths.txt
   shard=$(stat -c %s "$(find "$www/v1" -type f | head -1)")
   echo "$nshards shards of $shard bytes ($((nshards * shard >> 20)) MiB), a random one per request; $ROUNDS interleaved rounds of wrk -d $DUR per cell, median shown"
   for r in $(seq "$ROUNDS"); do
@@ -134,8 +141,8 @@ CONF
     END {for (i = 1; i <= na && i <= nn; i++) printf "%s%.2f", (i > 1 ? ", " : ""), a[i]/n[i]}' "$W/tput.txt"; }
   rmed() { rounds "$1" "$2" | tr ',' '\n' | sort -g | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]}'; }
   echo
-  echo "| server | connections | req/s (median) | MB/s | p50 | p99 | all rounds req/s | ratio to nginx warm | per round | median per round |"
-  echo "|---|---|---|---|---|---|---|---|---|---|"
+  echo "| server | connections | req/s (median) | MB/s | p50 | p99 | all rounds req/s | ratio to nginx warm | per round | median per round | server CPU µs/request (median) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
   for k in $keys nginx-cold disk-cold; do
     case $k in
       disk-before) label="lode before, shards demoted to disk (page cache warm)";;
@@ -145,7 +152,7 @@ CONF
     esac
     for c in 1 16 64; do
       rps=$(med "$k" "$c" 3); n=$(med nginx "$c" 3)
-      printf '| %s | %s | %.0f | %s | %s | %s | %s | %.2f | %s | %s |\n' "$label" "$c" "$rps" "$(med "$k" "$c" 4)" "$(med "$k" "$c" 5)" "$(med "$k" "$c" 6)" "$(all "$k" "$c")" "$(echo "$rps / $n" | bc -l)" "$(rounds "$k" "$c")" "$(rmed "$k" "$c")"
+      printf '| %s | %s | %.0f | %s | %s | %s | %s | %.2f | %s | %s | %s |\n' "$label" "$c" "$rps" "$(med "$k" "$c" 4)" "$(med "$k" "$c" 5)" "$(med "$k" "$c" 6)" "$(all "$k" "$c")" "$(echo "$rps / $n" | bc -l)" "$(rounds "$k" "$c")" "$(rmed "$k" "$c")" "$(med "$k" "$c" 7)"
     done
   done
   cleanup
