@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lode-dev/lode/internal/blockdev/fuse"
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/demo"
 	"github.com/lode-dev/lode/internal/lodetest"
@@ -33,7 +34,13 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	testDir = dir
+	// A test that times out must not leave this process serving mounts it
+	// reads itself: it could not exit (see fuse.AbortAll).
+	stop := lodetest.BeforeTimeout(20*time.Second, func() {
+		fmt.Fprintf(os.Stderr, "test timeout near: aborted %d FUSE connections\n", fuse.AbortAll())
+	})
 	code := m.Run()
+	stop()
 	lodetest.StopS3Servers()
 	os.RemoveAll(dir)
 	os.Exit(code)

@@ -92,6 +92,7 @@ func ServeFile(ctx context.Context, mnt, name string, d blockdev.Device, o Optio
 // newFileMount wraps a serving session.
 func newFileMount(ctx context.Context, mnt string, s *session) *FileMount {
 	m := &FileMount{mnt: mnt, name: s.name, s: s, done: make(chan struct{}), handed: make(chan struct{})}
+	live.Store(mnt, struct{}{})
 	m.stopCtx = context.AfterFunc(ctx, s.cancelReads)
 	go m.watch()
 	return m
@@ -108,6 +109,7 @@ func (m *FileMount) watch() {
 	m.stopCtx()
 	m.s.cancelReads()
 	m.s.close()
+	live.Delete(m.mnt)
 	close(m.done)
 }
 

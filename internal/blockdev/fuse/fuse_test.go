@@ -33,7 +33,14 @@ func TestMain(m *testing.M) {
 		helperServer()
 		return
 	}
-	os.Exit(m.Run())
+	// A test that times out must not leave this process serving mounts it
+	// reads itself: it could not exit (see AbortAll).
+	stop := lodetest.BeforeTimeout(20*time.Second, func() {
+		fmt.Fprintf(os.Stderr, "test timeout near: aborted %d FUSE connections\n", AbortAll())
+	})
+	code := m.Run()
+	stop()
+	os.Exit(code)
 }
 
 func helperServer() {
