@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -20,6 +21,8 @@ import (
 	"time"
 
 	"github.com/lode-dev/lode/internal/blockdev/fuse"
+	"github.com/lode-dev/lode/internal/lodetest"
+	"github.com/lode-dev/lode/internal/run"
 )
 
 // takeoverAgentSpec tells TestTakeoverHelperAgent which agent to run.
@@ -137,13 +140,38 @@ func startAgentProc(t *testing.T, spec takeoverAgentSpec) *agentProc {
 // mount or loop device. With --after-takeover=wait the old agent instead
 // waits, and the SIGTERM it then gets (a replaced pod's) unmounts nothing.
 func TestAgentTakeoverWhileReading(t *testing.T) {
-	for _, after := range []string{"exit", "wait"} {
-		t.Run(after, func(t *testing.T) { testAgentTakeover(t, after) })
+	for _, tc := range []struct{ after, reader string }{{"exit", "shell"}, {"wait", "shell"}, {"exit", "container"}} {
+		t.Run(tc.after+"/"+tc.reader, func(t *testing.T) { testAgentTakeover(t, tc.after, tc.reader) })
 	}
 }
 
-func testAgentTakeover(t *testing.T, after string) {
+// containerReader is the container's reader loop (python3 of the sample):
+// whole-file O_DIRECT reads through overlayfs, ext4, the loop device and
+// FUSE, each file's SHA-256 printed as "NAME HASH" (or "NAME error …").
+const containerReader = `
+import hashlib, mmap, os, sys
+buf = mmap.mmap(-1, 1 << 20)
+while True:
+    for f in sys.argv[1:]:
+        try:
+            fd = os.open("/" + f, os.O_RDONLY | os.O_DIRECT)
+            h = hashlib.sha256()
+            while True:
+                n = os.readv(fd, [buf])
+                if n == 0:
+                    break
+                h.update(buf[:n])
+            os.close(fd)
+            print(f, h.hexdigest(), flush=True)
+        except OSError as e:
+            print(f, "error", e, flush=True)
+`
+
+func testAgentTakeover(t *testing.T, after, readerKind string) {
 	requireMount(t)
+	if readerKind == "container" {
+		lodetest.Require(t, lodetest.Tool("runc"))
+	}
 	start := time.Now()
 	c := newCLI(t)
 	c.buildSample(t)
@@ -175,22 +203,49 @@ func testAgentTakeover(t *testing.T, after string) {
 		t.Fatal(err)
 	}
 
-	// The reader: a shell loop of dd iflag=direct | sha256sum.
+	// The reader: a shell loop of dd iflag=direct | sha256sum, or a runc
+	// container on the mount reading the same files in a loop.
 	stopFile := filepath.Join(t.TempDir(), "stop")
-	script := `while [ ! -e "$STOP" ]; do for f in ` + strings.Join(files, " ") + `; do
+	readerErr := &syncBuffer{}
+	var rout io.Reader
+	var stopReader, killReader func()
+	switch readerKind {
+	case "container":
+		pr, pw := io.Pipe()
+		rctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_, err := run.Run(rctx, run.Options{
+				Lower: dir, Entrypoint: []string{"/usr/bin/python3"}, Args: append([]string{"-c", containerReader}, files...),
+				Stdout: pw, Stderr: readerErr, KillGrace: time.Second,
+			})
+			if rctx.Err() != nil {
+				err = nil // stopped by the test
+			}
+			pw.CloseWithError(err)
+		}()
+		rout = pr
+		stopReader = cancel
+		killReader = func() { cancel(); <-done }
+	default:
+		script := `while [ ! -e "$STOP" ]; do for f in ` + strings.Join(files, " ") + `; do
   h=$(dd if="$DIR/$f" iflag=direct bs=1M status=none | sha256sum) || h=error
   echo "$f ${h%% *}"
 done; done`
-	reader := exec.Command("bash", "-o", "pipefail", "-c", script)
-	reader.Env = append(os.Environ(), "DIR="+dir, "STOP="+stopFile)
-	readerErr := &syncBuffer{}
-	reader.Stderr = readerErr
-	rout, err := reader.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reader.Start(); err != nil {
-		t.Fatal(err)
+		reader := exec.Command("bash", "-o", "pipefail", "-c", script)
+		reader.Env = append(os.Environ(), "DIR="+dir, "STOP="+stopFile)
+		reader.Stderr = readerErr
+		out, err := reader.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := reader.Start(); err != nil {
+			t.Fatal(err)
+		}
+		rout = out
+		stopReader = func() { os.WriteFile(stopFile, nil, 0o644) }
+		killReader = func() { reader.Process.Kill(); reader.Wait() }
 	}
 	var (
 		mu         sync.Mutex
@@ -221,13 +276,12 @@ done; done`
 		}
 	}()
 	defer func() {
-		os.WriteFile(stopFile, nil, 0o644)
+		stopReader()
 		select {
 		case <-readerDone:
 		case <-time.After(30 * time.Second):
-			reader.Process.Kill()
 		}
-		reader.Wait()
+		killReader()
 	}()
 	count := func() int { mu.Lock(); defer mu.Unlock(); return reads }
 	waitFor(t, "the reader's first reads", nil, func() bool { return count() >= 6 })
@@ -257,7 +311,7 @@ done; done`
 	}
 	waitFor(t, "reads after the takeover", nil, func() bool { return count() >= before+20 })
 	t.Logf("%v: reads after the takeover done", time.Since(start))
-	os.WriteFile(stopFile, nil, 0o644)
+	stopReader()
 	select {
 	case <-readerDone:
 	case <-time.After(60 * time.Second):
@@ -270,7 +324,7 @@ done; done`
 	if s := readerErr.String(); s != "" {
 		t.Errorf("the reader reported errors:\n%s", s)
 	}
-	t.Logf("%d whole-file O_DIRECT reads, %d before the takeover, none wrong; longest gap between two reads %v", reads, before, maxGap)
+	t.Logf("%s: %d whole-file O_DIRECT reads, %d before the takeover, none wrong; longest gap between two reads %v", readerKind, reads, before, maxGap)
 	mu.Unlock()
 
 	// The new agent serves the mount and the export, and owns the state.
