@@ -809,27 +809,36 @@ func (d *daemon) mountImage(ctx context.Context, req mountRequest, dir string) (
 
 func (d *daemon) deleteMount(w http.ResponseWriter, r *http.Request) {
 	dir := filepath.Clean(r.URL.Query().Get("dir"))
+	d.stopServed(w, d.mounts, dir, func(s *served) bool { return s.mount != nil },
+		fmt.Errorf("%s is not mounted by this agent", dir), "unmounting "+dir, "unmounted", slog.String("dir", dir))
+}
+
+// stopServed removes the entry key of table (a mount or an export that has
+// finished starting), closes it and answers with its last status; notFound
+// answers a key that names nothing started.
+func (d *daemon) stopServed(w http.ResponseWriter, table map[string]*served, key string, started func(*served) bool,
+	notFound error, doing, done string, where slog.Attr) {
 	d.mu.Lock()
 	if d.closing {
 		d.mu.Unlock()
 		writeError(w, http.StatusServiceUnavailable, errors.New("the agent is shutting down or being taken over"))
 		return
 	}
-	s, ok := d.mounts[dir]
-	if ok && s.mount != nil {
-		delete(d.mounts, dir)
+	s, ok := table[key]
+	if ok && started(s) {
+		delete(table, key)
 	}
 	d.mu.Unlock()
-	if !ok || s.mount == nil {
-		writeError(w, http.StatusNotFound, fmt.Errorf("%s is not mounted by this agent", dir))
+	if !ok || !started(s) {
+		writeError(w, http.StatusNotFound, notFound)
 		return
 	}
 	st := statusOf(s)
 	if err := s.close(); err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("unmounting %s: %w", dir, err))
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("%s: %w", doing, err))
 		return
 	}
-	d.log.Info("unmounted", slog.String("image", s.name()), slog.String("dir", dir))
+	d.log.Info(done, slog.String("image", s.name()), where)
 	writeJSON(w, http.StatusOK, st)
 }
 
@@ -919,28 +928,8 @@ func (d *daemon) startExport(ctx context.Context, req exportRequest) (*served, e
 
 func (d *daemon) deleteExport(w http.ResponseWriter, r *http.Request) {
 	addr := r.URL.Query().Get("listen")
-	d.mu.Lock()
-	if d.closing {
-		d.mu.Unlock()
-		writeError(w, http.StatusServiceUnavailable, errors.New("the agent is shutting down or being taken over"))
-		return
-	}
-	s, ok := d.exports[addr]
-	if ok && s.nbdDone != nil {
-		delete(d.exports, addr)
-	}
-	d.mu.Unlock()
-	if !ok || s.nbdDone == nil {
-		writeError(w, http.StatusNotFound, fmt.Errorf("no export on %s", addr))
-		return
-	}
-	st := statusOf(s)
-	if err := s.close(); err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("stopping the export on %s: %w", addr, err))
-		return
-	}
-	d.log.Info("export stopped", slog.String("image", s.name()), slog.String("listen", addr))
-	writeJSON(w, http.StatusOK, st)
+	d.stopServed(w, d.exports, addr, func(s *served) bool { return s.nbdDone != nil },
+		fmt.Errorf("no export on %s", addr), "stopping the export on "+addr, "export stopped", slog.String("listen", addr))
 }
 
 // The clients.
