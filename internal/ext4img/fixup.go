@@ -1,9 +1,6 @@
 package ext4img
 
-import (
-	"encoding/binary"
-	"fmt"
-)
+import "fmt"
 
 // ext4 on-disk offsets used by fixInodeBitmapPadding (see the kernel's
 // Documentation/filesystems/ext4/globals.rst). The writer uses 4 KiB blocks,
@@ -28,36 +25,28 @@ const (
 // is not a multiple of 32768. The fix is deterministic, so images stay
 // byte-for-byte reproducible.
 func fixInodeBitmapPadding(rw Output) error {
-	sb := make([]byte, 1024)
-	if _, err := rw.ReadAt(sb, superblockOffset); err != nil {
-		return fmt.Errorf("reading superblock: %w", err)
+	f, err := openFsys(rw)
+	if err != nil {
+		return fmt.Errorf("fixing inode bitmaps: %w", err)
 	}
-	le := binary.LittleEndian
-	if le.Uint16(sb[sbMagic:]) != ext4Magic {
-		return fmt.Errorf("reading superblock: bad magic %#x", le.Uint16(sb[sbMagic:]))
+	if f.ipg > supportedBlockSize*8 {
+		return fmt.Errorf("fixing inode bitmaps: %d inodes per group", f.ipg)
 	}
-	if bs := 1024 << le.Uint32(sb[sbLogBlockSize:]); bs != supportedBlockSize {
-		return fmt.Errorf("fixing inode bitmaps: block size %d, want %d", bs, supportedBlockSize)
-	}
-	inodes, ipg := le.Uint32(sb[sbInodesCount:]), le.Uint32(sb[sbInodesPerGroup:])
-	if ipg == 0 || ipg > supportedBlockSize*8 {
-		return fmt.Errorf("fixing inode bitmaps: %d inodes per group", ipg)
-	}
-	if ipg == supportedBlockSize*8 {
+	if f.ipg == supportedBlockSize*8 {
 		return nil // no padding
 	}
-	groups := (inodes + ipg - 1) / ipg
-	gd := make([]byte, groupDescSize)
+	groups := (le.Uint32(f.sb[sbInodesCount:]) + f.ipg - 1) / f.ipg
 	bm := make([]byte, supportedBlockSize)
 	for g := uint32(0); g < groups; g++ {
-		if _, err := rw.ReadAt(gd, gdtBlock*supportedBlockSize+int64(g)*groupDescSize); err != nil {
-			return fmt.Errorf("reading group descriptor %d: %w", g, err)
+		gd, _, err := f.groupDesc(g)
+		if err != nil {
+			return err
 		}
 		off := int64(le.Uint32(gd[gdInodeBitmapLow:])) * supportedBlockSize
 		if _, err := rw.ReadAt(bm, off); err != nil {
 			return fmt.Errorf("reading inode bitmap of group %d: %w", g, err)
 		}
-		for bit := ipg; bit < supportedBlockSize*8; bit++ {
+		for bit := f.ipg; bit < supportedBlockSize*8; bit++ {
 			bm[bit/8] |= 1 << (bit % 8)
 		}
 		if _, err := rw.WriteAt(bm, off); err != nil {
