@@ -86,7 +86,25 @@ func ServeFile(ctx context.Context, mnt, name string, d blockdev.Device, o Optio
 		s.close()
 		return nil, fmt.Errorf("serving FUSE at %s: no INIT from the kernel within %v", mnt, initTimeout)
 	}
+	primePoll(filepath.Join(mnt, name))
 	return newFileMount(ctx, mnt, s), nil
+}
+
+// primePoll has the kernel ask the new connection its one FUSE_POLL now,
+// through poll(2) on a raw descriptor, so that the server's ENOSYS answer
+// turns polling off for the connection. Otherwise the first os.Open of the
+// file in this process would send it from epoll_ctl on the Go runtime's
+// epoll instance, holding that instance and the caller's P while waiting
+// for an answer that itself needs a P: with every other P blocked in the
+// runtime's netpoll on the same instance, the process deadlocks. Best
+// effort: if it fails, a later open asks instead.
+func primePoll(path string) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+	unix.Close(fd)
 }
 
 // newFileMount wraps a serving session.

@@ -20,11 +20,18 @@ import (
 // the fd open until something else (a mount) holds the device: autoclear
 // detaches it when the last opener closes.
 func attachLoop(backing string, readAheadKB int) (string, *os.File, error) {
-	bf, err := os.OpenFile(backing, os.O_RDONLY, 0)
+	// A raw descriptor, not os.OpenFile: Go registers every file it opens
+	// with the runtime's epoll instance, and for a file on a FUSE mount that
+	// epoll_ctl sends FUSE_POLL and waits for the answer while holding the
+	// instance and the caller's P. When backing is served by this process
+	// (MountImage), the answer needs a P too, and another P blocked in the
+	// runtime's netpoll on the same instance can leave none: the process
+	// deadlocks (seen in CI on 2 CPUs).
+	bfd, err := unix.Open(backing, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", nil, fmt.Errorf("opening loop backing file %s: %w", backing, err)
 	}
-	defer bf.Close()
+	defer unix.Close(bfd)
 	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
 	if err != nil {
 		return "", nil, fmt.Errorf("opening /dev/loop-control: %w", err)
@@ -40,7 +47,7 @@ func attachLoop(backing string, readAheadKB int) (string, *os.File, error) {
 		if err != nil {
 			return "", nil, fmt.Errorf("opening %s: %w", dev, err)
 		}
-		cfg := unix.LoopConfig{Fd: uint32(bf.Fd())}
+		cfg := unix.LoopConfig{Fd: uint32(bfd)}
 		cfg.Info.Flags = unix.LO_FLAGS_READ_ONLY | unix.LO_FLAGS_AUTOCLEAR
 		copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], backing)
 		err = unix.IoctlLoopConfigure(int(lf.Fd()), &cfg)
