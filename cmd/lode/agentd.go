@@ -53,6 +53,9 @@ type agentdOptions struct {
 	startWait     time.Duration
 	takeover      bool
 	afterTakeover string
+	resolveTTL    time.Duration
+	resolveStale  time.Duration
+	manifestCache int64
 	worker        workerOptions
 	fill          fillOptions
 }
@@ -110,6 +113,9 @@ see docs/operations.md.`,
 	f.DurationVar(&o.refresh, "refresh", time.Minute, "how often to re-read the pointers and root states of served images (0 disables)")
 	f.IntVar(&o.maxStarts, "max-starts", 64, "mounts and exports being set up at once; past it a request waits --start-wait, then fails with \"too many starts in flight\" (0: unbounded)")
 	f.DurationVar(&o.startWait, "start-wait", 2*time.Second, "how long a start waits for a slot before it is refused")
+	f.DurationVar(&o.resolveTTL, "resolve-ttl", time.Second, "how long a start reuses an image's pointer read by an earlier start (a new build or a delete is seen within it); up to --resolve-stale a start uses the pointer it has while one background read refreshes it; negative: read the pointer at every start")
+	f.DurationVar(&o.resolveStale, "resolve-stale", 30*time.Second, "oldest pointer a start uses while refreshing it in the background")
+	f.Int64Var(&o.manifestCache, "manifest-cache-size", 256<<20, "bytes of opened manifests kept for new starts (content-addressed, never stale)")
 	f.BoolVar(&o.takeover, "takeover", true, "if another agent serves on --socket, take its mounts and exports over (it then exits 0) instead of failing")
 	f.StringVar(&o.afterTakeover, "after-takeover", "exit", `once taken over by a new agent: "exit" 0 at once, or "wait" for SIGTERM first (for supervisors that restart a process that exits, e.g. a Kubernetes pod being replaced)`)
 	o.worker.bind(f)
@@ -125,6 +131,7 @@ type daemon struct {
 	st      store.Store
 	kr      manifest.Keyring
 	origins *agent.Origins
+	resolve *catalog.Resolver
 	admit   *agent.Admission
 	disk    *agent.DiskCache
 	mem     *agent.MemCache
@@ -147,6 +154,7 @@ type daemon struct {
 	mounts     map[string]*served // by dir
 	exports    map[string]*served // by listen address
 	alarmed    map[string]bool    // "image root" pairs already alarmed
+	rootRead   map[store.RootID]time.Time
 }
 
 // served is one image the daemon serves: a mount or an NBD export.
@@ -320,15 +328,19 @@ func newDaemon(ctx context.Context, o agentdOptions) (*daemon, error) {
 	reg := metrics.NewRegistry()
 	d := &daemon{
 		o: o, st: st, kr: kr, reg: reg, origins: agent.NewOrigins(st),
-		base:    logger,
-		log:     logger.With(slog.String("component", "agentd")),
-		tenant:  global.tenant,
-		mounts:  map[string]*served{},
-		exports: map[string]*served{},
-		alarmed: map[string]bool{},
+		base:     logger,
+		log:      logger.With(slog.String("component", "agentd")),
+		tenant:   global.tenant,
+		mounts:   map[string]*served{},
+		exports:  map[string]*served{},
+		alarmed:  map[string]bool{},
+		rootRead: map[store.RootID]time.Time{},
 
 		takenOver: make(chan struct{}),
 	}
+	d.resolve = catalog.NewResolver(st, kr, catalog.ResolverConfig{
+		PointerTTL: o.resolveTTL, MaxStale: o.resolveStale, ManifestBytes: o.manifestCache, Log: d.log,
+	})
 	tiers, closers, err := o.worker.cacheTiers(ctx, reg)
 	if err != nil {
 		return nil, err
@@ -368,6 +380,19 @@ func (d *daemon) registerMetrics() {
 			return float64(len(m))
 		}
 	}
+	rs := func(f func(catalog.ResolverStats) int64) func() float64 {
+		return func() float64 { return float64(f(d.resolve.Stats())) }
+	}
+	d.reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "lode_agent_resolves_total", Help: "Image names resolved to manifests for new starts."},
+			rs(func(s catalog.ResolverStats) int64 { return s.Resolves })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "lode_agent_pointer_reads_total", Help: "Image pointers read from the store (the rest of the resolves reused one, see --resolve-ttl)."},
+			rs(func(s catalog.ResolverStats) int64 { return s.PointerReads })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "lode_agent_manifest_reads_total", Help: "Manifests read from the store and opened (the rest came from the manifest cache)."},
+			rs(func(s catalog.ResolverStats) int64 { return s.ManifestReads })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "lode_agent_stale_pointer_uses_total", Help: "Starts that used an expired pointer because re-reading it from the store failed."},
+			rs(func(s catalog.ResolverStats) int64 { return s.StaleOnError })),
+	)
 	d.reg.MustRegister(d.expired, d.moved,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lode_agent_mounts", Help: "Images the agent daemon has mounted."}, count(d.mounts)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lode_agent_exports", Help: "NBD exports the agent daemon serves."}, count(d.exports)),
@@ -422,12 +447,14 @@ func (d *daemon) shutdown() {
 // open resolves tenant/image and opens it on the shared agent, reading
 // from its pointer's root.
 func (d *daemon) open(ctx context.Context, tenant, image string) (*served, error) {
-	m, p, err := catalog.Resolve(ctx, d.st, d.kr, tenant, image)
+	m, p, err := d.resolve.Resolve(ctx, tenant, image)
 	if err != nil {
 		return nil, err
 	}
 	s := &served{tenant: tenant, image: image, m: m, manifestID: p.Manifest, since: time.Now()}
-	d.checkRoot(ctx, s.name(), p.Root)
+	if d.rootDue(p.Root) {
+		d.checkRoot(ctx, s.name(), p.Root)
+	}
 	s.roots = []store.RootID{p.Root}
 	s.detach = []func(){d.origins.Attach(p.Root, m)}
 	im, err := d.agent.Open(s.name(), m)
@@ -438,6 +465,21 @@ func (d *daemon) open(ctx context.Context, tenant, image string) (*served, error
 	s.im = im
 	d.o.fill.start(context.Background(), im, nil) // ends when the image closes
 	return s, nil
+}
+
+// rootDue reports whether a start should read root's state: at most once
+// per --resolve-ttl (a storm of starts would otherwise read it from the
+// store every time; the garbage collector's grace is hours, and the refresh
+// loop reads the state of every served root anyway).
+func (d *daemon) rootDue(root store.RootID) bool {
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if t, ok := d.rootRead[root]; ok && d.o.resolveTTL > 0 && now.Sub(t) < d.o.resolveTTL {
+		return false
+	}
+	d.rootRead[root] = now
+	return true
 }
 
 // checkRoot warns, counts and raises the GC alarm when image's root is

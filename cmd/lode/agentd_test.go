@@ -241,6 +241,12 @@ func TestAgentDaemon(t *testing.T) {
 	if got := a.metric(t, "lode_agent_mounts"); got != 2 {
 		t.Errorf("lode_agent_mounts = %v, want 2", got)
 	}
+	// The second start resolved the image from the daemon's caches: the
+	// manifest was read and opened once (the pointer too, unless more than
+	// --resolve-ttl passed between the mounts).
+	if r, m := a.metric(t, "lode_agent_resolves_total"), a.metric(t, "lode_agent_manifest_reads_total"); r != 2 || m != 1 {
+		t.Errorf("two mounts resolved %v times and read %v manifests, want 2 and 1", r, m)
+	}
 
 	// Mounting over a served dir conflicts.
 	err = a.client.call(context.Background(), http.MethodPost, "/v1/mounts", mountRequest{Image: "demo", Dir: dir2}, nil)

@@ -50,21 +50,28 @@ func Resolve(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, n
 	if p.Deleted {
 		return nil, p, fmt.Errorf("image %s of tenant %s was deleted: %w", name, tenant, ErrNoImage)
 	}
+	m, err := openManifest(ctx, st, kr, tenant, name, p)
+	return m, p, err
+}
+
+// openManifest reads the manifest p names, checks it hashes to its id and
+// opens it with tenant's key.
+func openManifest(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name string, p store.Pointer) (*manifest.Manifest, error) {
 	sealed, err := st.Get(ctx, store.ManifestKey(p.Root, p.Manifest), nil)
 	if err != nil {
-		return nil, p, fmt.Errorf("reading manifest %s of image %s/%s: %w", p.Manifest, tenant, name, err)
+		return nil, fmt.Errorf("reading manifest %s of image %s/%s: %w", p.Manifest, tenant, name, err)
 	}
 	if got := manifest.ID(sealed); got != p.Manifest {
-		return nil, p, fmt.Errorf("manifest of image %s/%s: object %s hashes to %s: %w", tenant, name, p.Manifest, got, manifest.ErrCorrupt)
+		return nil, fmt.Errorf("manifest of image %s/%s: object %s hashes to %s: %w", tenant, name, p.Manifest, got, manifest.ErrCorrupt)
 	}
 	m, err := manifest.Open(ctx, sealed, tenant, kr)
 	if err != nil {
-		return nil, p, fmt.Errorf("opening manifest %s of image %s/%s: %w", p.Manifest, tenant, name, err)
+		return nil, fmt.Errorf("opening manifest %s of image %s/%s: %w", p.Manifest, tenant, name, err)
 	}
 	// m.Root is the root the image was built in (its salt); after the
 	// garbage collector copies the manifest forward, the pointer's root is
 	// where it and its chunks live now. Readers use the pointer's.
-	return m, p, nil
+	return m, nil
 }
 
 // List returns tenant's images, sorted by name, including deleted ones when
