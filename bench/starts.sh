@@ -2,7 +2,7 @@
 # Many starts at once (issue #12), docs/scale.md: the bench/starts load
 # generator against 5 `lode cache serve` processes on 127.0.0.2..6 and a file
 # origin, latencies injected per tier from the paper. Scenarios:
-#   sweep          one worker, rising start rates: the highest rate with p99 ≤ 2× p50
+#   sweep          one worker, rising start rates: the highest steady rate (loading starts p99 ≤ 2× p50; docs/decisions/20261123-start-latency-classes.md)
 #   steady         W workers, warm fleet, CPU profile of the generator (pprof top)
 #   empty-fleet    every node restarted empty at once (and again with the
 #                  jittered second look at the fleet, SECOND_LOOK)
@@ -11,13 +11,13 @@
 #   origin-stall   fleet emptied, the origin answers nothing for 10 s
 # Usage: bench/starts.sh [all|sweep|steady|storm|faults] [WORKDIR]
 # Environment: W (workers, 4), RATE (starts/s per worker, 5), ORIGIN_RATE
-# (origin requests/s per worker, 25), SWEEP (rates, 5,10,20,30,40),
+# (origin requests/s per worker, 25), SWEEP (rates, 5,10,15,20,30,40),
 # SECOND_LOOK (100ms; empty to skip that run).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 what=${1:-all}
 WD=${2:-/var/tmp/lode-bench/starts}
-W=${W:-4}; RATE=${RATE:-5}; ORIGIN_RATE=${ORIGIN_RATE:-25}; SWEEP=${SWEEP:-5,10,20,30,40}
+W=${W:-4}; RATE=${RATE:-5}; ORIGIN_RATE=${ORIGIN_RATE:-25}; SWEEP=${SWEEP:-5,10,15,20,30,40}
 SECOND_LOOK=${SECOND_LOOK-100ms}
 mkdir -p "$WD"
 cd "$here"
@@ -38,7 +38,7 @@ echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(grep -m1 'model name
 
 if [[ $what == all || $what == sweep ]]; then
   echo; echo "## sweep: one worker, offered start rates $SWEEP"
-  fresh; "${B[@]}" -scenario=sweep -workers=1 -rates="$SWEEP" -warm=8s -step=5s
+  fresh; "${B[@]}" -scenario=sweep -workers=1 -rates="$SWEEP" -warm=8s -step=20s
 fi
 
 if [[ $what == all || $what == steady ]]; then

@@ -74,6 +74,7 @@ type config struct {
 	Stall   time.Duration
 
 	CPUProfile string
+	Samples    string
 	Work       string
 }
 
@@ -125,6 +126,7 @@ func main() {
 	f.Float64Var(&c.ErrRate, "error-rate", 0.05, "origin-errors: share of origin requests that fail")
 	f.DurationVar(&c.Stall, "stall", 10*time.Second, "origin-stall: how long the origin answers nothing")
 	f.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the measured part here")
+	f.StringVar(&c.Samples, "samples", "", "write every successful start (completed at, latency, chunks from memory / fleet / origin) to this CSV file")
 	f.StringVar(&c.Work, "work", "", "work directory (default a temporary one, removed)")
 	flag.Parse()
 
@@ -179,6 +181,13 @@ func run(ctx context.Context, c config) error {
 		return err
 	}
 	defer r.close()
+	if c.Samples != "" {
+		defer func() {
+			if err := r.tl.writeSamples(c.Samples); err != nil {
+				fmt.Fprintln(os.Stderr, "starts bench:", err)
+			}
+		}()
+	}
 	fmt.Printf("config: %d workers, rate %v starts/s per worker, admission %d starts / %v, agent %d fetches / %v, L1 %d MiB, origin ≤ %d in flight and %.0f/s (burst %d) per worker (%s), second look %v, %d running readers per worker (deadline %v)\n",
 		c.Workers, c.Rates, c.MaxStarts, c.StartWait, c.Fetches, c.FetchTimeout, c.L1MiB, c.OriginConc, c.OriginRate, c.OriginBurst, c.LimitOrder, c.SecondLook, c.Running, c.ReadDeadline)
 	if c.Scenario == "sweep" {
@@ -195,8 +204,9 @@ func (r *runner) sweep(ctx context.Context) error {
 	defer r.halt(c.FetchTimeout + 5*time.Second)
 	time.Sleep(c.Warm)
 	fmt.Println()
-	fmt.Println("| offered starts/s per worker | starts/s | rejected | failed | p50 ms | p99 ms | p99.9 ms | p99/p50 | starts reading the fleet or origin: share, p50 / p99 ms, p99/p50 | fleet req/s | origin req/s | hits mem / fleet / origin % |")
+	fmt.Println("| offered starts/s per worker | starts/s | rejected | failed | p50 / p99 / p99.9 ms, all starts | p99/p50, all | L1-only starts: n, p50 / p99 ms, p99/p50 | loading starts (fleet or origin): n, p50 / p99 ms, p99/p50 | steady | fleet req/s | origin req/s | hits mem / fleet / origin % |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|")
+	sustained, broken := 0.0, false
 	for _, rate := range c.Rates {
 		r.setRate(rate)
 		from := r.tl.since() + 2*time.Second
@@ -205,11 +215,20 @@ func (r *runner) sweep(ctx context.Context) error {
 			return ctx.Err()
 		}
 		w := r.tl.window(from, r.tl.since())
-		fmt.Printf("| %.0f | %.1f | %d | %d | %s | %s | %s | %.2f | %.0f%%, %s / %s, %.2f | %.0f | %.1f | %.1f / %.1f / %.2f |\n",
+		verdict, ok := steadyVerdict(w)
+		switch {
+		case ok && !broken:
+			sustained = rate
+		case !ok && !strings.HasPrefix(verdict, "unknown"):
+			broken = true // an unknown step (too few loading starts) neither counts nor ends the run
+		}
+		fmt.Printf("| %.0f | %.1f | %d | %d | %s / %s / %s | %.2f | %s | %s | %s | %.0f | %.1f | %.1f / %.1f / %.2f |\n",
 			rate, w.rate(w.starts), w.rejected, w.failed, ms(w.p50), ms(w.p99), ms(w.p999), ratio(w.p99, w.p50),
-			100*float64(w.coldN)/float64(max(1, w.starts)), ms(w.coldP50), ms(w.coldP99), ratio(w.coldP99, w.coldP50),
+			fmtClass(w.warm), fmtClass(w.cold), verdict,
 			w.rate(w.requests[tierFleet]), w.rate(w.requests[tierOrigin]), w.share(w.mem), w.share(w.fleet), w.share(w.origin))
 	}
+	fmt.Printf("\nsustained: %.0f starts/s per worker (the highest offered rate up to which every step is steady: no refusal or failure; "+
+		"starts that loaded chunks, p99 ≤ 2× p50 (≥ %d of them); starts from L1 alone, p99 ≤ that p50)\n", sustained, minClass)
 	r.footer()
 	return nil
 }
@@ -402,6 +421,34 @@ func fmtHist(h []int) string {
 		return "(none)"
 	}
 	return strings.Join(parts, ", ") + " (chunks×requests)"
+}
+
+// steadyVerdict judges one sweep step by the criterion of
+// docs/decisions/20261123-start-latency-classes.md: steady when no start was
+// refused or failed, the starts that loaded chunks (fleet or origin) have
+// p99 ≤ 2× their p50, and the starts served by L1 alone stayed faster (p99)
+// than the median loading start.
+func steadyVerdict(w window) (string, bool) {
+	if w.rejected+w.failed > 0 {
+		return "no (refused or failed starts)", false
+	}
+	ok, known := w.cold.steady()
+	switch {
+	case !known:
+		return fmt.Sprintf("unknown (%d loading starts, need %d)", w.cold.n, minClass), false
+	case !ok:
+		return "no (loading p99 > 2× p50)", false
+	case w.warm.n > 0 && w.warm.p99 > w.cold.p50:
+		return "no (L1-only p99 > loading p50)", false
+	}
+	return "yes", true
+}
+
+func fmtClass(c class) string {
+	if c.n == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%d, %s / %s, %.2f", c.n, ms(c.p50), ms(c.p99), ratio(c.p99, c.p50))
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"bufio"
+	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -94,9 +97,8 @@ type window struct {
 	runOK, runFailed           int64
 	runMax                     time.Duration
 	p50, p99, p999             time.Duration
-	coldN                      int           // starts that read at least one chunk from the fleet or origin
-	coldP50, coldP99           time.Duration // their latency
-	mem, fleet, origin         int64         // chunk reads of successful starts by serving tier
+	warm, cold                 class // starts served by L1 alone; starts that read the fleet or origin
+	mem, fleet, origin         int64 // chunk reads of successful starts by serving tier
 }
 
 func (tl *timeline) window(from, to time.Duration) window {
@@ -119,13 +121,15 @@ func (tl *timeline) window(from, to time.Duration) window {
 		w.runFailed += b.runFailed.Load()
 		w.runMax = max(w.runMax, time.Duration(b.runMaxNS.Load()))
 	}
-	var lats, cold []time.Duration
+	var lats, warm, cold []time.Duration
 	tl.mu.Lock()
 	for _, s := range tl.lats {
 		if s.at >= time.Duration(f)*time.Second && s.at < time.Duration(t)*time.Second {
 			lats = append(lats, s.lat)
 			if s.fleet+s.origin > 0 {
 				cold = append(cold, s.lat)
+			} else {
+				warm = append(warm, s.lat)
 			}
 			w.mem += int64(s.mem)
 			w.fleet += int64(s.fleet)
@@ -134,8 +138,37 @@ func (tl *timeline) window(from, to time.Duration) window {
 	}
 	tl.mu.Unlock()
 	w.p50, w.p99, w.p999 = quantile(lats, 0.5), quantile(lats, 0.99), quantile(lats, 0.999)
-	w.coldN, w.coldP50, w.coldP99 = len(cold), quantile(cold, 0.5), quantile(cold, 0.99)
+	w.warm, w.cold = classOf(warm), classOf(cold)
 	return w
+}
+
+// class is the latency of one class of starts. Start latency is bimodal
+// (docs/decisions/20261123-start-latency-classes.md): a start whose whole
+// start set is in the worker's memory cache takes about a millisecond, one
+// that reads the fleet ten or more, so the p50 and p99 of the mixture come
+// from different classes whenever the share of either is between 1% and
+// 99%. The sweep judges the loading starts by p99 ≤ 2× p50 and the L1-only
+// ones against the loading starts' p50.
+type class struct {
+	n        int
+	p50, p99 time.Duration
+}
+
+func classOf(ds []time.Duration) class {
+	return class{n: len(ds), p50: quantile(ds, 0.5), p99: quantile(ds, 0.99)}
+}
+
+// minClass is the fewest starts a class needs in a step for its p99 to be
+// judged: with fewer, the p99 is the slowest start or close to it.
+const minClass = 50
+
+// steady reports whether c meets p99 ≤ 2× p50 and whether it had enough
+// starts to tell.
+func (c class) steady() (ok, known bool) {
+	if c.n < minClass {
+		return true, false
+	}
+	return c.p99 <= 2*c.p50, true
 }
 
 func (w window) rate(n int64) float64 {
@@ -160,4 +193,24 @@ func quantile(ds []time.Duration, p float64) time.Duration {
 	}
 	slices.Sort(ds)
 	return ds[min(len(ds)-1, int(p*float64(len(ds))))]
+}
+
+// writeSamples writes every successful start to path as CSV.
+func (tl *timeline) writeSamples(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	fmt.Fprintln(w, "at_s,latency_ms,mem,fleet,origin")
+	tl.mu.Lock()
+	for _, s := range tl.lats {
+		fmt.Fprintf(w, "%.3f,%.3f,%d,%d,%d\n", s.at.Seconds(), float64(s.lat)/1e6, s.mem, s.fleet, s.origin)
+	}
+	tl.mu.Unlock()
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return fmt.Errorf("writing samples to %s: %w", path, err)
+	}
+	return f.Close()
 }
