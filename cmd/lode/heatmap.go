@@ -176,15 +176,7 @@ func liveNames(ctx context.Context, st store.Store, root store.RootID, tenant, n
 
 // writeInspectHeatmap draws tenant's image name by chunk state to path.
 func writeInspectHeatmap(ctx context.Context, name, path string, out io.Writer) error {
-	st, err := openStore(ctx)
-	if err != nil {
-		return err
-	}
-	kr, err := openKeyring()
-	if err != nil {
-		return err
-	}
-	m, p, err := catalog.Resolve(ctx, st, kr, global.tenant, name)
+	st, m, p, err := resolveImage(ctx, name)
 	if err != nil {
 		return err
 	}

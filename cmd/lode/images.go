@@ -118,15 +118,7 @@ type inspectJSON struct {
 }
 
 func runInspect(ctx context.Context, name string, asJSON bool, out io.Writer) error {
-	st, err := openStore(ctx)
-	if err != nil {
-		return err
-	}
-	kr, err := openKeyring()
-	if err != nil {
-		return err
-	}
-	m, p, err := catalog.Resolve(ctx, st, kr, global.tenant, name)
+	st, m, p, err := resolveImage(ctx, name)
 	if err != nil {
 		return err
 	}

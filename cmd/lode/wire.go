@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 
+	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
 	"github.com/lode-dev/lode/internal/store/storeurl"
@@ -27,4 +28,22 @@ func openKeyring() (*manifest.FileKeyring, error) {
 		return nil, fmt.Errorf("no keyring at %s: run `lode keys create --tenant %s` first: %w", global.keyringPath(), global.tenant, err)
 	}
 	return kr, err
+}
+
+// resolveImage opens the store and keyring and resolves the tenant's image
+// name: what every one-shot command that reads an image does first.
+func resolveImage(ctx context.Context, name string) (store.Store, *manifest.Manifest, store.Pointer, error) {
+	st, err := openStore(ctx)
+	if err != nil {
+		return nil, nil, store.Pointer{}, err
+	}
+	kr, err := openKeyring()
+	if err != nil {
+		return nil, nil, store.Pointer{}, err
+	}
+	m, p, err := catalog.Resolve(ctx, st, kr, global.tenant, name)
+	if err != nil {
+		return nil, nil, p, err
+	}
+	return st, m, p, nil
 }

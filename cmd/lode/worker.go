@@ -11,7 +11,6 @@ import (
 
 	"github.com/lode-dev/lode/internal/agent"
 	"github.com/lode-dev/lode/internal/blockdev"
-	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
 )
@@ -92,15 +91,7 @@ func (w *worker) Close() error {
 // openWorker resolves tenant's image name and opens it through the tier
 // stack: memory → disk → fleet (if configured) → origin.
 func openWorker(ctx context.Context, o workerOptions, name string, reg prometheus.Registerer) (*worker, error) {
-	st, err := openStore(ctx)
-	if err != nil {
-		return nil, err
-	}
-	kr, err := openKeyring()
-	if err != nil {
-		return nil, err
-	}
-	m, p, err := catalog.Resolve(ctx, st, kr, global.tenant, name)
+	st, m, p, err := resolveImage(ctx, name)
 	if err != nil {
 		return nil, err
 	}
