@@ -58,6 +58,10 @@ type delayed struct {
 	lat latency
 }
 
+// Unwrap passes the tier's bytes through unchanged (agent.Wrapper), so the
+// agent sees the fleet client's name verification as cmd/lode's wiring does.
+func (d *delayed) Unwrap() agent.Tier { return d.Tier }
+
 func (d *delayed) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
 	want := d.lat.sample()
 	t0 := time.Now()
@@ -105,6 +109,9 @@ type counted struct {
 
 	track *chunkCounts // nil: no per-chunk counts
 }
+
+// Unwrap: see delayed.Unwrap.
+func (c *counted) Unwrap() agent.Tier { return c.Tier }
 
 func (c *counted) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
 	c.tl.request(c.kind, c.worker)

@@ -83,8 +83,9 @@ type Agent struct {
 }
 
 type tierState struct {
-	t Tier
-	m tierMetrics
+	t        Tier
+	m        tierMetrics
+	verified bool // t is a NameVerifier: its bytes are already matched to their names
 }
 
 // call is one fetch of one chunk, shared by every reader that misses it
@@ -159,7 +160,7 @@ func New(c Config) (*Agent, error) {
 	}
 	a.ctx, a.cancel = context.WithCancelCause(context.Background())
 	for _, t := range c.Tiers {
-		a.tiers = append(a.tiers, tierState{t: t, m: c.Metrics.forTier(t.Name())})
+		a.tiers = append(a.tiers, tierState{t: t, m: c.Metrics.forTier(t.Name()), verified: verifiesNames(t)})
 	}
 	return a, nil
 }
@@ -379,7 +380,7 @@ func (a *Agent) fetch(c *call, buf []byte) []byte {
 		if cap(ct) > cap(buf) {
 			buf = ct // keep the larger buffer for the next tier and the pool
 		}
-		plain, err := openChunk(c, ct)
+		plain, err := openChunk(c, ct, ts.verified)
 		if err == nil && len(plain) != c.size {
 			err = &chunk.CorruptError{Name: name, Reason: fmt.Sprintf("plaintext is %d bytes, the manifest says %d", len(plain), c.size)}
 		}

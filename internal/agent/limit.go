@@ -41,6 +41,9 @@ func Limit(t Tier, n int) Tier {
 	return &limited{Tier: t, sem: make(chan struct{}, n)}
 }
 
+// Unwrap returns the limited tier (Wrapper).
+func (l *limited) Unwrap() Tier { return l.Tier }
+
 func (l *limited) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
 	select {
 	case l.sem <- struct{}{}:
@@ -67,6 +70,9 @@ func RateLimit(t Tier, perSecond float64, burst int) Tier {
 	}
 	return &rateLimited{Tier: t, lim: rate.NewLimiter(rate.Limit(perSecond), max(1, burst))}
 }
+
+// Unwrap returns the rate-limited tier (Wrapper).
+func (r *rateLimited) Unwrap() Tier { return r.Tier }
 
 func (r *rateLimited) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
 	if err := r.lim.Wait(ctx); err != nil {

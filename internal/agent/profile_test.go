@@ -294,7 +294,7 @@ func benchmarkOpen(b *testing.B, compressed bool) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		p, err := openChunk(c, ct)
+		p, err := openChunk(c, ct, false)
 		if err != nil || len(p) != size {
 			b.Fatalf("openChunk = %d bytes, %v", len(p), err)
 		}

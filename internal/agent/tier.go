@@ -27,9 +27,9 @@ var (
 //   - Fetch returns the ciphertext of chunk n, appended into dst[:0] when it
 //     has room (else newly allocated); the returned slice is the caller's. A
 //     tier that does not hold n returns an error wrapping store.ErrNotFound.
-//     A tier may verify what it returns (the disk cache does; an error that
-//     wraps chunk.ErrCorrupt reports it), but the caller verifies again with
-//     chunk.Open: Fetch's bytes are never trusted.
+//     A tier may verify what it returns (an error that wraps chunk.ErrCorrupt
+//     reports a failure), but the caller verifies again with chunk.Open:
+//     Fetch's bytes are not trusted, unless the tier is a NameVerifier.
 //   - Fill offers verified ciphertext of n for the tier to keep. It is
 //     best-effort: errors are only logged by the agent. Fill must not retain
 //     ciphertext after it returns (the agent reuses the buffer).
@@ -39,6 +39,40 @@ type Tier interface {
 	Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error)
 	Fill(ctx context.Context, n chunk.Name, ciphertext []byte) error
 	Name() string
+}
+
+// NameVerifier is implemented by a Tier whose Fetch returns only
+// ciphertext it has itself hashed and matched to the requested name: the
+// cache fleet's client, which must hash every rebuilt chunk to tell good
+// shards from bad. The agent then only decrypts and authenticates such a
+// chunk (chunk.OpenVerified) instead of hashing 512 KiB a second time. The
+// tier is part of this process, not a remote party; bytes from a remote node
+// are never trusted without a hash.
+type NameVerifier interface {
+	VerifiesNames() bool
+}
+
+// Wrapper is implemented by Tier decorators that pass Fetch's bytes through
+// unchanged (Limit, RateLimit), so that a NameVerifier stays one when
+// wrapped. A decorator that may alter bytes must not implement it.
+type Wrapper interface {
+	Unwrap() Tier
+}
+
+// verifiesNames reports whether t, or the tier it wraps through Wrappers, is
+// a NameVerifier that verifies.
+func verifiesNames(t Tier) bool {
+	for t != nil {
+		if v, ok := t.(NameVerifier); ok {
+			return v.VerifiesNames()
+		}
+		w, ok := t.(Wrapper)
+		if !ok {
+			return false
+		}
+		t = w.Unwrap()
+	}
+	return false
 }
 
 // origin is the object store as the last tier.

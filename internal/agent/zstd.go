@@ -29,13 +29,17 @@ var frames = sync.Pool{New: func() any { return new([]byte) }}
 // openChunk verifies and decrypts ct, the ciphertext of c's chunk, and
 // decompresses it when the image's chunks are zstd frames. The plaintext is
 // a new slice (it goes to the memory cache).
-func openChunk(c *call, ct []byte) ([]byte, error) {
+func openChunk(c *call, ct []byte, verified bool) ([]byte, error) {
+	open := chunk.Open
+	if verified {
+		open = chunk.OpenVerified // the tier hashed ct to its name (NameVerifier)
+	}
 	if !c.zstd {
-		return chunk.Open(c.ref, ct, make([]byte, 0, c.size))
+		return open(c.ref, ct, make([]byte, 0, c.size))
 	}
 	fp := frames.Get().(*[]byte)
 	defer frames.Put(fp)
-	frame, err := chunk.Open(c.ref, ct, (*fp)[:0])
+	frame, err := open(c.ref, ct, (*fp)[:0])
 	if err != nil {
 		return nil, err
 	}

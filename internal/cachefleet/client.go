@@ -477,6 +477,10 @@ const maxRebuilds = 64
 // The result is written into dst when it has the capacity, else a new
 // slice. Misses, including too many dead or slow nodes within Timeout, wrap
 // store.ErrNotFound (see MissError); a cancelled ctx returns its error.
+// VerifiesNames reports true: Fetch returns only a chunk whose SHA-256 it
+// has matched to n (agent.NameVerifier), so the agent does not hash it again.
+func (c *Client) VerifiesNames() bool { return true }
+
 func (c *Client) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
 	nodes := c.members(ctx)
 	if len(nodes) == 0 {

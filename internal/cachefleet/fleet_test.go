@@ -140,6 +140,7 @@ func TestFleetRoundTrip(t *testing.T) {
 
 // The client is the agent's "fleet" tier.
 var _ agent.Tier = (*cachefleet.Client)(nil)
+var _ agent.NameVerifier = (*cachefleet.Client)(nil)
 
 func TestFleetMiss(t *testing.T) {
 	f := fleettest.Start(t, 5, fleettest.Options{})
