@@ -38,7 +38,7 @@ echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(grep -m1 'model name
 
 if [[ $what == all || $what == sweep ]]; then
   echo; echo "## sweep: one worker, offered start rates $SWEEP"
-  fresh; "${B[@]}" -scenario=sweep -workers=1 -rates="$SWEEP" -warm=8s -step=20s
+  fresh; "${B[@]}" -scenario=sweep -workers=1 -rates="$SWEEP" -warm=8s -step=40s
 fi
 
 if [[ $what == all || $what == steady ]]; then
