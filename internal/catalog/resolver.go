@@ -140,14 +140,6 @@ func (r *Resolver) Resolve(ctx context.Context, tenant, name string) (*manifest.
 	return m, p, err
 }
 
-// Forget drops the cached pointer of tenant's image name, so the next
-// Resolve reads it (after a build or delete on this machine).
-func (r *Resolver) Forget(tenant, name string) {
-	r.mu.Lock()
-	delete(r.pointers, tenant+"/"+name)
-	r.mu.Unlock()
-}
-
 func (r *Resolver) pointer(ctx context.Context, tenant, name string) (store.Pointer, error) {
 	key := tenant + "/" + name
 	now := r.cfg.Now()
