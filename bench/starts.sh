@@ -10,7 +10,7 @@
 #   origin-errors  fleet emptied, 5% of origin requests fail
 #   origin-stall   fleet emptied, the origin answers nothing for 10 s
 # Usage: bench/starts.sh [all|sweep|steady|storm|faults] [WORKDIR]
-# Environment: W (workers, 4), RATE (starts/s per worker, 5), ORIGIN_RATE
+# Environment: ORIGIN (file, or s3 for a bucket on versitygw), W (workers, 4), RATE (starts/s per worker, 5), ORIGIN_RATE
 # (origin requests/s per worker, 25), SWEEP (rates, 5,10,15,20,30,40),
 # SECOND_LOOK (100ms; empty to skip that run).
 set -euo pipefail
@@ -31,10 +31,30 @@ if ! { go build -o "$WD/lode" ./cmd/lode && go build -o "$WD/starts" ./bench/sta
   (cd "$WD/src" && go build -o "$WD/lode" ./cmd/lode && go build -o "$WD/starts" ./bench/starts)
 fi
 B=("$WD/starts" -lode="$WD/lode" -work="$WD/run")
+
+# ORIGIN=s3: the origin is a bucket on versitygw (the S3-compatible server the
+# store/s3 tests use, .ci/s3.sh) on 127.0.0.1 instead of a directory; the
+# injected origin latency is added on top of the server's own.
+if [[ ${ORIGIN:-file} == s3 ]]; then
+  .ci/s3.sh >/dev/null
+  VGW=${LODE_VERSITYGW:-${LODE_TOOLS:-$HOME/.cache/lode-tools}/versitygw}
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  export AWS_ACCESS_KEY_ID=lodebench AWS_SECRET_ACCESS_KEY=lodebenchsecret0123456789 AWS_REGION=us-east-1
+  rm -rf "$WD/gw" && mkdir -p "$WD/gw"
+  ROOT_ACCESS_KEY=$AWS_ACCESS_KEY_ID ROOT_SECRET_KEY=$AWS_SECRET_ACCESS_KEY \
+    "$VGW" --quiet --port "127.0.0.1:$PORT" posix "$WD/gw" >"$WD/gw.log" 2>&1 &
+  GW=$!
+  trap 'kill $GW 2>/dev/null; wait $GW 2>/dev/null; rm -rf "$WD/gw"' EXIT
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.05; done
+  curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+    -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
+    -X PUT "http://127.0.0.1:$PORT/starts" >/dev/null || { echo "creating bucket starts on versitygw failed ($WD/gw.log)" >&2; exit 1; }
+  B+=(-store="s3://starts/origin?endpoint=http://127.0.0.1:$PORT&path_style=true")
+fi
 common=(-workers="$W" -rate="$RATE" -origin-rate="$ORIGIN_RATE" -origin-burst=10 -warm=6s -before=8s -after=22s)
 fresh() { rm -rf "$WD/run"; mkdir -p "$WD/run"; }
 
-echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; load $(cut -d' ' -f1-3 /proc/loadavg); $(go version | cut -d' ' -f3); commit $(git rev-parse --short HEAD)"
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; load $(cut -d' ' -f1-3 /proc/loadavg); $(go version | cut -d' ' -f3); commit $(git rev-parse --short HEAD); origin ${ORIGIN:-file}"
 
 if [[ $what == all || $what == sweep ]]; then
   echo; echo "## sweep: one worker, offered start rates $SWEEP"

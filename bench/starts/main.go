@@ -3,7 +3,8 @@
 // and a rate- and concurrency-limited origin, behind an admission gate,
 // start images that share base layers with Zipf popularity. The fleet is
 // real cache nodes on 127.0.0.2.. (`lode cache serve` processes with -lode,
-// else in-process servers); the origin is a file store. Latencies are
+// else in-process servers); the origin is a file store, or any store URL
+// (-store: an S3-compatible server; bench/starts.sh ORIGIN=s3 runs versitygw). Latencies are
 // injected per tier from the paper's figures (fleet median 550 µs / p99.9
 // 3.7 ms, origin 36 ms / 175 ms; log-normal fits, padded onto the real
 // call). bench/starts.sh runs every scenario; docs/scale.md has the results.
@@ -75,6 +76,7 @@ type config struct {
 
 	CPUProfile string
 	Samples    string
+	Store      string
 	Work       string
 }
 
@@ -127,6 +129,7 @@ func main() {
 	f.DurationVar(&c.Stall, "stall", 10*time.Second, "origin-stall: how long the origin answers nothing")
 	f.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the measured part here")
 	f.StringVar(&c.Samples, "samples", "", "write every successful start (completed at, latency, chunks from memory / fleet / origin) to this CSV file")
+	f.StringVar(&c.Store, "store", "", "origin store URL: file:///DIR or s3://BUCKET/PREFIX?endpoint=… (credentials from AWS_*; docs/s3.md); default a file store in the work directory")
 	f.StringVar(&c.Work, "work", "", "work directory (default a temporary one, removed)")
 	flag.Parse()
 

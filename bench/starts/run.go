@@ -23,6 +23,7 @@ import (
 	"github.com/lode-dev/lode/internal/cachefleet"
 	"github.com/lode-dev/lode/internal/store"
 	"github.com/lode-dev/lode/internal/store/file"
+	"github.com/lode-dev/lode/internal/store/storeurl"
 )
 
 // worker is one simulated worker: its own agent (memory L1, fleet client,
@@ -63,7 +64,13 @@ func (r *runner) setRate(perWorker float64) { r.rate.Store(math.Float64bits(perW
 
 func setup(ctx context.Context, c config, work string) (*runner, error) {
 	t0 := time.Now()
-	st, err := file.New(filepath.Join(work, "origin"))
+	var st store.Store
+	var err error
+	if c.Store == "" {
+		st, err = file.New(filepath.Join(work, "origin"))
+	} else {
+		st, err = storeurl.Open(ctx, c.Store, nil)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -95,9 +102,9 @@ func setup(ctx context.Context, c config, work string) (*runner, error) {
 		r.close()
 		return nil, err
 	}
-	fmt.Printf("setup: %d images (%d bases × %d) of %d chunks of %d KiB; start set %d chunks (%.1f%%); %d distinct chunks stored (%d MiB) in a file origin; %d fleet nodes (%s) × %d MiB; %.1f s\n",
+	fmt.Printf("setup: %d images (%d bases × %d) of %d chunks of %d KiB; start set %d chunks (%.1f%%); %d distinct chunks stored (%d MiB) in the origin %s; %d fleet nodes (%s) × %d MiB; %.1f s\n",
 		len(ims.manifests), c.Bases, c.PerBase, c.Chunks, c.ChunkSize>>10, len(ims.sets[0]),
-		100*float64(len(ims.sets[0]))/float64(c.Chunks), ims.stored, ims.bytes>>20, c.Nodes, nodeKind(c.Lode), nodeMem>>20, time.Since(t0).Seconds())
+		100*float64(len(ims.sets[0]))/float64(c.Chunks), ims.stored, ims.bytes>>20, st, c.Nodes, nodeKind(c.Lode), nodeMem>>20, time.Since(t0).Seconds())
 	return r, nil
 }
 
