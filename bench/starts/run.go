@@ -286,6 +286,7 @@ func (r *runner) start(ctx context.Context, w *worker, img int, arrived time.Tim
 		return
 	}
 	defer im.Close()
+	im.SetStarting(true) // as lode agent marks a new mount (--start-window)
 	set := r.ims.sets[img]
 	cs := int64(r.c.ChunkSize)
 	var next atomic.Int64

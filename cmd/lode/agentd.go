@@ -53,6 +53,7 @@ type agentdOptions struct {
 	startWait     time.Duration
 	takeover      bool
 	afterTakeover string
+	startWindow   time.Duration
 	resolveTTL    time.Duration
 	resolveStale  time.Duration
 	manifestCache int64
@@ -113,6 +114,7 @@ see docs/operations.md.`,
 	f.DurationVar(&o.refresh, "refresh", time.Minute, "how often to re-read the pointers and root states of served images (0 disables)")
 	f.IntVar(&o.maxStarts, "max-starts", 64, "mounts and exports being set up at once; past it a request waits --start-wait, then fails with \"too many starts in flight\" (0: unbounded)")
 	f.DurationVar(&o.startWait, "start-wait", 2*time.Second, "how long a start waits for a slot before it is refused")
+	f.DurationVar(&o.startWindow, "start-window", 10*time.Second, "for this long after a mount or export, its reads count as a start's: starts share at most three quarters of --max-fetches, so running containers' reads keep the rest (0: no distinction)")
 	f.DurationVar(&o.resolveTTL, "resolve-ttl", time.Second, "how long a start reuses an image's pointer read by an earlier start (a new build or a delete is seen within it); up to --resolve-stale a start uses the pointer it has while one background read refreshes it; negative: read the pointer at every start")
 	f.DurationVar(&o.resolveStale, "resolve-stale", 30*time.Second, "oldest pointer a start uses while refreshing it in the background")
 	f.Int64Var(&o.manifestCache, "manifest-cache-size", 256<<20, "bytes of opened manifests kept for new starts (content-addressed, never stale)")
@@ -465,6 +467,17 @@ func (d *daemon) open(ctx context.Context, tenant, image string) (*served, error
 	s.im = im
 	d.o.fill.start(context.Background(), im, nil) // ends when the image closes
 	return s, nil
+}
+
+// markStarting counts im's reads as a container start's for --start-window:
+// they then take at most three quarters of the fetch slots, and running
+// containers' reads keep the rest (agent.Image.SetStarting).
+func (d *daemon) markStarting(im *agent.Image) {
+	if d.o.startWindow <= 0 {
+		return
+	}
+	im.SetStarting(true)
+	time.AfterFunc(d.o.startWindow, func() { im.SetStarting(false) })
 }
 
 // rootDue reports whether a start should read root's state: at most once
@@ -833,6 +846,7 @@ func (d *daemon) mountImage(ctx context.Context, req mountRequest, dir string) (
 	if err != nil {
 		return nil, err
 	}
+	d.markStarting(s.im)
 	s.dir = dir
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		s.close()
@@ -933,6 +947,7 @@ func (d *daemon) startExport(ctx context.Context, req exportRequest) (*served, e
 	if err != nil {
 		return nil, err
 	}
+	d.markStarting(s.im)
 	s.listen, s.export, s.overlay = req.Listen, req.Export, req.Overlay
 	if s.export == "" {
 		s.export = req.Image

@@ -66,7 +66,11 @@ type Agent struct {
 	am    agentMetrics
 
 	sem     chan struct{} // a slot per tier fetch in flight
-	fillSem chan struct{} // a slot per write-back in flight
+	// startSem bounds the demand fetches of starting images (Image.SetStarting)
+	// to three quarters of sem, so a storm of new starts never takes the
+	// last quarter of the fetch slots from running containers' reads.
+	startSem chan struct{}
+	fillSem  chan struct{} // a slot per write-back in flight
 
 	// ctx is the parent of every fetch; Close cancels it.
 	ctx    context.Context
@@ -97,6 +101,7 @@ type call struct {
 	zstd   bool      // the sealed plaintext is a zstd frame (manifest.CompressionZstd)
 	size   int       // expected plaintext length
 	image  string    // the image that started it, for logs
+	start  bool      // started by a demand read of a starting image: takes a startSem slot too
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -158,6 +163,7 @@ func New(c Config) (*Agent, error) {
 		fillSem: make(chan struct{}, c.MaxConcurrentFetches),
 		calls:   make(map[chunk.Ref]*call),
 	}
+	a.startSem = make(chan struct{}, max(1, c.MaxConcurrentFetches-reserveFor(c.MaxConcurrentFetches)))
 	a.ctx, a.cancel = context.WithCancelCause(context.Background())
 	for _, t := range c.Tiers {
 		a.tiers = append(a.tiers, tierState{t: t, m: c.Metrics.forTier(t.Name()), verified: verifiesNames(t)})
@@ -235,7 +241,7 @@ func (a *Agent) join(ref chunk.Ref, size int, im *Image, prefetch, noMem bool) (
 		}
 	}
 	if prefetch {
-		reserve := max(1, cap(a.sem)/4)
+		reserve := reserveFor(cap(a.sem))
 		if len(a.sem) > cap(a.sem)-reserve-1 {
 			return nil, nil, true
 		}
@@ -245,13 +251,19 @@ func (a *Agent) join(ref chunk.Ref, size int, im *Image, prefetch, noMem bool) (
 			return nil, nil, true
 		}
 	}
-	c = &call{ref: ref, key: key, zstd: zstd, size: size, image: im.name, tier: -1, done: make(chan struct{}), waiters: 1, noMem: noMem}
+	c = &call{ref: ref, key: key, zstd: zstd, size: size, image: im.name, start: !prefetch && im.starting.Load(),
+		tier: -1, done: make(chan struct{}), waiters: 1, noMem: noMem}
 	c.ctx, c.cancel = context.WithTimeout(a.ctx, a.cfg.FetchTimeout)
 	a.calls[key] = c
 	a.wg.Add(1)
 	go a.run(c, prefetch)
 	return c, nil, false
 }
+
+// reserveFor is how many of n fetch slots are kept from low-priority
+// fetches (read-ahead, prefetch, fill) and from starting images: a quarter,
+// at least one.
+func reserveFor(n int) int { return max(1, n/4) }
 
 // wait waits for c on behalf of one reader. If ctx ends first the reader
 // leaves, and the fetch is cancelled when it was the last one waiting.
@@ -288,6 +300,16 @@ func (a *Agent) run(c *call, holding bool) {
 	defer a.wg.Done()
 	defer c.cancel()
 	if !holding {
+		if c.start {
+			select {
+			case a.startSem <- struct{}{}:
+				defer func() { <-a.startSem }()
+			case <-c.ctx.Done():
+				c.err = fmt.Errorf("fetching chunk %s: waiting for a fetch slot for a starting image: %w: %w", c.ref.Name, ErrIO, context.Cause(c.ctx))
+				a.finish(c)
+				return
+			}
+		}
 		select {
 		case a.sem <- struct{}{}:
 		case <-c.ctx.Done():

@@ -37,6 +37,8 @@ type Image struct {
 	wg     sync.WaitGroup // read-ahead goroutines
 	isShut atomic.Bool
 	zstd   bool // chunks are zstd frames: memory-cache keys differ (cacheRef)
+	// starting: the image's reads are a container start's (SetStarting).
+	starting atomic.Bool
 
 	orderMu sync.Mutex
 	order   []uint32 // non-hole chunks in the order readers first touched them
@@ -422,6 +424,15 @@ func (im *Image) prefetch(c *call, j int) {
 		im.credit(c, j)
 	}
 }
+
+// SetStarting marks the image's reads as a container start's (on) or as a
+// running container's (off, the default). While on, the image's demand
+// fetches may use at most three quarters of the agent's fetch slots
+// (Config.MaxConcurrentFetches), so a storm of starts sharing the agent
+// cannot take every slot from the reads of containers already running
+// (issue #12). A fetch already joined by a running image's reader keeps the
+// class it started with.
+func (im *Image) SetStarting(on bool) { im.starting.Store(on) }
 
 // Close cancels read-ahead and waits for it; reads fail afterwards. An
 // image from NewImage closes its agent too.

@@ -87,8 +87,9 @@ func (r *rateLimited) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]by
 // Admission bounds the image starts a worker has in flight. A start holds a
 // slot from Acquire until the release function is called (when the
 // container's first exec has happened, or the start failed). Reads of
-// running containers never pass through it, so they keep priority over new
-// starts.
+// running containers never pass through it; and the reads of a starting
+// image (Image.SetStarting) take at most three quarters of the agent's fetch
+// slots, so running containers keep priority over new starts.
 type Admission struct {
 	slots chan struct{}
 	wait  time.Duration
