@@ -12,13 +12,14 @@
 # Usage: bench/starts.sh [all|sweep|steady|storm|faults] [WORKDIR]
 # Environment: ORIGIN (file, or s3 for a bucket on versitygw), W (workers, 4), RATE (starts/s per worker, 5), ORIGIN_RATE
 # (origin requests/s per worker, 25), SWEEP (rates, 5,10,15,20,30,40),
-# SECOND_LOOK (100ms; empty to skip that run).
+# SECOND_LOOK (100ms; empty to skip that run), MAX_RATE (40: the one-worker
+# storm at the highest rate it sustains).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 what=${1:-all}
 WD=${2:-/var/tmp/lode-bench/starts}
 W=${W:-4}; RATE=${RATE:-5}; ORIGIN_RATE=${ORIGIN_RATE:-25}; SWEEP=${SWEEP:-5,10,15,20,30,40}
-SECOND_LOOK=${SECOND_LOOK-100ms}
+SECOND_LOOK=${SECOND_LOOK-100ms}; MAX_RATE=${MAX_RATE:-40}
 mkdir -p "$WD"
 cd "$here"
 
@@ -78,6 +79,8 @@ if [[ $what == all || $what == storm ]]; then
     fresh; "${B[@]}" -scenario=empty-fleet "${common[@]}" -second-look="$SECOND_LOOK" -every=4 | sed 's/^### empty-fleet:/### empty-fleet, second look '"$SECOND_LOOK"':/'
   fi
   fresh; "${B[@]}" -scenario=node-restart "${common[@]}" -every=4
+  echo; echo "## storm at the maximum start rate: 1 worker × $MAX_RATE starts/s"
+  fresh; "${B[@]}" -scenario=empty-fleet "${common[@]}" -workers=1 -rate="$MAX_RATE" -every=4 | sed 's/^### empty-fleet:/### empty-fleet, 1 worker at '"$MAX_RATE"' starts\/s:/'
 fi
 
 if [[ $what == all || $what == faults ]]; then
