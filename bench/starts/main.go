@@ -65,6 +65,7 @@ type config struct {
 	FleetConc               int
 	LimitOrder              string
 	SecondLook              time.Duration
+	Lease                   time.Duration
 
 	FleetMedian, FleetP999, OriginMedian, OriginP999 time.Duration
 
@@ -117,6 +118,7 @@ func main() {
 	f.IntVar(&c.OriginBurst, "origin-burst", 10, "origin token bucket burst")
 	f.StringVar(&c.LimitOrder, "limit-order", "rate-inside", "rate-inside: Limit(RateLimit(origin)); cmd: RateLimit(Limit(origin)) as cmd/lode wires it")
 	f.IntVar(&c.FleetConc, "fleet-concurrency", 0, "fleet reads in flight per worker (0: unbounded)")
+	f.DurationVar(&c.Lease, "lease", 250*time.Millisecond, "origin leases from the fleet, as lode's --origin-lease: on a fleet miss take the chunk's lease before the origin, or wait up to this for the holder's fill (0: off)")
 	f.DurationVar(&c.SecondLook, "second-look", 0, "mitigation: on a fleet miss wait up to this (uniform jitter) and ask the fleet again before the origin (0: off)")
 	f.DurationVar(&c.FleetMedian, "fleet-median", 550*time.Microsecond, "fleet latency median")
 	f.DurationVar(&c.FleetP999, "fleet-p999", 3700*time.Microsecond, "fleet latency p99.9")
@@ -191,8 +193,8 @@ func run(ctx context.Context, c config) error {
 			}
 		}()
 	}
-	fmt.Printf("config: %d workers, rate %v starts/s per worker, admission %d starts / %v, agent %d fetches / %v, L1 %d MiB, origin ≤ %d in flight and %.0f/s (burst %d) per worker (%s), second look %v, %d running readers per worker (deadline %v)\n",
-		c.Workers, c.Rates, c.MaxStarts, c.StartWait, c.Fetches, c.FetchTimeout, c.L1MiB, c.OriginConc, c.OriginRate, c.OriginBurst, c.LimitOrder, c.SecondLook, c.Running, c.ReadDeadline)
+	fmt.Printf("config: %d workers, rate %v starts/s per worker, admission %d starts / %v, agent %d fetches / %v, L1 %d MiB, origin ≤ %d in flight and %.0f/s (burst %d) per worker (%s), second look %v, origin lease %v, %d running readers per worker (deadline %v)\n",
+		c.Workers, c.Rates, c.MaxStarts, c.StartWait, c.Fetches, c.FetchTimeout, c.L1MiB, c.OriginConc, c.OriginRate, c.OriginBurst, c.LimitOrder, c.SecondLook, c.Lease, c.Running, c.ReadDeadline)
 	if c.Scenario == "sweep" {
 		return r.sweep(ctx)
 	}
@@ -348,6 +350,10 @@ func (r *runner) scenario(ctx context.Context) error {
 			dupTotal, countChunks(hist), fmtHist(hist), len(hist)-1, c.Workers)
 		if c.SecondLook > 0 {
 			fmt.Printf("second look: %d origin requests avoided by a fleet hit after the jitter\n", r.saved.Load())
+		}
+		if ls, ok := r.leaseStats(); ok {
+			fmt.Printf("origin leases (whole run, all workers): %d origin reads under a lease; %d misses found it held and waited: %d served by the holder's fill, %d read the origin after %v\n",
+				ls.Granted, ls.Waited, ls.Filled, ls.Fallback, c.Lease)
 		}
 	}
 	fmt.Println()

@@ -36,6 +36,7 @@ type worker struct {
 	client  *cachefleet.Client
 	tr      *http.Transport
 	mem     *agent.MemCache
+	origin  agent.Tier     // the origin as the agent reads it (limits, leases)
 	running []*agent.Image // one per image: the running containers' view
 }
 
@@ -149,6 +150,7 @@ func (r *runner) newWorker(w int) (*worker, error) {
 	if c.SecondLook > 0 {
 		originTier = &secondLook{Tier: originTier, fleet: client, jitter: c.SecondLook, saved: &r.saved}
 	}
+	originTier = agent.Coordinate(originTier, client, c.Lease) // outside the limits, as cmd/lode wires it
 	reg := prometheus.NewRegistry()
 	m := agent.NewMetrics(reg)
 	mem := agent.NewMemCache(c.L1MiB << 20)
@@ -163,7 +165,7 @@ func (r *runner) newWorker(w int) (*worker, error) {
 		client.Close()
 		return nil, err
 	}
-	wk := &worker{id: w, a: a, adm: agent.NewAdmission(c.MaxStarts, c.StartWait, m), reg: reg, client: client, tr: tr, mem: mem}
+	wk := &worker{id: w, a: a, adm: agent.NewAdmission(c.MaxStarts, c.StartWait, m), reg: reg, client: client, tr: tr, mem: mem, origin: originTier}
 	for i, mf := range r.ims.manifests {
 		im, err := a.Open(fmt.Sprintf("w%d/running/img%d", w, i), mf)
 		if err != nil {
@@ -366,7 +368,7 @@ func (r *runner) idleState() (goroutines int, heap, l1 int64) {
 		harness = r.c.Workers * (1 + r.c.Running)
 	}
 	for _, w := range r.wks {
-		w.tr.CloseIdleConnections()
+		w.client.CloseIdleConnections()
 		l1 += w.mem.Bytes()
 	}
 	time.Sleep(200 * time.Millisecond)
@@ -411,4 +413,20 @@ func startProfile(path string) (stop func(), err error) {
 		return nil, err
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// leaseStats sums the workers' origin lease counts.
+func (r *runner) leaseStats() (agent.LeaseStats, bool) {
+	var sum agent.LeaseStats
+	for _, w := range r.wks {
+		s, ok := agent.CoordinateStats(w.origin)
+		if !ok {
+			return sum, false
+		}
+		sum.Granted += s.Granted
+		sum.Waited += s.Waited
+		sum.Filled += s.Filled
+		sum.Fallback += s.Fallback
+	}
+	return sum, true
 }

@@ -133,6 +133,7 @@ type daemon struct {
 	st      store.Store
 	kr      manifest.Keyring
 	origins *agent.Origins
+	origin  agent.Tier // the origin tier as the agent reads it (limits, leases)
 	resolve *catalog.Resolver
 	admit   *agent.Admission
 	disk    *agent.DiskCache
@@ -353,7 +354,8 @@ func newDaemon(ctx context.Context, o agentdOptions) (*daemon, error) {
 			d.disk = dc
 		}
 	}
-	cfg := o.worker.agentConfig(append(tiers, o.worker.protectOrigin(d.origins)), reg)
+	d.origin = o.worker.protectOrigin(d.origins, tiers)
+	cfg := o.worker.agentConfig(append(tiers, d.origin), reg)
 	d.mem = cfg.Mem
 	a, err := agent.New(cfg)
 	if err != nil {
@@ -395,6 +397,24 @@ func (d *daemon) registerMetrics() {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "lode_agent_stale_pointer_uses_total", Help: "Starts that used an expired pointer because re-reading it from the store failed."},
 			rs(func(s catalog.ResolverStats) int64 { return s.StaleOnError })),
 	)
+	for _, r := range []struct {
+		result string
+		get    func(agent.LeaseStats) int64
+	}{
+		{"granted", func(s agent.LeaseStats) int64 { return s.Granted }},
+		{"waited", func(s agent.LeaseStats) int64 { return s.Waited }},
+		{"filled", func(s agent.LeaseStats) int64 { return s.Filled }},
+		{"fallback", func(s agent.LeaseStats) int64 { return s.Fallback }},
+	} {
+		d.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "lode_agent_origin_leases_total",
+			Help:        "Origin reads behind fleet leases (--origin-lease): granted (this worker read the origin), waited (another held the lease), filled (the wait ended with a fleet hit), fallback (the wait ran out; read the origin).",
+			ConstLabels: prometheus.Labels{"result": r.result},
+		}, func() float64 {
+			s, _ := agent.CoordinateStats(d.origin)
+			return float64(r.get(s))
+		}))
+	}
 	d.reg.MustRegister(d.expired, d.moved,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lode_agent_mounts", Help: "Images the agent daemon has mounted."}, count(d.mounts)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lode_agent_exports", Help: "NBD exports the agent daemon serves."}, count(d.exports)),

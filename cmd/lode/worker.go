@@ -30,6 +30,7 @@ type workerOptions struct {
 	originRate        float64
 	originBurst       int
 	fleetConcurrency  int
+	originLease       time.Duration
 }
 
 func (o *workerOptions) bind(f *pflag.FlagSet) {
@@ -44,19 +45,44 @@ func (o *workerOptions) bind(f *pflag.FlagSet) {
 	f.Float64Var(&o.originRate, "origin-rate", 0, "origin requests per second from this worker, token bucket (0: unlimited); protects the origin when the fleet is empty")
 	f.IntVar(&o.originBurst, "origin-burst", 64, "burst of the --origin-rate token bucket")
 	f.IntVar(&o.fleetConcurrency, "fleet-concurrency", 0, "concurrent chunk reads from the fleet (0: unbounded)")
+	f.DurationVar(&o.originLease, "origin-lease", 250*time.Millisecond, "with --fleet: before reading a chunk from the origin, take its lease from the fleet; if another worker holds it, wait up to this for its fill instead (0: off)")
 	o.fleet.bind(f)
 }
 
 // protectOrigin wraps the origin tier in the worker's concurrency and rate
 // limits (issue #12: a worker never sends the origin more than it is allowed,
-// however empty the fleet).
+// however empty the fleet), and, with a fleet among tiers, in the fleet's
+// origin leases (--origin-lease: many workers missing one chunk read the
+// origin about once).
 //
 // The rate limit sits inside the concurrency limit: a request takes its token
 // only once it holds a slot, so requests queued behind busy slots cannot
-// bank tokens and reach the origin in a burst above the rate.
-func (o workerOptions) protectOrigin(t agent.Tier) agent.Tier {
+// bank tokens and reach the origin in a burst above the rate. The leases sit
+// outside both, so a worker waiting for another's fill spends neither.
+func (o workerOptions) protectOrigin(t agent.Tier, tiers []agent.Tier) agent.Tier {
 	// Retries sit inside the concurrency limit too, and each try takes its own token.
-	return agent.Limit(agent.Retry(agent.RateLimit(t, o.originRate, o.originBurst), o.originAttempts, 50*time.Millisecond), o.originConcurrency)
+	limited := agent.Limit(agent.Retry(agent.RateLimit(t, o.originRate, o.originBurst), o.originAttempts, 50*time.Millisecond), o.originConcurrency)
+	if lf := leaseFleet(tiers); lf != nil {
+		return agent.Coordinate(limited, lf, o.originLease)
+	}
+	return limited
+}
+
+// leaseFleet finds the fleet client among the cache tiers (through Limit).
+func leaseFleet(tiers []agent.Tier) agent.LeaseFleet {
+	for _, t := range tiers {
+		for t != nil {
+			if lf, ok := t.(agent.LeaseFleet); ok {
+				return lf
+			}
+			w, ok := t.(agent.Wrapper)
+			if !ok {
+				break
+			}
+			t = w.Unwrap()
+		}
+	}
+	return nil
 }
 
 // worker is an opened image and everything behind it.
@@ -101,7 +127,7 @@ func openWorker(ctx context.Context, o workerOptions, name string, reg prometheu
 		return nil, err
 	}
 	w.closers = closers
-	w.tiers = append(tiers, o.protectOrigin(agent.NewOrigin(st, p.Root)))
+	w.tiers = append(tiers, o.protectOrigin(agent.NewOrigin(st, p.Root), tiers))
 	a, err := agent.New(o.agentConfig(w.tiers, reg))
 	if err != nil {
 		w.Close()

@@ -181,13 +181,17 @@ func (e nodeEntry) url(addr string) string { return e.scheme + "://" + net.JoinH
 // Client reads and writes chunks in the fleet. It satisfies the agent's Tier
 // interface. Methods are safe for concurrent use.
 type Client struct {
-	cfg     ClientConfig
-	log     *slog.Logger
-	m       *ClientMetrics
-	codec   *codec
-	http    *http.Client
-	entries []nodeEntry
-	fillSem chan struct{}
+	cfg   ClientConfig
+	log   *slog.Logger
+	m     *ClientMetrics
+	codec *codec
+	http  *http.Client
+	// leaseHTTP sends lease requests on connections of their own: the
+	// node's fast path hands a connection that carries anything but shard
+	// GETs and PUTs to net/http for good (fastpath.go).
+	leaseHTTP *http.Client
+	entries   []nodeEntry
+	fillSem   chan struct{}
 
 	mu       sync.Mutex // serialises resolution
 	nodes    atomic.Pointer[[]string]
@@ -219,14 +223,15 @@ func NewClient(c ClientConfig) (*Client, error) {
 		return nil, err
 	}
 	cl := &Client{
-		cfg:      c,
-		log:      c.Log.With(slog.String("component", "fleet")),
-		m:        c.Metrics,
-		codec:    cd,
-		http:     &http.Client{Transport: c.Transport},
-		fillSem:  make(chan struct{}, c.FillConcurrency),
-		resolved: make(map[int][]string),
-		waiting:  make(map[string]int),
+		cfg:       c,
+		log:       c.Log.With(slog.String("component", "fleet")),
+		m:         c.Metrics,
+		codec:     cd,
+		http:      &http.Client{Transport: c.Transport},
+		leaseHTTP: &http.Client{Transport: leaseTransport(c.Transport)},
+		fillSem:   make(chan struct{}, c.FillConcurrency),
+		resolved:  make(map[int][]string),
+		waiting:   make(map[string]int),
 	}
 	cl.life, cl.stop = context.WithCancel(context.Background())
 	names := false
@@ -319,6 +324,13 @@ func (c *Client) members(ctx context.Context) []string {
 	return nil
 }
 
+// CloseIdleConnections closes the client's idle connections to the nodes
+// (shard and lease requests alike).
+func (c *Client) CloseIdleConnections() {
+	c.http.CloseIdleConnections()
+	c.leaseHTTP.CloseIdleConnections()
+}
+
 // Close cancels shard requests still running (lingering or in flight),
 // waits for them and for background resolution, and closes idle
 // connections. Fetch after Close misses.
@@ -330,6 +342,7 @@ func (c *Client) Close() error {
 	c.reqs.Wait()
 	c.bg.Wait()
 	c.http.CloseIdleConnections()
+	c.leaseHTTP.CloseIdleConnections()
 	return nil
 }
 
@@ -383,6 +396,63 @@ func (c *Client) detach(fctx context.Context) (ctx context.Context, release func
 			t.Stop()
 		}
 	}
+}
+
+// leaseTransport is a transport like t with a pool of its own (the same
+// one when t is not an *http.Transport).
+func leaseTransport(t http.RoundTripper) http.RoundTripper {
+	if ht, ok := t.(*http.Transport); ok {
+		lt := ht.Clone()
+		lt.MaxIdleConnsPerHost = 4
+		return lt
+	}
+	return t
+}
+
+// Lease asks the first node placed for chunk n for its origin lease, for
+// ttl (the node clamps it to 10 ms..10 s). It returns true when this caller
+// got it and should read the origin and fill the fleet, false when another
+// caller holds it (its fill should appear in the fleet within ttl). A node
+// that cannot be reached or answers anything else returns true with the
+// error: a lease never stands between a reader and the origin.
+func (c *Client) Lease(ctx context.Context, n chunk.Name, ttl time.Duration) (bool, error) {
+	nodes := c.members(ctx)
+	if len(nodes) == 0 {
+		return true, fmt.Errorf("leasing chunk %s: %w", n, ErrNoNodes)
+	}
+	node := c.placement(nodes, n)[0]
+	start := time.Now()
+	granted, err := c.lease(ctx, node, n, ttl)
+	result := "granted"
+	switch {
+	case err != nil:
+		result = "error"
+	case !granted:
+		result = "held"
+	}
+	c.m.requests.WithLabelValues(node, "lease", result).Inc()
+	c.m.latency.WithLabelValues(node, "lease").Observe(time.Since(start).Seconds())
+	return granted || err != nil, err
+}
+
+func (c *Client) lease(ctx context.Context, node string, n chunk.Name, ttl time.Duration) (bool, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, node+LeasePath(n, ttl), nil)
+	if err != nil {
+		return false, fmt.Errorf("leasing chunk %s on node %s: %w", n, node, err)
+	}
+	resp, err := c.leaseHTTP.Do(req)
+	if err != nil {
+		return false, fmt.Errorf("leasing chunk %s on node %s: %w", n, node, err)
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 512))
+	switch resp.StatusCode {
+	case http.StatusCreated:
+		return true, nil
+	case http.StatusConflict:
+		return false, nil
+	}
+	return false, fmt.Errorf("leasing chunk %s on node %s: %s", n, node, resp.Status)
 }
 
 // placement returns the node of each of the K shards of n: shard i goes to

@@ -267,6 +267,7 @@ func (fc *fastConn) put(req fastRequest) bool {
 		s.putBad.Inc()
 	} else {
 		s.store.put(shardKey{req.name, uint8(req.idx)}, data)
+		s.leases.release(req.name)
 		fc.head = fc.buildHead(http.StatusNoContent, 0, "", req.close)
 		s.putOK.Inc()
 	}

@@ -15,8 +15,9 @@ type ServerMetrics struct {
 	demotions prometheus.Counter
 	// promotions counts disk shards read back into memory (second hit).
 	promotions prometheus.Counter
-	bytes      *prometheus.GaugeVec // tier
-	shards     *prometheus.GaugeVec // tier
+	bytes      *prometheus.GaugeVec   // tier
+	shards     *prometheus.GaugeVec   // tier
+	leases     *prometheus.CounterVec // result: granted, held
 }
 
 // NewServerMetrics creates a node's collectors and registers them on reg
@@ -50,9 +51,12 @@ func NewServerMetrics(reg prometheus.Registerer) *ServerMetrics {
 		shards: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "lode_cachenode_shards", Help: "Shards held, by tier.",
 		}, []string{"tier"}),
+		leases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lode_cachenode_leases_total", Help: "Origin lease requests (POST /v1/leases), by result: granted, or held by another worker.",
+		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.latency, m.hits, m.misses, m.evictions, m.demotions, m.promotions, m.bytes, m.shards)
+		reg.MustRegister(m.requests, m.latency, m.hits, m.misses, m.evictions, m.demotions, m.promotions, m.bytes, m.shards, m.leases)
 	}
 	return m
 }

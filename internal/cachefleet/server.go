@@ -61,6 +61,7 @@ func (c ServerConfig) Validate() error {
 //	GET  /v1/shards/{chunk}/{index}  200 shard bytes | 404
 //	HEAD /v1/shards/{chunk}/{index}  200 with Content-Length | 404
 //	PUT  /v1/shards/{chunk}/{index}  204 | 400 bad path or shard | 413 too large
+//	POST /v1/leases/{chunk}?ttl_ms=N 201 origin lease granted | 409 held (lease.go)
 //	GET  /healthz                    200 "ok"
 //	GET  /metrics                    Prometheus text format
 //
@@ -72,6 +73,7 @@ type Server struct {
 	log     *slog.Logger
 	m       *ServerMetrics
 	store   *nodeStore
+	leases  *leases
 	metrics http.Handler
 
 	// The fast path's series, resolved once.
@@ -110,7 +112,7 @@ func NewServer(c ServerConfig) (*Server, error) {
 		return nil, err
 	}
 	return &Server{
-		log: log, m: m, store: st, metrics: metrics.Handler(reg),
+		log: log, m: m, store: st, leases: newLeases(), metrics: metrics.Handler(reg),
 		getOK:       m.requests.WithLabelValues(http.MethodGet, "200"),
 		getNotFound: m.requests.WithLabelValues(http.MethodGet, "404"),
 		getLatency:  m.latency.WithLabelValues(http.MethodGet),
@@ -184,6 +186,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case "/metrics":
 		s.metrics.ServeHTTP(w, r)
+		return
+	}
+	if strings.HasPrefix(r.URL.Path, leasePrefix) {
+		s.serveLease(w, r)
 		return
 	}
 	if !strings.HasPrefix(r.URL.Path, shardPrefix) {
@@ -313,6 +319,7 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request, n chunk.Name, i int
 		return
 	}
 	s.store.put(k, data)
+	s.leases.release(n)
 	w.WriteHeader(http.StatusNoContent)
 }
 
