@@ -24,7 +24,11 @@
 // rate (fill.go), the per-image "lazy loading degraded" signal
 // (degraded.go), zstd decoding of compressed chunks (zstd.go), and the tier
 // decorators that protect the origin and gate starts: Limit, RateLimit,
-// Retry and Admission (limit.go, issue #12).
+// Retry and Admission (limit.go), Coordinate over the fleet's origin leases
+// (lease.go), and the start class of Image.SetStarting, which keeps a
+// quarter of the fetch slots for running containers (issue #12). A tier that
+// hashes chunks itself (NameVerifier, the fleet client) spares the agent the
+// second SHA-256 (tier.go).
 //
 // Hand-written on the standard library: the per-chunk single flight needs
 // reference-counted cancellation (a fetch stops only when every waiter has
