@@ -65,7 +65,7 @@ type Agent struct {
 	memM  tierMetrics
 	am    agentMetrics
 
-	sem     chan struct{} // a slot per tier fetch in flight
+	sem chan struct{} // a slot per tier fetch in flight
 	// startSem bounds the demand fetches of starting images (Image.SetStarting)
 	// to three quarters of sem, so a storm of new starts never takes the
 	// last quarter of the fetch slots from running containers' reads.
