@@ -185,12 +185,8 @@ func (r *retrying) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte,
 			if d > 0 {
 				d = time.Duration(rand.Int64N(int64(d))) + 1
 			}
-			t := time.NewTimer(d)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return nil, fmt.Errorf("retrying chunk %s from %s: %w (last error: %w)", n, r.Tier.Name(), context.Cause(ctx), err)
+			if serr := sleep(ctx, d); serr != nil {
+				return nil, fmt.Errorf("retrying chunk %s from %s: %w (last error: %w)", n, r.Tier.Name(), serr, err)
 			}
 		}
 		var b []byte
