@@ -16,6 +16,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/ext4img"
 	"github.com/lode-dev/lode/internal/manifest"
@@ -249,7 +250,7 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		return res, fmt.Errorf("storing manifest %s: %w", mkey, err)
 	}
 	ptr := store.Pointer{Root: root, Manifest: id, Created: o.Now().UTC()}
-	if err := st.Put(ctx, store.ImageKey(o.Tenant, o.Name), store.MarshalPointer(ptr)); err != nil {
+	if err := catalog.Put(ctx, st, o.Tenant, o.Name, ptr); err != nil {
 		// Leave no manifest behind that no pointer names. The delete uses a
 		// fresh context: the build's may be what was cancelled.
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
