@@ -3,6 +3,7 @@ package oci
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/hex"
@@ -28,6 +29,13 @@ type layer struct {
 	wantRaw  string                        // digest of the bytes open returns; "" = not checked
 	wantDiff string                        // digest of the uncompressed tar; "" = not checked
 	open     func() (io.ReadCloser, error) // raw bytes: gzip, zstd or plain tar (detected by magic)
+	// openCtx, when set, is used instead of open (registry layers, whose
+	// reads wait for a download and must stop with the flattener's context).
+	openCtx func(context.Context) (io.ReadCloser, error)
+	// alwaysSpool makes pass 1 spool the layer even when it is not
+	// compressed, so that pass 2 never reads it from its source again
+	// (registry layers: each byte is downloaded once).
+	alwaysSpool bool
 	// spool, when set, holds the layer's uncompressed tar exactly as the
 	// first, verified read saw it (an unlinked temporary file). Later reads
 	// come from it instead of decompressing and hashing the blob again.
@@ -66,7 +74,7 @@ func newHash(digest string) (hash.Hash, error) {
 	return nil, fmt.Errorf("%w: digest algorithm %q", ErrUnsupported, alg)
 }
 
-func (l *layer) openStream() (*layerStream, error) {
+func (l *layer) openStream(ctx context.Context) (*layerStream, error) {
 	if l.spool != nil {
 		r := bufio.NewReaderSize(io.NewSectionReader(l.spool, 0, 1<<62), 1<<20)
 		return &layerStream{l: l, raw: io.NopCloser(nil), rawBuf: r, dec: r, tar: r}, nil
@@ -83,7 +91,12 @@ func (l *layer) openStream() (*layerStream, error) {
 			return nil, l.errorf(ErrUnsupported, nil, "%v", err)
 		}
 	}
-	rc, err := l.open()
+	var rc io.ReadCloser
+	if l.openCtx != nil {
+		rc, err = l.openCtx(ctx)
+	} else {
+		rc, err = l.open()
+	}
 	if err != nil {
 		return nil, l.errorf(ErrCorrupt, err, "opening layer")
 	}
