@@ -56,7 +56,7 @@ type Manifest struct {
 	Compression uint8
 	// Names holds one entry per chunk: the chunk's name, or the zero Name for
 	// a hole.
-	Names        []chunk.Name
+	Names []chunk.Name
 	// SourceDigest is the digest of the source image's manifest (registry,
 	// OCI layout), of its config (docker-archive) or of the rootfs tar.
 	SourceDigest string
