@@ -283,10 +283,10 @@ func remoteError(host, what, from string, err error) error {
 	switch {
 	case errors.As(err, &se):
 		return fmt.Errorf("%s: %w", what, err)
-	case errors.As(err, &pe) || strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
-		return fmt.Errorf("%s: %w: %s answers plain HTTP; to allow it, name it with --insecure-registry %s", what, ErrPlainHTTP, host, host)
 	case errors.As(err, &ce) || errors.As(err, &ue):
 		return fmt.Errorf("%s: %w (for a private CA, give its certificate with --registry-ca FILE)", what, err)
+	case errors.As(err, &pe) || strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return fmt.Errorf("%s: %w: %s answers plain HTTP; to allow it, name it with --insecure-registry %s", what, ErrPlainHTTP, host, host)
 	case errors.As(err, &te):
 		code := func(cs ...transport.ErrorCode) bool {
 			for _, d := range te.Errors {
