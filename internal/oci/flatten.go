@@ -370,7 +370,7 @@ func (f *flattener) scan(ctx context.Context, l *layer) error {
 			break
 		}
 		if err != nil {
-			return f.readErr(ctx, l, last, err)
+			return f.readErr(ctx, l, last, s.explain(err))
 		}
 		last = h.Name
 		f.entries++

@@ -144,7 +144,7 @@ func (s *layerStream) finish(last string) error {
 	if _, err := io.Copy(io.Discard, s.tar); err != nil {
 		e := s.l.errorf(ErrCorrupt, err, "reading layer at or after this entry")
 		e.Path = last
-		return e
+		return s.explain(e)
 	}
 	if _, err := io.Copy(io.Discard, s.rawBuf); err != nil {
 		return s.l.errorf(ErrCorrupt, err, "reading layer after its tar")
@@ -160,6 +160,27 @@ func (s *layerStream) finish(last string) error {
 		}
 	}
 	return nil
+}
+
+// explain returns what to report for err, met while reading the layer's
+// tar: when the rest of the blob does not hash to its digest (or cannot be
+// read), that is the cause, and the decompressor's or archive/tar's
+// complaint only its symptom.
+func (s *layerStream) explain(err error) error {
+	if s.rawHash == nil {
+		return err
+	}
+	if _, derr := io.Copy(io.Discard, s.rawBuf); derr != nil {
+		var ee *EntryError
+		if errors.As(derr, &ee) {
+			return derr
+		}
+		return err
+	}
+	if got := digestString(s.l.wantRaw, s.rawHash); got != s.l.wantRaw {
+		return s.l.errorf(ErrCorrupt, err, "digest mismatch: blob has %s, want %s", got, s.l.wantRaw)
+	}
+	return err
 }
 
 func (s *layerStream) Close() error {

@@ -212,6 +212,12 @@ func openRemote(ctx context.Context, source string, o RemoteOptions) (*Image, er
 		return nil, fmt.Errorf("image config %s: %w", m.Config.Digest, fail("reading image config", err))
 	}
 	cfg, _ := img.ConfigFile() // cached by setConfig
+	if o.Platform != "" && cfg.Architecture != "" {
+		have := v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}
+		if !have.Satisfies(rr.Platform) {
+			return nil, fmt.Errorf("%s: %w: the image is %s, not %s (--platform)", rr, ErrNoPlatform, have.String(), rr.Platform.String())
+		}
+	}
 	if len(cfg.RootFS.DiffIDs) != len(m.Layers) {
 		return nil, fmt.Errorf("%w: image config %s lists %d diff IDs for %d layers", ErrCorrupt, m.Config.Digest, len(cfg.RootFS.DiffIDs), len(m.Layers))
 	}
