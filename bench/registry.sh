@@ -62,32 +62,43 @@ trap 'kill $reg 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf "http://$host/v2/" >/dev/null && break; sleep 0.1; done
 skopeo copy --quiet --dest-tls-verify=false oci:oci:py "docker://$host/debian:py"
 ref="docker://$host/debian:py"
-layers=$(skopeo inspect --raw --tls-verify=false "$ref" | python3 -c 'import json,sys; m=json.load(sys.stdin); print(sum(l["size"] for l in m["layers"]))')
+raw=$(skopeo inspect --raw --tls-verify=false "$ref")
+layers=$(python3 -c 'import json,sys; m=json.loads(sys.argv[1]); print(sum(l["size"] for l in m["layers"]))' "$raw")
+config=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["config"]["digest"])' "$raw")
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "image: $ref, compressed layers $layers bytes"
-blobbytes() { awk -v from="$1" 'NR>from && /"GET \/v2\/debian\/blobs\/sha256:/ && $9==200 {s+=$10} END {print s+0}' registry.log; }
+# Layer bytes the registry sent (access log: status and bytes are fields 9 and 10), config excluded.
+blobbytes() { awk -v from="$1" -v cfg="$config" 'NR>from && /"GET \/v2\/debian\/blobs\/sha256:/ && index($0, cfg)==0 && $9==200 {s+=$10} END {print s+0}' registry.log; }
 
 export LODE_KEYRING=$W/keyring.json
 [ -f "$LODE_KEYRING" ] || "$LODE" keys create >/dev/null
 direct=() two=()
-for i in $(seq "$RUNS"); do
-  rm -rf store1 store2 pulled
+direct_run() {
+  rm -rf store1
   sync; echo 3 > /proc/sys/vm/drop_caches
   from=$(wc -l < registry.log)
   t0=$(now)
-  "$LODE" build "$ref" --insecure-registry "$host" --name py --store "file://$W/store1" >direct.out 2>direct.err
-  t1=$(now)
+  /usr/bin/time -f '%U %S' -o direct.cpu "$LODE" build "$ref" --insecure-registry "$host" --name py --store "file://$W/store1" >direct.out 2>direct.err
+  d=$(echo "$(now) - $t0" | bc -l)
+  dc=$(awk '{print $1+$2}' direct.cpu)
   sent=$(blobbytes "$from")
+}
+two_run() {
+  rm -rf store2 pulled
   sync; echo 3 > /proc/sys/vm/drop_caches
-  t2=$(now)
-  skopeo copy --quiet --src-tls-verify=false "$ref" oci:pulled:py
-  "$LODE" build oci:pulled:py --name py --store "file://$W/store2" >two.out 2>two.err
-  t3=$(now)
-  d=$(echo "$t1 - $t0" | bc -l); s=$(echo "$t3 - $t2" | bc -l)
+  t0=$(now)
+  /usr/bin/time -f '%U %S' -o skopeo.cpu skopeo copy --quiet --src-tls-verify=false "$ref" oci:pulled:py
+  /usr/bin/time -f '%U %S' -o two.cpu "$LODE" build oci:pulled:py --name py --store "file://$W/store2" >two.out 2>two.err
+  s=$(echo "$(now) - $t0" | bc -l)
+  sc=$(cat skopeo.cpu two.cpu | awk '{c+=$1+$2} END {print c}')
+}
+for i in $(seq "$RUNS"); do
+  # Alternate the order so that neither side always runs first.
+  if [ $((i % 2)) -eq 1 ]; then direct_run; two_run; else two_run; direct_run; fi
   direct+=("$d"); two+=("$s")
-  printf 'run %d: lode build docker:// %.2fs (registry sent %d blob bytes, layers %d); skopeo copy + lode build oci: %.2fs; ratio %.2f\n' \
-    "$i" "$d" "$sent" "$layers" "$s" "$(echo "$d / $s" | bc -l)"
+  printf 'run %d: lode build docker:// %.2fs (%.2f CPU s; registry sent %d layer bytes, layers are %d); skopeo copy + lode build oci: %.2fs (%.2f CPU s); ratio %.2f; load %s\n' \
+    "$i" "$d" "$dc" "$sent" "$layers" "$s" "$sc" "$(echo "$d / $s" | bc -l)" "$(cut -d' ' -f1 /proc/loadavg)"
 done
 cat direct.out
 grep -h notice direct.err || true
