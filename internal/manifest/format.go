@@ -8,7 +8,7 @@ import (
 	"github.com/lode-dev/lode/internal/chunk"
 )
 
-// The sealed manifest, byte by byte (docs/formats-manifest.md has the full
+// The sealed manifest, byte by byte (docs/formats.md, "Manifest", has the full
 // description). Every integer is little-endian.
 //
 //	magic        8   "LODEMAN\x00"
