@@ -42,3 +42,23 @@ func TestRegistry(t *testing.T) {
 		t.Errorf("GET manifest with credentials = %d %s, want 200 and an index", resp.StatusCode, ct)
 	}
 }
+
+// TestRegistryToken: with bearer-token auth, skopeo logs in and pushes
+// through the in-test token server, and the registry refuses anonymous
+// reads with a Bearer challenge.
+func TestRegistryToken(t *testing.T) {
+	r := lodetest.StartRegistry(t, lodetest.RegistryOptions{TLS: true, Token: true, Users: map[string]string{"u": "p"}})
+	dir := filepath.Join(t.TempDir(), "l")
+	lodetest.WriteLayout(t, dir, "v1", lodetest.TestImage{Platform: "linux/amd64", Layers: [][]byte{lodetest.Files(t, []string{"a"}, map[string]string{"a": "x"})}})
+	auth := filepath.Join(t.TempDir(), "auth.json")
+	r.Login(t, auth, "u", "p")
+	r.PushImage(t, "oci:"+dir+":v1", "x/y:v1", auth)
+	resp, err := r.Client(t).Get(r.URL() + "/v2/x/y/manifests/v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if ch := resp.Header.Get("WWW-Authenticate"); resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(ch, "Bearer ") {
+		t.Errorf("anonymous GET = %d, challenge %q; want 401 Bearer", resp.StatusCode, ch)
+	}
+}

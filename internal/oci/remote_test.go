@@ -208,6 +208,26 @@ func TestRemoteTLSAuth(t *testing.T) {
 	}
 }
 
+// TestRemoteBearerToken reads through bearer-token auth (distribution's
+// token auth with the in-test token server, lodetest.RegistryOptions.Token).
+func TestRemoteBearerToken(t *testing.T) {
+	isolateCredentials(t)
+	reg := lodetest.StartRegistry(t, lodetest.RegistryOptions{TLS: true, Token: true, Users: map[string]string{"carol": "tok3n"}})
+	login := filepath.Join(t.TempDir(), "auth.json")
+	reg.Login(t, login, "carol", "tok3n")
+	p := push(t, reg, "team/app:v1", login, lodetest.TestImage{Platform: "linux/amd64", Layers: twoLayers(t)})
+	_, got, err := openFlatten(t, p.ref, RemoteOptions{CAFile: reg.CAFile, AuthFile: login})
+	if err != nil {
+		t.Fatalf("OpenWith+Flatten(%s) with a bearer token = %v", p.ref, err)
+	}
+	if d := cmp.Diff(twoLayersFlat, got); d != "" {
+		t.Errorf("flattened mismatch (-want +got):\n%s", d)
+	}
+	if _, err := OpenWith(t.Context(), p.ref, RemoteOptions{CAFile: reg.CAFile}); !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "skopeo login") {
+		t.Errorf("OpenWith(no credentials, token auth) = %v, want ErrUnauthorized with a login hint", err)
+	}
+}
+
 // TestRemoteIndex reads a two-platform index from a plain HTTP registry.
 func TestRemoteIndex(t *testing.T) {
 	isolateCredentials(t)
