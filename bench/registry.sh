@@ -73,7 +73,7 @@ blobbytes() { awk -v from="$1" -v cfg="$config" 'NR>from && /"GET \/v2\/debian\/
 
 export LODE_KEYRING=$W/keyring.json
 [ -f "$LODE_KEYRING" ] || "$LODE" keys create >/dev/null
-direct=() two=()
+direct=() two=() ratios=() dcpu=() scpu=()
 direct_run() {
   rm -rf store1
   sync; echo 3 > /proc/sys/vm/drop_caches
@@ -96,7 +96,7 @@ two_run() {
 for i in $(seq "$RUNS"); do
   # Alternate the order so that neither side always runs first.
   if [ $((i % 2)) -eq 1 ]; then direct_run; two_run; else two_run; direct_run; fi
-  direct+=("$d"); two+=("$s")
+  direct+=("$d"); two+=("$s"); ratios+=("$(echo "$d / $s" | bc -l)"); dcpu+=("$dc"); scpu+=("$sc")
   printf 'run %d: lode build docker:// %.2fs (%.2f CPU s; registry sent %d layer bytes, layers are %d); skopeo copy + lode build oci: %.2fs (%.2f CPU s); ratio %.2f; load %s\n' \
     "$i" "$d" "$dc" "$sent" "$layers" "$s" "$sc" "$(echo "$d / $s" | bc -l)" "$(cut -d' ' -f1 /proc/loadavg)"
 done
@@ -104,6 +104,9 @@ cat direct.out
 grep -h notice direct.err || true
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 md=$(median "${direct[@]}"); ms=$(median "${two[@]}")
-printf 'median: lode build docker:// %.2fs, skopeo copy + lode build oci: %.2fs, ratio %.2f\n' "$md" "$ms" "$(echo "$md / $ms" | bc -l)"
+printf 'median: lode build docker:// %.2fs, skopeo copy + lode build oci: %.2fs, ratio of medians %.2f, median of per-run ratios %.2f\n' \
+  "$md" "$ms" "$(echo "$md / $ms" | bc -l)" "$(median "${ratios[@]}")"
+mdc=$(median "${dcpu[@]}"); msc=$(median "${scpu[@]}")
+printf 'median CPU seconds (user+sys): lode build docker:// %.2f, skopeo copy + lode build oci: %.2f, ratio %.2f\n' "$mdc" "$msc" "$(echo "$mdc / $msc" | bc -l)"
 # Both stores hold the same image: same chunks.
 cmp <(ls store1/roots/*/chunks | sort) <(ls store2/roots/*/chunks | sort) && echo "same chunks in both stores"
