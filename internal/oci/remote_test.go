@@ -291,6 +291,7 @@ type faultProxy struct {
 	stallAt   int64 // stall blob responses after this many bytes (-1: never)
 	dropOnce  int64 // drop the first blob response after this many bytes (-1: never)
 	stallMF   bool  // stall manifest requests before answering
+	busy      int   // answer this many next GETs with 503, then 429, alternating
 }
 
 func newFaultProxy(t *testing.T, reg *lodetest.Registry) *faultProxy {
@@ -304,6 +305,20 @@ func newFaultProxy(t *testing.T, reg *lodetest.Registry) *faultProxy {
 			f.dropOnce = -1
 		}
 		f.mu.Unlock()
+		f.mu.Lock()
+		busy := f.busy
+		if busy > 0 && r.Method == http.MethodGet && r.URL.Path != "/v2/" {
+			f.busy--
+		}
+		f.mu.Unlock()
+		if busy > 0 && r.Method == http.MethodGet && r.URL.Path != "/v2/" {
+			code := http.StatusServiceUnavailable
+			if busy%2 == 0 {
+				code = http.StatusTooManyRequests
+			}
+			http.Error(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`, code)
+			return
+		}
 		if stallMF && strings.Contains(r.URL.Path, "/manifests/") {
 			<-r.Context().Done()
 			return
@@ -462,6 +477,24 @@ func TestRemoteFaults(t *testing.T) {
 		// The dropped layer is fetched again from its start.
 		if b := proxy.layerBytes(im); b != total+100<<10 {
 			t.Errorf("registry sent %d layer bytes, want %d (the layers once, plus the 100 KiB before the drop)", b, total+100<<10)
+		}
+	})
+	t.Run("429 and 503 retried", func(t *testing.T) {
+		proxy.mu.Lock()
+		proxy.busy = 2 // 429 then 503: the manifest request is refused twice, then served
+		proxy.mu.Unlock()
+		_, got, err := openFlatten(t, ref, ro)
+		if err != nil {
+			t.Fatalf("Flatten through 429/503 answers = %v", err)
+		}
+		if d := cmp.Diff(want, names(got)); d != "" {
+			t.Errorf("flattened mismatch (-want +got):\n%s", d)
+		}
+		proxy.mu.Lock()
+		left := proxy.busy
+		proxy.mu.Unlock()
+		if left != 0 {
+			t.Errorf("%d refusals left unconsumed", left)
 		}
 	})
 	t.Run("stalled blob", func(t *testing.T) {
