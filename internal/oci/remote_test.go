@@ -292,9 +292,11 @@ type faultProxy struct {
 	dropOnce  int64 // drop the first blob response after this many bytes (-1: never)
 	stallMF   bool  // stall manifest requests before answering
 	busy      int   // answer this many next GETs with 503, then 429, alternating
+	latency   time.Duration // before each blob response
+	rate      int64         // bytes per second per blob response (0: unlimited)
 }
 
-func newFaultProxy(t *testing.T, reg *lodetest.Registry) *faultProxy {
+func newFaultProxy(t testing.TB, reg *lodetest.Registry) *faultProxy {
 	u, _ := url.Parse(reg.URL())
 	rp := httputil.NewSingleHostReverseProxy(u)
 	f := &faultProxy{stallAt: -1, dropOnce: -1}
@@ -327,7 +329,11 @@ func newFaultProxy(t *testing.T, reg *lodetest.Registry) *faultProxy {
 			rp.ServeHTTP(w, r)
 			return
 		}
-		rp.ServeHTTP(&blobWriter{ResponseWriter: w, f: f, r: r, stallAt: stallAt, dropAt: drop}, r)
+		f.mu.Lock()
+		latency, rate := f.latency, f.rate
+		f.mu.Unlock()
+		time.Sleep(latency)
+		rp.ServeHTTP(&blobWriter{ResponseWriter: w, f: f, r: r, stallAt: stallAt, dropAt: drop, rate: rate}, r)
 	}))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -342,6 +348,7 @@ type blobWriter struct {
 	n       int64
 	stallAt int64
 	dropAt  int64
+	rate    int64
 }
 
 func (w *blobWriter) Write(b []byte) (int, error) {
@@ -363,6 +370,9 @@ func (w *blobWriter) Write(b []byte) (int, error) {
 		w.ResponseWriter.(http.Flusher).Flush()
 		<-w.r.Context().Done()
 		return 0, w.r.Context().Err()
+	}
+	if w.rate > 0 {
+		time.Sleep(time.Duration(int64(len(b)) * int64(time.Second) / w.rate))
 	}
 	n, err := w.ResponseWriter.Write(b)
 	w.n += int64(n)
