@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"flag"
 	"time"
 )
 
@@ -32,6 +33,12 @@ const (
 	TarGzip  = 0x80
 )
 
+// MaxTarProgram is the longest program TarProgram runs; longer ones write
+// nothing. Fuzz targets keep their corpus of older, larger inputs, and a
+// large input that finds new coverage costs the minimizer its quadratic
+// time again.
+const MaxTarProgram = 512
+
 // TarOptions bound what a program writes.
 type TarOptions struct {
 	Unit      int64 // file size unit (see TarReg); 0 = 1 byte
@@ -54,6 +61,9 @@ func TarOp(op byte, name, second string) []byte {
 // TarProgram writes the layers program p describes. Every layer is a tar (gzip-compressed if asked),
 // possibly corrupted by TarCorrupt. A program that ends inside an operation ends there.
 func TarProgram(p []byte, o TarOptions) [][]byte {
+	if len(p) > MaxTarProgram {
+		p = nil
+	}
 	if o.Unit <= 0 {
 		o.Unit = 1
 	}
@@ -73,8 +83,9 @@ func TarProgram(p []byte, o TarOptions) [][]byte {
 		if len(p) == 0 || int(p[0]) > len(p)-1 {
 			return "", false
 		}
-		s := string(p[1 : 1+p[0]])
-		p = p[1+p[0]:]
+		n := 1 + int(p[0])
+		s := string(p[1:n])
+		p = p[n:]
 		return s, true
 	}
 	endLayer := func(gz bool) {
@@ -157,3 +168,18 @@ loop:
 
 // fill is file content: not all zero (so files are not holes), the same for every file.
 var fill = bytes.Repeat([]byte("lode fuzz\n"), 6554)
+
+// BoundMinimize sets -test.fuzzminimizetime to limit (for example "200x":
+// at most 200 executions per minimization) unless the command line set it.
+// Call it in a fuzz target before f.Fuzz: the coordinator reads the flag
+// when f.Fuzz starts. For targets whose coverage varies between runs of one
+// input (goroutines and pipes make loop counts differ), every execution can
+// look like new coverage, and the fuzzer then spends each one's quadratic
+// minimization budget (a minute) on an input that never reproduces.
+func BoundMinimize(limit string) {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.fuzzminimizetime" })
+	if !set {
+		flag.Set("test.fuzzminimizetime", limit)
+	}
+}
