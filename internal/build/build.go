@@ -26,7 +26,7 @@ import (
 
 // Options configure one build.
 type Options struct {
-	Source string // oci:DIR[:TAG], docker-archive:FILE[:TAG], rootfs:FILE
+	Source string // docker://REF, oci:DIR[:TAG], docker-archive:FILE[:TAG], rootfs:FILE
 	Tenant string
 	Name   string
 
@@ -43,14 +43,39 @@ type Options struct {
 	TempDir string // where the ext4 image is staged (default os.TempDir())
 	// KeepImage, when set, is a path where the built ext4 image is kept.
 	KeepImage string
+	// Timeout bounds how long a build may run after it resolved the active
+	// root (default DefaultTimeout): the garbage collector expires a retired
+	// root once it has been retired this long (its --build-timeout, which
+	// must be the same), so a later pointer could name a deleted root.
+	// Before it writes the pointer, a build past Timeout fails with
+	// ErrDeadline, and one whose root is no longer active with
+	// ErrRootNotActive; either writes no pointer and removes its manifest.
+	Timeout time.Duration
 
 	Flatten oci.FlattenOptions
 	Ext4    ext4img.Options
+	// Remote configures docker:// sources (platform, CA, insecure hosts,
+	// credentials, timeout, download jobs and progress).
+	Remote oci.RemoteOptions
+	// Force rebuilds a docker:// source even when Name already points to an
+	// image built from the same source manifest digest (with the same chunk
+	// size and compression); otherwise such a build is a no-op that reads
+	// only the registry's manifest and config (Result.Unchanged).
+	Force bool
 
 	Log      *slog.Logger
 	Progress Progress // may be nil
 	Now      func() time.Time
 }
+
+// DefaultTimeout is Options.Timeout's default, gc.DefaultConfig's BuildTimeout.
+const DefaultTimeout = time.Hour
+
+// Sentinel errors of the commit check (see Options.Timeout).
+var (
+	ErrDeadline      = errors.New("build ran past its deadline")
+	ErrRootNotActive = errors.New("build's root is no longer active")
+)
 
 // Progress observes a build. Calls come from several goroutines.
 type Progress interface {
@@ -66,7 +91,16 @@ type Result struct {
 	Root         store.RootID
 	ManifestID   string
 	SourceDigest string
+	Source       oci.Source // the source record kept in the manifest
 	Config       manifest.Config
+	// Unchanged: Name already pointed to an image of the same docker://
+	// source digest; nothing was downloaded or stored (see Options.Force).
+	Unchanged bool
+	// Pulled counts compressed bytes read from the registry.
+	Pulled int64
+	// DroppedDevices counts device nodes under /dev left out of the image
+	// (oci.FlattenStats.DroppedDevices).
+	DroppedDevices int
 
 	InputBytes int64 // file content bytes in the flattened tree
 	ImageSize  int64 // bytes of the ext4 image
@@ -142,11 +176,17 @@ func (o *Options) setDefaults() error {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
 	if o.Flatten == (oci.FlattenOptions{}) {
 		o.Flatten = oci.DefaultFlattenOptions()
 	}
 	if o.Flatten.TempDir == "" {
 		o.Flatten.TempDir = o.TempDir
+	}
+	if o.Remote.TempDir == "" {
+		o.Remote.TempDir = o.TempDir
 	}
 	if err := store.ValidName("tenant", o.Tenant); err != nil {
 		return err
@@ -173,12 +213,19 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	}
 	res := Result{Tenant: o.Tenant, Name: o.Name}
 
-	im, err := oci.Open(ctx, o.Source)
+	im, err := oci.OpenWith(ctx, o.Source, o.Remote)
 	if err != nil {
 		return res, err
 	}
 	defer im.Close()
 	res.SourceDigest = im.Digest()
+	res.Source = im.Source()
+	if res.Source.Remote && !o.Force {
+		if done, err := unchanged(ctx, st, &res, o); done || err != nil {
+			res.Duration = time.Since(start)
+			return res, err
+		}
+	}
 	c := im.Config()
 	res.Config = manifest.Config{Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User}
 
@@ -198,13 +245,19 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		return res, err
 	}
 	res.InputBytes = fs.Bytes
+	res.Pulled = im.Pulled()
+	if res.DroppedDevices = fs.DroppedDevices; fs.DroppedDevices > 0 {
+		o.Log.Info("dropped device nodes under /dev (runtimes mount their own; --allow-devices keeps them)",
+			"image", o.Tenant+"/"+o.Name, "count", fs.DroppedDevices)
+	}
 	size, err := img.Seek(0, io.SeekEnd)
 	if err != nil {
 		return res, fmt.Errorf("sizing staged image: %w", err)
 	}
 	res.ImageSize = size
 
-	root, err := store.ActiveRoot(ctx, st, true, o.Now())
+	resolved := o.Now()
+	root, err := store.ActiveRoot(ctx, st, true, resolved)
 	if err != nil {
 		return res, err
 	}
@@ -218,6 +271,10 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		FSType:       ext4img.FSType,
 		SourceDigest: res.SourceDigest,
 		Config:       res.Config,
+
+		SourceRef:         res.Source.Ref,
+		SourceIndexDigest: res.Source.IndexDigest,
+		DiffIDs:           res.Source.DiffIDs,
 	}
 	n := chunk.Count(size, o.ChunkSize)
 	m.Names = make([]chunk.Name, n)
@@ -249,23 +306,74 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	if err := st.PutIfAbsent(ctx, mkey, sealed); err != nil && !errors.Is(err, store.ErrExists) {
 		return res, fmt.Errorf("storing manifest %s: %w", mkey, err)
 	}
-	ptr := store.Pointer{Root: root, Manifest: id, Created: o.Now().UTC()}
-	if err := catalog.Put(ctx, st, o.Tenant, o.Name, ptr); err != nil {
-		// Leave no manifest behind that no pointer names. The delete uses a
-		// fresh context: the build's may be what was cancelled.
+	// Leave no manifest behind that no pointer names. The delete uses a
+	// fresh context: the build's may be what was cancelled.
+	dropManifest := func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		if derr := st.Delete(dctx, mkey); derr != nil {
 			o.Log.Warn("removing manifest of failed build", "key", mkey, "err", derr)
 		}
-		return res, fmt.Errorf("storing image pointer %s/%s: %w", o.Tenant, o.Name, err)
+	}
+	if err := checkCommit(ctx, st, root, resolved, o); err != nil {
+		dropManifest()
+		return res, err
+	}
+	ptr := store.Pointer{Root: root, Manifest: id, Created: o.Now().UTC()}
+	if err := catalog.Put(ctx, st, o.Tenant, o.Name, ptr); err != nil {
+		dropManifest()
+		return res, err
 	}
 	res.Duration = time.Since(start)
 	return res, nil
 }
 
+// unchanged reports whether o.Name already points to an image built from the
+// same source manifest digest with the same chunking, and if so fills res
+// from it. Any problem reading the existing image means "rebuild".
+func unchanged(ctx context.Context, st store.Store, res *Result, o Options) (bool, error) {
+	p, err := catalog.Lookup(ctx, st, o.Tenant, o.Name)
+	if err != nil || p.Deleted {
+		return false, nil
+	}
+	m, err := catalog.ReadPublic(ctx, st, p)
+	if err != nil {
+		o.Log.Warn("reading the image's current manifest; rebuilding", "image", o.Tenant+"/"+o.Name, "err", err)
+		return false, nil
+	}
+	if m.SourceDigest != res.SourceDigest || m.ChunkSize != o.ChunkSize || m.Compression != o.Compression {
+		return false, nil
+	}
+	res.Unchanged = true
+	res.Root, res.ManifestID = p.Root, p.Manifest
+	res.ImageSize, res.Chunks, res.Holes = m.ImageSize, len(m.Names), m.Holes()
+	o.Log.Info("image already built from this source digest; nothing to do (--force rebuilds)",
+		"image", o.Tenant+"/"+o.Name, "source", res.SourceDigest, "manifest", p.Manifest)
+	return true, nil
+}
+
 // flattenToExt4 runs the flattener and the ext4 writer concurrently over a
 // pipe.
+// checkCommit is the check before the pointer write (Options.Timeout): the
+// build is younger than its timeout, counted from when it resolved root, and
+// root is still active. Together with the collector's settle time this keeps
+// a pointer from ever naming an expired or deleted root.
+func checkCommit(ctx context.Context, st store.Store, root store.RootID, resolved time.Time, o Options) error {
+	if age := o.Now().Sub(resolved); age > o.Timeout {
+		return fmt.Errorf("image %s/%s: %w: %v since it chose root %s, past --build-timeout %v (the garbage collector may expire that root); no pointer written, build again",
+			o.Tenant, o.Name, ErrDeadline, age.Round(time.Second), root, o.Timeout)
+	}
+	ri, err := store.ReadRoot(ctx, st, root)
+	if err != nil {
+		return fmt.Errorf("image %s/%s: checking root before writing the pointer: %w", o.Tenant, o.Name, err)
+	}
+	if ri.State != store.RootActive {
+		return fmt.Errorf("image %s/%s: %w: root %s is %s since %s; no pointer written, build again (it will use the active root)",
+			o.Tenant, o.Name, ErrRootNotActive, root, ri.State, ri.Since.Format(time.RFC3339))
+	}
+	return nil
+}
+
 func flattenToExt4(ctx context.Context, im *oci.Image, img *os.File, o Options) (oci.FlattenStats, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
