@@ -70,7 +70,7 @@ print("marked" if buf[:17] == b"` + mark + `" else "original")`
 			case err := <-served:
 				t.Fatalf("serve-vhost: %v", err)
 			}
-			c.stdout.b.Reset()
+			c.stdout.Reset()
 			err := c.execLode(t, "vm", "demo", "--disk", "vhost-user:"+sock, "--entrypoint", "/bin/sh", "--", "-c", script)
 			cancel()
 			if serr := <-served; serr != nil {

@@ -39,8 +39,8 @@ func TestVMBootsImage(t *testing.T) {
 		{"file", []string{"--disk", "file:" + img}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c.stdout.b.Reset()
-			c.stderr.b.Reset()
+			c.stdout.Reset()
+			c.stderr.Reset()
 			report := filepath.Join(t.TempDir(), "report.json")
 			args := append([]string{"vm", "demo", "--cache-dir", filepath.Join(t.TempDir(), "cache"), "--report", report, "--entrypoint", "/bin/sh"}, tc.disk...)
 			err := c.execLode(t, append(args, "--", "-c", script)...)
