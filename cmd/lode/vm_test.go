@@ -10,6 +10,7 @@ import (
 
 	"github.com/lode-dev/lode/internal/lodetest"
 	"github.com/lode-dev/lode/internal/vm"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 // vmRequirements are what booting a microVM needs: root, QEMU, busybox for
@@ -51,7 +52,7 @@ func TestVMBootsImage(t *testing.T) {
 			if diff := cmp.Diff(want, c.stdout.String()); diff != "" {
 				t.Errorf("guest output (-want +got):\n%s", diff)
 			}
-			var rep vmReport
+			var rep worker.VMReport
 			readJSON(t, report, &rep)
 			if rep.ExitCode != 7 || !(0 < rep.InitMS && rep.InitMS <= rep.StartMS && rep.StartMS <= rep.ExitMS && rep.ExitMS <= rep.TotalMS) {
 				t.Errorf("report = %+v, want exit 7 and ordered times", rep)
@@ -88,9 +89,9 @@ func TestParseDisk(t *testing.T) {
 		{"file:", "", false},
 		{"/var/img.ext4", "", false},
 	} {
-		got, err := parseDisk(tc.in)
+		got, err := worker.ParseDisk(tc.in)
 		if (err == nil) != tc.ok || got != tc.want {
-			t.Errorf("parseDisk(%q) = %q, %v; want %q (ok %v)", tc.in, got, err, tc.want, tc.ok)
+			t.Errorf("ParseDisk(%q) = %q, %v; want %q (ok %v)", tc.in, got, err, tc.want, tc.ok)
 		}
 	}
 }
