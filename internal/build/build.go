@@ -320,9 +320,9 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		return res, err
 	}
 	ptr := store.Pointer{Root: root, Manifest: id, Created: o.Now().UTC()}
-	if err := st.Put(ctx, store.ImageKey(o.Tenant, o.Name), store.MarshalPointer(ptr)); err != nil {
+	if err := catalog.Put(ctx, st, o.Tenant, o.Name, ptr); err != nil {
 		dropManifest()
-		return res, fmt.Errorf("storing image pointer %s/%s: %w", o.Tenant, o.Name, err)
+		return res, err
 	}
 	res.Duration = time.Since(start)
 	return res, nil
