@@ -288,10 +288,10 @@ type faultProxy struct {
 	blobBytes atomic.Int64
 	perBlob   sync.Map // path → *atomic.Int64
 	mu        sync.Mutex
-	stallAt   int64 // stall blob responses after this many bytes (-1: never)
-	dropOnce  int64 // drop the first blob response after this many bytes (-1: never)
-	stallMF   bool  // stall manifest requests before answering
-	busy      int   // answer this many next GETs with 503, then 429, alternating
+	stallAt   int64         // stall blob responses after this many bytes (-1: never)
+	dropOnce  int64         // drop the first blob response after this many bytes (-1: never)
+	stallMF   bool          // stall manifest requests before answering
+	busy      int           // answer this many next GETs with 503, then 429, alternating
 	latency   time.Duration // before each blob response
 	rate      int64         // bytes per second per blob response (0: unlimited)
 }
