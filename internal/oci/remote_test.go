@@ -400,11 +400,11 @@ func (f *faultProxy) layerBytes(im *Image) int64 {
 func (w *blobWriter) Flush() { w.ResponseWriter.(http.Flusher).Flush() }
 
 // bigLayers makes layers large enough that downloads take several reads.
-func bigLayers(t testing.TB, n int) [][]byte {
+func bigLayers(t testing.TB, n, size int) [][]byte {
 	var ls [][]byte
 	x := uint64(88172645463325252)
 	for i := range n {
-		body := make([]byte, 1<<20) // incompressible: gzip keeps it ~1 MiB
+		body := make([]byte, size) // incompressible: gzip keeps its size
 		for j := range body {
 			x ^= x << 13
 			x ^= x >> 7
@@ -439,7 +439,7 @@ func TestRemoteFaults(t *testing.T) {
 	reg := lodetest.StartRegistry(t, lodetest.RegistryOptions{})
 	proxy := newFaultProxy(t, reg)
 	host := proxy.host()
-	push(t, reg, "big:v1", "", lodetest.TestImage{Platform: "linux/amd64", Layers: bigLayers(t, 3)})
+	push(t, reg, "big:v1", "", lodetest.TestImage{Platform: "linux/amd64", Layers: bigLayers(t, 3, 256<<10)})
 	ref := "docker://" + host + "/big:v1"
 	ro := RemoteOptions{Insecure: []string{host, reg.Host}, Timeout: 2 * time.Second}
 	total := layerSizes(t, ref, ro)
