@@ -568,6 +568,20 @@ func TestRemoteFaults(t *testing.T) {
 	}
 }
 
+// TestRemoteUnsupportedLayerMediaType: an image whose layer is not a tar
+// (here a WebAssembly module, as OCI artifacts carry) is refused at Open,
+// naming the layer and its media type.
+func TestRemoteUnsupportedLayerMediaType(t *testing.T) {
+	isolateCredentials(t)
+	reg := lodetest.StartRegistry(t, lodetest.RegistryOptions{})
+	const wasm = "application/vnd.wasm.content.layer.v1+wasm"
+	p := push(t, reg, "wasm:v1", "", lodetest.TestImage{Platform: "linux/amd64", Layers: [][]byte{[]byte("\x00asm\x01\x00\x00\x00")}, LayerMediaType: wasm})
+	_, err := OpenWith(t.Context(), p.ref, RemoteOptions{Insecure: []string{reg.Host}})
+	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), wasm) || !strings.Contains(err.Error(), "layer 0") {
+		t.Errorf("OpenWith(wasm layer) = %v, want ErrUnsupported naming layer 0 and %s", err, wasm)
+	}
+}
+
 // TestRemoteUnsupportedMediaType: a manifest lode cannot read (a Docker
 // schema 1 manifest, served by a fault-injecting stand-in since
 // distribution 2.8 no longer accepts them) is refused with its media type.
