@@ -60,7 +60,9 @@ type Options struct {
 	// Force rebuilds a docker:// source even when Name already points to an
 	// image built from the same source manifest digest (with the same chunk
 	// size and compression); otherwise such a build is a no-op that reads
-	// only the registry's manifest and config (Result.Unchanged).
+	// only the registry's manifest and config (Result.Unchanged). Options
+	// the manifest does not record (Flatten, Ext4.Align) need Force to take
+	// effect on an unchanged source.
 	Force bool
 
 	Log      *slog.Logger
