@@ -365,7 +365,9 @@ func TestTamperedChunkGivesEIO(t *testing.T) {
 	f.Close() // an open file would keep the filesystem busy at unmount
 	log := c.log.String()
 	for _, n := range []chunk.Name{name, missing} {
-		if !regexp.MustCompile(`reading chunk.*image=default/demo.*chunk=` + n.String()).MatchString(log) {
+		// Logged where the read became EIO (the FUSE session), naming the
+		// chunk and image through the error.
+		if !regexp.MustCompile(`reading device for FUSE.*reading chunk [0-9]+ \(` + n.String() + `\) of image default/demo`).MatchString(log) {
 			t.Errorf("the log does not name chunk %s of default/demo:\n%s", n, log)
 		}
 	}

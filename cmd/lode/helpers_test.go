@@ -127,24 +127,8 @@ func blobPath(layout, digest string) string {
 	return filepath.Join(layout, "blobs", alg, hex)
 }
 
-// syncBuffer is a bytes.Buffer safe for a command writing while the test
-// reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a test log or output written from several goroutines.
+type syncBuffer = lodetest.SyncBuffer
 
 // waitFor polls f until it holds; the limit only guards against a hang.
 func waitFor(t *testing.T, what string, errc <-chan error, f func() bool) {

@@ -210,19 +210,3 @@ func TestStoreHintsRefusesChangedPointer(t *testing.T) {
 		t.Errorf("after StoreHints: manifest %s hints %v, %v; want %s, [1]", p2.Manifest, got.Hints, err, id)
 	}
 }
-
-func TestFirstWrite(t *testing.T) {
-	var sb strings.Builder
-	f := newFirstWrite(&sb)
-	if f.since() != 0 {
-		t.Errorf("since() before any write = %v, want 0", f.since())
-	}
-	f.Write(nil)
-	time.Sleep(time.Millisecond)
-	f.Write([]byte("a"))
-	first := f.since()
-	f.Write([]byte("b"))
-	if first <= 0 || f.since() != first || sb.String() != "ab" {
-		t.Errorf("since() = %v then %v, wrote %q; want > 0, unchanged, %q", first, f.since(), sb.String(), "ab")
-	}
-}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -73,7 +74,7 @@ each tier and the share of the image that was read.`,
 // (afterRun).
 func runRun(ctx context.Context, o runOptions, name string, args []string, in io.Reader, out, errOut io.Writer) error {
 	start := time.Now()
-	first := newFirstWrite(out)
+	first := worker.NewFirstWrite(out)
 	if err := o.fill.Check(); err != nil {
 		return err
 	}
@@ -97,7 +98,14 @@ func runRun(ctx context.Context, o runOptions, name string, args []string, in io
 	fmt.Fprintf(errOut, "lode: %s: mounted in %v, first exec after %v, exit %d after %v\n",
 		w.Name, rep.Mounted.Round(time.Millisecond), rep.FirstExec.Round(time.Millisecond), rep.ExitCode, rep.Total.Round(time.Millisecond))
 	w.WriteStats(errOut)
-	if aerr := afterRun(ctx, o, name, w, first, err, errOut); err == nil {
+	ao := worker.AfterRunOptions{Heatmap: o.heatmap, Record: o.record, RunErr: err, First: first, ErrOut: errOut}
+	if o.record {
+		if ao.Store, err = openStore(ctx); err == nil {
+			ao.Keyring, err = openKeyring()
+		}
+		ao.RunErr = errors.Join(ao.RunErr, err)
+	}
+	if aerr := w.AfterRun(ctx, ao); err == nil {
 		err = aerr
 	}
 	w.Close()

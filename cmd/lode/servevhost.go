@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -100,7 +98,7 @@ func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready 
 	err = srv.Serve(ctx, l)
 	w.WriteStats(stderr)
 	if o.report != "" {
-		if werr := writeServeReport(o.report, w, counted); werr != nil {
+		if werr := w.ServeReport(counted).WriteReport(o.report); werr != nil {
 			return werr
 		}
 	}
@@ -108,16 +106,4 @@ func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready 
 		return nil
 	}
 	return err
-}
-
-// writeServeReport writes the byte counts of a served image in the fields
-// lode vm --report uses, so that a benchmark reads both the same way.
-func writeServeReport(path string, w *worker.Image, counted *vm.CountingDevice) error {
-	rep := vmReport{Image: w.Name, Disk: "lode"}
-	fillTierReport(&rep, w, counted)
-	b, _ := json.MarshalIndent(rep, "", "  ")
-	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("writing the report %s: %w", path, err)
-	}
-	return nil
 }

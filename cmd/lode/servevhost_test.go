@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/lode-dev/lode/internal/lodetest"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 // TestServeVhostBootsImage serves the sample through the agent as a
@@ -70,7 +71,7 @@ print("marked" if buf[:17] == b"` + mark + `" else "original")`
 			case err := <-served:
 				t.Fatalf("serve-vhost: %v", err)
 			}
-			c.stdout.b.Reset()
+			c.stdout.Reset()
 			err := c.execLode(t, "vm", "demo", "--disk", "vhost-user:"+sock, "--entrypoint", "/bin/sh", "--", "-c", script)
 			cancel()
 			if serr := <-served; serr != nil {
@@ -87,7 +88,7 @@ print("marked" if buf[:17] == b"` + mark + `" else "original")`
 				t.Errorf("serve-vhost did not announce its socket: %s", c.stderr.String())
 			}
 			// The report counts what the guest read and what the tiers fetched.
-			var rep vmReport
+			var rep worker.VMReport
 			if b, err := os.ReadFile(report); err != nil {
 				t.Errorf("serve-vhost --report: %v", err)
 			} else if err := json.Unmarshal(b, &rep); err != nil {

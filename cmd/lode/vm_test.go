@@ -10,6 +10,7 @@ import (
 
 	"github.com/lode-dev/lode/internal/lodetest"
 	"github.com/lode-dev/lode/internal/vm"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 // vmRequirements are what booting a microVM needs: root, QEMU, busybox for
@@ -39,8 +40,8 @@ func TestVMBootsImage(t *testing.T) {
 		{"file", []string{"--disk", "file:" + img}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c.stdout.b.Reset()
-			c.stderr.b.Reset()
+			c.stdout.Reset()
+			c.stderr.Reset()
 			report := filepath.Join(t.TempDir(), "report.json")
 			args := append([]string{"vm", "demo", "--cache-dir", filepath.Join(t.TempDir(), "cache"), "--report", report, "--entrypoint", "/bin/sh"}, tc.disk...)
 			err := c.execLode(t, append(args, "--", "-c", script)...)
@@ -51,7 +52,7 @@ func TestVMBootsImage(t *testing.T) {
 			if diff := cmp.Diff(want, c.stdout.String()); diff != "" {
 				t.Errorf("guest output (-want +got):\n%s", diff)
 			}
-			var rep vmReport
+			var rep worker.VMReport
 			readJSON(t, report, &rep)
 			if rep.ExitCode != 7 || !(0 < rep.InitMS && rep.InitMS <= rep.StartMS && rep.StartMS <= rep.ExitMS && rep.ExitMS <= rep.TotalMS) {
 				t.Errorf("report = %+v, want exit 7 and ordered times", rep)
@@ -88,9 +89,9 @@ func TestParseDisk(t *testing.T) {
 		{"file:", "", false},
 		{"/var/img.ext4", "", false},
 	} {
-		got, err := parseDisk(tc.in)
+		got, err := worker.ParseDisk(tc.in)
 		if (err == nil) != tc.ok || got != tc.want {
-			t.Errorf("parseDisk(%q) = %q, %v; want %q (ok %v)", tc.in, got, err, tc.want, tc.ok)
+			t.Errorf("ParseDisk(%q) = %q, %v; want %q (ok %v)", tc.in, got, err, tc.want, tc.ok)
 		}
 	}
 }

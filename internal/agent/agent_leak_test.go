@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/lode-dev/lode/internal/agent"
+	"github.com/lode-dev/lode/internal/imagetest"
 	"github.com/lode-dev/lode/internal/lodetest"
 )
 
@@ -14,8 +15,8 @@ import (
 // agents: goroutines and file descriptors return to where they were.
 func TestNoLeakOpenClose(t *testing.T) {
 	ctx := context.Background()
-	w := newRelWorld(t)
-	a := w.build(t, "a", "app", 21, 4)
+	w := imagetest.NewWorld(t, "a", "b")
+	a := w.Build(t, "a", "app", 21, 4, relChunkSize)
 	newAgent := func() *agent.Agent {
 		disk, err := agent.NewDiskCache(t.TempDir(), 64<<20, nil)
 		if err != nil {
@@ -23,7 +24,7 @@ func TestNoLeakOpenClose(t *testing.T) {
 		}
 		cfg := agent.DefaultConfig()
 		cfg.Mem = agent.NewMemCache(1 << 20)
-		cfg.Tiers = []agent.Tier{disk, agent.NewOrigin(w.st, a.ptr.Root)}
+		cfg.Tiers = []agent.Tier{disk, agent.NewOrigin(w.St, a.Ptr.Root)}
 		ag, err := agent.New(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -34,12 +35,12 @@ func TestNoLeakOpenClose(t *testing.T) {
 	r0 := lodetest.Count(t)
 	p := make([]byte, 3*relChunkSize)
 	for i := range 50 {
-		im, err := ag.Open("a/app", a.m)
+		im, err := ag.Open("a/app", a.M)
 		if err != nil {
 			t.Fatal(err)
 		}
 		off := int64(i%4) * relChunkSize
-		if n, err := im.ReadAt(ctx, p, off); err != nil || !bytes.Equal(p[:n], a.plain[off:off+int64(n)]) {
+		if n, err := im.ReadAt(ctx, p, off); err != nil || !bytes.Equal(p[:n], a.Plain[off:off+int64(n)]) {
 			t.Fatalf("ReadAt(%d) = %d, %v", off, n, err)
 		}
 		go im.Prefetch(ctx, []uint32{0, 1, 2, 3, 4, 5}, 2) // ends when the image closes
@@ -53,7 +54,7 @@ func TestNoLeakOpenClose(t *testing.T) {
 	r0 = lodetest.Count(t)
 	for range 20 {
 		ag := newAgent()
-		im, err := ag.Open("a/app", a.m)
+		im, err := ag.Open("a/app", a.M)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/lode-dev/lode/internal/agent"
+	"github.com/lode-dev/lode/internal/imagetest"
 )
 
 // TestReadAfterAgentCloseFails checks Agent.Close's contract ("Images
@@ -18,13 +19,13 @@ import (
 // the memory-cache path never consulted the agent (fixed in f2c2a51).
 func TestReadAfterAgentCloseFails(t *testing.T) {
 	ctx := context.Background()
-	w := newRelWorld(t)
-	a := w.build(t, "a", "app", 31, 2)
-	ag, err := agent.New(agent.Config{Mem: agent.NewMemCache(16 << 20), Tiers: []agent.Tier{agent.NewOrigin(w.st, a.ptr.Root)}})
+	w := imagetest.NewWorld(t, "a", "b")
+	a := w.Build(t, "a", "app", 31, 2, relChunkSize)
+	ag, err := agent.New(agent.Config{Mem: agent.NewMemCache(16 << 20), Tiers: []agent.Tier{agent.NewOrigin(w.St, a.Ptr.Root)}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	im, err := ag.Open("a/app", a.m)
+	im, err := ag.Open("a/app", a.M)
 	if err != nil {
 		t.Fatal(err)
 	}

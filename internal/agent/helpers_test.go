@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/lode-dev/lode/internal/lodetest"
+
 	"github.com/lode-dev/lode/internal/blockdev"
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/manifest"
@@ -133,23 +135,8 @@ func (s *stallTier) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte
 func (s *stallTier) Fill(context.Context, chunk.Name, []byte) error { return nil }
 func (s *stallTier) Name() string                                   { return "origin" }
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a test log or output written from several goroutines.
+type syncBuffer = lodetest.SyncBuffer
 
 // testLogger logs to t and, if buf is not nil, to buf.
 func testLogger(t testing.TB, buf *syncBuffer) *slog.Logger {

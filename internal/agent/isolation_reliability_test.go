@@ -12,6 +12,7 @@ import (
 	"github.com/lode-dev/lode/internal/build"
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/imagetest"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
 )
@@ -23,17 +24,17 @@ import (
 // that a known plaintext chunk is stored without the store secret.
 func TestTenantIsolation(t *testing.T) {
 	ctx := context.Background()
-	w := newRelWorld(t)
-	a := w.build(t, "a", "app", 11, 4)
-	w.build(t, "b", "other", 12, 2)
-	sealed, err := w.st.Get(ctx, store.ManifestKey(a.ptr.Root, a.ptr.Manifest), nil)
+	w := imagetest.NewWorld(t, "a", "b")
+	a := w.Build(t, "a", "app", 11, 4, relChunkSize)
+	w.Build(t, "b", "other", 12, 2, relChunkSize)
+	sealed, err := w.St.Get(ctx, store.ManifestKey(a.Ptr.Root, a.Ptr.Manifest), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	t.Run("b's key cannot open a's manifest", func(t *testing.T) {
 		// b reads a's sealed bytes and presents them as its own.
-		if m, err := manifest.Open(ctx, sealed, "b", w.kr); m != nil || !errors.Is(err, manifest.ErrWrongKey) {
+		if m, err := manifest.Open(ctx, sealed, "b", w.Kr); m != nil || !errors.Is(err, manifest.ErrWrongKey) {
 			t.Errorf("Open(a's manifest, tenant b) = %v, %v; want ErrWrongKey", m != nil, err)
 		}
 		// A keyring with its own key for a tenant named "a" (another
@@ -49,14 +50,14 @@ func TestTenantIsolation(t *testing.T) {
 			t.Errorf("Open(a's manifest, another keyring's key for a) = %v, %v; want ErrWrongKey", m != nil, err)
 		}
 		// b's name space does not hold a's images.
-		if _, _, err := catalog.Resolve(ctx, w.st, w.kr, "b", "app"); !errors.Is(err, catalog.ErrNoImage) && !errors.Is(err, store.ErrNotFound) {
+		if _, _, err := catalog.Resolve(ctx, w.St, w.Kr, "b", "app"); !errors.Is(err, catalog.ErrNoImage) && !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("Resolve(b/app) = %v, want ErrNoImage or ErrNotFound", err)
 		}
 	})
 
 	t.Run("no chunk key in any stored object", func(t *testing.T) {
 		keys := map[chunk.Key]int{}
-		for i, k := range a.m.Keys {
+		for i, k := range a.M.Keys {
 			if k != (chunk.Key{}) {
 				keys[k] = i
 			}
@@ -65,8 +66,8 @@ func TestTenantIsolation(t *testing.T) {
 			t.Fatal("image a has no chunk keys")
 		}
 		objects, windows := 0, 0
-		err := w.st.List(ctx, "", func(key string, _ int64) error {
-			b, err := w.st.Get(ctx, key, nil)
+		err := w.St.List(ctx, "", func(key string, _ int64) error {
+			b, err := w.St.Get(ctx, key, nil)
 			if err != nil {
 				return err
 			}
@@ -93,18 +94,18 @@ func TestTenantIsolation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !cmpNames(pub.Names, a.m.Names) {
+		if !cmpNames(pub.Names, a.M.Names) {
 			t.Fatal("ReadPublic: chunk names differ from the opened manifest's")
 		}
 		// What the public part gives: names, holes and size, no keys.
 		pub.Keys = make([]chunk.Key, len(pub.Names))
-		im, err := agent.NewImage("b/stolen", pub, agent.Config{Tiers: []agent.Tier{agent.NewOrigin(w.st, a.ptr.Root)}})
+		im, err := agent.NewImage("b/stolen", pub, agent.Config{Tiers: []agent.Tier{agent.NewOrigin(w.St, a.Ptr.Root)}})
 		if err != nil {
 			t.Fatalf("NewImage(public part) = %v", err)
 		}
 		defer im.Close()
-		i := a.indexOf(firstNonHole(a))
-		off, size := a.chunkRange(i)
+		i := indexOf(a, firstNonHole(a))
+		off, size := a.ChunkRange(i)
 		p := make([]byte, size)
 		if n, err := im.ReadAt(ctx, p, off); n != 0 || !errors.Is(err, chunk.ErrCorrupt) {
 			t.Errorf("ReadAt with zero keys = %d, %v; want 0 and ErrCorrupt", n, err)
@@ -115,11 +116,11 @@ func TestTenantIsolation(t *testing.T) {
 		// The attacker knows the plaintext of one of a's chunks (say, a
 		// public base-image file) and the salt (derived from the root id,
 		// which is public).
-		i := a.indexOf(firstNonHole(a))
-		off, size := a.chunkRange(i)
-		known := a.plain[off : off+size]
-		salt := build.Salt(a.ptr.Root, "")
-		real, err := chunk.NewSealer(w.kr.StoreSecret())
+		i := indexOf(a, firstNonHole(a))
+		off, size := a.ChunkRange(i)
+		known := a.Plain[off : off+size]
+		salt := build.Salt(a.Ptr.Root, "")
+		real, err := chunk.NewSealer(w.Kr.StoreSecret())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,8 +128,8 @@ func TestTenantIsolation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ref.Name != a.m.Names[i] {
-			t.Fatalf("sealing with the store's own secret gave %s, the manifest names %s: salt policy changed?", ref.Name, a.m.Names[i])
+		if ref.Name != a.M.Names[i] {
+			t.Fatalf("sealing with the store's own secret gave %s, the manifest names %s: salt policy changed?", ref.Name, a.M.Names[i])
 		}
 		guesses := [][]byte{make([]byte, chunk.SecretSize), bytes.Repeat([]byte{0xff}, chunk.SecretSize)}
 		for range 8 {
@@ -148,7 +149,7 @@ func TestTenantIsolation(t *testing.T) {
 			if gref.Name == ref.Name || gref.Key == ref.Key {
 				t.Errorf("a guessed secret gives the stored chunk's name or key")
 			}
-			if _, err := w.st.Stat(ctx, store.ChunkKey(a.ptr.Root, gref.Name)); !errors.Is(err, store.ErrNotFound) {
+			if _, err := w.St.Stat(ctx, store.ChunkKey(a.Ptr.Root, gref.Name)); !errors.Is(err, store.ErrNotFound) {
 				t.Errorf("Stat(name under a guessed secret) = %v, want ErrNotFound", err)
 			}
 		}
@@ -173,8 +174,8 @@ func cmpNames(x, y []chunk.Name) bool {
 	return true
 }
 
-func firstNonHole(im *builtImage) chunk.Name {
-	for _, n := range im.m.Names {
+func firstNonHole(im *imagetest.Image) chunk.Name {
+	for _, n := range im.M.Names {
 		if !n.IsZero() {
 			return n
 		}

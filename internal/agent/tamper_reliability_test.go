@@ -17,16 +17,17 @@ import (
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/fleetproto"
+	"github.com/lode-dev/lode/internal/imagetest"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
 )
 
 // distinctChunks returns, per distinct stored chunk of im, the indexes that
 // name it, in first-use order.
-func distinctChunks(im *builtImage) ([]chunk.Name, map[chunk.Name][]int) {
+func distinctChunks(im *imagetest.Image) ([]chunk.Name, map[chunk.Name][]int) {
 	var order []chunk.Name
 	idx := map[chunk.Name][]int{}
-	for i, n := range im.m.Names {
+	for i, n := range im.M.Names {
 		if n.IsZero() {
 			continue
 		}
@@ -47,17 +48,17 @@ func distinctChunks(im *builtImage) ([]chunk.Name, map[chunk.Name][]int) {
 // docs/reliability.md.
 func TestTamperMatrix(t *testing.T) {
 	ctx := context.Background()
-	w := newRelWorld(t)
-	a := w.build(t, "a", "app", 1, 6)
-	b := w.build(t, "b", "other", 2, 3)
+	w := imagetest.NewWorld(t, "a", "b")
+	a := w.Build(t, "a", "app", 1, 6, relChunkSize)
+	b := w.Build(t, "b", "other", 2, 3, relChunkSize)
 	names, idx := distinctChunks(a)
 	bNames, _ := distinctChunks(b)
 	if len(names) < 4 || len(bNames) < 1 {
 		t.Fatalf("image a has %d distinct chunks, b %d: too few for the matrix", len(names), len(bNames))
 	}
-	root := a.ptr.Root
+	root := a.Ptr.Root
 	get := func(n chunk.Name) []byte {
-		ct, err := w.st.Get(ctx, store.ChunkKey(root, n), nil)
+		ct, err := w.St.Get(ctx, store.ChunkKey(root, n), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -85,7 +86,7 @@ func TestTamperMatrix(t *testing.T) {
 			}
 		}},
 		{"a chunk of another tenant's image", func(chunk.Name, []byte) []byte {
-			ct, err := w.st.Get(ctx, store.ChunkKey(b.ptr.Root, bNames[rng.IntN(len(bNames))]), nil)
+			ct, err := w.St.Get(ctx, store.ChunkKey(b.Ptr.Root, bNames[rng.IntN(len(bNames))]), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -101,15 +102,15 @@ func TestTamperMatrix(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		im, err := agent.NewImage("a/app", a.m, agent.Config{
-			Mem: agent.NewMemCache(16 << 20), Tiers: []agent.Tier{disk, agent.NewOrigin(w.st, root)},
+		im, err := agent.NewImage("a/app", a.M, agent.Config{
+			Mem: agent.NewMemCache(16 << 20), Tiers: []agent.Tier{disk, agent.NewOrigin(w.St, root)},
 			FetchTimeout: 10 * time.Second,
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer im.Close()
-		off, size := a.chunkRange(i)
+		off, size := a.ChunkRange(i)
 		p := make([]byte, size)
 		n, err := im.ReadAt(ctx, p, off)
 		return p, n, err
@@ -123,10 +124,10 @@ func TestTamperMatrix(t *testing.T) {
 		for _, mu := range mutations {
 			bad := mu.mutate(n, orig)
 			if bad == nil {
-				if err := w.st.Delete(ctx, store.ChunkKey(root, n)); err != nil {
+				if err := w.St.Delete(ctx, store.ChunkKey(root, n)); err != nil {
 					t.Fatal(err)
 				}
-			} else if err := w.st.Put(ctx, store.ChunkKey(root, n), bad); err != nil {
+			} else if err := w.St.Put(ctx, store.ChunkKey(root, n), bad); err != nil {
 				t.Fatal(err)
 			}
 			for _, i := range idx[n] {
@@ -142,30 +143,30 @@ func TestTamperMatrix(t *testing.T) {
 			}
 			oi := idx[other][0]
 			p, got, err := read(oi)
-			off, size := a.chunkRange(oi)
-			if err != nil || int64(got) != size || !bytes.Equal(p, a.plain[off:off+size]) {
-				t.Errorf("%s of chunk %s: reading undamaged chunk %d = %d, %v (bytes equal: %t)", mu.name, n, oi, got, err, bytes.Equal(p, a.plain[off:off+size]))
+			off, size := a.ChunkRange(oi)
+			if err != nil || int64(got) != size || !bytes.Equal(p, a.Plain[off:off+size]) {
+				t.Errorf("%s of chunk %s: reading undamaged chunk %d = %d, %v (bytes equal: %t)", mu.name, n, oi, got, err, bytes.Equal(p, a.Plain[off:off+size]))
 			}
-			if err := w.st.Put(ctx, store.ChunkKey(root, n), orig); err != nil {
+			if err := w.St.Put(ctx, store.ChunkKey(root, n), orig); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
 	// With every object restored, the whole image reads back exactly.
-	whole := make([]byte, a.m.ImageSize)
-	im, err := agent.NewImage("a/app", a.m, agent.Config{Tiers: []agent.Tier{agent.NewOrigin(w.st, root)}})
+	whole := make([]byte, a.M.ImageSize)
+	im, err := agent.NewImage("a/app", a.M, agent.Config{Tiers: []agent.Tier{agent.NewOrigin(w.St, root)}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := im.ReadAt(ctx, whole, 0); err != nil || !bytes.Equal(whole, a.plain) {
-		t.Fatalf("after restoring: ReadAt(whole image) = %d, %v; bytes equal %t", n, err, bytes.Equal(whole, a.plain))
+	if n, err := im.ReadAt(ctx, whole, 0); err != nil || !bytes.Equal(whole, a.Plain) {
+		t.Fatalf("after restoring: ReadAt(whole image) = %d, %v; bytes equal %t", n, err, bytes.Equal(whole, a.Plain))
 	}
 	im.Close()
 
 	manifestCases := tamperManifest(t, w, a, b)
 	shardCases := tamperShards(t, w, a, names)
 	t.Logf("tamper matrix: %d distinct chunks of %d (+%d holes) × %d mutations = %d chunk read cases; %d manifest cases; %d fleet shard cases; %d in all; wrong bytes returned: 0",
-		len(names), len(a.m.Names), a.m.Holes(), len(mutations), chunkCases, manifestCases, shardCases, chunkCases+manifestCases+shardCases)
+		len(names), len(a.M.Names), a.M.Holes(), len(mutations), chunkCases, manifestCases, shardCases, chunkCases+manifestCases+shardCases)
 }
 
 // tamperManifest flips one bit in every byte of a's sealed manifest and
@@ -173,23 +174,23 @@ func TestTamperMatrix(t *testing.T) {
 // names the manifest by its hash) and manifest.Open alone (an attacker who
 // also rewrote the pointer); then redirects a's pointer to b's manifest and
 // to a missing one. It returns the number of cases.
-func tamperManifest(t *testing.T, w *relWorld, a, b *builtImage) int {
+func tamperManifest(t *testing.T, w *imagetest.World, a, b *imagetest.Image) int {
 	ctx := context.Background()
-	key := store.ManifestKey(a.ptr.Root, a.ptr.Manifest)
-	sealed, err := w.st.Get(ctx, key, nil)
+	key := store.ManifestKey(a.Ptr.Root, a.Ptr.Manifest)
+	sealed, err := w.St.Get(ctx, key, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cases := 0
 	check := func(what string, bad []byte) {
 		cases += 2
-		if err := w.st.Put(ctx, key, bad); err != nil {
+		if err := w.St.Put(ctx, key, bad); err != nil {
 			t.Fatal(err)
 		}
-		if m, _, err := catalog.Resolve(ctx, w.st, w.kr, a.tenant, a.name); m != nil || !errors.Is(err, manifest.ErrCorrupt) {
+		if m, _, err := catalog.Resolve(ctx, w.St, w.Kr, a.Tenant, a.Name); m != nil || !errors.Is(err, manifest.ErrCorrupt) {
 			t.Errorf("%s: Resolve = %v, %v; want nil and ErrCorrupt", what, m != nil, err)
 		}
-		m, err := manifest.Open(ctx, bad, a.tenant, w.kr)
+		m, err := manifest.Open(ctx, bad, a.Tenant, w.Kr)
 		if m != nil || !(errors.Is(err, manifest.ErrCorrupt) || errors.Is(err, manifest.ErrVersion) || errors.Is(err, manifest.ErrWrongKey)) {
 			t.Errorf("%s: manifest.Open = %v, %v; want nil and ErrCorrupt, ErrVersion or ErrWrongKey", what, m != nil, err)
 		}
@@ -203,35 +204,35 @@ func tamperManifest(t *testing.T, w *relWorld, a, b *builtImage) int {
 		check(fmt.Sprintf("truncated to %d bytes", n), bytes.Clone(sealed[:n]))
 	}
 	check("one byte appended", append(bytes.Clone(sealed), 0))
-	if err := w.st.Put(ctx, key, sealed); err != nil {
+	if err := w.St.Put(ctx, key, sealed); err != nil {
 		t.Fatal(err)
 	}
 
 	// Pointer redirected to the other tenant's manifest (copied into a's
 	// root, as a store writer could): a's key cannot open it.
-	bSealed, err := w.st.Get(ctx, store.ManifestKey(b.ptr.Root, b.ptr.Manifest), nil)
+	bSealed, err := w.St.Get(ctx, store.ManifestKey(b.Ptr.Root, b.Ptr.Manifest), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.st.Put(ctx, store.ManifestKey(a.ptr.Root, b.ptr.Manifest), bSealed); err != nil {
+	if err := w.St.Put(ctx, store.ManifestKey(a.Ptr.Root, b.Ptr.Manifest), bSealed); err != nil {
 		t.Fatal(err)
 	}
-	ptrKey := store.ImageKey(a.tenant, a.name)
-	origPtr, err := w.st.Get(ctx, ptrKey, nil)
+	ptrKey := store.ImageKey(a.Tenant, a.Name)
+	origPtr, err := w.St.Get(ctx, ptrKey, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	redirect := func(id string) error {
-		p := a.ptr
+		p := a.Ptr
 		p.Manifest = id
-		if err := w.st.Put(ctx, ptrKey, store.MarshalPointer(p)); err != nil {
+		if err := w.St.Put(ctx, ptrKey, store.MarshalPointer(p)); err != nil {
 			t.Fatal(err)
 		}
-		_, _, err := catalog.Resolve(ctx, w.st, w.kr, a.tenant, a.name)
+		_, _, err := catalog.Resolve(ctx, w.St, w.Kr, a.Tenant, a.Name)
 		return err
 	}
 	cases++
-	if err := redirect(b.ptr.Manifest); !errors.Is(err, manifest.ErrWrongKey) {
+	if err := redirect(b.Ptr.Manifest); !errors.Is(err, manifest.ErrWrongKey) {
 		t.Errorf("pointer of a redirected to b's manifest: Resolve = %v, want ErrWrongKey", err)
 	}
 	cases++
@@ -239,16 +240,16 @@ func tamperManifest(t *testing.T, w *relWorld, a, b *builtImage) int {
 		t.Errorf("pointer of a redirected to a missing manifest: Resolve = %v, want ErrNotFound", err)
 	}
 	cases++
-	if err := w.st.Put(ctx, ptrKey, []byte("{not json")); err != nil {
+	if err := w.St.Put(ctx, ptrKey, []byte("{not json")); err != nil {
 		t.Fatal(err)
 	}
-	if m, _, err := catalog.Resolve(ctx, w.st, w.kr, a.tenant, a.name); m != nil || err == nil {
+	if m, _, err := catalog.Resolve(ctx, w.St, w.Kr, a.Tenant, a.Name); m != nil || err == nil {
 		t.Errorf("garbled pointer: Resolve = %v, %v; want an error", m != nil, err)
 	}
-	if err := w.st.Put(ctx, ptrKey, origPtr); err != nil {
+	if err := w.St.Put(ctx, ptrKey, origPtr); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := catalog.Resolve(ctx, w.st, w.kr, a.tenant, a.name); err != nil {
+	if _, _, err := catalog.Resolve(ctx, w.St, w.Kr, a.Tenant, a.Name); err != nil {
 		t.Fatalf("after restoring: Resolve = %v", err)
 	}
 	return cases
@@ -261,7 +262,7 @@ func tamperManifest(t *testing.T, w *relWorld, a, b *builtImage) int {
 // exact chunk. Two: the fleet misses (store.ErrNotFound), and an agent over
 // [fleet, origin] still returns the right bytes. It returns the number of
 // cases.
-func tamperShards(t *testing.T, w *relWorld, a *builtImage, names []chunk.Name) int {
+func tamperShards(t *testing.T, w *imagetest.World, a *imagetest.Image, names []chunk.Name) int {
 	ctx := context.Background()
 	fl := fleettest.Start(t, 5, fleettest.Options{MemBytes: 16 << 20})
 	cl, err := cachefleet.NewClient(cachefleet.ClientConfig{Nodes: fl.URLs(), M: 4, K: 5, Timeout: 2 * time.Second})
@@ -269,7 +270,7 @@ func tamperShards(t *testing.T, w *relWorld, a *builtImage, names []chunk.Name) 
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	root := a.ptr.Root
+	root := a.Ptr.Root
 	rng := rand.New(rand.NewPCG(3, 3))
 	kinds := []struct {
 		name string
@@ -284,7 +285,7 @@ func tamperShards(t *testing.T, w *relWorld, a *builtImage, names []chunk.Name) 
 	}
 	cases := 0
 	for _, n := range names[:min(len(names), 4)] {
-		ct, err := w.st.Get(ctx, store.ChunkKey(root, n), nil)
+		ct, err := w.St.Get(ctx, store.ChunkKey(root, n), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -334,15 +335,15 @@ func tamperShards(t *testing.T, w *relWorld, a *builtImage, names []chunk.Name) 
 				}
 				if len(set) == 2 {
 					// Through an agent, the miss falls through to the origin.
-					i := a.indexOf(n)
-					im, err := agent.NewImage("a/app", a.m, agent.Config{Tiers: []agent.Tier{noFill{cl}, agent.NewOrigin(w.st, root)}})
+					i := indexOf(a, n)
+					im, err := agent.NewImage("a/app", a.M, agent.Config{Tiers: []agent.Tier{noFill{cl}, agent.NewOrigin(w.St, root)}})
 					if err != nil {
 						t.Fatal(err)
 					}
-					off, size := a.chunkRange(i)
+					off, size := a.ChunkRange(i)
 					p := make([]byte, size)
-					if m, err := im.ReadAt(ctx, p, off); err != nil || !bytes.Equal(p[:m], a.plain[off:off+size]) {
-						t.Errorf("%s in shards %v of %s: agent ReadAt = %d, %v, bytes equal %t", k.name, set, n, m, err, bytes.Equal(p[:m], a.plain[off:off+size]))
+					if m, err := im.ReadAt(ctx, p, off); err != nil || !bytes.Equal(p[:m], a.Plain[off:off+size]) {
+						t.Errorf("%s in shards %v of %s: agent ReadAt = %d, %v, bytes equal %t", k.name, set, n, m, err, bytes.Equal(p[:m], a.Plain[off:off+size]))
 					}
 					im.Close()
 				}
@@ -361,8 +362,8 @@ type noFill struct{ agent.Tier }
 
 func (noFill) Fill(context.Context, chunk.Name, []byte) error { return nil }
 
-func (im *builtImage) indexOf(n chunk.Name) int {
-	for i, x := range im.m.Names {
+func indexOf(im *imagetest.Image, n chunk.Name) int {
+	for i, x := range im.M.Names {
 		if x == n {
 			return i
 		}

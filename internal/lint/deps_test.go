@@ -10,44 +10,46 @@ import (
 
 const module = "github.com/lode-dev/lode/"
 
-// allowed lists, per package, the internal packages its non-test files may
-// import. Interfaces point inward: store, chunk and manifest know nothing of
-// agents or fleets. Test-only helpers (storetest, fleettest, imagetest, tiertest, devicetest, lodetest) are
-// not allowed in non-test files anywhere but their own packages.
+// allowed lists, per package, exactly the internal packages its non-test
+// files import: an import outside its row fails, and so does a row entry
+// the package does not import, so the table is the layout. Interfaces point
+// inward: store, chunk and manifest know nothing of agents or fleets.
+// Test-only helpers (storetest, fleettest, imagetest, tiertest, devicetest,
+// lodetest) appear in no row but their own.
 var allowed = map[string][]string{
-	"internal/chunk":                {},
-	"internal/ext4img":              {},
+	"internal/agent":                {"internal/chunk", "internal/manifest", "internal/metrics", "internal/store"},
+	"internal/agent/tiertest":       {"internal/agent", "internal/chunk", "internal/store"},
 	"internal/blockdev":             {},
-	"internal/metrics":              {},
-	"internal/oci":                  {},
+	"internal/blockdev/devicetest":  {"internal/blockdev"},
+	"internal/blockdev/fuse":        {"internal/blockdev"},
+	"internal/blockdev/nbd":         {"internal/blockdev"},
+	"internal/blockdev/vhost":       {"internal/blockdev"},
+	"internal/build":                {"internal/catalog", "internal/chunk", "internal/ext4img", "internal/manifest", "internal/oci", "internal/store"},
+	"internal/cachefleet":           {"internal/chunk", "internal/fleetproto", "internal/metrics", "internal/store"},
+	"internal/cachefleet/fleettest": {"internal/cachenode"},
+	"internal/cachenode":            {"internal/chunk", "internal/fleetproto", "internal/metrics"},
+	"internal/catalog":              {"internal/chunk", "internal/manifest", "internal/store"},
+	"internal/chunk":                {},
 	"internal/demo":                 {},
-	"internal/heatmap":              {},
+	"internal/ext4img":              {},
+	"internal/fleetproto":           {"internal/chunk"},
+	"internal/gc":                   {"internal/catalog", "internal/chunk", "internal/manifest", "internal/store"},
+	"internal/heatmap":              {"internal/chunk", "internal/manifest"},
+	"internal/imagetest":            {"internal/build", "internal/catalog", "internal/manifest", "internal/store", "internal/store/file"},
 	"internal/lint":                 {},
 	"internal/lodetest":             {},
-	"internal/store":                {"internal/chunk"},
 	"internal/manifest":             {"internal/chunk"},
-	"internal/store/file":           {"internal/store", "internal/chunk", "internal/metrics"},
-	"internal/store/mem":            {"internal/store", "internal/chunk"},
-	"internal/store/s3":             {"internal/store", "internal/chunk", "internal/metrics"},
-	"internal/store/storeurl":       {"internal/store", "internal/store/file", "internal/store/mem", "internal/store/s3", "internal/chunk", "internal/metrics"},
-	"internal/store/storetest":      {"internal/store", "internal/chunk"},
-	"internal/catalog":              {"internal/store", "internal/manifest", "internal/chunk"},
-	"internal/build":                {"internal/oci", "internal/ext4img", "internal/chunk", "internal/manifest", "internal/store", "internal/metrics", "internal/catalog"},
-	"internal/fleetproto":           {"internal/chunk"},
-	"internal/cachenode":            {"internal/chunk", "internal/fleetproto", "internal/metrics"},
-	"internal/cachefleet":           {"internal/chunk", "internal/fleetproto", "internal/store", "internal/metrics"},
-	"internal/cachefleet/fleettest": {"internal/cachenode"},
-	"internal/agent":                {"internal/chunk", "internal/manifest", "internal/store", "internal/metrics"},
-	"internal/blockdev/fuse":        {"internal/blockdev", "internal/metrics"},
-	"internal/blockdev/nbd":         {"internal/blockdev", "internal/metrics"},
-	"internal/blockdev/vhost":       {"internal/blockdev", "internal/metrics"},
-	"internal/gc":                   {"internal/chunk", "internal/manifest", "internal/store", "internal/metrics", "internal/catalog"},
-	"internal/run":                  {"internal/agent", "internal/manifest", "internal/blockdev", "internal/blockdev/fuse"},
+	"internal/metrics":              {},
+	"internal/oci":                  {},
+	"internal/run":                  {"internal/manifest"},
+	"internal/store":                {"internal/chunk"},
+	"internal/store/file":           {"internal/store"},
+	"internal/store/mem":            {"internal/store"},
+	"internal/store/s3":             {"internal/metrics", "internal/store"},
+	"internal/store/storetest":      {"internal/store"},
+	"internal/store/storeurl":       {"internal/store", "internal/store/file", "internal/store/mem", "internal/store/s3"},
 	"internal/vm":                   {"internal/blockdev"},
-	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/cachefleet", "internal/catalog", "internal/gc", "internal/manifest", "internal/metrics", "internal/run", "internal/store"},
-	"internal/agent/tiertest":       {"internal/agent", "internal/chunk", "internal/store"},
-	"internal/blockdev/devicetest":  {"internal/blockdev"},
-	"internal/imagetest":            {"internal/build", "internal/catalog", "internal/manifest", "internal/store", "internal/store/file"},
+	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/cachefleet", "internal/catalog", "internal/heatmap", "internal/manifest", "internal/metrics", "internal/run", "internal/store", "internal/vm"},
 }
 
 type pkg struct {
@@ -62,6 +64,7 @@ func TestInternalImports(t *testing.T) {
 	}
 	dec := json.NewDecoder(strings.NewReader(string(out)))
 	seen := 0
+	rows := map[string]bool{}
 	for dec.More() {
 		var p pkg
 		if err := dec.Decode(&p); err != nil {
@@ -90,6 +93,19 @@ func TestInternalImports(t *testing.T) {
 		sort.Strings(bad)
 		if len(bad) > 0 {
 			t.Errorf("%s imports %v, outside its allowed set %v", rel, bad, allow)
+		}
+		// The table says exactly what is imported: no allowance for an
+		// import that does not exist, so the table reads as the layout.
+		for _, a := range allow {
+			if !contains(p.Imports, module+a) {
+				t.Errorf("%s is allowed %s but does not import it: drop it from its row", rel, a)
+			}
+		}
+		rows[rel] = true
+	}
+	for rel := range allowed {
+		if !rows[rel] {
+			t.Errorf("the allowed-imports table has a row for %s, which is not a package", rel)
 		}
 	}
 	if seen < 10 {

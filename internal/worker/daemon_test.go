@@ -6,32 +6,18 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/lode-dev/lode/internal/lodetest"
 
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/imagetest"
 	"github.com/lode-dev/lode/internal/store"
 )
 
-// syncBuffer is a bytes.Buffer safe for concurrent writes (a test's log).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a test log or output written from several goroutines.
+type syncBuffer = lodetest.SyncBuffer
 
 // testOptions are the worker flags' defaults, scaled down for tests.
 func testOptions(home string) Options {

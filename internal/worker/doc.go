@@ -12,7 +12,10 @@
 //   - one image on a stack of its own (image.go: Open, Device, WriteStats)
 //     and the mount-and-run sequence (mount.go: Image.Mount is lode mount's,
 //     Image.Run lode run's: profile prefetch, background fill (fill.go),
-//     FUSE mount, runc);
+//     FUSE mount, runc; record.go: Image.AfterRun records the startup profile
+//     and draws the heatmap), and lode vm's (vm.go: Image.RunVM);
+//   - lode doctor (doctor.go: Doctor runs the scanners that live beside
+//     what they scan);
 //   - the daemon (daemon.go): the served-image lifecycle on one stack, root
 //     checks and GC alarms, following repoints; its HTTP control API on a
 //     unix socket (api.go) and the client the `lode agent` subcommands use

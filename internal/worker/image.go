@@ -15,6 +15,7 @@ import (
 	"github.com/lode-dev/lode/internal/agent"
 	"github.com/lode-dev/lode/internal/blockdev"
 	"github.com/lode-dev/lode/internal/catalog"
+	"github.com/lode-dev/lode/internal/heatmap"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
 )
@@ -31,6 +32,8 @@ type Image struct {
 	// Watch raises the GC alarm on reads while the image's root is expired.
 	Watch *RootWatch
 	log   *slog.Logger
+	// tenantName and imageName name the image in the catalog.
+	tenantName, imageName string
 }
 
 // Open resolves tenant's image name and opens it through a new stack over
@@ -44,7 +47,7 @@ func Open(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	w := &Image{Manifest: m, Pointer: p, Name: tenant + "/" + name, log: log}
+	w := &Image{Manifest: m, Pointer: p, Name: tenant + "/" + name, tenantName: tenant, imageName: name, log: log}
 	s, err := NewStack(ctx, o, agent.NewOrigin(st, p.Root), reg, log, Parts{})
 	if err != nil {
 		return nil, err
@@ -147,4 +150,15 @@ func (w *Image) WriteStats(out io.Writer) {
 		sort.Strings(reasons)
 		fmt.Fprintf(out, "  lazy loading degraded: %s\n", strings.Join(reasons, ", "))
 	}
+}
+
+// RunHeatmap is the picture of the image's chunks by the tier that served
+// them so far (lode run --heatmap).
+func (w *Image) RunHeatmap() heatmap.Map {
+	s := w.Image.Stats()
+	tiers := make([]string, len(s.Tiers))
+	for i, t := range s.Tiers {
+		tiers[i] = t.Tier
+	}
+	return heatmap.ForRun(w.Name, w.Manifest, tiers, w.Image.ChunkTiers(), agent.ServedNone, agent.ServedMem)
 }

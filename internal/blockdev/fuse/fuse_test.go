@@ -391,10 +391,17 @@ func TestCloseWhileReaderStalled(t *testing.T) {
 	checkTornDown(t, mt)
 }
 
-// startHelperServer runs this test binary as a mount server of the image
-// at imgPath on mt (TestMain, helperServer) and returns once it serves.
-func startHelperServer(t *testing.T, imgPath string, mt mounted) *exec.Cmd {
+// startHelperServer makes an image and runs this test binary as its mount
+// server (TestMain, helperServer) on a new mount; it returns once the
+// server serves.
+func startHelperServer(t *testing.T) (mounted, *exec.Cmd) {
 	t.Helper()
+	imgPath, _ := makeImage(t, makeTree(t, 1<<20), "64M")
+	base := t.TempDir()
+	mt := mounted{dir: filepath.Join(base, "mnt"), state: filepath.Join(base, "state")}
+	if err := os.Mkdir(mt.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "LODE_FUSE_TEST_SERVER=1", "LODE_IMG="+imgPath, "LODE_DIR="+mt.dir, "LODE_STATE="+mt.state)
 	stdout, err := cmd.StdoutPipe()
@@ -411,7 +418,7 @@ func startHelperServer(t *testing.T, imgPath string, mt mounted) *exec.Cmd {
 		cmd.Wait()
 		t.Fatalf("helper server said %q", line)
 	}
-	return cmd
+	return mt, cmd
 }
 
 // Issue #20: right after a mount's server is killed, before its parent
@@ -420,13 +427,7 @@ func startHelperServer(t *testing.T, imgPath string, mt mounted) *exec.Cmd {
 // dead, so that lode doctor reports the mount and Recover cleans it.
 func TestLeftoversZombieServer(t *testing.T) {
 	requireMount(t)
-	imgPath, _ := makeImage(t, makeTree(t, 1<<20), "64M")
-	base := t.TempDir()
-	mt := mounted{dir: filepath.Join(base, "mnt"), state: filepath.Join(base, "state")}
-	if err := os.Mkdir(mt.dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := startHelperServer(t, imgPath, mt)
+	mt, cmd := startHelperServer(t)
 	reaped := false
 	t.Cleanup(func() {
 		if !reaped {
@@ -473,13 +474,7 @@ func TestLeftoversZombieServer(t *testing.T) {
 
 func TestRecoverAfterServerKilled(t *testing.T) {
 	requireMount(t)
-	imgPath, _ := makeImage(t, makeTree(t, 1<<20), "64M")
-	base := t.TempDir()
-	mt := mounted{dir: filepath.Join(base, "mnt"), state: filepath.Join(base, "state")}
-	if err := os.Mkdir(mt.dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := startHelperServer(t, imgPath, mt)
+	mt, cmd := startHelperServer(t)
 	if got, err := os.ReadFile(filepath.Join(mt.dir, "etc/hostname")); err != nil || string(got) != "lode\n" {
 		t.Errorf("reading through the helper's mount = %q, %v", got, err)
 	}
