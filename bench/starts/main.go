@@ -21,8 +21,9 @@
 // A start is: Admission.Acquire, Agent.Open, read the image's start set
 // (a fixed ReadFrac of its chunks, mostly base-layer chunks) in -streams
 // parallel streams; the product's agent.StartGate then releases the slot once
-// the reads have been quiet for a second, and the image is closed. Running containers read a random chunk
-// of a random image every -run-every with a -read-deadline.
+// the reads have been quiet for 250 ms, and the image is closed. Running
+// containers read a random chunk of a random image every -run-every with a
+// -read-deadline.
 package main
 
 import (

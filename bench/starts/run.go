@@ -261,7 +261,7 @@ func (r *runner) generate(ctx context.Context, w *worker) {
 
 // start is one container start: admission, open, read the start set in
 // Streams parallel streams; the slot is released by the product's start gate
-// (agent.StartGate) once the reads have been quiet for a second, then the
+// (agent.StartGate) once the reads have been quiet for 250 ms, then the
 // image closes.
 func (r *runner) start(ctx context.Context, w *worker, img int, arrived time.Time) {
 	defer r.wg.Done()
@@ -284,7 +284,7 @@ func (r *runner) start(ctx context.Context, w *worker, img int, arrived time.Tim
 	}
 	// The product's start gate (lode agent's mounts and exports): the slot
 	// is held through the start's first reads, until they have been quiet
-	// for a second (at most lode agent's default --start-window), while the
+	// for 250 ms (at most lode agent's default --start-window), while the
 	// container keeps its image open; then the image closes.
 	gated := make(chan struct{})
 	agent.StartGate{}.Hold(func() { release(); close(gated) }, im, nil)

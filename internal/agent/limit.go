@@ -151,12 +151,14 @@ type StartGate struct {
 	Quiet  time.Duration // 0: DefaultStartQuiet
 }
 
-// Defaults of StartGate: a start's reads are over after a second without
-// one (runc starts a container in 20–60 ms, so a start's reads come in one
-// burst), and a slot is held at most 10 s (lode agent's --start-window).
+// Defaults of StartGate: a start's reads are over after 250 ms without one
+// (runc starts a container in 20–60 ms, so a start's reads come in one burst;
+// a quiet period of a second held each slot long after a warm start's 20 ms
+// of reads, and capped one worker at --max-starts starts a second), and a
+// slot is held at most 10 s (lode agent's --start-window).
 const (
 	DefaultStartWindow = 10 * time.Second
-	DefaultStartQuiet  = time.Second
+	DefaultStartQuiet  = 250 * time.Millisecond
 )
 
 // Hold calls release (from Acquire) at the end of im's first reads, as
