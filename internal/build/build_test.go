@@ -637,9 +637,9 @@ func TestBadInput(t *testing.T) {
 		{"hard link to missing target", writeFile("hardlink.tar", writeTar(t, []tarEntry{
 			{h: tar.Header{Typeflag: tar.TypeLink, Name: "b", Linkname: "missing"}},
 		})), oci.ErrUnsafeEntry, []string{`"b"`, "missing"}},
-		{"device node", writeFile("device.tar", writeTar(t, []tarEntry{
-			{h: tar.Header{Typeflag: tar.TypeChar, Name: "dev/sda", Devmajor: 8, Devminor: 0, Mode: 0o660}},
-		})), oci.ErrUnsafeEntry, []string{`"dev/sda"`, "device"}},
+		{"device node outside /dev", writeFile("device.tar", writeTar(t, []tarEntry{
+			{h: tar.Header{Typeflag: tar.TypeChar, Name: "srv/sda", Devmajor: 8, Devminor: 0, Mode: 0o660}},
+		})), oci.ErrUnsafeEntry, []string{`"srv/sda"`, "device", "--allow-devices"}},
 		{"unsupported type", writeFile("type.tar", writeTar(t, []tarEntry{
 			{h: tar.Header{Typeflag: 'Z', Name: "weird"}},
 		})), oci.ErrUnsupported, []string{`"weird"`, "type"}},
