@@ -292,7 +292,12 @@ func (d *Daemon) mountImage(ctx context.Context, req MountRequest, dir string) (
 	if err != nil {
 		return nil, err
 	}
-	defer release()
+	held := false
+	defer func() {
+		if !held {
+			release()
+		}
+	}()
 	s, err := d.open(ctx, req.Tenant, req.Image)
 	if err != nil {
 		return nil, err
@@ -311,6 +316,8 @@ func (d *Daemon) mountImage(ctx context.Context, req MountRequest, dir string) (
 		return nil, fmt.Errorf("mounting %s at %s: %w", s.name(), dir, err)
 	}
 	s.mount = m
+	d.startGate().Hold(release, s.im, nil) // the slot lasts through the start's first reads
+	held = true
 	return s, nil
 }
 
@@ -393,7 +400,12 @@ func (d *Daemon) startExport(ctx context.Context, req ExportRequest) (*served, e
 	if err != nil {
 		return nil, err
 	}
-	defer release()
+	held := false
+	defer func() {
+		if !held {
+			release()
+		}
+	}()
 	s, err := d.open(ctx, req.Tenant, req.Image)
 	if err != nil {
 		return nil, err
@@ -431,6 +443,8 @@ func (d *Daemon) startExport(ctx context.Context, req ExportRequest) (*served, e
 			os.Remove(p)
 		}
 	}()
+	d.startGate().Hold(release, s.im, nil) // the slot lasts through the client's first reads
+	held = true
 	return s, nil
 }
 
