@@ -324,7 +324,7 @@ func newDaemon(ctx context.Context, o agentdOptions) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	kr, err := openKeyring()
+	kr, err := openWorkerKeyring(o.worker.allowStoreSecret)
 	if err != nil {
 		return nil, err
 	}

@@ -141,7 +141,7 @@ func TestDoctorHelperMount(t *testing.T) {
 	global = globalOptions{home: parts[0], tenant: "default"}
 	stdout, stderr = os.Stdout, os.Stderr
 	o := mountOptions{stateDir: parts[1], worker: workerOptions{cacheDir: filepath.Join(parts[0], "cache"), diskBytes: 64 << 20,
-		memBytes: 16 << 20, fetchTimeout: 20 * time.Second, readAhead: 4, fetches: 8}}
+		memBytes: 16 << 20, fetchTimeout: 20 * time.Second, readAhead: 4, fetches: 8, allowStoreSecret: true}}
 	err := runMount(context.Background(), o, "demo", parts[2])
 	t.Fatalf("lode mount returned %v; it should have been killed", err)
 }

@@ -188,6 +188,7 @@ func (c *cli) workerOpts() workerOptions {
 	return workerOptions{
 		cacheDir: filepath.Join(c.home, "cache"), diskBytes: 256 << 20, memBytes: 64 << 20,
 		fetchTimeout: 20 * time.Second, readAhead: 4, fetches: 8,
+		allowStoreSecret: true, // tests build and serve with one keyring
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -46,6 +47,32 @@ that a known chunk is stored.`,
 			return nil
 		},
 	})
+	var out string
+	export := &cobra.Command{
+		Use:   "export",
+		Short: "Write a worker keyring: only the --tenant keys (A,B,…), no store secret",
+		Long: `Export writes a new keyring file (mode 0600) for a worker: the keys of the
+tenants named by --tenant (comma-separated) and nothing else. It has no store
+secret, which only builders need; worker commands (agent, mount, run,
+serve-nbd, serve-vhost, vm) refuse a keyring that holds it unless
+--allow-store-secret.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			kr, err := openKeyring()
+			if err != nil {
+				return err
+			}
+			tenants := strings.Split(global.tenant, ",")
+			if _, err := kr.Export(out, tenants); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "wrote worker keyring %s for %s\n", out, strings.Join(tenants, ", "))
+			return nil
+		},
+	}
+	export.Flags().StringVar(&out, "out", "", "the worker keyring file to write (must not exist)")
+	export.MarkFlagRequired("out")
+	cmd.AddCommand(export)
 	return cmd
 }
 

@@ -90,7 +90,7 @@ func recordProfile(ctx context.Context, name string, w *worker) (id string, n in
 // storeHints seals m for tenant, stores it beside the manifest p names and
 // repoints tenant's image name at it, if the pointer still equals p.
 func storeHints(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name string, p store.Pointer, m *manifest.Manifest) (string, error) {
-	sealed, err := manifest.Seal(ctx, m, tenant, kr)
+	sealed, err := manifest.SealImage(ctx, m, tenant, name, kr)
 	if err != nil {
 		return "", fmt.Errorf("sealing the profiled manifest of %s/%s: %w", tenant, name, err)
 	}

@@ -50,6 +50,7 @@ func TestTakeoverHelperAgent(t *testing.T) {
 	logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	o := agentdOptions{socket: s.Socket, stateDir: s.StateDir, takeover: true, afterTakeover: s.AfterTakeover, worker: workerOptions{
 		cacheDir: s.CacheDir, diskBytes: 256 << 20, memBytes: 64 << 20, fetchTimeout: 20 * time.Second, readAhead: 4, fetches: 8,
+		allowStoreSecret: true,
 	}}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

@@ -31,6 +31,8 @@ type workerOptions struct {
 	originBurst       int
 	fleetConcurrency  int
 	originLease       time.Duration
+	// allowStoreSecret lets a worker run with a builder's keyring.
+	allowStoreSecret bool
 }
 
 func (o *workerOptions) bind(f *pflag.FlagSet) {
@@ -46,6 +48,7 @@ func (o *workerOptions) bind(f *pflag.FlagSet) {
 	f.IntVar(&o.originBurst, "origin-burst", 64, "burst of the --origin-rate token bucket")
 	f.IntVar(&o.fleetConcurrency, "fleet-concurrency", 0, "concurrent chunk reads from the fleet (0: unbounded)")
 	f.DurationVar(&o.originLease, "origin-lease", 250*time.Millisecond, "with --fleet: before reading a chunk from the origin, take its lease from the fleet; if another worker holds it, wait up to this for its fill instead (0: off)")
+	f.BoolVar(&o.allowStoreSecret, "allow-store-secret", false, "run although the keyring holds the store secret (a builder's keyring); workers should get one from `lode keys export`")
 	o.fleet.bind(f)
 }
 
@@ -117,6 +120,9 @@ func (w *worker) Close() error {
 // openWorker resolves tenant's image name and opens it through the tier
 // stack: memory → disk → fleet (if configured) → origin.
 func openWorker(ctx context.Context, o workerOptions, name string, reg prometheus.Registerer) (*worker, error) {
+	if _, err := openWorkerKeyring(o.allowStoreSecret); err != nil {
+		return nil, err
+	}
 	st, m, p, err := resolveImage(ctx, name)
 	if err != nil {
 		return nil, err

@@ -238,7 +238,7 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		}
 	}
 
-	sealed, err := manifest.Seal(ctx, m, o.Tenant, kr)
+	sealed, err := manifest.SealImage(ctx, m, o.Tenant, o.Name, kr)
 	if err != nil {
 		return res, fmt.Errorf("sealing manifest of %s/%s: %w", o.Tenant, o.Name, err)
 	}

@@ -125,7 +125,7 @@ func TestKnownAnswer(t *testing.T) {
 	ctx := context.Background()
 	golden := filepath.Join("testdata", "sealed-v1.bin")
 	m := smallManifest()
-	sealed, err := seal(ctx, m, "acme", katKeyring(), newDetReader("lode manifest KAT seal"))
+	sealed, err := seal(ctx, m, "acme", "", katKeyring(), newDetReader("lode manifest KAT seal"))
 	if err != nil {
 		t.Fatalf("seal() = %v", err)
 	}

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/lode-dev/lode/internal/manifest"
+)
+
+// TestWorkerKeyringGuard checks issue #19's "keys where they belong" from
+// the command line: worker commands refuse the builder's keyring (naming
+// --allow-store-secret), `lode keys export` writes a worker keyring, builds
+// refuse that one, and a worker asked for a tenant it has no key for says so.
+func TestWorkerKeyringGuard(t *testing.T) {
+	c := newCLI(t)
+	c.buildSample(t)
+	dir := t.TempDir()
+	workerCmds := [][]string{
+		{"mount", "demo", filepath.Join(dir, "mnt"), "--state-dir", filepath.Join(dir, "state")},
+		{"run", "demo"},
+		{"serve-nbd", "demo", "--listen", "unix:" + filepath.Join(dir, "nbd.sock")},
+		{"serve-vhost", "demo", "--socket", filepath.Join(dir, "vhost.sock")},
+		{"agent", "--socket", filepath.Join(dir, "agent.sock"), "--state-dir", filepath.Join(dir, "state")},
+	}
+	for _, args := range workerCmds {
+		err := c.execLode(t, args...)
+		if !errors.Is(err, manifest.ErrStoreSecretLoaded) || !strings.Contains(err.Error(), "--allow-store-secret") {
+			t.Errorf("lode %s with the builder's keyring = %v; want ErrStoreSecretLoaded naming --allow-store-secret", args[0], err)
+		}
+	}
+
+	// A second tenant, then a worker keyring for it alone.
+	global.tenant = "other"
+	if err := c.execLode(t, "keys", "create"); err != nil {
+		t.Fatal(err)
+	}
+	wk := filepath.Join(dir, "worker-other.json")
+	if err := c.execLode(t, "keys", "export", "--out", wk); err != nil {
+		t.Fatal(err)
+	}
+	kr, err := manifest.LoadFileKeyring(wk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kr.HasStoreSecret() || strings.Join(kr.Tenants(), ",") != "other" {
+		t.Errorf("exported keyring: store secret %v, tenants %v; want none and [other]", kr.HasStoreSecret(), kr.Tenants())
+	}
+	global.tenant = "default,other"
+	if err := c.execLode(t, "keys", "export", "--out", filepath.Join(dir, "both.json")); err != nil {
+		t.Fatal(err)
+	}
+	if kr, err := manifest.LoadFileKeyring(filepath.Join(dir, "both.json")); err != nil || strings.Join(kr.Tenants(), ",") != "default,other" {
+		t.Errorf("export --tenant default,other: %v, %v", kr, err)
+	}
+	global.tenant = "default,nobody"
+	if err := c.execLode(t, "keys", "export", "--out", filepath.Join(dir, "x.json")); !errors.Is(err, manifest.ErrNoKey) {
+		t.Errorf("export of a tenant without a key = %v; want ErrNoKey", err)
+	}
+
+	// The worker keyring passes the guard, but holds no key for default.
+	global.tenant = "default"
+	err = c.execLode(t, "--keyring", wk, "mount", "demo", filepath.Join(dir, "mnt"), "--state-dir", filepath.Join(dir, "state"))
+	if !errors.Is(err, manifest.ErrNoKey) || !strings.Contains(err.Error(), `tenant "default"`) {
+		t.Errorf("mount of default/demo with a worker keyring for other = %v; want ErrNoKey naming tenant default", err)
+	}
+	// Builds need the store secret.
+	err = c.execLode(t, "--keyring", wk, "--tenant", "other", "build", "--name", "x", sample(t))
+	if !errors.Is(err, manifest.ErrNoStoreSecret) {
+		t.Errorf("build with a worker keyring = %v; want ErrNoStoreSecret", err)
+	}
+}
