@@ -70,6 +70,41 @@ serve-nbd, serve-vhost, vm) refuse a keyring that holds it unless
 			return nil
 		},
 	}
+	var ke manifest.KMSKey
+	kmsCmd := &cobra.Command{
+		Use:   "kms --key-id ID",
+		Short: "Keep --tenant's key in AWS KMS: add it, or rotate it to a new KMS key",
+		Long: `Kms records that the tenant's master key is a KMS key (key ID or ARN): each
+image's data key is then generated and unwrapped by KMS (GenerateDataKey,
+Decrypt) with an encryption context naming tenant and image, and the key never
+reaches a worker's disk. For a tenant already in KMS it rotates: new images use
+--key-id, and manifests the previous keys wrapped still open. Credentials come
+from the AWS SDK's default chain (environment, shared config, instance role).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			kr, err := openKeyring()
+			if err != nil {
+				return err
+			}
+			if _, ok := kr.KMSKeyOf(global.tenant); ok {
+				err = kr.RotateKMSKey(global.tenant, ke.KeyID)
+			} else {
+				err = kr.AddKMSTenant(global.tenant, ke)
+			}
+			if err == nil {
+				err = kr.Save()
+			}
+			if err == nil {
+				fmt.Fprintf(stdout, "tenant %s: KMS key %s\n", global.tenant, ke.KeyID)
+			}
+			return err
+		},
+	}
+	kmsCmd.Flags().StringVar(&ke.KeyID, "key-id", "", "the KMS key (key ID or ARN, not an alias)")
+	kmsCmd.Flags().StringVar(&ke.Region, "region", "", "the KMS region (default: from the AWS environment)")
+	kmsCmd.Flags().StringVar(&ke.Endpoint, "endpoint", "", "a KMS endpoint URL other than AWS's")
+	kmsCmd.MarkFlagRequired("key-id")
+	cmd.AddCommand(kmsCmd)
 	export.Flags().StringVar(&out, "out", "", "the worker keyring file to write (must not exist)")
 	export.MarkFlagRequired("out")
 	cmd.AddCommand(export)

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/lode-dev/lode/internal/lodetest"
 	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/store"
 )
 
 // TestWorkerKeyringGuard checks issue #19's "keys where they belong" from
@@ -69,5 +72,51 @@ func TestWorkerKeyringGuard(t *testing.T) {
 	err = c.execLode(t, "--keyring", wk, "--tenant", "other", "build", "--name", "x", sample(t))
 	if !errors.Is(err, manifest.ErrNoStoreSecret) {
 		t.Errorf("build with a worker keyring = %v; want ErrNoStoreSecret", err)
+	}
+}
+
+// TestKeysKMS builds and inspects an image of a tenant whose key is in KMS
+// (local-kms), through the commands: the manifest's data key is bound to the
+// image name, so another name pointing at the same manifest cannot open it.
+func TestKeysKMS(t *testing.T) {
+	const keyID = "0d3c8a57-52a4-4a2e-8a7f-3b9b7c0f1e11"
+	srv := lodetest.StartKMS(t, lodetest.KMSKey{ID: keyID, BackingKeys: [][32]byte{{1, 2, 3}}})
+	c := newCLI(t)
+	global.tenant = "acme"
+	if err := c.execLode(t, "keys", "create"); err != nil { // the store secret
+		t.Fatal(err)
+	}
+	global.tenant = "kmsco"
+	if err := c.execLode(t, "keys", "kms", "--key-id", keyID, "--region", srv.Region, "--endpoint", srv.Endpoint); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.execLode(t, "build", "--name", "demo", sample(t)); err != nil {
+		t.Fatal(err)
+	}
+	c.stdout.b.Reset()
+	if err := c.execLode(t, "inspect", "demo"); err != nil {
+		t.Fatalf("inspect of a KMS tenant's image = %v", err)
+	}
+	if !strings.Contains(c.stdout.String(), "demo") {
+		t.Errorf("inspect printed:\n%s", c.stdout.String())
+	}
+	// A second name for the same manifest: its data key is bound to "demo".
+	st, err := openStore(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.Get(context.Background(), store.ImageKey("kmsco", "demo"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Put(context.Background(), store.ImageKey("kmsco", "alias"), b); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.execLode(t, "inspect", "alias"); !errors.Is(err, manifest.ErrWrongKey) {
+		t.Errorf("inspect of another name for the manifest = %v; want ErrWrongKey", err)
+	}
+	srv.Stop()
+	if err := c.execLode(t, "inspect", "demo"); !errors.Is(err, manifest.ErrKMSUnavailable) {
+		t.Errorf("inspect while KMS is down = %v; want ErrKMSUnavailable", err)
 	}
 }

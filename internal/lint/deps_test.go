@@ -26,6 +26,7 @@ var allowed = map[string][]string{
 	"internal/lodetest":             {},
 	"internal/store":                {"internal/chunk"},
 	"internal/manifest":             {"internal/chunk"},
+	"internal/kms":                  {"internal/manifest"},
 	"internal/store/file":           {"internal/store", "internal/chunk", "internal/metrics"},
 	"internal/store/mem":            {"internal/store", "internal/chunk"},
 	"internal/store/s3":             {"internal/store", "internal/chunk", "internal/metrics"},
