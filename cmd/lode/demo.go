@@ -14,7 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/lode-dev/lode/internal/cachefleet"
+	"github.com/lode-dev/lode/internal/cachenode"
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/demo"
 	"github.com/lode-dev/lode/internal/manifest"
@@ -53,10 +53,10 @@ the start reads, and prints the statistics.`,
 	f.IntVar(&o.fleetNodes, "fleet-nodes", 5, "start an in-process cache fleet of this many nodes on 127.0.0.x and run twice: a cold worker that fills the fleet, then a second worker that reads from it (0: no fleet, one run)")
 	o.run.network = "host"
 	o.run.runtime = "runc"
-	o.run.worker.bind(f)
+	bindWorker(f, &o.run.worker)
 	// The demo builds and runs in one process on one keyring: it is the
 	// builder, so its worker half is allowed the store secret.
-	o.run.worker.allowStoreSecret = true
+	o.run.worker.AllowStoreSecret = true
 	return cmd
 }
 
@@ -113,7 +113,7 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 			return err
 		}
 		defer stop()
-		o.run.worker.fleet.nodes = nodes
+		o.run.worker.Fleet = nodes
 		fmt.Fprintf(out, "== started an in-process cache fleet: %s\n", strings.Join(nodes, ", "))
 		runs = append(runs, "worker 2: cold worker cache, warm fleet")
 	}
@@ -123,7 +123,7 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		o.run.worker.cacheDir = cache
+		o.run.worker.CacheDir = cache
 		fmt.Fprintf(out, "== lode run %s (%s)\n", demoImage, what)
 		err = runRun(ctx, o.run, demoImage, nil, nil, out, out)
 		os.RemoveAll(cache)
@@ -141,7 +141,7 @@ func startLocalFleet(ctx context.Context, n int) ([]string, func(), error) {
 	ctx, cancel := context.WithCancel(ctx)
 	var nodes []string
 	for i := 0; i < n; i++ {
-		srv, err := cachefleet.NewServer(cachefleet.ServerConfig{MemBytes: 256 << 20, Log: logger})
+		srv, err := cachenode.NewServer(cachenode.ServerConfig{MemBytes: 256 << 20, Log: logger})
 		if err != nil {
 			cancel()
 			return nil, nil, err

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lode-dev/lode/internal/blockdev/fuse"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 // doctor.go is `lode doctor`: it finds what a crashed lode process left
@@ -61,7 +62,7 @@ left to fix and 1 otherwise. Mounts with a live server are never touched.`,
 	f := cmd.Flags()
 	f.BoolVar(&o.fix, "fix", false, "clean what is found")
 	f.StringSliceVar(&o.stateDirs, "state-dir", []string{fuse.DefaultStateDir}, "mount state dirs to check (as given to lode mount/agent)")
-	f.StringVar(&o.socket, "socket", envOr("LODE_AGENT_SOCKET", defaultAgentSocket), "the agent's control socket; sockets next to it are checked too")
+	f.StringVar(&o.socket, "socket", envOr("LODE_AGENT_SOCKET", worker.DefaultSocket), "the agent's control socket; sockets next to it are checked too")
 	f.StringVar(&o.cacheDir, "cache-dir", "", "disk cache to check for temporary files (default $LODE_HOME/cache)")
 	f.DurationVar(&o.minAge, "min-age", 10*time.Minute, "only report run dirs and temporary files older than this (younger ones may be in use)")
 	return cmd

@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/lode-dev/lode/internal/blockdev/fuse"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 // doctorArgs points doctor at c's home only (never the host's /run/lode).
@@ -140,8 +141,8 @@ func TestDoctorHelperMount(t *testing.T) {
 	}
 	global = globalOptions{home: parts[0], tenant: "default"}
 	stdout, stderr = os.Stdout, os.Stderr
-	o := mountOptions{stateDir: parts[1], worker: workerOptions{cacheDir: filepath.Join(parts[0], "cache"), diskBytes: 64 << 20,
-		memBytes: 16 << 20, fetchTimeout: 20 * time.Second, readAhead: 4, fetches: 8, allowStoreSecret: true}}
+	o := mountOptions{stateDir: parts[1], worker: worker.Options{CacheDir: filepath.Join(parts[0], "cache"), DiskBytes: 64 << 20,
+		MemBytes: 16 << 20, FetchTimeout: 20 * time.Second, ReadAhead: 4, Fetches: 8, AllowStoreSecret: true}}
 	err := runMount(context.Background(), o, "demo", parts[2])
 	t.Fatalf("lode mount returned %v; it should have been killed", err)
 }

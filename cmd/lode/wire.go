@@ -35,20 +35,6 @@ func openKeyring() (*manifest.FileKeyring, error) {
 	return kr, nil
 }
 
-// openWorkerKeyring opens the keyring of a worker command (agent, mount,
-// run, serve-nbd, serve-vhost, vm): it refuses a keyring holding the store
-// secret unless --allow-store-secret.
-func openWorkerKeyring(allowStoreSecret bool) (*manifest.FileKeyring, error) {
-	kr, err := openKeyring()
-	if err != nil {
-		return nil, err
-	}
-	if err := kr.CheckWorker(); err != nil && !allowStoreSecret {
-		return nil, fmt.Errorf("refusing to start a worker: %w (or pass --allow-store-secret to run with it anyway)", err)
-	}
-	return kr, nil
-}
-
 // resolveImage opens the store and keyring and resolves the tenant's image
 // name: what every one-shot command that reads an image does first.
 func resolveImage(ctx context.Context, name string) (store.Store, *manifest.Manifest, store.Pointer, error) {

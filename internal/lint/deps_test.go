@@ -12,7 +12,7 @@ const module = "github.com/lode-dev/lode/"
 
 // allowed lists, per package, the internal packages its non-test files may
 // import. Interfaces point inward: store, chunk and manifest know nothing of
-// agents or fleets. Test-only helpers (storetest, fleettest, lodetest) are
+// agents or fleets. Test-only helpers (storetest, fleettest, imagetest, lodetest) are
 // not allowed in non-test files anywhere but their own packages.
 var allowed = map[string][]string{
 	"internal/chunk":                {},
@@ -34,8 +34,10 @@ var allowed = map[string][]string{
 	"internal/store/storetest":      {"internal/store", "internal/chunk"},
 	"internal/catalog":              {"internal/store", "internal/manifest", "internal/chunk"},
 	"internal/build":                {"internal/oci", "internal/ext4img", "internal/chunk", "internal/manifest", "internal/store", "internal/metrics"},
-	"internal/cachefleet":           {"internal/chunk", "internal/store", "internal/metrics"},
-	"internal/cachefleet/fleettest": {"internal/cachefleet", "internal/chunk", "internal/store", "internal/metrics"},
+	"internal/fleetproto":           {"internal/chunk"},
+	"internal/cachenode":            {"internal/chunk", "internal/fleetproto", "internal/metrics"},
+	"internal/cachefleet":           {"internal/chunk", "internal/fleetproto", "internal/store", "internal/metrics"},
+	"internal/cachefleet/fleettest": {"internal/cachenode"},
 	"internal/agent":                {"internal/chunk", "internal/manifest", "internal/store", "internal/metrics"},
 	"internal/blockdev/fuse":        {"internal/blockdev", "internal/metrics"},
 	"internal/blockdev/nbd":         {"internal/blockdev", "internal/metrics"},
@@ -43,6 +45,8 @@ var allowed = map[string][]string{
 	"internal/gc":                   {"internal/chunk", "internal/manifest", "internal/store", "internal/metrics", "internal/catalog"},
 	"internal/run":                  {"internal/agent", "internal/manifest", "internal/blockdev", "internal/blockdev/fuse"},
 	"internal/vm":                   {"internal/blockdev"},
+	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/cachefleet", "internal/catalog", "internal/gc", "internal/manifest", "internal/metrics", "internal/run", "internal/store"},
+	"internal/imagetest":            {"internal/build", "internal/catalog", "internal/manifest", "internal/store", "internal/store/file"},
 }
 
 type pkg struct {
