@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/lode-dev/lode/internal/blockdev/nbd"
 	"github.com/lode-dev/lode/internal/lodetest"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
@@ -118,5 +121,45 @@ func TestKeysKMS(t *testing.T) {
 	srv.Stop()
 	if err := c.execLode(t, "inspect", "demo"); !errors.Is(err, manifest.ErrKMSUnavailable) {
 		t.Errorf("inspect while KMS is down = %v; want ErrKMSUnavailable", err)
+	}
+}
+
+// TestExportAccess: block export sockets are 0600 (or --socket-mode), and
+// NBD on a network address needs TLS or --insecure-no-tls.
+func TestExportAccess(t *testing.T) {
+	c := newCLI(t)
+	c.buildSample(t)
+	dir := t.TempDir()
+	err := c.execLode(t, "serve-nbd", "demo", "--allow-store-secret", "--listen", "0.0.0.0:0")
+	if !errors.Is(err, nbd.ErrUnauthenticated) || !strings.Contains(err.Error(), "--insecure-no-tls") {
+		t.Errorf("serve-nbd on 0.0.0.0 without TLS = %v; want ErrUnauthenticated naming --insecure-no-tls", err)
+	}
+	if err := c.execLode(t, "serve-nbd", "demo", "--allow-store-secret", "--listen", "0.0.0.0:0", "--tls-cert", "x.pem"); err == nil || !strings.Contains(err.Error(), "--tls-ca") {
+		t.Errorf("serve-nbd with --tls-cert alone = %v; want an error asking for --tls-ca", err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want os.FileMode
+	}{
+		{nil, 0o600},
+		{[]string{"--socket-mode", "0660"}, 0o660},
+	} {
+		sock := filepath.Join(dir, fmt.Sprintf("nbd-%o.sock", tc.want))
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		o := serveNBDOptions{listen: "unix:" + sock, worker: c.workerOpts(), expose: exposeOptions{socketMode: "0600"}}
+		if tc.args != nil {
+			o.expose.socketMode = tc.args[1]
+		}
+		go func() { errc <- runServeNBD(ctx, o, "demo") }()
+		waitFor(t, "the NBD socket", errc, func() bool { _, err := os.Stat(sock); return err == nil })
+		fi, _ := os.Stat(sock)
+		if got := fi.Mode().Perm(); got != tc.want {
+			t.Errorf("serve-nbd socket mode = %04o, want %04o", got, tc.want)
+		}
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("serve-nbd = %v", err)
+		}
 	}
 }

@@ -27,6 +27,7 @@ var allowed = map[string][]string{
 	"internal/store":                {"internal/chunk"},
 	"internal/manifest":             {"internal/chunk"},
 	"internal/kms":                  {"internal/manifest"},
+	"internal/certs":                {},
 	"internal/store/file":           {"internal/store", "internal/chunk", "internal/metrics"},
 	"internal/store/mem":            {"internal/store", "internal/chunk"},
 	"internal/store/s3":             {"internal/store", "internal/chunk", "internal/metrics"},
