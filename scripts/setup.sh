@@ -6,7 +6,8 @@
 # Run as root (or through sudo). Safe to run again: it installs only what is missing.
 set -euo pipefail
 
-pkgs=(e2fsprogs util-linux fuse3 runc skopeo umoci nbdkit libnbd-bin qemu-utils s3cmd qemu-system-x86 linux-image-cloud-amd64 busybox-static)
+pkgs=(e2fsprogs util-linux fuse3 runc skopeo umoci nbdkit libnbd-bin qemu-utils s3cmd qemu-system-x86 linux-image-cloud-amd64 busybox-static
+  docker-registry apache2-utils debootstrap) # registry, htpasswd and a real rootfs for the registry tests (#17)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

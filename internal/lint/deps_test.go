@@ -34,7 +34,7 @@ var allowed = map[string][]string{
 	"internal/store/storeurl":       {"internal/store", "internal/store/file", "internal/store/mem", "internal/store/s3", "internal/chunk", "internal/metrics"},
 	"internal/store/storetest":      {"internal/store", "internal/chunk"},
 	"internal/catalog":              {"internal/store", "internal/manifest", "internal/chunk"},
-	"internal/build":                {"internal/oci", "internal/ext4img", "internal/chunk", "internal/manifest", "internal/store", "internal/metrics"},
+	"internal/build":                {"internal/oci", "internal/ext4img", "internal/chunk", "internal/manifest", "internal/store", "internal/metrics", "internal/catalog"},
 	"internal/fleetproto":           {"internal/chunk"},
 	"internal/cachenode":            {"internal/chunk", "internal/fleetproto", "internal/metrics"},
 	"internal/cachefleet":           {"internal/chunk", "internal/fleetproto", "internal/store", "internal/metrics"},

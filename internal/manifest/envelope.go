@@ -77,7 +77,7 @@ func seal(ctx context.Context, m *Manifest, tenant, image string, kr Keyring, rn
 	b = append(b, magic...)
 	b = binary.LittleEndian.AppendUint16(b, Version)
 	b = binary.LittleEndian.AppendUint32(b, uint32(pub))
-	b = appendPublic(b, m)
+	b = appendPublic(b, m, Version)
 	b = appendStr8(b, tenant)
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(wrapped)))
 	b = append(b, wrapped...)
@@ -94,6 +94,7 @@ func seal(ctx context.Context, m *Manifest, tenant, image string, kr Keyring, rn
 
 // envelope is a parsed sealed manifest; its slices alias the input.
 type envelope struct {
+	version    uint16
 	public     []byte
 	tenant     string
 	wrapped    []byte
@@ -111,11 +112,12 @@ func parseEnvelope(sealed []byte) (*envelope, error) {
 	if len(sealed) < headerSize {
 		return nil, fmt.Errorf("%w: truncated header (%d bytes)", ErrCorrupt, len(sealed))
 	}
-	if v := binary.LittleEndian.Uint16(sealed[len(magic):]); v != Version {
-		return nil, fmt.Errorf("%w: version %d (this lode reads version %d)", ErrVersion, v, Version)
+	v := binary.LittleEndian.Uint16(sealed[len(magic):])
+	if v < minVersion || v > Version {
+		return nil, fmt.Errorf("%w: version %d (this lode reads versions %d to %d)", ErrVersion, v, minVersion, Version)
 	}
 	d := &decoder{what: "manifest", b: sealed, off: headerSize}
-	e := &envelope{}
+	e := &envelope{version: v}
 	e.public = d.take("public part", int(d.u32("public part length")))
 	e.tenant = d.str8("tenant")
 	e.wrapped = d.take("wrapped key", int(d.u16("wrapped key length")))
@@ -162,7 +164,7 @@ func OpenImage(ctx context.Context, sealed []byte, tenant, image string, kr Keyr
 	if err != nil {
 		return nil, fmt.Errorf("opening manifest: %w", err)
 	}
-	m, err := decodePublic(e.public)
+	m, err := decodePublic(e.public, e.version)
 	if err != nil {
 		return nil, fmt.Errorf("opening manifest: %w", err)
 	}
@@ -211,7 +213,7 @@ func ReadPublic(sealed []byte) (*Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading public manifest: %w", err)
 	}
-	m, err := decodePublic(e.public)
+	m, err := decodePublic(e.public, e.version)
 	if err != nil {
 		return nil, fmt.Errorf("reading public manifest: %w", err)
 	}
