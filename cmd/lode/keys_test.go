@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/lode-dev/lode/internal/blockdev/nbd"
+	"github.com/lode-dev/lode/internal/cachenode"
 	"github.com/lode-dev/lode/internal/lodetest"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
@@ -161,5 +162,40 @@ func TestExportAccess(t *testing.T) {
 		if err := <-errc; err != nil {
 			t.Errorf("serve-nbd = %v", err)
 		}
+	}
+}
+
+// TestCacheServeAccess: a cache node listens on loopback by default and
+// refuses another address without TLS unless --insecure-no-tls; `lode cache
+// certs` issues the fleet's certificates.
+func TestCacheServeAccess(t *testing.T) {
+	c := newCLI(t)
+	serve, _, err := newCacheCmd().Find([]string{"serve"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := serve.Flags().Lookup("listen"); f == nil || !strings.HasPrefix(f.DefValue, "127.0.0.1:") {
+		t.Errorf("cache serve --listen default = %v; want loopback", f)
+	}
+	err = c.execLode(t, "cache", "serve", "--listen", "0.0.0.0:0", "--mem", "1MiB")
+	if !errors.Is(err, cachenode.ErrUnauthenticated) || !strings.Contains(err.Error(), "--insecure-no-tls") {
+		t.Errorf("cache serve on 0.0.0.0 without TLS = %v; want ErrUnauthenticated naming --insecure-no-tls", err)
+	}
+	dir := t.TempDir()
+	for _, args := range [][]string{{"--node", "n1", "--hosts", "127.0.0.1"}, {"--worker", "w1"}, {"--nbd", "x"}} {
+		if err := c.execLode(t, append([]string{"cache", "certs", "--dir", dir}, args...)...); err != nil {
+			t.Errorf("cache certs %v = %v", args, err)
+		}
+	}
+	for _, f := range []string{"ca.crt", "ca.key", "n1.crt", "n1.key", "w1.crt", "w1.key", "x.crt", "x.key"} {
+		fi, err := os.Stat(filepath.Join(dir, f))
+		if err != nil {
+			t.Errorf("cache certs did not write %s: %v", f, err)
+		} else if strings.HasSuffix(f, ".key") && fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s mode = %04o, want 0600", f, fi.Mode().Perm())
+		}
+	}
+	if err := c.execLode(t, "cache", "certs", "--dir", dir, "--node", "a", "--worker", "b"); err == nil {
+		t.Error("cache certs with two roles succeeded")
 	}
 }

@@ -46,7 +46,7 @@ var allowed = map[string][]string{
 	"internal/gc":                   {"internal/chunk", "internal/manifest", "internal/store", "internal/metrics", "internal/catalog"},
 	"internal/run":                  {"internal/agent", "internal/manifest", "internal/blockdev", "internal/blockdev/fuse"},
 	"internal/vm":                   {"internal/blockdev"},
-	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/cachefleet", "internal/catalog", "internal/gc", "internal/manifest", "internal/metrics", "internal/run", "internal/store"},
+	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/cachefleet", "internal/catalog", "internal/certs", "internal/gc", "internal/manifest", "internal/metrics", "internal/run", "internal/store"},
 	"internal/imagetest":            {"internal/build", "internal/catalog", "internal/manifest", "internal/store", "internal/store/file"},
 }
 
