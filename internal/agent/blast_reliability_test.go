@@ -328,3 +328,46 @@ func FuzzReadCraftedManifest(f *testing.F) {
 		}
 	})
 }
+
+// TestNoPlaintextAcrossTenantsFromMemCache: tenant B's plaintext sits in
+// the worker's shared memory cache; tenant A (mallory), who knows B's
+// public chunk names but not their keys, seals a manifest naming them
+// under her own valid key. Her reads fail; no byte of B's plaintext
+// reaches her buffer.
+func TestNoPlaintextAcrossTenantsFromMemCache(t *testing.T) {
+	b := buildImage(t, 4096, 4*4096, nil, 21)
+	a, err := New(Config{Mem: NewMemCache(1 << 20), Tiers: []Tier{NewOrigin(b.st, testRoot)}, Log: testLogger(t, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	victim, err := a.Open("bravo/app", b.m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := victim.ReadAt(context.Background(), make([]byte, b.m.ImageSize), 0); err != nil && err != io.EOF {
+		t.Fatal(err)
+	}
+	guess := crafted(b.m, 4096, b.m.ImageSize, []int{0, 1, 2, 3}, 0)
+	for i := range guess.Keys {
+		guess.Keys[i] = chunk.Key{byte(i + 1)} // any key but the real one
+	}
+	m, err := sealAndOpen(t, tenantKeyring(t), guess)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil, err := a.Open("mallory/peek", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, b.m.ImageSize)
+	n, err := evil.ReadAt(context.Background(), buf, 0)
+	if !errors.Is(err, ErrIO) || !errors.Is(err, chunk.ErrCorrupt) || n != 0 {
+		t.Errorf("ReadAt with B's names and guessed keys = %d, %v; want 0, ErrIO + ErrCorrupt", n, err)
+	}
+	for i := 0; i+64 <= len(b.plain); i += 4096 {
+		if bytes.Contains(buf, b.plain[i:i+64]) {
+			t.Fatalf("B's plaintext (chunk at %d) reached A's buffer", i)
+		}
+	}
+}
