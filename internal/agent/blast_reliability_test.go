@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -216,11 +215,10 @@ var (
 func newFuzzWorld(t testing.TB) *fuzzWorld {
 	fuzzOnce.Do(func() {
 		w := &fuzzWorld{plain: map[chunk.Ref][]byte{}}
-		dir, err := os.MkdirTemp("", "lode-fuzz-keyring")
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.kr, err = manifest.CreateFileKeyring(filepath.Join(dir, "keyring.json"))
+		// The file is only written here; the keyring works from memory
+		// after the first input's TempDir is gone.
+		var err error
+		w.kr, err = manifest.CreateFileKeyring(filepath.Join(t.TempDir(), "keyring.json"))
 		if err != nil {
 			t.Fatal(err)
 		}
