@@ -23,3 +23,6 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 if [ -x "$here/.ci/s3.sh" ]; then
   "$here/.ci/s3.sh"
 fi
+if [ -x "$here/.ci/kms.sh" ]; then
+  "$here/.ci/kms.sh"
+fi

@@ -20,6 +20,7 @@ type serveVhostOptions struct {
 	workers int
 	report  string
 	worker  worker.Options
+	expose  exposeOptions
 }
 
 func newServeVhostCmd() *cobra.Command {
@@ -51,6 +52,7 @@ interrupted.`,
 	f.StringVar(&o.overlay, "overlay", "", "copy-on-write file for writes (makes the disk writable)")
 	f.IntVar(&o.workers, "workers", 16, "requests served at once per VM")
 	f.StringVar(&o.report, "report", "", "on exit, write the bytes the VMs read and lode fetched per tier as JSON to this file (the fields of lode vm --report)")
+	o.expose.bind(f, false)
 	bindWorker(f, &o.worker)
 	return cmd
 }
@@ -58,6 +60,10 @@ interrupted.`,
 // runServeVhost serves until ctx ends. ready, if not nil, is closed once
 // the socket listens.
 func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready chan<- struct{}) error {
+	sockMode, err := o.expose.mode()
+	if err != nil {
+		return err
+	}
 	w, err := openImage(ctx, o.worker, name, nil)
 	if err != nil {
 		return err
@@ -78,7 +84,7 @@ func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready 
 		defer ov.Close()
 		dev = ov
 	}
-	l, err := worker.Listen("unix:" + o.socket)
+	l, err := worker.ListenMode("unix:"+o.socket, sockMode)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", o.socket, err)
 	}

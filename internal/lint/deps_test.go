@@ -41,6 +41,8 @@ var allowed = map[string][]string{
 	"internal/manifest":             {"internal/chunk"},
 	"internal/metrics":              {},
 	"internal/oci":                  {},
+	"internal/kms":                  {"internal/manifest"},
+	"internal/certs":                {},
 	"internal/run":                  {"internal/manifest"},
 	"internal/store":                {"internal/chunk"},
 	"internal/store/file":           {"internal/store"},
@@ -49,7 +51,7 @@ var allowed = map[string][]string{
 	"internal/store/storetest":      {"internal/store"},
 	"internal/store/storeurl":       {"internal/store", "internal/store/file", "internal/store/mem", "internal/store/s3"},
 	"internal/vm":                   {"internal/blockdev"},
-	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/cachefleet", "internal/catalog", "internal/heatmap", "internal/manifest", "internal/metrics", "internal/run", "internal/store", "internal/vm"},
+	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/cachefleet", "internal/catalog", "internal/certs", "internal/heatmap", "internal/manifest", "internal/metrics", "internal/run", "internal/store", "internal/vm"},
 }
 
 type pkg struct {

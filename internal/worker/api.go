@@ -396,6 +396,11 @@ func (d *Daemon) postExport(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Daemon) startExport(ctx context.Context, req ExportRequest) (*served, error) {
+	// NBD has no authentication: the agent's exports stay on this machine
+	// (issue #19). A network export needs lode serve-nbd with TLS.
+	if !nbd.IsLoopback(req.Listen) {
+		return nil, fmt.Errorf("exporting on %s: the agent exports only on unix sockets and loopback; for a network export run lode serve-nbd with --tls-cert, --tls-key and --tls-ca: %w", req.Listen, nbd.ErrUnauthenticated)
+	}
 	release, err := d.admit.Acquire(ctx, req.Tenant+"/"+req.Image)
 	if err != nil {
 		return nil, err

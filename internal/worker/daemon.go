@@ -274,6 +274,9 @@ func NewDaemon(ctx context.Context, c DaemonConfig) (*Daemon, error) {
 	if c.Store == nil || c.Keyring == nil {
 		return nil, errors.New("a daemon needs a store and a keyring")
 	}
+	if err := checkKeyring(c.Keyring, c.Worker.AllowStoreSecret); err != nil {
+		return nil, err
+	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}

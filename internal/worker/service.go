@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // A Service is an extra server that runs with a daemon's lifecycle on a
@@ -99,21 +100,43 @@ func (d *Daemon) MountImage(ctx context.Context, tenant, image, dir string) (rel
 }
 
 // Listen listens on addr: HOST:PORT, or unix:PATH (a stale socket at PATH
-// is replaced; any other file there is an error).
-func Listen(addr string) (net.Listener, error) {
-	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
-		if fi, err := os.Lstat(p); err == nil {
-			if fi.Mode()&os.ModeSocket == 0 {
-				return nil, fmt.Errorf("unix:%s exists and is not a socket", p)
-			}
-			os.Remove(p)
-		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return nil, err
-		}
-		return net.Listen("unix", p)
+// is replaced; any other file there is an error). A unix socket is mode
+// 0600: only its owner (root, for a worker) may connect.
+func Listen(addr string) (net.Listener, error) { return ListenMode(addr, 0o600) }
+
+// umaskMu orders ListenMode's umask changes.
+var umaskMu sync.Mutex
+
+// ListenMode is Listen with the unix socket's mode (--socket-mode). The
+// socket is created under umask 0177, so it is never, even for a moment,
+// connectable by others, then set to mode.
+func ListenMode(addr string, mode os.FileMode) (net.Listener, error) {
+	p, ok := strings.CutPrefix(addr, "unix:")
+	if !ok {
+		return net.Listen("tcp", addr)
 	}
-	return net.Listen("tcp", addr)
+	if fi, err := os.Lstat(p); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("unix:%s exists and is not a socket", p)
+		}
+		os.Remove(p)
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return nil, err
+	}
+	umaskMu.Lock()
+	old := syscall.Umask(0o177)
+	l, err := net.Listen("unix", p)
+	syscall.Umask(old)
+	umaskMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(p, mode.Perm()); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("setting mode %04o on %s: %w", mode.Perm(), p, err)
+	}
+	return l, nil
 }
 
 // LimitMemory sets the Go runtime's soft memory limit to budget plus a
