@@ -42,6 +42,7 @@ var allowed = map[string][]string{
 	"internal/gc":                   {"internal/chunk", "internal/manifest", "internal/store", "internal/metrics", "internal/catalog"},
 	"internal/run":                  {"internal/agent", "internal/manifest", "internal/blockdev", "internal/blockdev/fuse"},
 	"internal/vm":                   {"internal/blockdev"},
+	"internal/snapshotter":          {},
 }
 
 type pkg struct {
