@@ -32,6 +32,7 @@ import (
 	"github.com/lode-dev/lode/internal/gc"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/metrics"
+	"github.com/lode-dev/lode/internal/snapshotter"
 	"github.com/lode-dev/lode/internal/store"
 )
 
@@ -59,6 +60,7 @@ type agentdOptions struct {
 	manifestCache int64
 	worker        workerOptions
 	fill          fillOptions
+	containerd    containerdOptions
 }
 
 func newAgentCmd() *cobra.Command {
@@ -122,6 +124,7 @@ see docs/operations.md.`,
 	f.StringVar(&o.afterTakeover, "after-takeover", "exit", `once taken over by a new agent: "exit" 0 at once, or "wait" for SIGTERM first (for supervisors that restart a process that exits, e.g. a Kubernetes pod being replaced)`)
 	o.worker.bind(f)
 	o.fill.bind(f)
+	o.containerd.bind(f)
 	cmd.AddCommand(newAgentMountCmd(&o.socket), newAgentUmountCmd(&o.socket), newAgentStatusCmd(&o.socket),
 		newAgentExportCmd(&o.socket), newAgentUnexportCmd(&o.socket))
 	return cmd
@@ -158,6 +161,7 @@ type daemon struct {
 	exports    map[string]*served // by listen address
 	alarmed    map[string]bool    // "image root" pairs already alarmed
 	rootRead   map[store.RootID]time.Time
+	containerd *containerdService // --containerd-socket
 }
 
 // served is one image the daemon serves: a mount or an NBD export.
@@ -267,8 +271,14 @@ func runAgentDaemon(ctx context.Context, o agentdOptions, ready chan<- struct{})
 		}
 	}
 	defer stopMetrics()
-	// A takeover releases both listeners before the new agent opens its own.
-	d.stopAPI = func() { l.Close(); stopMetrics() }
+	if d.containerd, err = d.startContainerd(ctx, o.containerd); err != nil {
+		l.Close()
+		return err
+	}
+	defer d.containerd.stop()
+	// A takeover releases the listeners (and the snapshotter's metadata)
+	// before the new agent opens its own.
+	d.stopAPI = func() { l.Close(); stopMetrics(); d.containerd.stop() }
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	d.restartExports(ctx, exports)
@@ -677,6 +687,8 @@ type agentStatus struct {
 	MemCacheBytes  int64          `json:"mem_cache_bytes"`
 	DiskCacheBytes int64          `json:"disk_cache_bytes"`
 	DiskCacheFiles int            `json:"disk_cache_chunks"`
+	// Snapshots are containerd's snapshots (--containerd-socket) with their kinds.
+	Snapshots []snapshotter.SnapshotStatus `json:"snapshots,omitempty"`
 }
 
 func statusOf(s *served) servedStatus {
@@ -778,6 +790,7 @@ func (d *daemon) status() agentStatus {
 	if d.disk != nil {
 		out.DiskCacheBytes, out.DiskCacheFiles = d.disk.Bytes(), d.disk.Len()
 	}
+	out.Snapshots = d.containerd.status(context.Background())
 	return out
 }
 
@@ -1195,6 +1208,7 @@ func printAgentStatus(out io.Writer, st agentStatus) {
 	if len(st.Mounts)+len(st.Exports) == 0 {
 		fmt.Fprintln(out, "no mounts or exports")
 	}
+	printSnapshots(out, st.Snapshots)
 }
 
 // Takeover: a new agent takes a running one's mounts and exports, so an

@@ -11,11 +11,11 @@ import (
 // The labels containerd's unpacker and CRI (or the Go client's
 // pkg/snapshotters handler) put on an extraction Prepare.
 const (
-	LabelTargetRef      = "containerd.io/snapshot.ref"                // the chain ID to commit as
-	LabelImageRef       = "containerd.io/snapshot/cri.image-ref"      // the image reference being pulled
+	LabelTargetRef      = "containerd.io/snapshot.ref"                 // the chain ID to commit as
+	LabelImageRef       = "containerd.io/snapshot/cri.image-ref"       // the image reference being pulled
 	LabelManifestDigest = "containerd.io/snapshot/cri.manifest-digest" // its manifest digest
-	LabelLayerDigest    = "containerd.io/snapshot/cri.layer-digest"   // this layer's (compressed) digest
-	LabelImageLayers    = "containerd.io/snapshot/cri.image-layers"   // this layer's digest and those above it, comma-separated
+	LabelLayerDigest    = "containerd.io/snapshot/cri.layer-digest"    // this layer's (compressed) digest
+	LabelImageLayers    = "containerd.io/snapshot/cri.image-layers"    // this layer's digest and those above it, comma-separated
 )
 
 // lode's own labels on the snapshots it commits as remote.
