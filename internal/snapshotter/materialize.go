@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -17,7 +19,6 @@ import (
 	"github.com/containerd/containerd/v2/pkg/archive/compression"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // Layers fetches layer blobs from the registry an image was pulled from.
@@ -44,7 +45,11 @@ func (r RegistryLayers) Open(ctx context.Context, ref string, d digest.Digest) (
 	if err != nil {
 		return nil, fmt.Errorf("fetching layer %s of %s: %w", d, ref, err)
 	}
-	rc, err := f.Fetch(ctx, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: d})
+	fd, ok := f.(remotes.FetcherByDigest)
+	if !ok {
+		return nil, fmt.Errorf("fetching layer %s of %s: the registry client cannot fetch by digest", d, ref)
+	}
+	rc, _, err := fd.FetchByDigest(ctx, d)
 	if err != nil {
 		return nil, fmt.Errorf("fetching layer %s of %s: %w", d, ref, err)
 	}
@@ -122,13 +127,15 @@ func (s *Snapshotter) materializeOne(ctx context.Context, info snapshots.Info) (
 			}
 		}
 	}
-	rc, err := s.cfg.Layers.Open(ctx, ref, layer)
+	// The blob goes to a file first and is verified before a byte of it
+	// is unpacked.
+	blob, err := s.fetchVerified(ctx, ref, layer)
 	if err != nil {
 		return fail(err)
 	}
-	defer rc.Close()
-	v := layer.Verifier()
-	dr, err := compression.DecompressStream(io.TeeReader(rc, v))
+	defer os.Remove(blob.Name())
+	defer blob.Close()
+	dr, err := compression.DecompressStream(blob)
 	if err != nil {
 		return fail(err)
 	}
@@ -136,12 +143,6 @@ func (s *Snapshotter) materializeOne(ctx context.Context, info snapshots.Info) (
 	n, err := archive.Apply(ctx, fs, dr, archive.WithConvertWhiteout(archive.OverlayConvertWhiteout), archive.WithParents(parents))
 	if err != nil {
 		return fail(err)
-	}
-	if _, err := io.Copy(io.Discard, dr); err != nil { // the rest of the blob, for the digest
-		return fail(err)
-	}
-	if !v.Verified() {
-		return fail(fmt.Errorf("the blob does not hash to %s", layer))
 	}
 	info.Labels[labelKind] = KindMaterialized
 	if _, err := s.inner.Update(ctx, snapshots.Info{Name: info.Name, Labels: info.Labels}, "labels"); err != nil {
@@ -151,4 +152,35 @@ func (s *Snapshotter) materializeOne(ctx context.Context, info snapshots.Info) (
 	s.log.Warn("materialized a remote lower chain: an image lode does not know builds on it", slog.String("snapshot", info.Name),
 		slog.String("image", ref), slog.String("layer", layer.String()), slog.Int64("bytes", n), slog.Duration("took", time.Since(start)))
 	return nil
+}
+
+// fetchVerified downloads blob d of ref into a temporary file under the
+// root and checks its digest; the file is positioned at its start.
+func (s *Snapshotter) fetchVerified(ctx context.Context, ref string, d digest.Digest) (*os.File, error) {
+	rc, err := s.cfg.Layers.Open(ctx, ref, d)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	f, err := os.CreateTemp(s.cfg.Root, "blob-")
+	if err != nil {
+		return nil, err
+	}
+	v := d.Verifier()
+	if _, err := io.Copy(io.MultiWriter(f, v), rc); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, err
+	}
+	if !v.Verified() {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("the blob does not hash to %s", d)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, err
+	}
+	return f, nil
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
@@ -76,7 +77,7 @@ type SnapshotStatus struct {
 func (s *Snapshotter) Status(ctx context.Context) ([]SnapshotStatus, error) {
 	out := []SnapshotStatus{}
 	err := s.inner.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
-		st := SnapshotStatus{Name: info.Name, Parent: info.Parent, State: info.Kind.String(), Kind: KindLocal, Image: info.Labels[labelImage]}
+		st := SnapshotStatus{Name: info.Name, Parent: info.Parent, State: strings.ToLower(info.Kind.String()), Kind: KindLocal, Image: info.Labels[labelImage]}
 		if k := info.Labels[labelKind]; k != "" {
 			st.Kind = k
 		}

@@ -1,0 +1,351 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	snpkg "github.com/containerd/containerd/v2/pkg/snapshotters"
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lode-dev/lode/internal/lodetest"
+	"github.com/lode-dev/lode/internal/snapshotter"
+)
+
+// tarLayer is an OCI gzip layer of files (name → body; a body starting
+// with "->" makes a symlink to the rest).
+func tarLayer(t *testing.T, files map[string][]byte) v1.Layer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	dirs := map[string]bool{}
+	for _, n := range names {
+		for d := filepath.Dir(n); d != "."; d = filepath.Dir(d) {
+			if !dirs[d] {
+				dirs[d] = true
+				tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: time.Unix(0, 0)})
+			}
+		}
+		b := files[n]
+		if target, ok := bytes.CutPrefix(b, []byte("->")); ok {
+			tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: n, Linkname: string(target), Mode: 0o777, ModTime: time.Unix(0, 0)})
+			continue
+		}
+		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: n, Mode: 0o755, Size: int64(len(b)), ModTime: time.Unix(0, 0)})
+		tw.Write(b)
+	}
+	tw.Close()
+	raw := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil },
+		tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// busyboxLayer is a base layer: /bin/busybox (static, from the host) and
+// the applets the tests call.
+func busyboxLayer(t *testing.T) v1.Layer {
+	t.Helper()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatalf("needs busybox-static (scripts/setup.sh): %v", err)
+	}
+	files := map[string][]byte{"bin/busybox": bb, "tmp/.keep": nil}
+	for _, a := range []string{"sh", "cat", "echo", "sleep", "ls", "mv", "rm"} {
+		files["bin/"+a] = []byte("->busybox")
+	}
+	return tarLayer(t, files)
+}
+
+// ociImage assembles an OCI image of layers with cmd.
+func ociImage(t *testing.T, cmd []string, layers ...v1.Layer) v1.Image {
+	t.Helper()
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	img, err := mutate.AppendLayers(img, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, err = mutate.Config(img, v1.Config{Cmd: cmd, Env: []string{"PATH=/bin"}}); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// push writes img to the registry as ref (plain HTTP).
+func push(t *testing.T, ref string, img v1.Image) {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatalf("pushing %s: %v", ref, err)
+	}
+}
+
+// buildFrom builds img with "lode build oci:…" as name: the lode image
+// records img's manifest digest as its source.
+func (c *cli) buildFrom(t *testing.T, img v1.Image, imageName string) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "layout")
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": "img"})); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.execLode(t, "build", "oci:"+dir+":img", "--name", imageName); err != nil {
+		t.Fatalf("lode build: %v\n%s", err, c.stderr.String())
+	}
+}
+
+// containerdEnv is a lode agent serving containerd's snapshots API, a
+// containerd using it, and a registry.
+type containerdEnv struct {
+	c        *cli
+	agent    *runningAgent
+	ctrd     *lodetest.ContainerdDaemon
+	registry string
+	snRoot   string
+}
+
+func newContainerdEnv(t *testing.T, sandboxImage func(registry string) string) *containerdEnv {
+	t.Helper()
+	requireMount(t)
+	lodetest.Require(t, lodetest.Containerd, lodetest.Distribution)
+	e := &containerdEnv{c: newCLI(t)}
+	if err := e.c.execLode(t, "keys", "create"); err != nil {
+		t.Fatal(err)
+	}
+	e.registry = lodetest.StartDistribution(t)
+	dir, err := os.MkdirTemp("", "lsn-") // unix socket paths are short
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "sn.sock")
+	sandbox := ""
+	if sandboxImage != nil {
+		sandbox = sandboxImage(e.registry)
+	}
+	e.ctrd = lodetest.StartContainerd(t, lodetest.ContainerdConfig{Snapshotter: sock, Registries: []string{e.registry}, SandboxImage: sandbox})
+	e.snRoot = filepath.Join(e.c.home, "containerd")
+	a := &runningAgent{socket: filepath.Join(dir, "agent.sock"), stateDir: filepath.Join(e.c.home, "mounts"), errc: make(chan error, 1)}
+	o := agentdOptions{socket: a.socket, stateDir: a.stateDir, worker: e.c.workerOpts(),
+		containerd: containerdOptions{socket: sock, root: e.snRoot, hostsDir: e.ctrd.HostsDir}}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	ready := make(chan struct{})
+	go func() { a.errc <- runAgentDaemon(ctx, o, ready) }()
+	select {
+	case <-ready:
+	case err := <-a.errc:
+		t.Fatalf("lode agent returned before serving: %v", err)
+	}
+	// Registered after containerd's cleanup, so it runs first: the agent
+	// unmounts while containerd still runs, then containerd stops.
+	t.Cleanup(func() { a.stop(t) })
+	a.client = newAgentClient(a.socket)
+	e.agent = a
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("lode agent log:\n%s%s", e.c.log.String(), e.c.stderr.String())
+			t.Logf("containerd log:\n%s", e.ctrd.Log())
+		}
+	})
+	return e
+}
+
+func (e *containerdEnv) ctr(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ctr", append([]string{"--address", e.ctrd.Socket, "--namespace", "lode-test"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func (e *containerdEnv) metric(t *testing.T, name string) string {
+	t.Helper()
+	resp, err := e.agent.client.hc.Get("http://lode-agent/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, name) {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (e *containerdEnv) kinds(t *testing.T) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, s := range e.agent.status(t).Snapshots {
+		if s.State == "committed" {
+			out[s.Name] = s.Kind
+		}
+	}
+	return out
+}
+
+func chainIDs(t *testing.T, img v1.Image) []string {
+	t.Helper()
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	chain := ""
+	for _, d := range cf.RootFS.DiffIDs {
+		if chain == "" {
+			chain = d.String()
+		} else {
+			chain = digest.FromString(chain + " " + d.String()).String()
+		}
+		out = append(out, chain)
+	}
+	return out
+}
+
+// TestContainerdGoClient: containerd's Go client pulls a lode-built image
+// with the lode snapshotter and the snapshot-label handler (as nerdctl
+// does): no layer blob is downloaded, and `ctr run --snapshotter lode`
+// runs it from the lode mount with an overlayfs upper layer. An image lode
+// does not know, sharing the base, falls back (and materializes the base
+// chain lode answered remotely). Removing both images releases everything.
+func TestContainerdGoClient(t *testing.T) {
+	e := newContainerdEnv(t, nil)
+	base := busyboxLayer(t)
+	app := ociImage(t, []string{"/bin/cat", "/hello.txt"}, base, tarLayer(t, map[string][]byte{"hello.txt": []byte("hello from lode\n")}))
+	other := ociImage(t, []string{"/bin/cat", "/other.txt"}, base, tarLayer(t, map[string][]byte{"other.txt": []byte("not built by lode\n")}))
+	appRef, otherRef := e.registry+"/app:1", e.registry+"/other:1"
+	push(t, appRef, app)
+	push(t, otherRef, other)
+	e.c.buildFrom(t, app, "app")
+
+	ctx := context.Background()
+	cl, err := containerd.New(e.ctrd.Socket, containerd.WithDefaultNamespace("lode-test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(ctx, config.HostOptions{HostDir: config.HostDirFromRoot(e.ctrd.HostsDir)})})
+	pull := func(ref string) {
+		t.Helper()
+		if _, err := cl.Pull(ctx, ref, containerd.WithPullUnpack, containerd.WithPullSnapshotter("lode"), containerd.WithResolver(resolver),
+			containerd.WithImageHandlerWrapper(snpkg.AppendInfoHandlerWrapper(ref))); err != nil {
+			t.Fatalf("pulling %s: %v", ref, err)
+		}
+	}
+	layerDigests := func(img v1.Image) []v1.Hash {
+		ls, _ := img.Layers()
+		var out []v1.Hash
+		for _, l := range ls {
+			d, _ := l.Digest()
+			out = append(out, d)
+		}
+		return out
+	}
+
+	pull(appRef)
+	for _, d := range layerDigests(app) {
+		if _, err := cl.ContentStore().Info(ctx, digest.Digest(d.String())); !errdefs.IsNotFound(err) {
+			t.Errorf("layer %s of the lode image is in containerd's content store (err %v): it was downloaded", d, err)
+		}
+	}
+	appChains := chainIDs(t, app)
+	want := map[string]string{appChains[0]: snapshotter.KindRemoteLower, appChains[1]: snapshotter.KindRemote}
+	if got := e.kinds(t); !equalMaps(got, want) {
+		t.Errorf("snapshot kinds after pulling the lode image = %v, want %v", got, want)
+	}
+	if out := e.ctr(t, "run", "--rm", "--snapshotter", "lode", appRef, "app1", "/bin/sh", "-c", "cat /hello.txt; echo w > /hello.txt; mv /hello.txt /moved; cat /moved; rm /bin/ls; test -e /bin/ls || echo no-ls"); out != "hello from lode\nw\nno-ls\n" {
+		t.Errorf("ctr run on the lode image printed %q", out)
+	}
+	// Writes went to that container's upper layer only.
+	if out := e.ctr(t, "run", "--rm", "--snapshotter", "lode", appRef, "app2"); out != "hello from lode\n" {
+		t.Errorf("a second container printed %q", out)
+	}
+
+	// The unknown image builds on the base chain lode answered remotely.
+	pull(otherRef)
+	if out := e.ctr(t, "run", "--rm", "--snapshotter", "lode", otherRef, "other1"); out != "not built by lode\n" {
+		t.Errorf("ctr run on the unknown image printed %q", out)
+	}
+	if got := e.kinds(t)[appChains[0]]; got != snapshotter.KindMaterialized {
+		t.Errorf("shared base chain kind = %q, want %q", got, snapshotter.KindMaterialized)
+	}
+	if got := e.metric(t, "lode_snapshotter_fallback_total{reason=\"unknown_image\"}"); !strings.HasSuffix(got, " 1") {
+		t.Errorf("fallback metric: %q, want 1", got)
+	}
+	if log := e.c.stderr.String(); !strings.Contains(log, "image not built by lode") || !strings.Contains(log, otherRef) {
+		t.Errorf("no fallback log line naming %s", otherRef)
+	}
+	// The lode image still runs from its mount, on the materialized base.
+	if out := e.ctr(t, "run", "--rm", "--snapshotter", "lode", appRef, "app3"); out != "hello from lode\n" {
+		t.Errorf("the lode image after the fallback printed %q", out)
+	}
+
+	// Removal: containerd's GC removes the snapshots; the mount goes.
+	e.ctr(t, "image", "rm", "--sync", appRef, otherRef)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := e.agent.status(t)
+		ents, _ := os.ReadDir(filepath.Join(e.snRoot, "mounts"))
+		snaps, _ := os.ReadDir(filepath.Join(e.snRoot, "snapshots"))
+		if len(st.Snapshots) == 0 && len(st.Mounts) == 0 && len(ents) == 0 && len(snaps) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after image rm: %d snapshots, %d agent mounts, mounts/ %v, snapshots/ %v", len(st.Snapshots), len(st.Mounts), ents, snaps)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func equalMaps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
