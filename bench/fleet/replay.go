@@ -21,7 +21,9 @@ import (
 
 	"github.com/lode-dev/lode/internal/agent"
 	"github.com/lode-dev/lode/internal/cachefleet"
+	"github.com/lode-dev/lode/internal/cachenode"
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/fleetproto"
 	"github.com/lode-dev/lode/internal/manifest"
 )
 
@@ -256,7 +258,7 @@ func runReplay(ctx context.Context, c replayConfig) error {
 		}
 		manifests[img] = m
 	}
-	shardBytes := int64(len(ids)) * (cachefleet.HeaderSize + chunkSize/4) * 5
+	shardBytes := int64(len(ids)) * (fleetproto.HeaderSize + chunkSize/4) * 5
 	nodeMem := c.NodeMemMiB << 20
 	if nodeMem == 0 {
 		nodeMem = shardBytes * 3 / 2 / int64(c.Nodes)
@@ -269,7 +271,7 @@ func runReplay(ctx context.Context, c replayConfig) error {
 	var nodes []string
 	var serving sync.WaitGroup
 	for i := range c.Nodes {
-		srv, err := cachefleet.NewServer(cachefleet.ServerConfig{MemBytes: nodeMem})
+		srv, err := cachenode.NewServer(cachenode.ServerConfig{MemBytes: nodeMem})
 		if err != nil {
 			stopNodes()
 			return err

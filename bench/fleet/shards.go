@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lode-dev/lode/internal/cachefleet"
+	"github.com/lode-dev/lode/internal/fleetproto"
 )
 
 // runShards fills chunks into one node (all K shards land on it: fewer nodes
@@ -37,7 +38,7 @@ func runShards(ctx context.Context, nodes []string, count int, www string, seed 
 	var bytes int64
 	for _, n := range names {
 		for i := range 5 {
-			p := cachefleet.ShardPath(n, i)
+			p := fleetproto.ShardPath(n, i)
 			b, err := get(ctx, base+p)
 			if err != nil {
 				return err

@@ -21,6 +21,7 @@ import (
 
 	"github.com/lode-dev/lode/internal/agent"
 	"github.com/lode-dev/lode/internal/cachefleet"
+	"github.com/lode-dev/lode/internal/cachenode"
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/store"
 )
@@ -95,7 +96,7 @@ func (n *node) start() error {
 		return err
 	}
 	n.addr = l.Addr().String()
-	srv, err := cachefleet.NewServer(cachefleet.ServerConfig{MemBytes: 32 << 20})
+	srv, err := cachenode.NewServer(cachenode.ServerConfig{MemBytes: 32 << 20})
 	if err != nil {
 		l.Close()
 		return err

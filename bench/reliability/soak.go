@@ -21,6 +21,7 @@ import (
 
 	"github.com/lode-dev/lode/internal/agent"
 	"github.com/lode-dev/lode/internal/cachefleet"
+	"github.com/lode-dev/lode/internal/cachenode"
 	"github.com/lode-dev/lode/internal/chunk"
 )
 
@@ -268,7 +269,7 @@ func runAgentLoad(ctx context.Context, dir string, d time.Duration, readers int,
 
 // runNode serves one cache node on addr until ctx ends.
 func runNode(ctx context.Context, addr string, memBytes int64) error {
-	srv, err := cachefleet.NewServer(cachefleet.ServerConfig{MemBytes: memBytes})
+	srv, err := cachenode.NewServer(cachenode.ServerConfig{MemBytes: memBytes})
 	if err != nil {
 		return err
 	}

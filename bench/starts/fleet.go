@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/lode-dev/lode/internal/cachefleet"
+	"github.com/lode-dev/lode/internal/cachenode"
 )
 
 // fleet is N cache nodes on 127.0.0.2, 127.0.0.3, …: `lode cache serve`
@@ -74,7 +74,7 @@ func (f *fleet) start(ctx context.Context, i int) error {
 		f.procs[i], f.done[i] = cmd, done
 		f.mu.Unlock()
 	} else {
-		srv, err := cachefleet.NewServer(cachefleet.ServerConfig{MemBytes: f.mem})
+		srv, err := cachenode.NewServer(cachenode.ServerConfig{MemBytes: f.mem})
 		if err != nil {
 			return err
 		}

@@ -9,7 +9,8 @@ import (
 	"syscall"
 
 	"github.com/dustin/go-humanize"
-	"github.com/lode-dev/lode/internal/cachefleet"
+	"github.com/lode-dev/lode/internal/cachenode"
+	"github.com/lode-dev/lode/internal/fleetproto"
 	"github.com/lode-dev/lode/internal/metrics"
 	"github.com/spf13/cobra"
 )
@@ -43,7 +44,7 @@ units (512MiB, 20GB) or plain bytes.`,
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 			reg := metrics.NewRegistry()
-			srv, err := cachefleet.NewServer(cachefleet.ServerConfig{
+			srv, err := cachenode.NewServer(cachenode.ServerConfig{
 				MemBytes: int64(memBytes), DiskDir: disk, DiskBytes: int64(diskBytes), Log: log, Registry: reg,
 			})
 			if err != nil {
@@ -61,7 +62,7 @@ units (512MiB, 20GB) or plain bytes.`,
 		},
 	}
 	f := serve.Flags()
-	f.StringVar(&listen, "listen", fmt.Sprintf(":%d", cachefleet.DefaultPort), "address to serve on")
+	f.StringVar(&listen, "listen", fmt.Sprintf(":%d", fleetproto.DefaultPort), "address to serve on")
 	f.StringVar(&mem, "mem", "1GiB", "memory budget for shards")
 	f.StringVar(&disk, "disk", "", "directory for shards evicted from memory (optional)")
 	f.StringVar(&diskSize, "disk-size", "", "disk budget (required with --disk)")

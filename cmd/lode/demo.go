@@ -14,7 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/lode-dev/lode/internal/cachefleet"
+	"github.com/lode-dev/lode/internal/cachenode"
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/demo"
 	"github.com/lode-dev/lode/internal/manifest"
@@ -138,7 +138,7 @@ func startLocalFleet(ctx context.Context, n int) ([]string, func(), error) {
 	ctx, cancel := context.WithCancel(ctx)
 	var nodes []string
 	for i := 0; i < n; i++ {
-		srv, err := cachefleet.NewServer(cachefleet.ServerConfig{MemBytes: 256 << 20, Log: logger})
+		srv, err := cachenode.NewServer(cachenode.ServerConfig{MemBytes: 256 << 20, Log: logger})
 		if err != nil {
 			cancel()
 			return nil, nil, err

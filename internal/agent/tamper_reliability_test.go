@@ -16,6 +16,7 @@ import (
 	"github.com/lode-dev/lode/internal/cachefleet/fleettest"
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/fleetproto"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
 )
@@ -295,7 +296,7 @@ func tamperShards(t *testing.T, w *relWorld, a *builtImage, names []chunk.Name) 
 			t.Fatalf("chunk %s: %d shards in the fleet after Fill, want 5", n, len(shards))
 		}
 		put := func(s fleetShard, b []byte) {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodPut, s.url+cachefleet.ShardPath(n, s.index), bytes.NewReader(b))
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPut, s.url+fleetproto.ShardPath(n, s.index), bytes.NewReader(b))
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
@@ -319,7 +320,7 @@ func tamperShards(t *testing.T, w *relWorld, a *builtImage, names []chunk.Name) 
 				cases++
 				for _, si := range set {
 					bad := bytes.Clone(shards[si].bytes)
-					k.bad(bad[cachefleet.HeaderSize:])
+					k.bad(bad[fleetproto.HeaderSize:])
 					put(shards[si], bad)
 				}
 				got, err := cl.Fetch(ctx, n, nil)
@@ -381,7 +382,7 @@ func fleetShards(t *testing.T, urls []string, n chunk.Name) map[int]fleetShard {
 	t.Helper()
 	out := map[int]fleetShard{}
 	for _, u := range urls {
-		resp, err := http.Get(u + cachefleet.ShardPath(n, -1))
+		resp, err := http.Get(u + fleetproto.ShardPath(n, -1))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -393,12 +394,12 @@ func fleetShards(t *testing.T, urls []string, n chunk.Name) map[int]fleetShard {
 		if resp.StatusCode == http.StatusNotFound {
 			continue
 		}
-		parts, err := cachefleet.SplitShards(body)
+		parts, err := fleetproto.SplitShards(body)
 		if err != nil {
 			t.Fatalf("shards of %s on %s: %v", n, u, err)
 		}
 		for _, p := range parts {
-			h, _, err := cachefleet.ParseShard(p)
+			h, _, err := fleetproto.ParseShard(p)
 			if err != nil {
 				t.Fatal(err)
 			}

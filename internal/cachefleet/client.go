@@ -17,11 +17,9 @@ import (
 	"time"
 
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/fleetproto"
 	"github.com/lode-dev/lode/internal/store"
 )
-
-// DefaultPort is the node port assumed when a node entry names none.
-const DefaultPort = 7431
 
 // Resolver resolves a host name to all its addresses; *net.Resolver is one.
 type Resolver interface {
@@ -78,8 +76,8 @@ func (c ClientConfig) Validate() error {
 	if len(c.Nodes) == 0 {
 		errs = append(errs, errors.New("no fleet nodes configured"))
 	}
-	if c.M < 1 || c.K < c.M || c.K > MaxShards {
-		errs = append(errs, fmt.Errorf("erasure code %d-of-%d: need 1 ≤ M ≤ K ≤ %d", c.M, c.K, MaxShards))
+	if c.M < 1 || c.K < c.M || c.K > fleetproto.MaxShards {
+		errs = append(errs, fmt.Errorf("erasure code %d-of-%d: need 1 ≤ M ≤ K ≤ %d", c.M, c.K, fleetproto.MaxShards))
 	}
 	for _, n := range c.Nodes {
 		if _, err := parseNode(n); err != nil {
@@ -163,7 +161,7 @@ func parseNode(s string) (nodeEntry, error) {
 	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
-		host, port = s, strconv.Itoa(DefaultPort)
+		host, port = s, strconv.Itoa(fleetproto.DefaultPort)
 	}
 	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
 		return e, fmt.Errorf("fleet node %q: bad port %q", raw, port)
@@ -436,7 +434,7 @@ func (c *Client) Lease(ctx context.Context, n chunk.Name, ttl time.Duration) (bo
 }
 
 func (c *Client) lease(ctx context.Context, node string, n chunk.Name, ttl time.Duration) (bool, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, node+LeasePath(n, ttl), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, node+fleetproto.LeasePath(n, ttl), nil)
 	if err != nil {
 		return false, fmt.Errorf("leasing chunk %s on node %s: %w", n, node, err)
 	}
@@ -447,9 +445,9 @@ func (c *Client) lease(ctx context.Context, node string, n chunk.Name, ttl time.
 	defer resp.Body.Close()
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 512))
 	switch resp.StatusCode {
-	case http.StatusCreated:
+	case fleetproto.StatusLeaseGranted:
 		return true, nil
-	case http.StatusConflict:
+	case fleetproto.StatusLeaseHeld:
 		return false, nil
 	}
 	return false, fmt.Errorf("leasing chunk %s on node %s: %s", n, node, resp.Status)
@@ -571,7 +569,7 @@ func (c *Client) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, e
 	}
 
 	k, m := c.cfg.K, c.cfg.M
-	hdrs := make([]ShardHeader, k)
+	hdrs := make([]fleetproto.ShardHeader, k)
 	payloads := make([][]byte, k)
 	from := make([]string, k)  // node each shard came from
 	suspect := make([]bool, k) // in a subset that failed to verify
@@ -614,9 +612,9 @@ wait:
 			continue
 		}
 		for _, raw := range r.shards {
-			h, p, err := ParseShard(raw)
+			h, p, err := fleetproto.ParseShard(raw)
 			if err == nil && (h.Name != n || h.M != m || h.K != k) {
-				err = fmt.Errorf("shard header says chunk %s (%d-of-%d), want %s (%d-of-%d): %w", h.Name, h.M, h.K, n, m, k, ErrBadShard)
+				err = fmt.Errorf("shard header says chunk %s (%d-of-%d), want %s (%d-of-%d): %w", h.Name, h.M, h.K, n, m, k, fleetproto.ErrBadShard)
 			}
 			if err != nil {
 				c.m.corrupt.Inc()
@@ -665,7 +663,7 @@ wait:
 // tryRebuild tries the M-subsets of valid shards (same chunk length) that
 // contain newest, at most budget of them. On success it returns the chunk
 // and which indices were used; subsets that fail mark their members suspect.
-func (c *Client) tryRebuild(hdrs []ShardHeader, payloads [][]byte, valid []int, newest int, suspect []bool, dst []byte, budget int) (out []byte, used []bool, tried int, ok bool) {
+func (c *Client) tryRebuild(hdrs []fleetproto.ShardHeader, payloads [][]byte, valid []int, newest int, suspect []bool, dst []byte, budget int) (out []byte, used []bool, tried int, ok bool) {
 	m := c.cfg.M
 	var peers []int
 	for _, i := range valid {
@@ -752,14 +750,14 @@ func (c *Client) getShards(fctx context.Context, node string, n chunk.Name, out 
 // maxResponse bounds one node's answer: all K shards of a chunk of
 // chunk.MaxSize (a node holds several only under wrap-around or churn).
 func (c *Client) maxResponse() int64 {
-	return int64(c.cfg.K) * int64(HeaderSize+(chunk.MaxSize+c.cfg.M-1)/c.cfg.M)
+	return int64(c.cfg.K) * int64(fleetproto.HeaderSize+(chunk.MaxSize+c.cfg.M-1)/c.cfg.M)
 }
 
 // doGet runs the GET under rctx and releases node's waiting slot when the
 // response headers arrive (or the request fails). If fctx is done by then,
 // the body is read to the end and discarded, keeping the connection.
 func (c *Client) doGet(rctx, fctx context.Context, node string, n chunk.Name) ([][]byte, *[]byte, error) {
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, node+ShardPath(n, -1), nil)
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, node+fleetproto.ShardPath(n, -1), nil)
 	if err != nil {
 		c.answered(node)
 		return nil, nil, fmt.Errorf("fetching shards of chunk %s from node %s: %w", n, node, err)
@@ -779,8 +777,8 @@ func (c *Client) doGet(rctx, fctx context.Context, node string, n chunk.Name) ([
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return nil, nil, fmt.Errorf("fetching shards of chunk %s from node %s: %s: %s", n, node, resp.Status, bytes.TrimSpace(msg))
 	}
-	if resp.ContentLength < HeaderSize || resp.ContentLength > c.maxResponse() {
-		return nil, nil, fmt.Errorf("fetching shards of chunk %s from node %s: content length %d out of range: %w", n, node, resp.ContentLength, ErrBadShard)
+	if resp.ContentLength < fleetproto.HeaderSize || resp.ContentLength > c.maxResponse() {
+		return nil, nil, fmt.Errorf("fetching shards of chunk %s from node %s: content length %d out of range: %w", n, node, resp.ContentLength, fleetproto.ErrBadShard)
 	}
 	if err := fctx.Err(); err != nil {
 		// Not needed any more: drain (bounded by rctx) so that Close
@@ -793,7 +791,7 @@ func (c *Client) doGet(rctx, fctx context.Context, node string, n chunk.Name) ([
 		putBody(bp)
 		return nil, nil, fmt.Errorf("reading shards of chunk %s from node %s: %w", n, node, err)
 	}
-	shards, err := SplitShards(*bp)
+	shards, err := fleetproto.SplitShards(*bp)
 	if err != nil {
 		putBody(bp)
 		return nil, nil, fmt.Errorf("reading shards of chunk %s from node %s: %w", n, node, err)
@@ -865,11 +863,11 @@ func (c *Client) putShard(ctx context.Context, node string, n chunk.Name, i int,
 }
 
 func (c *Client) doPut(ctx context.Context, node string, n chunk.Name, i int, shard []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, node+ShardPath(n, i), bytes.NewReader(shard))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, node+fleetproto.ShardPath(n, i), bytes.NewReader(shard))
 	if err != nil {
 		return fmt.Errorf("filling shard %d of chunk %s to node %s: %w", i, n, node, err)
 	}
-	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Content-Type", fleetproto.ContentType)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return fmt.Errorf("filling shard %d of chunk %s to node %s: %w", i, n, node, err)

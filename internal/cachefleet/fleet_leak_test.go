@@ -7,6 +7,7 @@ import (
 	"net"
 	"testing"
 
+	"github.com/lode-dev/lode/internal/cachenode"
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/lodetest"
 )
@@ -22,7 +23,7 @@ func TestNoLeakStartStop(t *testing.T) {
 		var urls []string
 		var done []chan error
 		for range 3 {
-			srv, err := NewServer(ServerConfig{MemBytes: 8 << 20})
+			srv, err := cachenode.NewServer(cachenode.ServerConfig{MemBytes: 8 << 20})
 			if err != nil {
 				t.Fatal(err)
 			}

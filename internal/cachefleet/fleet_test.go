@@ -19,6 +19,7 @@ import (
 	"github.com/lode-dev/lode/internal/cachefleet"
 	"github.com/lode-dev/lode/internal/cachefleet/fleettest"
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/fleetproto"
 	"github.com/lode-dev/lode/internal/store"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -304,21 +305,21 @@ func TestFleetMembershipChange(t *testing.T) {
 // whose header is valid but whose payload has a flipped byte.
 func corrupt(t *testing.T, node string, n chunk.Name) int {
 	t.Helper()
-	resp, err := http.Get(node + cachefleet.ShardPath(n, -1))
+	resp, err := http.Get(node + fleetproto.ShardPath(n, -1))
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("reading shards of %s from %s: %v %v", n, node, resp, err)
 	}
 	var buf bytes.Buffer
 	buf.ReadFrom(resp.Body)
 	resp.Body.Close()
-	shards, err := cachefleet.SplitShards(buf.Bytes())
+	shards, err := fleetproto.SplitShards(buf.Bytes())
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := bytes.Clone(shards[0])
-	h, _, _ := cachefleet.ParseShard(s)
+	h, _, _ := fleetproto.ParseShard(s)
 	s[len(s)-1] ^= 0xff
-	req, _ := http.NewRequest("PUT", node+cachefleet.ShardPath(n, h.Index), bytes.NewReader(s))
+	req, _ := http.NewRequest("PUT", node+fleetproto.ShardPath(n, h.Index), bytes.NewReader(s))
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("overwriting shard %d of %s on %s: %v %v", h.Index, n, node, resp, err)
 	}

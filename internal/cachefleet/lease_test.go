@@ -16,6 +16,7 @@ import (
 	"github.com/lode-dev/lode/internal/cachefleet"
 	"github.com/lode-dev/lode/internal/cachefleet/fleettest"
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/fleetproto"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
 	"github.com/lode-dev/lode/internal/store/mem"
@@ -43,22 +44,22 @@ func TestLeaseAPI(t *testing.T) {
 		do   func() (int, string)
 		code int
 	}{
-		{"first lease granted", func() (int, string) { return post(cachefleet.LeasePath(n, time.Second)) }, http.StatusCreated},
-		{"second lease held", func() (int, string) { return post(cachefleet.LeasePath(n, time.Second)) }, http.StatusConflict},
+		{"first lease granted", func() (int, string) { return post(fleetproto.LeasePath(n, time.Second)) }, http.StatusCreated},
+		{"second lease held", func() (int, string) { return post(fleetproto.LeasePath(n, time.Second)) }, http.StatusConflict},
 		{"a shard PUT releases it", func() (int, string) {
 			if err := c.Fill(ctx, n, data); err != nil {
 				t.Fatal(err)
 			}
-			return post(cachefleet.LeasePath(n, 50*time.Millisecond))
+			return post(fleetproto.LeasePath(n, 50*time.Millisecond))
 		}, http.StatusCreated},
 		{"it expires", func() (int, string) {
 			time.Sleep(80 * time.Millisecond)
-			return post(cachefleet.LeasePath(n, time.Second))
+			return post(fleetproto.LeasePath(n, time.Second))
 		}, http.StatusCreated},
 		{"upper-case name", func() (int, string) { return post("/v1/leases/" + strings.ToUpper(n.String())) }, http.StatusBadRequest},
 		{"bad query", func() (int, string) { return post("/v1/leases/" + n.String() + "?ttl=5") }, http.StatusBadRequest},
 		{"GET is not allowed", func() (int, string) {
-			resp, err := http.Get(node + cachefleet.LeasePath(n, time.Second))
+			resp, err := http.Get(node + fleetproto.LeasePath(n, time.Second))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -90,31 +91,6 @@ func TestLeaseAPI(t *testing.T) {
 	if ok, err := dead.Lease(ctx, n, time.Second); !ok || err == nil {
 		t.Errorf("Lease with the node down = %v, %v; want true and the error", ok, err)
 	}
-}
-
-func FuzzParseLeaseRequest(f *testing.F) {
-	n := chunk.Name{1, 2, 3}
-	f.Add(cachefleet.LeasePath(n, time.Second))
-	f.Add("/v1/leases/" + n.String())
-	f.Add("/v1/leases/" + n.String() + "?ttl_ms=0")
-	f.Add("/v1/leases/" + n.String() + "?ttl_ms=-1")
-	f.Add("/v1/leases/x?ttl_ms=99999999999999999999")
-	f.Fuzz(func(t *testing.T, target string) {
-		path, query, _ := strings.Cut(target, "?")
-		got, ttl, err := cachefleet.ParseLeaseRequest(path, query)
-		if err != nil {
-			return
-		}
-		if ttl < 10*time.Millisecond || ttl > 10*time.Second {
-			t.Fatalf("%q: ttl %v outside 10ms..10s", target, ttl)
-		}
-		// What parses has one spelling, and LeasePath writes it back.
-		p2, q2, _ := strings.Cut(cachefleet.LeasePath(got, ttl), "?")
-		again, ttl2, err := cachefleet.ParseLeaseRequest(p2, q2)
-		if err != nil || again != got || ttl2 != ttl {
-			t.Fatalf("%q: round trip gave %s %v %v", target, again, ttl2, err)
-		}
-	})
 }
 
 // countingOrigin is an origin that takes delay per read and counts reads.

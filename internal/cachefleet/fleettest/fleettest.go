@@ -1,6 +1,6 @@
 // Package fleettest runs real cache nodes for tests: in-process servers on
 // loopback listeners (Start), or separate processes that can be killed and
-// SIGSTOPped (StartProcesses). Nodes are the real cachefleet.Server behind a
+// SIGSTOPped (StartProcesses). Nodes are the real cachenode.Server behind a
 // real TCP listener; the only test-only part is the Pause switch, which
 // stalls requests to model a slow node.
 //
@@ -27,7 +27,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lode-dev/lode/internal/cachefleet"
+	"github.com/lode-dev/lode/internal/cachenode"
 )
 
 // Options configures every node of a fleet.
@@ -71,7 +71,7 @@ type Node struct {
 	dir  string
 
 	mu      sync.Mutex
-	srv     *cachefleet.Server
+	srv     *cachenode.Server
 	hs      *http.Server
 	pause   chan struct{} // non-nil while paused; closed on Resume
 	running bool
@@ -82,7 +82,7 @@ type Node struct {
 }
 
 // Server returns the node's current server (a new one after Restart).
-func (n *Node) Server() *cachefleet.Server {
+func (n *Node) Server() *cachenode.Server {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.srv
@@ -181,7 +181,7 @@ func listenLoopback(t testing.TB, i int) net.Listener {
 
 func (f *Fleet) serve(n *Node, l net.Listener) {
 	f.t.Helper()
-	srv, err := cachefleet.NewServer(cachefleet.ServerConfig{
+	srv, err := cachenode.NewServer(cachenode.ServerConfig{
 		MemBytes: f.opts.MemBytes, DiskDir: n.dir, DiskBytes: f.opts.DiskBytes,
 		Log: f.opts.Log.With(slog.String("node", n.URL)),
 	})
@@ -306,7 +306,7 @@ func runChild(addr string) int {
 	if mem <= 0 {
 		mem = 64 << 20
 	}
-	srv, err := cachefleet.NewServer(cachefleet.ServerConfig{MemBytes: mem})
+	srv, err := cachenode.NewServer(cachenode.ServerConfig{MemBytes: mem})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -1,4 +1,4 @@
-package cachefleet
+package cachenode
 
 import (
 	"bufio"

@@ -1,11 +1,10 @@
-package cachefleet
+package fleetproto
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
 
-	"github.com/klauspost/reedsolomon"
 	"github.com/lode-dev/lode/internal/chunk"
 )
 
@@ -41,12 +40,6 @@ const MaxShardSize = HeaderSize + chunk.MaxSize
 var (
 	// ErrBadShard means bytes are not a well-formed shard (header or length).
 	ErrBadShard = errors.New("bad shard")
-	// ErrTooFewShards means fewer than M valid shards of a chunk could be
-	// read. Errors that wrap it also wrap store.ErrNotFound.
-	ErrTooFewShards = errors.New("too few shards")
-	// ErrNoNodes means the client has no fleet nodes to ask. It reports
-	// Unreachable() == true (see unreachable.go).
-	ErrNoNodes error = noNodesError{}
 )
 
 // ShardHeader is the decoded header of one shard.
@@ -57,10 +50,11 @@ type ShardHeader struct {
 	Name   chunk.Name
 }
 
-// payloadSize is the payload length every shard of this chunk has.
-func (h ShardHeader) payloadSize() int { return (h.Length + h.M - 1) / h.M }
+// PayloadSize is the payload length every shard of this chunk has.
+func (h ShardHeader) PayloadSize() int { return (h.Length + h.M - 1) / h.M }
 
-func (h ShardHeader) put(b []byte) {
+// Put writes h into the first HeaderSize bytes of b.
+func (h ShardHeader) Put(b []byte) {
 	copy(b[0:4], shardMagic)
 	b[4] = shardVersion
 	b[5] = byte(h.M)
@@ -73,20 +67,20 @@ func (h ShardHeader) put(b []byte) {
 // ParseShard decodes and checks a shard's header and its total length. It
 // does not (cannot) check the payload: only the rebuilt chunk's name can.
 func ParseShard(b []byte) (ShardHeader, []byte, error) {
-	h, err := parseHeader(b)
+	h, err := ParseHeader(b)
 	if err != nil {
 		return h, nil, err
 	}
-	if err := h.checkSize(int64(len(b))); err != nil {
+	if err := h.CheckSize(int64(len(b))); err != nil {
 		return h, nil, err
 	}
 	return h, b[HeaderSize:], nil
 }
 
-// parseHeader decodes and checks the header at the start of b (the payload
+// ParseHeader decodes and checks the header at the start of b (the payload
 // need not follow: a node checks a shard file's header without reading the
 // payload).
-func parseHeader(b []byte) (ShardHeader, error) {
+func ParseHeader(b []byte) (ShardHeader, error) {
 	var h ShardHeader
 	if len(b) < HeaderSize {
 		return h, fmt.Errorf("shard of %d bytes shorter than its %d-byte header: %w", len(b), HeaderSize, ErrBadShard)
@@ -106,11 +100,11 @@ func parseHeader(b []byte) (ShardHeader, error) {
 	return h, nil
 }
 
-// checkSize checks that a whole shard (header and payload) of size bytes
+// CheckSize checks that a whole shard (header and payload) of size bytes
 // has the payload length its header implies.
-func (h ShardHeader) checkSize(size int64) error {
-	if p := size - HeaderSize; p != int64(h.payloadSize()) {
-		return fmt.Errorf("shard %d of chunk %s: payload %d bytes, want %d: %w", h.Index, h.Name, p, h.payloadSize(), ErrBadShard)
+func (h ShardHeader) CheckSize(size int64) error {
+	if p := size - HeaderSize; p != int64(h.PayloadSize()) {
+		return fmt.Errorf("shard %d of chunk %s: payload %d bytes, want %d: %w", h.Index, h.Name, p, h.PayloadSize(), ErrBadShard)
 	}
 	return nil
 }
@@ -125,92 +119,6 @@ func (h ShardHeader) validate() error {
 		return fmt.Errorf("shard chunk length %d: %w", h.Length, ErrBadShard)
 	}
 	return nil
-}
-
-// codec splits chunks into shards and rebuilds them for one M-of-K code. It
-// is safe for concurrent use (reedsolomon encoders are).
-type codec struct {
-	m, k int
-	enc  reedsolomon.Encoder
-}
-
-func newCodec(m, k int) (*codec, error) {
-	if m < 1 || k < m || k > MaxShards {
-		return nil, fmt.Errorf("erasure code %d-of-%d: need 1 ≤ M ≤ K ≤ %d", m, k, MaxShards)
-	}
-	enc, err := reedsolomon.New(m, k-m)
-	if err != nil {
-		return nil, fmt.Errorf("creating %d-of-%d Reed–Solomon encoder: %w", m, k, err)
-	}
-	return &codec{m: m, k: k, enc: enc}, nil
-}
-
-// encode returns the K shards (header + payload) of ciphertext named n. All
-// shards share one allocation; ciphertext is not retained.
-func (c *codec) encode(n chunk.Name, ciphertext []byte) ([][]byte, error) {
-	if len(ciphertext) < 1 || len(ciphertext) > chunk.MaxSize {
-		return nil, fmt.Errorf("encoding chunk %s of %d bytes: length must be 1..%d", n, len(ciphertext), chunk.MaxSize)
-	}
-	h := ShardHeader{M: c.m, K: c.k, Length: len(ciphertext), Name: n}
-	per := h.payloadSize()
-	buf := make([]byte, c.k*(HeaderSize+per))
-	shards := make([][]byte, c.k)
-	payloads := make([][]byte, c.k)
-	rest := ciphertext
-	for i := range shards {
-		s := buf[i*(HeaderSize+per) : (i+1)*(HeaderSize+per) : (i+1)*(HeaderSize+per)]
-		h.Index = i
-		h.put(s)
-		shards[i], payloads[i] = s, s[HeaderSize:]
-		if i < c.m {
-			rest = rest[copy(payloads[i], rest):] // tail stays zero: padding
-		}
-	}
-	if err := c.enc.Encode(payloads); err != nil {
-		return nil, fmt.Errorf("encoding chunk %s: %w", n, err)
-	}
-	return shards, nil
-}
-
-// rebuild reconstructs the chunk from exactly the payloads that are non-nil
-// (at least M of them, all of payloadSize bytes) into dst (reused when large
-// enough) and verifies its name. A *chunk.CorruptError means some shard in
-// the set is corrupt.
-func (c *codec) rebuild(h ShardHeader, payloads [][]byte, dst []byte) ([]byte, error) {
-	set := make([][]byte, c.k)
-	copy(set, payloads)
-	// A missing data shard is rebuilt into a pooled buffer (Reed–Solomon
-	// uses a zero-length shard's capacity) instead of a fresh allocation.
-	per := h.payloadSize()
-	var lent []*[]byte
-	defer func() {
-		for _, bp := range lent {
-			putBody(bp)
-		}
-	}()
-	for i := 0; i < c.m; i++ {
-		if set[i] == nil {
-			bp := getBody(per)
-			lent = append(lent, bp)
-			set[i] = (*bp)[:0]
-		}
-	}
-	if err := c.enc.ReconstructData(set); err != nil {
-		return nil, fmt.Errorf("reconstructing chunk %s: %w", h.Name, err)
-	}
-	if cap(dst) >= h.Length {
-		dst = dst[:h.Length]
-	} else {
-		dst = make([]byte, h.Length)
-	}
-	rest := dst
-	for i := 0; i < c.m && len(rest) > 0; i++ {
-		rest = rest[copy(rest, set[i]):]
-	}
-	if err := chunk.Verify(h.Name, dst); err != nil {
-		return nil, err
-	}
-	return dst, nil
 }
 
 // SplitShards cuts a concatenation of shards (a node's answer to
@@ -229,7 +137,7 @@ func SplitShards(b []byte) ([][]byte, error) {
 		if h.M < 1 || h.Length < 1 || h.Length > chunk.MaxSize {
 			return nil, fmt.Errorf("shard framing (M %d, length %d): %w", h.M, h.Length, ErrBadShard)
 		}
-		size := HeaderSize + h.payloadSize()
+		size := HeaderSize + h.PayloadSize()
 		if size > len(b) {
 			return nil, fmt.Errorf("shard of %d bytes in %d remaining: %w", size, len(b), ErrBadShard)
 		}

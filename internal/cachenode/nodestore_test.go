@@ -1,4 +1,4 @@
-package cachefleet
+package cachenode
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/fleetproto"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -59,7 +60,7 @@ func newTestStore(t *testing.T, mem int64, dir string, disk int64) *nodeStore {
 func TestNodeStoreBudget(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
 	const shard = 4096 // 4 × 1024-byte payloads + header
-	s := newTestStore(t, 10*(1024+HeaderSize+entryOverhead), "", 0)
+	s := newTestStore(t, 10*(1024+fleetproto.HeaderSize+entryOverhead), "", 0)
 	var keys []shardKey
 	for i := 0; i < 30; i++ {
 		k, b := testShard(t, r, shard, 0)
@@ -82,7 +83,7 @@ func TestNodeStoreBudget(t *testing.T) {
 // of many shards touched once does not evict them.
 func TestNodeStoreScanResistance(t *testing.T) {
 	r := rand.New(rand.NewPCG(9, 10))
-	per := int64(1024 + HeaderSize + entryOverhead)
+	per := int64(1024 + fleetproto.HeaderSize + entryOverhead)
 	s := newTestStore(t, 20*per, "", 0)
 	var hot []shardKey
 	for i := 0; i < 10; i++ {
@@ -111,7 +112,7 @@ func TestNodeStoreScanResistance(t *testing.T) {
 func TestNodeStoreDiskDemotionAndRestart(t *testing.T) {
 	r := rand.New(rand.NewPCG(11, 12))
 	dir := t.TempDir()
-	per := int64(1024 + HeaderSize + entryOverhead)
+	per := int64(1024 + fleetproto.HeaderSize + entryOverhead)
 	s := newTestStore(t, 4*per, dir, 10*per)
 	type kv struct {
 		k shardKey
@@ -171,7 +172,7 @@ func TestNodeStoreDiskDemotionAndRestart(t *testing.T) {
 func TestNodeStoreDropsCorruptDiskFile(t *testing.T) {
 	r := rand.New(rand.NewPCG(13, 14))
 	dir := t.TempDir()
-	per := int64(1024 + HeaderSize + entryOverhead)
+	per := int64(1024 + fleetproto.HeaderSize + entryOverhead)
 	s := newTestStore(t, per, dir, 10*per)
 	k, b := testShard(t, r, 4096, 0)
 	s.put(k, b)
@@ -287,7 +288,7 @@ func checkAccounting(t *testing.T, s *nodeStore) {
 func demoted(t *testing.T, r *rand.Rand, count int) (*nodeStore, *fakeClock, []shardKey, [][]byte) {
 	t.Helper()
 	dir := t.TempDir()
-	per := int64(1024 + HeaderSize + entryOverhead)
+	per := int64(1024 + fleetproto.HeaderSize + entryOverhead)
 	s := newTestStore(t, per, dir, 100*per)
 	var keys []shardKey
 	var data [][]byte
@@ -424,7 +425,7 @@ func TestNodeStoreDropsBadShardFiles(t *testing.T) {
 		bytes func(good []byte) []byte
 	}{
 		{"truncated", func(b []byte) []byte { return b[:len(b)-1] }},
-		{"header only", func(b []byte) []byte { return b[:HeaderSize] }},
+		{"header only", func(b []byte) []byte { return b[:fleetproto.HeaderSize] }},
 		{"shorter than a header", func(b []byte) []byte { return b[:10] }},
 		{"empty", func(b []byte) []byte { return nil }},
 		{"extra byte", func(b []byte) []byte { return append(bytes.Clone(b), 0) }},
@@ -475,7 +476,7 @@ func TestNodeStoreDropsBadShardFiles(t *testing.T) {
 // and promotions keeps the byte counts and lists consistent.
 func TestNodeStoreAccountingUnderChurn(t *testing.T) {
 	r := rand.New(rand.NewPCG(29, 30))
-	per := int64(1024 + HeaderSize + entryOverhead)
+	per := int64(1024 + fleetproto.HeaderSize + entryOverhead)
 	s := newTestStore(t, 6*per, t.TempDir(), 20*per)
 	clock := useFakeClock(s)
 	var keys []shardKey

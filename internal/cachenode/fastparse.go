@@ -1,9 +1,10 @@
-package cachefleet
+package cachenode
 
 import (
 	"bytes"
 
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/fleetproto"
 )
 
 // maxFastHead bounds the request head (request line and headers) the fast
@@ -56,9 +57,9 @@ type fastRequest struct {
 // fast path never changes how a request is answered (FuzzParseFastRequest
 // checks this against http.ReadRequest).
 func parseFastRequest(b []byte) (req fastRequest, n int, res parseResult) {
-	line := "GET " + shardPrefix
+	line := "GET " + fleetproto.ShardPrefix
 	if len(b) > 0 && b[0] == 'P' {
-		line = "PUT " + shardPrefix
+		line = "PUT " + fleetproto.ShardPrefix
 		req.put = true
 	}
 	if len(b) < len(line) {
@@ -128,7 +129,7 @@ func parseFastRequest(b []byte) (req fastRequest, n int, res parseResult) {
 		case equalFold(name, "content-length"):
 			lengths++
 			l, ok := parseLength(value)
-			if !req.put || !ok || l > MaxShardSize {
+			if !req.put || !ok || l > fleetproto.MaxShardSize {
 				return req, 0, parseDecline
 			}
 			req.length = l
@@ -174,7 +175,7 @@ func parseShardTarget(t []byte, req *fastRequest) bool {
 		}
 		idx = idx*10 + int(c-'0')
 	}
-	if idx >= MaxShards {
+	if idx >= fleetproto.MaxShards {
 		return false
 	}
 	req.idx = idx

@@ -1,4 +1,4 @@
-package cachefleet
+package cachenode
 
 import (
 	"bufio"
@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lode-dev/lode/internal/cachefleet"
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/fleetproto"
 )
 
 const testHex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
@@ -47,7 +49,7 @@ func TestParseFastRequest(t *testing.T) {
 
 		{desc: "PUT", in: "PUT /v1/shards/" + testHex + "/4 HTTP/1.1\r\nHost: a\r\nContent-Length: 1294\r\nContent-Type: application/octet-stream\r\n\r\n", res: parseOK, idx: 4, put: true, len: 1294},
 		{desc: "PUT with body", in: "PUT /v1/shards/" + testHex + "/0 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc", res: parseOK, idx: 0, put: true, len: 3, n: len("PUT /v1/shards/" + testHex + "/0 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")},
-		{desc: "PUT largest", in: "PUT /v1/shards/" + testHex + "/0 HTTP/1.1\r\nHost: a\r\nContent-Length: " + fmt.Sprint(MaxShardSize) + "\r\n\r\n", res: parseOK, idx: 0, put: true, len: MaxShardSize},
+		{desc: "PUT largest", in: "PUT /v1/shards/" + testHex + "/0 HTTP/1.1\r\nHost: a\r\nContent-Length: " + fmt.Sprint(fleetproto.MaxShardSize) + "\r\n\r\n", res: parseOK, idx: 0, put: true, len: fleetproto.MaxShardSize},
 
 		{desc: "empty", in: "", res: parseMore},
 		{desc: "PUT prefix", in: "PUT /v1/sh", res: parseMore},
@@ -58,7 +60,7 @@ func TestParseFastRequest(t *testing.T) {
 		{desc: "PUT without length", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\n\r\n", res: parseDecline},
 		{desc: "PUT of all shards", in: "PUT /v1/shards/" + testHex + " HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n", res: parseDecline},
 		{desc: "PUT two lengths", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", res: parseDecline},
-		{desc: "PUT too long", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: " + fmt.Sprint(MaxShardSize+1) + "\r\n\r\n", res: parseDecline},
+		{desc: "PUT too long", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: " + fmt.Sprint(fleetproto.MaxShardSize+1) + "\r\n\r\n", res: parseDecline},
 		{desc: "PUT signed length", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n", res: parseDecline},
 		{desc: "PUT chunked", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", res: parseDecline},
 		{desc: "PUT expect", in: "PUT /v1/shards/" + testHex + "/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n", res: parseDecline},
@@ -153,7 +155,7 @@ func FuzzParseFastRequest(f *testing.F) {
 		if used := len(b) - br.Buffered() - src.Len(); used != n {
 			t.Errorf("fast path reads a %d-byte head, net/http %d bytes of %q", n, used, b)
 		}
-		pn, pi, err := ParseShardPath(hr.URL.Path)
+		pn, pi, err := fleetproto.ParseShardPath(hr.URL.Path)
 		if err != nil || pn != req.name || pi != req.idx {
 			t.Errorf("fast path: chunk %x index %d; net/http: path %q → %x %d, %v", req.name, req.idx, hr.URL.Path, pn, pi, err)
 		}
@@ -233,9 +235,9 @@ func TestFastPathMatchesNetHTTP(t *testing.T) {
 	slow := httptest.NewServer(s)
 	defer slow.Close()
 	missing := chunk.Name{1}
-	paths := []string{ShardPath(missing, -1), ShardPath(missing, 0), ShardPath(n, -1)}
+	paths := []string{fleetproto.ShardPath(missing, -1), fleetproto.ShardPath(missing, 0), fleetproto.ShardPath(n, -1)}
 	for i := range shards {
-		paths = append(paths, ShardPath(n, i))
+		paths = append(paths, fleetproto.ShardPath(n, i))
 	}
 	get := func(url string) answer {
 		t.Helper()
@@ -263,7 +265,7 @@ func TestFastPathMatchesNetHTTP(t *testing.T) {
 			}
 		}
 	}
-	if want := bytes.Join(shards, nil); !bytes.Equal(get(fast+ShardPath(n, -1)).body, want) {
+	if want := bytes.Join(shards, nil); !bytes.Equal(get(fast+fleetproto.ShardPath(n, -1)).body, want) {
 		t.Errorf("GET all from the fast path: not the 5 shards")
 	}
 
@@ -288,10 +290,10 @@ func TestFastPathMatchesNetHTTP(t *testing.T) {
 		body []byte
 		code int
 	}{
-		{"valid", ShardPath(k.name, 1), b, http.StatusNoContent},
-		{"wrong index", ShardPath(k.name, 2), b, http.StatusBadRequest},
-		{"not a shard", ShardPath(k.name, 1), bytes.Repeat([]byte("x"), 100), http.StatusBadRequest},
-		{"empty", ShardPath(k.name, 1), []byte{}, http.StatusBadRequest},
+		{"valid", fleetproto.ShardPath(k.name, 1), b, http.StatusNoContent},
+		{"wrong index", fleetproto.ShardPath(k.name, 2), b, http.StatusBadRequest},
+		{"not a shard", fleetproto.ShardPath(k.name, 1), bytes.Repeat([]byte("x"), 100), http.StatusBadRequest},
+		{"empty", fleetproto.ShardPath(k.name, 1), []byte{}, http.StatusBadRequest},
 	} {
 		f, h := put(fast+tc.path, tc.body), put(slow.URL+tc.path, tc.body)
 		if f.readErr != nil || f.code != tc.code || f.code != h.code || !bytes.Equal(f.body, h.body) {
@@ -303,7 +305,7 @@ func TestFastPathMatchesNetHTTP(t *testing.T) {
 			}
 		}
 	}
-	if got := get(fast + ShardPath(k.name, 1)); !bytes.Equal(got.body, b) {
+	if got := get(fast + fleetproto.ShardPath(k.name, 1)); !bytes.Equal(got.body, b) {
 		t.Errorf("GET after a fast-path PUT: %d bytes, want the %d put", len(got.body), len(b))
 	}
 	if h := counterValue(s.handoffs); h != 0 {
@@ -318,10 +320,10 @@ func TestFastPathPipelined(t *testing.T) {
 	k, b := testShard(t, rand.New(rand.NewPCG(7, 7)), 3000, 1)
 	s.store.put(k, b)
 	addr := serveNode(t, s)
-	p := ShardPath(k.name, 1)
+	p := fleetproto.ShardPath(k.name, 1)
 	raw := "GET " + p + " HTTP/1.1\r\nHost: x\r\n\r\n" +
-		"GET " + ShardPath(k.name, 2) + " HTTP/1.1\r\nHost: x\r\n\r\n" +
-		"GET " + ShardPath(k.name, -1) + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" +
+		"GET " + fleetproto.ShardPath(k.name, 2) + " HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"GET " + fleetproto.ShardPath(k.name, -1) + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" +
 		"GET " + p + " HTTP/1.1\r\nHost: x\r\n\r\n"
 	got, _, br := exchange(t, addr, raw, 3)
 	want := []struct {
@@ -357,12 +359,12 @@ func TestFastPathHandsOff(t *testing.T) {
 	addr := serveNode(t, s)
 	long := "X-Long: " + strings.Repeat("z", 2*maxFastHead) + "\r\n"
 	k3, b3 := testShard(t, r, 1000, 2)
-	raw := "GET " + ShardPath(k1.name, 1) + " HTTP/1.1\r\nHost: x\r\n\r\n" +
-		"PUT " + ShardPath(k2.name, 0) + " HTTP/1.1\r\nHost: x\r\nContent-Length: " + fmt.Sprint(len(b2)) + "\r\n\r\n" + string(b2) +
-		"PUT " + ShardPath(k3.name, 2) + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + fmt.Sprintf("%x\r\n", len(b3)) + string(b3) + "\r\n0\r\n\r\n" +
-		"GET " + ShardPath(k2.name, -1) + " HTTP/1.1\r\nHost: x\r\n\r\n" +
+	raw := "GET " + fleetproto.ShardPath(k1.name, 1) + " HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"PUT " + fleetproto.ShardPath(k2.name, 0) + " HTTP/1.1\r\nHost: x\r\nContent-Length: " + fmt.Sprint(len(b2)) + "\r\n\r\n" + string(b2) +
+		"PUT " + fleetproto.ShardPath(k3.name, 2) + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + fmt.Sprintf("%x\r\n", len(b3)) + string(b3) + "\r\n0\r\n\r\n" +
+		"GET " + fleetproto.ShardPath(k2.name, -1) + " HTTP/1.1\r\nHost: x\r\n\r\n" +
 		"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" +
-		"GET " + ShardPath(k1.name, 1) + " HTTP/1.1\r\nHost: x\r\n" + long + "\r\n"
+		"GET " + fleetproto.ShardPath(k1.name, 1) + " HTTP/1.1\r\nHost: x\r\n" + long + "\r\n"
 	got, _, _ := exchange(t, addr, raw, 6)
 	want := []struct {
 		code int
@@ -380,7 +382,7 @@ func TestFastPathHandsOff(t *testing.T) {
 		t.Errorf("the chunked PUT (answered by net/http) stored nothing")
 	}
 	// A connection whose first request is too long goes to net/http at once.
-	got, _, _ = exchange(t, addr, "GET "+ShardPath(k1.name, 1)+" HTTP/1.1\r\nHost: x\r\n"+long+"\r\n", 1)
+	got, _, _ = exchange(t, addr, "GET "+fleetproto.ShardPath(k1.name, 1)+" HTTP/1.1\r\nHost: x\r\n"+long+"\r\n", 1)
 	if got[0].code != 200 || !bytes.Equal(got[0].body, b1) {
 		t.Errorf("GET with a long head = %d, %d bytes; want 200 and the shard", got[0].code, len(got[0].body))
 	}
@@ -429,7 +431,7 @@ func TestFastPathShutdown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, l) }()
-	_, c, br := exchange(t, l.Addr().String(), "GET "+ShardPath(k.name, 0)+" HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	_, c, br := exchange(t, l.Addr().String(), "GET "+fleetproto.ShardPath(k.name, 0)+" HTTP/1.1\r\nHost: x\r\n\r\n", 1)
 	start := time.Now()
 	cancel()
 	select {
@@ -466,7 +468,7 @@ func TestFastPathOpenFileCache(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, l) }()
 	base := "http://" + l.Addr().String()
-	cl := &http.Client{Transport: NewTransport()}
+	cl := &http.Client{Transport: cachefleet.NewTransport()}
 	defer cl.CloseIdleConnections()
 	get := func(path string) ([]byte, error) {
 		resp, err := cl.Get(base + path)
@@ -485,9 +487,9 @@ func TestFastPathOpenFileCache(t *testing.T) {
 			r := rand.New(rand.NewPCG(uint64(w), 1))
 			for range 40 {
 				i := r.IntN(len(shards))
-				p, want := ShardPath(n, i), shards[i]
+				p, want := fleetproto.ShardPath(n, i), shards[i]
 				if r.IntN(4) == 0 {
-					p, want = ShardPath(n, -1), bytes.Join(shards, nil)
+					p, want = fleetproto.ShardPath(n, -1), bytes.Join(shards, nil)
 				}
 				b, err := get(p)
 				if err == nil && !bytes.Equal(b, want) {
@@ -523,7 +525,7 @@ func TestFastPathOpenFileCache(t *testing.T) {
 	nb := bytes.Clone(shards[k.idx])
 	nb[len(nb)-1] ^= 0xff // same header, other payload: the node cannot tell
 	s.store.put(k, nb)
-	if b, err := get(ShardPath(k.name, int(k.idx))); err != nil || !bytes.Equal(b, nb) {
+	if b, err := get(fleetproto.ShardPath(k.name, int(k.idx))); err != nil || !bytes.Equal(b, nb) {
 		t.Errorf("GET after replacing the shard: %d bytes, %v; want the new %d bytes", len(b), err, len(nb))
 	}
 
@@ -546,7 +548,7 @@ func TestFastPathShardSizes(t *testing.T) {
 	addr := "http://" + serveNode(t, s)
 	cd, _ := newCodec(4, 5)
 	r := rand.New(rand.NewPCG(11, 11))
-	for _, size := range []int{1, 4 * (firstWrite - 200), 4 * (firstWrite - HeaderSize), 4 * firstWrite, 70000, 600000} {
+	for _, size := range []int{1, 4 * (firstWrite - 200), 4 * (firstWrite - fleetproto.HeaderSize), 4 * firstWrite, 70000, 600000} {
 		data, n := randomChunk(r, size)
 		shards, err := cd.encode(n, data)
 		if err != nil {
@@ -560,7 +562,7 @@ func TestFastPathShardSizes(t *testing.T) {
 			if i >= 0 {
 				want = shards[i]
 			}
-			resp, err := http.Get(addr + ShardPath(n, i))
+			resp, err := http.Get(addr + fleetproto.ShardPath(n, i))
 			if err != nil {
 				t.Fatal(err)
 			}

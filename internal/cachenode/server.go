@@ -1,4 +1,4 @@
-package cachefleet
+package cachenode
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/fleetproto"
 	"github.com/lode-dev/lode/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -124,42 +125,6 @@ func NewServer(c ServerConfig) (*Server, error) {
 	}, nil
 }
 
-const shardPrefix = "/v1/shards/"
-
-// ParseShardPath parses "/v1/shards/{chunk}/{index}" or, with index -1,
-// "/v1/shards/{chunk}", strictly.
-func ParseShardPath(p string) (chunk.Name, int, error) {
-	rest, ok := strings.CutPrefix(p, shardPrefix)
-	if !ok {
-		return chunk.Name{}, 0, fmt.Errorf("path %q: not under %s", p, shardPrefix)
-	}
-	hexName, idx, hasIdx := strings.Cut(rest, "/")
-	n, err := chunk.ParseName(hexName)
-	if err != nil {
-		return chunk.Name{}, 0, fmt.Errorf("path %q: %w", p, err)
-	}
-	if n.String() != hexName {
-		return chunk.Name{}, 0, fmt.Errorf("path %q: chunk name must be lower-case hex", p)
-	}
-	if !hasIdx {
-		return n, -1, nil
-	}
-	i, err := strconv.Atoi(idx)
-	if err != nil || i < 0 || i >= MaxShards || strconv.Itoa(i) != idx {
-		return chunk.Name{}, 0, fmt.Errorf("path %q: shard index must be 0..%d", p, MaxShards-1)
-	}
-	return n, i, nil
-}
-
-// ShardPath is the API path of shard i of chunk n; i < 0 names all of
-// chunk n's shards on the node.
-func ShardPath(n chunk.Name, i int) string {
-	if i < 0 {
-		return shardPrefix + n.String()
-	}
-	return shardPrefix + n.String() + "/" + strconv.Itoa(i)
-}
-
 type statusWriter struct {
 	http.ResponseWriter
 	code int
@@ -188,11 +153,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.metrics.ServeHTTP(w, r)
 		return
 	}
-	if strings.HasPrefix(r.URL.Path, leasePrefix) {
+	if strings.HasPrefix(r.URL.Path, fleetproto.LeasePrefix) {
 		s.serveLease(w, r)
 		return
 	}
-	if !strings.HasPrefix(r.URL.Path, shardPrefix) {
+	if !strings.HasPrefix(r.URL.Path, fleetproto.ShardPrefix) {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
 	}
@@ -210,7 +175,7 @@ func (s *Server) serveShard(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "shard path must not be escaped or carry a query", http.StatusBadRequest)
 		return
 	}
-	n, i, err := ParseShardPath(r.URL.Path)
+	n, i, err := fleetproto.ParseShardPath(r.URL.Path)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -292,11 +257,11 @@ func writeShard(w http.ResponseWriter, r shardRef) bool {
 }
 
 func (s *Server) put(w http.ResponseWriter, r *http.Request, n chunk.Name, i int, k shardKey) {
-	if r.ContentLength > MaxShardSize {
-		http.Error(w, fmt.Sprintf("shard of %d bytes exceeds %d", r.ContentLength, MaxShardSize), http.StatusRequestEntityTooLarge)
+	if r.ContentLength > fleetproto.MaxShardSize {
+		http.Error(w, fmt.Sprintf("shard of %d bytes exceeds %d", r.ContentLength, fleetproto.MaxShardSize), http.StatusRequestEntityTooLarge)
 		return
 	}
-	body := http.MaxBytesReader(w, r.Body, MaxShardSize)
+	body := http.MaxBytesReader(w, r.Body, fleetproto.MaxShardSize)
 	var data []byte
 	var err error
 	if r.ContentLength >= 0 {
@@ -308,7 +273,7 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request, n chunk.Name, i int
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			http.Error(w, fmt.Sprintf("shard exceeds %d bytes", MaxShardSize), http.StatusRequestEntityTooLarge)
+			http.Error(w, fmt.Sprintf("shard exceeds %d bytes", fleetproto.MaxShardSize), http.StatusRequestEntityTooLarge)
 			return
 		}
 		http.Error(w, "reading shard body: "+err.Error(), http.StatusBadRequest)
@@ -326,7 +291,7 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request, n chunk.Name, i int
 // checkPutShard checks a PUT body: a well-formed shard whose header names
 // chunk n, shard i.
 func checkPutShard(data []byte, n chunk.Name, i int) error {
-	h, _, err := ParseShard(data)
+	h, _, err := fleetproto.ParseShard(data)
 	if err != nil {
 		return err
 	}

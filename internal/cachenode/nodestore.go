@@ -1,4 +1,4 @@
-package cachefleet
+package cachenode
 
 import (
 	"container/list"
@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/fleetproto"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -40,7 +41,7 @@ func parseFileName(s string) (shardKey, bool) {
 		return shardKey{}, false
 	}
 	i, err := strconv.Atoi(idx)
-	if err != nil || i < 0 || i >= MaxShards || strconv.Itoa(i) != idx {
+	if err != nil || i < 0 || i >= fleetproto.MaxShards || strconv.Itoa(i) != idx {
 		return shardKey{}, false
 	}
 	return shardKey{n, uint8(i)}, true
@@ -202,7 +203,7 @@ func (s *nodeStore) scanDisk() error {
 			continue
 		}
 		fi, err := de.Info()
-		if err != nil || fi.Size() < HeaderSize || fi.Size() > MaxShardSize {
+		if err != nil || fi.Size() < fleetproto.HeaderSize || fi.Size() > fleetproto.MaxShardSize {
 			continue
 		}
 		fs = append(fs, found{k, fi.Size(), fi.ModTime().UnixNano()})
@@ -404,18 +405,18 @@ func checkShardFile(f *os.File, k shardKey, size int64) error {
 		return err
 	}
 	if fi.Size() != size {
-		return fmt.Errorf("shard file %s has %d bytes, indexed with %d: %w", k.fileName(), fi.Size(), size, ErrBadShard)
+		return fmt.Errorf("shard file %s has %d bytes, indexed with %d: %w", k.fileName(), fi.Size(), size, fleetproto.ErrBadShard)
 	}
-	var hb [HeaderSize]byte
+	var hb [fleetproto.HeaderSize]byte
 	if _, err := f.ReadAt(hb[:], 0); err != nil {
 		return fmt.Errorf("reading header of shard file %s: %w", k.fileName(), err)
 	}
-	h, err := parseHeader(hb[:])
+	h, err := fleetproto.ParseHeader(hb[:])
 	if err == nil {
-		err = h.checkSize(size)
+		err = h.CheckSize(size)
 	}
 	if err == nil && (h.Name != k.name || h.Index != int(k.idx)) {
-		err = fmt.Errorf("shard file %s holds chunk %s shard %d: %w", k.fileName(), h.Name, h.Index, ErrBadShard)
+		err = fmt.Errorf("shard file %s holds chunk %s shard %d: %w", k.fileName(), h.Name, h.Index, fleetproto.ErrBadShard)
 	}
 	return err
 }
@@ -425,10 +426,10 @@ func checkShardFile(f *os.File, k shardKey, size int64) error {
 func (s *nodeStore) readIntoMemory(k shardKey, del *list.Element) (shardRef, bool) {
 	data, err := os.ReadFile(filepath.Join(s.dir, k.fileName()))
 	if err == nil {
-		var h ShardHeader
-		h, _, err = ParseShard(data)
+		var h fleetproto.ShardHeader
+		h, _, err = fleetproto.ParseShard(data)
 		if err == nil && (h.Name != k.name || h.Index != int(k.idx)) {
-			err = fmt.Errorf("shard file %s holds chunk %s shard %d: %w", k.fileName(), h.Name, h.Index, ErrBadShard)
+			err = fmt.Errorf("shard file %s holds chunk %s shard %d: %w", k.fileName(), h.Name, h.Index, fleetproto.ErrBadShard)
 		}
 	}
 	if err != nil {
@@ -469,10 +470,10 @@ func (s *nodeStore) openAll(n chunk.Name) []shardRef { return s.openAllInto(nil,
 // openAllInto is openAll appending to out, with openShared's disk refs if
 // share.
 func (s *nodeStore) openAllInto(out []shardRef, n chunk.Name, share bool) []shardRef {
-	var buf [MaxShards]shardKey
+	var buf [fleetproto.MaxShards]shardKey
 	present := buf[:0]
 	s.mu.Lock()
-	for i := 0; i < MaxShards; i++ {
+	for i := 0; i < fleetproto.MaxShards; i++ {
 		k := shardKey{n, uint8(i)}
 		_, inMem := s.mem[k]
 		_, onDisk := s.disk[k]

@@ -1,4 +1,4 @@
-package cachefleet
+package cachenode
 
 import (
 	"bytes"
@@ -15,7 +15,37 @@ import (
 	"time"
 
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/fleetproto"
 )
+
+// testCodec frames chunks as shards for node tests. A node checks shard
+// headers and lengths, never parity, so parity payloads are left zero; the
+// real coding is internal/cachefleet's.
+type testCodec struct{ m, k int }
+
+func newCodec(m, k int) (testCodec, error) { return testCodec{m, k}, nil }
+
+func (c testCodec) encode(n chunk.Name, data []byte) ([][]byte, error) {
+	h := fleetproto.ShardHeader{M: c.m, K: c.k, Length: len(data), Name: n}
+	shards := make([][]byte, c.k)
+	for i := range shards {
+		shards[i] = make([]byte, fleetproto.HeaderSize+h.PayloadSize())
+		h.Index = i
+		h.Put(shards[i])
+		if i < c.m {
+			data = data[copy(shards[i][fleetproto.HeaderSize:], data):]
+		}
+	}
+	return shards, nil
+}
+
+func randomChunk(r *rand.Rand, size int) ([]byte, chunk.Name) {
+	b := make([]byte, size)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b, chunk.NameOf(b)
+}
 
 func newTestServer(t testing.TB) *Server {
 	t.Helper()
@@ -41,7 +71,7 @@ func TestServerRoundTrip(t *testing.T) {
 	s := newTestServer(t)
 	r := rand.New(rand.NewPCG(1, 1))
 	k, b := testShard(t, r, 5000, 2)
-	path := ShardPath(k.name, 2)
+	path := fleetproto.ShardPath(k.name, 2)
 	if w := do(s, "GET", path, nil); w.Code != http.StatusNotFound {
 		t.Fatalf("GET before PUT = %d, want 404", w.Code)
 	}
@@ -54,7 +84,7 @@ func TestServerRoundTrip(t *testing.T) {
 	if w := do(s, "HEAD", path, nil); w.Code != http.StatusOK || w.Header().Get("Content-Length") != "1294" {
 		t.Fatalf("HEAD = %d length %q, want 200 length 1294", w.Code, w.Header().Get("Content-Length"))
 	}
-	if w := do(s, "GET", ShardPath(k.name, -1), nil); w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), b) {
+	if w := do(s, "GET", fleetproto.ShardPath(k.name, -1), nil); w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), b) {
 		t.Fatalf("GET all = %d (%d bytes), want 200 with the one shard", w.Code, w.Body.Len())
 	}
 	if w := do(s, "GET", "/healthz", nil); w.Code != http.StatusOK || w.Body.String() != "ok\n" {
@@ -109,21 +139,21 @@ func TestServerRejects(t *testing.T) {
 
 func TestServerRejectsOversizedBody(t *testing.T) {
 	s := newTestServer(t)
-	path := ShardPath(chunk.NameOf([]byte("x")), 0)
-	req := httptest.NewRequest("PUT", path, io.LimitReader(zeros{}, MaxShardSize+1))
-	req.ContentLength = MaxShardSize + 1
+	path := fleetproto.ShardPath(chunk.NameOf([]byte("x")), 0)
+	req := httptest.NewRequest("PUT", path, io.LimitReader(zeros{}, fleetproto.MaxShardSize+1))
+	req.ContentLength = fleetproto.MaxShardSize + 1
 	w := httptest.NewRecorder()
 	s.ServeHTTP(w, req)
 	if w.Code != http.StatusRequestEntityTooLarge {
 		t.Errorf("PUT with Content-Length %d = %d, want 413", req.ContentLength, w.Code)
 	}
 	// Without a declared length, the body limit stops the read.
-	req = httptest.NewRequest("PUT", path, io.LimitReader(zeros{}, MaxShardSize+1))
+	req = httptest.NewRequest("PUT", path, io.LimitReader(zeros{}, fleetproto.MaxShardSize+1))
 	req.ContentLength = -1
 	w = httptest.NewRecorder()
 	s.ServeHTTP(w, req)
 	if w.Code != http.StatusRequestEntityTooLarge {
-		t.Errorf("chunked PUT of %d bytes = %d, want 413", MaxShardSize+1, w.Code)
+		t.Errorf("chunked PUT of %d bytes = %d, want 413", fleetproto.MaxShardSize+1, w.Code)
 	}
 }
 
@@ -136,9 +166,9 @@ func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 func FuzzShardAPI(f *testing.F) {
 	r := rand.New(rand.NewPCG(3, 3))
 	k, b := testShard(f, r, 3000, 1)
-	f.Add("PUT", ShardPath(k.name, 1), b)
-	f.Add("GET", ShardPath(k.name, 1), []byte(nil))
-	f.Add("GET", ShardPath(k.name, -1), []byte(nil))
+	f.Add("PUT", fleetproto.ShardPath(k.name, 1), b)
+	f.Add("GET", fleetproto.ShardPath(k.name, 1), []byte(nil))
+	f.Add("GET", fleetproto.ShardPath(k.name, -1), []byte(nil))
 	f.Add("HEAD", "/v1/shards/00/1", []byte(nil))
 	f.Add("PUT", "/v1/shards/"+k.name.String()+"/99", []byte("LDSH"))
 	f.Add("GET", "/healthz", []byte(nil))
@@ -156,7 +186,7 @@ func FuzzShardAPI(f *testing.F) {
 		s.store.mu.Lock()
 		defer s.store.mu.Unlock()
 		for key, el := range s.store.mem {
-			h, _, err := ParseShard(el.Value.(*memEntry).data)
+			h, _, err := fleetproto.ParseShard(el.Value.(*memEntry).data)
 			if err != nil || h.Name != key.name || h.Index != int(key.idx) {
 				t.Fatalf("%s %q stored an invalid shard under %v: %v", method, path, key, err)
 			}
@@ -169,7 +199,7 @@ func BenchmarkServeShard(b *testing.B) {
 	r := rand.New(rand.NewPCG(4, 4))
 	k, sh := testShard(b, r, chunk.DefaultSize, 0)
 	s.store.put(k, sh)
-	req := httptest.NewRequest("GET", ShardPath(k.name, -1), nil)
+	req := httptest.NewRequest("GET", fleetproto.ShardPath(k.name, -1), nil)
 	w := &discardWriter{h: http.Header{}}
 	b.SetBytes(int64(len(sh)))
 	b.ReportAllocs()
@@ -208,7 +238,7 @@ func diskServer(t testing.TB) (*Server, string, chunk.Name, [][]byte) {
 		t.Fatal(err)
 	}
 	for i, sh := range shards {
-		if w := do(s, "PUT", ShardPath(n, i), sh); w.Code != http.StatusNoContent {
+		if w := do(s, "PUT", fleetproto.ShardPath(n, i), sh); w.Code != http.StatusNoContent {
 			t.Fatalf("PUT shard %d = %d %s", i, w.Code, w.Body)
 		}
 	}
@@ -240,12 +270,12 @@ func TestServerDiskShardsOverHTTP(t *testing.T) {
 	}
 	for round := 0; round < 2; round++ { // the second round promotes
 		for i, sh := range shards {
-			code, cl, b := get(ShardPath(n, i))
+			code, cl, b := get(fleetproto.ShardPath(n, i))
 			if code != http.StatusOK || cl != strconv.Itoa(len(sh)) || !bytes.Equal(b, sh) {
 				t.Errorf("round %d: GET shard %d = %d, length %s, %d bytes (equal %v); want 200 and the %d shard bytes", round, i, code, cl, len(b), bytes.Equal(b, sh), len(sh))
 			}
 		}
-		code, cl, b := get(ShardPath(n, -1))
+		code, cl, b := get(fleetproto.ShardPath(n, -1))
 		if want := bytes.Join(shards, nil); code != http.StatusOK || cl != strconv.Itoa(len(want)) || !bytes.Equal(b, want) {
 			t.Errorf("round %d: GET all = %d, length %s, %d bytes; want 200 and the %d bytes of all 5 shards", round, code, cl, len(b), len(want))
 		}
@@ -271,12 +301,12 @@ func TestServerNeverServesBadShardFile(t *testing.T) {
 			if err := os.WriteFile(p, b, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			w := do(s, "GET", ShardPath(n, -1), nil)
+			w := do(s, "GET", fleetproto.ShardPath(n, -1), nil)
 			want := bytes.Join([][]byte{shards[0], shards[2], shards[3], shards[4]}, nil)
 			if w.Code != http.StatusOK || !bytes.Equal(w.Body.Bytes(), want) || w.Header().Get("Content-Length") != strconv.Itoa(len(want)) {
 				t.Errorf("GET all with shard 1 %s = %d, %d bytes; want 200 with the other 4 shards (%d bytes)", bad, w.Code, w.Body.Len(), len(want))
 			}
-			if w := do(s, "GET", ShardPath(n, 1), nil); w.Code != http.StatusNotFound {
+			if w := do(s, "GET", fleetproto.ShardPath(n, 1), nil); w.Code != http.StatusNotFound {
 				t.Errorf("GET shard 1 (%s file) = %d, want 404", bad, w.Code)
 			}
 			if _, err := os.Stat(p); !os.IsNotExist(err) {
@@ -291,7 +321,7 @@ func TestServerNeverServesBadShardFile(t *testing.T) {
 // net/http's TCP connection hands to sendfile(2).
 func TestServerSendsFilesThroughReadFrom(t *testing.T) {
 	s, _, n, shards := diskServer(t)
-	for _, path := range []string{ShardPath(n, 0), ShardPath(n, -1)} {
+	for _, path := range []string{fleetproto.ShardPath(n, 0), fleetproto.ShardPath(n, -1)} {
 		w := &readFromRecorder{ResponseRecorder: httptest.NewRecorder()}
 		s.ServeHTTP(w, httptest.NewRequest("GET", path, nil))
 		if w.Code != http.StatusOK {
@@ -304,7 +334,7 @@ func TestServerSendsFilesThroughReadFrom(t *testing.T) {
 			t.Errorf("GET %s: ReadFrom saw %v, want only limited *os.File readers", path, w.others)
 		}
 	}
-	if w := do(s, "GET", ShardPath(n, -1), nil); !bytes.Equal(w.Body.Bytes(), bytes.Join(shards, nil)) {
+	if w := do(s, "GET", fleetproto.ShardPath(n, -1), nil); !bytes.Equal(w.Body.Bytes(), bytes.Join(shards, nil)) {
 		t.Errorf("GET all after the sendfile check: wrong bytes")
 	}
 }
@@ -335,7 +365,7 @@ func BenchmarkServeShardDisk(b *testing.B) {
 	s.store.now = func() time.Time { ticks += 2 * diskPromoteWindow; return time.Unix(0, 0).Add(ticks) }
 	hs := httptest.NewServer(s)
 	defer hs.Close()
-	url := hs.URL + ShardPath(n, 0)
+	url := hs.URL + fleetproto.ShardPath(n, 0)
 	buf := make([]byte, len(shards[0]))
 	b.SetBytes(int64(len(shards[0])))
 	b.ReportAllocs()

@@ -1,14 +1,13 @@
-package cachefleet
+package cachenode
 
 import (
-	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/fleetproto"
 )
 
 // Origin leases: the fleet-side in-flight marker of issue #12. When the
@@ -22,9 +21,6 @@ import (
 // or when any shard of the chunk is PUT on the node.
 
 const (
-	leasePrefix = "/v1/leases/"
-	// minLease and maxLease bound the lease time a client may ask for.
-	minLease, maxLease = 10 * time.Millisecond, 10 * time.Second
 	// maxLeases bounds the table; past it, expired leases are dropped and,
 	// if it is still full, leases are granted without being recorded (the
 	// worker then reads the origin: fail open, never block a read).
@@ -70,36 +66,6 @@ func (l *leases) release(n chunk.Name) {
 	l.mu.Unlock()
 }
 
-// ParseLeaseRequest parses the path and query of a lease request,
-// "/v1/leases/{chunk}" with an optional "ttl_ms=N" (clamped to
-// 10 ms..10 s; default 1 s), strictly: one spelling of the chunk name, no
-// other query parameter.
-func ParseLeaseRequest(path, rawQuery string) (chunk.Name, time.Duration, error) {
-	hexName, ok := strings.CutPrefix(path, leasePrefix)
-	if !ok {
-		return chunk.Name{}, 0, fmt.Errorf("path %q: not under %s", path, leasePrefix)
-	}
-	n, err := chunk.ParseName(hexName)
-	if err != nil || n.String() != hexName {
-		return chunk.Name{}, 0, fmt.Errorf("path %q: chunk name must be 64 lower-case hex digits", path)
-	}
-	ttl := time.Second
-	if rawQuery != "" {
-		v, ok := strings.CutPrefix(rawQuery, "ttl_ms=")
-		ms, err := strconv.Atoi(v)
-		if !ok || err != nil || ms < 0 || strconv.Itoa(ms) != v {
-			return chunk.Name{}, 0, fmt.Errorf("query %q: want ttl_ms=N", rawQuery)
-		}
-		ttl = time.Duration(ms) * time.Millisecond
-	}
-	return n, min(max(ttl, minLease), maxLease), nil
-}
-
-// LeasePath is the API path and query of a lease of chunk n for ttl.
-func LeasePath(n chunk.Name, ttl time.Duration) string {
-	return leasePrefix + n.String() + "?ttl_ms=" + strconv.FormatInt(ttl.Milliseconds(), 10)
-}
-
 // serveLease answers POST /v1/leases/{chunk}: 201 granted, 409 held (with
 // the time left in Retry-After-Ms).
 func (s *Server) serveLease(w http.ResponseWriter, r *http.Request) {
@@ -112,7 +78,7 @@ func (s *Server) serveLease(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "lease path must not be escaped", http.StatusBadRequest)
 		return
 	}
-	n, ttl, err := ParseLeaseRequest(r.URL.Path, r.URL.RawQuery)
+	n, ttl, err := fleetproto.ParseLeaseRequest(r.URL.Path, r.URL.RawQuery)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -120,10 +86,10 @@ func (s *Server) serveLease(w http.ResponseWriter, r *http.Request) {
 	ok, left := s.leases.take(n, ttl)
 	if !ok {
 		s.m.leases.WithLabelValues("held").Inc()
-		w.Header().Set("Retry-After-Ms", strconv.FormatInt(max(1, left.Milliseconds()), 10))
-		w.WriteHeader(http.StatusConflict)
+		w.Header().Set(fleetproto.HeaderRetryAfterMs, strconv.FormatInt(max(1, left.Milliseconds()), 10))
+		w.WriteHeader(fleetproto.StatusLeaseHeld)
 		return
 	}
 	s.m.leases.WithLabelValues("granted").Inc()
-	w.WriteHeader(http.StatusCreated)
+	w.WriteHeader(fleetproto.StatusLeaseGranted)
 }
