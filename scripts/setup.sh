@@ -7,6 +7,9 @@
 set -euo pipefail
 
 pkgs=(e2fsprogs util-linux fuse3 runc skopeo umoci nbdkit libnbd-bin qemu-utils s3cmd qemu-system-x86 linux-image-cloud-amd64 busybox-static)
+# The containerd snapshotter tests: containerd 1.6 (with ctr and the runc
+# shim) and the registry it pulls from.
+pkgs+=(containerd docker-registry)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,4 +24,7 @@ fi
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ -x "$here/.ci/s3.sh" ]; then
   "$here/.ci/s3.sh"
+fi
+if [ -x "$here/.ci/crictl.sh" ]; then
+  "$here/.ci/crictl.sh"
 fi

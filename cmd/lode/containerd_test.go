@@ -349,3 +349,74 @@ func equalMaps(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// crictl runs crictl against e's containerd and returns its trimmed output.
+func (e *containerdEnv) crictl(t *testing.T, args ...string) string {
+	t.Helper()
+	bin, err := lodetest.CrictlPath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := "unix://" + e.ctrd.Socket
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, append([]string{"--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "60s"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("crictl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// TestContainerdCRI: containerd's CRI plugin with snapshotter = "lode" and
+// snapshot annotations on, driven by crictl as kubelet would: pull, a
+// host-network pod (no CNI) whose sandbox image lode does not know,
+// create/start/exec in a container of the lode image, then removal.
+func TestContainerdCRI(t *testing.T) {
+	lodetest.Require(t, lodetest.Crictl)
+	base := busyboxLayer(t)
+	pause := ociImage(t, []string{"/bin/sleep", "3600"}, base)
+	e := newContainerdEnv(t, func(registry string) string { return registry + "/pause:1" })
+	push(t, e.registry+"/pause:1", pause)
+	app := ociImage(t, []string{"/bin/sleep", "3600"}, base, tarLayer(t, map[string][]byte{"hello.txt": []byte("hello from lode\n")}))
+	appRef := e.registry + "/app:1"
+	push(t, appRef, app)
+	e.c.buildFrom(t, app, "app")
+
+	e.crictl(t, "pull", appRef)
+	if got := e.kinds(t)[chainIDs(t, app)[1]]; got != snapshotter.KindRemote {
+		t.Errorf("the lode image's top chain is %q after crictl pull, want %q", got, snapshotter.KindRemote)
+	}
+	dir := t.TempDir()
+	pod := filepath.Join(dir, "pod.json")
+	os.WriteFile(pod, []byte(`{"metadata":{"name":"lode-pod","namespace":"default","uid":"lode-pod-uid","attempt":1},
+  "log_directory":"`+dir+`","linux":{"security_context":{"namespace_options":{"network":2}}}}`), 0o644)
+	ctrCfg := filepath.Join(dir, "ctr.json")
+	os.WriteFile(ctrCfg, []byte(`{"metadata":{"name":"app"},"image":{"image":"`+appRef+`"},"log_path":"app.log","linux":{}}`), 0o644)
+	podID := e.crictl(t, "runp", pod)
+	id := e.crictl(t, "create", podID, ctrCfg, pod)
+	e.crictl(t, "start", id)
+	if out := e.crictl(t, "exec", id, "/bin/cat", "/hello.txt"); out != "hello from lode" {
+		t.Errorf("crictl exec cat /hello.txt = %q", out)
+	}
+	if out := e.crictl(t, "exec", id, "/bin/sh", "-c", "echo new > /hello.txt && mv /hello.txt /tmp/h && cat /tmp/h"); out != "new" {
+		t.Errorf("crictl exec (write, rename) = %q", out)
+	}
+	if got := e.metric(t, "lode_snapshotter_fallback_total{reason=\"unknown_image\"}"); !strings.HasSuffix(got, " 1") {
+		t.Errorf("fallback metric after the sandbox image's pull: %q, want 1", got)
+	}
+	e.crictl(t, "stopp", podID)
+	e.crictl(t, "rmp", podID)
+	e.crictl(t, "rmi", appRef, e.registry+"/pause:1")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := e.agent.status(t)
+		ents, _ := os.ReadDir(filepath.Join(e.snRoot, "mounts"))
+		if len(st.Snapshots) == 0 && len(st.Mounts) == 0 && len(ents) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after crictl rmi: snapshots %+v, %d agent mounts, mounts/ %v", st.Snapshots, len(st.Mounts), ents)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
