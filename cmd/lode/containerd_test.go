@@ -136,6 +136,32 @@ type containerdEnv struct {
 	ctrd     *lodetest.ContainerdDaemon
 	registry string
 	snRoot   string
+	dir      string // short directory for the sockets
+	sock     string // the snapshotter's socket
+	ns       string // containerd namespace (runc's state is per namespace, machine-wide)
+}
+
+// startAgent runs "lode agent --containerd-socket …" in the background
+// until the test ends; with takeover it takes over from the running one.
+func (e *containerdEnv) startAgent(t *testing.T, takeover bool) *runningAgent {
+	t.Helper()
+	a := &runningAgent{socket: filepath.Join(e.dir, "agent.sock"), stateDir: filepath.Join(e.c.home, "mounts"), errc: make(chan error, 1)}
+	o := agentdOptions{socket: a.socket, stateDir: a.stateDir, worker: e.c.workerOpts(), takeover: takeover, afterTakeover: "exit",
+		containerd: containerdOptions{socket: e.sock, root: e.snRoot, hostsDir: e.ctrd.HostsDir}}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	ready := make(chan struct{})
+	go func() { a.errc <- runAgentDaemon(ctx, o, ready) }()
+	select {
+	case <-ready:
+	case err := <-a.errc:
+		t.Fatalf("lode agent returned before serving: %v", err)
+	}
+	// Registered after containerd's cleanup, so it runs first: the agent
+	// unmounts while containerd still runs, then containerd stops.
+	t.Cleanup(func() { a.stop(t) })
+	a.client = newAgentClient(a.socket)
+	return a
 }
 
 func newContainerdEnv(t *testing.T, sandboxImage func(registry string) string) *containerdEnv {
@@ -159,23 +185,8 @@ func newContainerdEnv(t *testing.T, sandboxImage func(registry string) string) *
 	}
 	e.ctrd = lodetest.StartContainerd(t, lodetest.ContainerdConfig{Snapshotter: sock, Registries: []string{e.registry}, SandboxImage: sandbox})
 	e.snRoot = filepath.Join(e.c.home, "containerd")
-	a := &runningAgent{socket: filepath.Join(dir, "agent.sock"), stateDir: filepath.Join(e.c.home, "mounts"), errc: make(chan error, 1)}
-	o := agentdOptions{socket: a.socket, stateDir: a.stateDir, worker: e.c.workerOpts(),
-		containerd: containerdOptions{socket: sock, root: e.snRoot, hostsDir: e.ctrd.HostsDir}}
-	ctx, cancel := context.WithCancel(context.Background())
-	a.cancel = cancel
-	ready := make(chan struct{})
-	go func() { a.errc <- runAgentDaemon(ctx, o, ready) }()
-	select {
-	case <-ready:
-	case err := <-a.errc:
-		t.Fatalf("lode agent returned before serving: %v", err)
-	}
-	// Registered after containerd's cleanup, so it runs first: the agent
-	// unmounts while containerd still runs, then containerd stops.
-	t.Cleanup(func() { a.stop(t) })
-	a.client = newAgentClient(a.socket)
-	e.agent = a
+	e.dir, e.sock, e.ns = dir, sock, "lode-test-"+filepath.Base(dir)
+	e.agent = e.startAgent(t, false)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("lode agent log:\n%s%s", e.c.log.String(), e.c.stderr.String())
@@ -189,7 +200,7 @@ func (e *containerdEnv) ctr(t *testing.T, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "ctr", append([]string{"--address", e.ctrd.Socket, "--namespace", "lode-test"}, args...)...).CombinedOutput()
+	out, err := exec.CommandContext(ctx, "ctr", append([]string{"--address", e.ctrd.Socket, "--namespace", e.ns}, args...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
@@ -260,7 +271,7 @@ func TestContainerdGoClient(t *testing.T) {
 	e.c.buildFrom(t, app, "app")
 
 	ctx := context.Background()
-	cl, err := containerd.New(e.ctrd.Socket, containerd.WithDefaultNamespace("lode-test"))
+	cl, err := containerd.New(e.ctrd.Socket, containerd.WithDefaultNamespace(e.ns))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,6 +427,76 @@ func TestContainerdCRI(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("after crictl rmi: snapshots %+v, %d agent mounts, mounts/ %v", st.Snapshots, len(st.Mounts), ents)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestContainerdTakeover: a new agent takes the running one over (an
+// upgrade) while a container of a lode image reads its root; the container
+// goes on reading, and containerd reconnects to the socket for new
+// containers and for the removal.
+func TestContainerdTakeover(t *testing.T) {
+	e := newContainerdEnv(t, nil)
+	app := ociImage(t, []string{"/bin/cat", "/hello.txt"}, busyboxLayer(t), tarLayer(t, map[string][]byte{"hello.txt": []byte("hello from lode\n")}))
+	appRef := e.registry + "/app:1"
+	push(t, appRef, app)
+	e.c.buildFrom(t, app, "app")
+	ctx := context.Background()
+	cl, err := containerd.New(e.ctrd.Socket, containerd.WithDefaultNamespace(e.ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(ctx, config.HostOptions{HostDir: config.HostDirFromRoot(e.ctrd.HostsDir)})})
+	if _, err := cl.Pull(ctx, appRef, containerd.WithPullUnpack, containerd.WithPullSnapshotter("lode"), containerd.WithResolver(resolver),
+		containerd.WithImageHandlerWrapper(snpkg.AppendInfoHandlerWrapper(appRef))); err != nil {
+		t.Fatal(err)
+	}
+	// A reader that fails (exits 1) on the first read error.
+	e.ctr(t, "run", "-d", "--snapshotter", "lode", appRef, "reader", "/bin/sh", "-c",
+		"while :; do /bin/cat /hello.txt > /dev/null || exit 1; /bin/ls -R / > /dev/null || exit 1; sleep 0.05; done")
+	old := e.agent
+	e.agent = e.startAgent(t, true)
+	select {
+	case err := <-old.errc:
+		old.cancel = nil
+		if err != nil {
+			t.Fatalf("the old agent returned %v after the takeover", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old agent did not exit after the takeover")
+	}
+	time.Sleep(500 * time.Millisecond) // the reader goes on through the new agent
+	if out := e.ctr(t, "task", "ls"); !strings.Contains(out, "RUNNING") {
+		t.Errorf("the reader is not running after the takeover:\n%s", out)
+	}
+	if out := e.ctr(t, "task", "exec", "--exec-id", "x", "reader", "/bin/cat", "/hello.txt"); out != "hello from lode\n" {
+		t.Errorf("exec in the reader after the takeover printed %q", out)
+	}
+	if out := e.ctr(t, "run", "--rm", "--snapshotter", "lode", appRef, "after"); out != "hello from lode\n" {
+		t.Errorf("a new container after the takeover printed %q", out)
+	}
+	if got := e.agent.status(t); len(got.Mounts) != 1 {
+		t.Errorf("the new agent serves %d mounts, want the one image mount", len(got.Mounts))
+	}
+	e.ctr(t, "task", "kill", "-s", "KILL", "reader")
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(e.ctr(t, "task", "ls"), "STOPPED") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.ctr(t, "task", "rm", "reader")
+	e.ctr(t, "container", "rm", "reader")
+	e.ctr(t, "image", "rm", "--sync", appRef)
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		st := e.agent.status(t)
+		ents, _ := os.ReadDir(filepath.Join(e.snRoot, "mounts"))
+		if len(st.Snapshots) == 0 && len(st.Mounts) == 0 && len(ents) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after image rm: snapshots %+v, %d agent mounts, mounts/ %v", st.Snapshots, len(st.Mounts), ents)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

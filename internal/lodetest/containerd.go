@@ -70,7 +70,7 @@ func StartContainerd(t testing.TB, cfg ContainerdConfig) *ContainerdDaemon {
 	for _, h := range cfg.Registries {
 		hd := filepath.Join(c.HostsDir, h)
 		os.MkdirAll(hd, 0o755)
-		toml := fmt.Sprintf("server = \"http://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n", h, h)
+		toml := fmt.Sprintf("server = \"http://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", h, h)
 		if err := os.WriteFile(filepath.Join(hd, "hosts.toml"), []byte(toml), 0o644); err != nil {
 			t.Fatal(err)
 		}
