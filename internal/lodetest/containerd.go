@@ -87,7 +87,9 @@ func StartContainerd(t testing.TB, cfg ContainerdConfig) *ContainerdDaemon {
 		fmt.Fprintf(&b, "[proxy_plugins]\n  [proxy_plugins.lode]\n    type = \"snapshot\"\n    address = %q\n", cfg.Snapshotter)
 	}
 	cri := `[plugins."io.containerd.grpc.v1.cri"]`
-	fmt.Fprintf(&b, "%s\n  sandbox_image = %q\n  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n", cri, cfg.SandboxImage)
+	// restrict_oom_score_adj: sandboxes ask for -998, which a process
+	// without CAP_SYS_RESOURCE (as in some CI sandboxes) may not set.
+	fmt.Fprintf(&b, "%s\n  restrict_oom_score_adj = true\n  sandbox_image = %q\n  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n", cri, cfg.SandboxImage)
 	fmt.Fprintf(&b, "  [%s.containerd]\n    snapshotter = %q\n    disable_snapshot_annotations = false\n", strings.Trim(cri, "[]"), snap)
 	fmt.Fprintf(&b, "  [%s.registry]\n    config_path = %q\n", strings.Trim(cri, "[]"), c.HostsDir)
 	fmt.Fprintf(&b, "  [%s.cni]\n    bin_dir = %q\n    conf_dir = %q\n", strings.Trim(cri, "[]"), filepath.Join(dir, "cni"), filepath.Join(dir, "cni"))

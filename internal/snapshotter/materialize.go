@@ -148,7 +148,7 @@ func (s *Snapshotter) materializeOne(ctx context.Context, info snapshots.Info) (
 	if _, err := s.inner.Update(ctx, snapshots.Info{Name: info.Name, Labels: info.Labels}, "labels"); err != nil {
 		return fail(err)
 	}
-	s.materialized.Inc()
+	s.fallback.WithLabelValues("materialized").Inc()
 	s.log.Warn("materialized a remote lower chain: an image lode does not know builds on it", slog.String("snapshot", info.Name),
 		slog.String("image", ref), slog.String("layer", layer.String()), slog.Int64("bytes", n), slog.Duration("took", time.Since(start)))
 	return nil

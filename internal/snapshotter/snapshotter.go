@@ -90,7 +90,6 @@ type Snapshotter struct {
 
 	fallback     *prometheus.CounterVec
 	remote       *prometheus.CounterVec
-	materialized prometheus.Counter
 	promoted     prometheus.Counter
 }
 
@@ -132,26 +131,22 @@ func New(ctx context.Context, cfg Config) (*Snapshotter, error) {
 		tops: map[string]*top{}, byFS: map[string]*top{},
 		fallback: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lode_snapshotter_fallback_total",
-			Help: "Layers or images containerd unpacked itself because lode could not answer them remotely, by reason (unknown_image: per image; no_labels: per layer, the client sent no CRI labels; lookup_error: per layer).",
+			Help: "Images or layers that were downloaded and unpacked instead of served by lode, by reason (unknown_image: per image lode did not build, containerd unpacks it; no_labels: per layer, the client sent no CRI labels; lookup_error: per layer, the catalog could not be read; materialized: per chain lode had answered remotely that an image lode does not know builds on, fetched by the snapshotter).",
 		}, []string{"reason"}),
 		remote: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lode_snapshotter_remote_snapshots_total",
 			Help: "Layers answered as remote snapshots (no blob downloaded), by kind (remote: an image's top chain; remote-lower: a chain below it).",
 		}, []string{"kind"}),
-		materialized: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "lode_snapshotter_materialized_total",
-			Help: "Remote lower chains unpacked from the registry because an image lode does not know built on them.",
-		}),
 		promoted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lode_snapshotter_promoted_total",
 			Help: "Remote lower chains found to be the top chain of another lode image and served as its mount.",
 		}),
 	}
-	for _, r := range []string{"unknown_image", "no_labels", "lookup_error"} {
+	for _, r := range []string{"unknown_image", "no_labels", "lookup_error", "materialized"} {
 		s.fallback.WithLabelValues(r)
 	}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.fallback, s.remote, s.materialized, s.promoted,
+		for _, c := range []prometheus.Collector{s.fallback, s.remote, s.promoted,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "lode_snapshotter_image_mounts",
 				Help: "Lode images mounted for containerd snapshots (one per image, shared by its containers).",

@@ -433,6 +433,9 @@ func TestSharedBase(t *testing.T) {
 			if got, want := len(e.layers.fetched), map[bool]int{true: 1, false: 0}[lodeFirst]; got != want {
 				t.Errorf("snapshotter fetched %d blobs, want %d", got, want)
 			}
+			if got, want := testutil.ToFloat64(e.sn.fallback.WithLabelValues("materialized")), map[bool]float64{true: 1, false: 0}[lodeFirst]; got != want {
+				t.Errorf("fallback{materialized} = %v, want %v", got, want)
+			}
 		})
 	}
 }
