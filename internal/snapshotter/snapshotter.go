@@ -88,9 +88,9 @@ type Snapshotter struct {
 	matMu sync.Mutex // one materialization at a time
 	bg    sync.WaitGroup
 
-	fallback     *prometheus.CounterVec
-	remote       *prometheus.CounterVec
-	promoted     prometheus.Counter
+	fallback *prometheus.CounterVec
+	remote   *prometheus.CounterVec
+	promoted prometheus.Counter
 }
 
 // top is the snapshot of a lode image's top chain.
