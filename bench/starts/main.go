@@ -63,7 +63,7 @@ type config struct {
 	OriginConc, OriginBurst int
 	OriginRate              float64
 	FleetConc               int
-	LimitOrder              string
+	OriginAttempts          int
 	SecondLook              time.Duration
 	Lease                   time.Duration
 
@@ -116,7 +116,7 @@ func main() {
 	f.IntVar(&c.OriginConc, "origin-concurrency", 32, "origin requests in flight per worker")
 	f.Float64Var(&c.OriginRate, "origin-rate", 50, "origin requests/s per worker (token bucket; 0: unlimited)")
 	f.IntVar(&c.OriginBurst, "origin-burst", 10, "origin token bucket burst")
-	f.StringVar(&c.LimitOrder, "limit-order", "rate-inside", "rate-inside: Limit(RateLimit(origin)); cmd: RateLimit(Limit(origin)) as cmd/lode wires it")
+	f.IntVar(&c.OriginAttempts, "origin-attempts", 1, "tries per origin fetch on a transient error (lode's --origin-attempts; 1: no retry, so injected origin faults are counted, not retried away)")
 	f.IntVar(&c.FleetConc, "fleet-concurrency", 0, "fleet reads in flight per worker (0: unbounded)")
 	f.DurationVar(&c.Lease, "lease", 250*time.Millisecond, "origin leases from the fleet, as lode's --origin-lease: on a fleet miss take the chunk's lease before the origin, or wait up to this for the holder's fill (0: off)")
 	f.DurationVar(&c.SecondLook, "second-look", 0, "mitigation: on a fleet miss wait up to this (uniform jitter) and ask the fleet again before the origin (0: off)")
@@ -193,8 +193,8 @@ func run(ctx context.Context, c config) error {
 			}
 		}()
 	}
-	fmt.Printf("config: %d workers, rate %v starts/s per worker, admission %d starts / %v, agent %d fetches / %v, L1 %d MiB, origin ≤ %d in flight and %.0f/s (burst %d) per worker (%s), second look %v, origin lease %v, %d running readers per worker (deadline %v)\n",
-		c.Workers, c.Rates, c.MaxStarts, c.StartWait, c.Fetches, c.FetchTimeout, c.L1MiB, c.OriginConc, c.OriginRate, c.OriginBurst, c.LimitOrder, c.SecondLook, c.Lease, c.Running, c.ReadDeadline)
+	fmt.Printf("config: %d workers, rate %v starts/s per worker, admission %d starts / %v, agent %d fetches / %v, L1 %d MiB, origin ≤ %d in flight and %.0f/s (burst %d) per worker (%d attempts), second look %v, origin lease %v, %d running readers per worker (deadline %v)\n",
+		c.Workers, c.Rates, c.MaxStarts, c.StartWait, c.Fetches, c.FetchTimeout, c.L1MiB, c.OriginConc, c.OriginRate, c.OriginBurst, c.OriginAttempts, c.SecondLook, c.Lease, c.Running, c.ReadDeadline)
 	if c.Scenario == "sweep" {
 		return r.sweep(ctx)
 	}

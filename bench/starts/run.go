@@ -24,6 +24,7 @@ import (
 	"github.com/lode-dev/lode/internal/store"
 	"github.com/lode-dev/lode/internal/store/file"
 	"github.com/lode-dev/lode/internal/store/storeurl"
+	lodeworker "github.com/lode-dev/lode/internal/worker"
 )
 
 // worker is one simulated worker: its own agent (memory L1, fleet client,
@@ -133,38 +134,30 @@ func (r *runner) newWorker(w int) (*worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	fleetTier := agent.Limit(&counted{Tier: &delayed{Tier: client, lat: fitLatency(c.FleetMedian, c.FleetP999)}, tl: r.tl, kind: tierFleet, worker: w},
-		c.FleetConc)
-	// The worker's view of the origin: a concurrency limit, then the rate
-	// limit, in front of the (counted, faulty, delayed) origin. -limit-order
-	// =cmd composes them as cmd/lode does (rate limit outside), where tokens
-	// are taken before the wait for a slot and the origin can see bunches
-	// above the rate.
-	origin := agent.Tier(&counted{Tier: r.fault, tl: r.tl, kind: tierOrigin, worker: w, track: r.track})
-	var originTier agent.Tier
-	if c.LimitOrder == "cmd" {
-		originTier = agent.RateLimit(agent.Limit(origin, c.OriginConc), c.OriginRate, c.OriginBurst)
-	} else {
-		originTier = agent.Limit(agent.RateLimit(origin, c.OriginRate, c.OriginBurst), c.OriginConc)
-	}
+	// The stack every worker builds (worker.NewStack, the order of the
+	// origin's limits in worker.Options.ProtectOrigin), over a counted,
+	// delayed fleet client and a counted, faulty, delayed origin. The
+	// second look, if on, sits between the limits and the leases.
+	var wrap func(agent.Tier) agent.Tier
 	if c.SecondLook > 0 {
-		originTier = &secondLook{Tier: originTier, fleet: client, jitter: c.SecondLook, saved: &r.saved}
+		wrap = func(t agent.Tier) agent.Tier {
+			return &secondLook{Tier: t, fleet: client, jitter: c.SecondLook, saved: &r.saved}
+		}
 	}
-	originTier = agent.Coordinate(originTier, client, c.Lease) // outside the limits, as cmd/lode wires it
 	reg := prometheus.NewRegistry()
-	m := agent.NewMetrics(reg)
-	mem := agent.NewMemCache(c.L1MiB << 20)
-	a, err := agent.New(agent.Config{
-		Mem:                  mem,
-		Tiers:                []agent.Tier{fleetTier, originTier},
-		FetchTimeout:         c.FetchTimeout,
-		MaxConcurrentFetches: c.Fetches,
-		Metrics:              m,
+	stack, err := lodeworker.NewStack(context.Background(), lodeworker.Options{
+		MemBytes: c.L1MiB << 20, FetchTimeout: c.FetchTimeout, Fetches: c.Fetches,
+		FleetConcurrency: c.FleetConc, OriginConcurrency: c.OriginConc, OriginAttempts: c.OriginAttempts,
+		OriginRate: c.OriginRate, OriginBurst: c.OriginBurst, OriginLease: c.Lease,
+	}, &counted{Tier: r.fault, tl: r.tl, kind: tierOrigin, worker: w, track: r.track}, reg, nil, lodeworker.Parts{
+		Fleet:      &counted{Tier: &delayed{Tier: client, lat: fitLatency(c.FleetMedian, c.FleetP999)}, tl: r.tl, kind: tierFleet, worker: w},
+		WrapOrigin: wrap,
 	})
 	if err != nil {
 		client.Close()
 		return nil, err
 	}
+	a, mem, originTier, m := stack.Agent, stack.Mem, stack.Origin, stack.Metrics
 	wk := &worker{id: w, a: a, adm: agent.NewAdmission(c.MaxStarts, c.StartWait, m), reg: reg, client: client, tr: tr, mem: mem, origin: originTier}
 	for i, mf := range r.ims.manifests {
 		im, err := a.Open(fmt.Sprintf("w%d/running/img%d", w, i), mf)

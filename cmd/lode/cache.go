@@ -12,6 +12,7 @@ import (
 	"github.com/lode-dev/lode/internal/cachenode"
 	"github.com/lode-dev/lode/internal/fleetproto"
 	"github.com/lode-dev/lode/internal/metrics"
+	"github.com/lode-dev/lode/internal/worker"
 	"github.com/spf13/cobra"
 )
 
@@ -35,7 +36,7 @@ units (512MiB, 20GB) or plain bytes.`,
 			if err != nil {
 				return fmt.Errorf("parsing --mem %q: %w", mem, err)
 			}
-			limitMemory(int64(memBytes))
+			worker.LimitMemory(int64(memBytes), logger)
 			var diskBytes uint64
 			if diskSize != "" {
 				if diskBytes, err = humanize.ParseBytes(diskSize); err != nil {

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"os"
 	"os/exec"
@@ -30,6 +31,7 @@ import (
 
 	"github.com/lode-dev/lode/internal/lodetest"
 	"github.com/lode-dev/lode/internal/snapshotter"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 // tarLayer is an OCI gzip layer of files (name → body; a body starting
@@ -146,12 +148,12 @@ type containerdEnv struct {
 func (e *containerdEnv) startAgent(t *testing.T, takeover bool) *runningAgent {
 	t.Helper()
 	a := &runningAgent{socket: filepath.Join(e.dir, "agent.sock"), stateDir: filepath.Join(e.c.home, "mounts"), errc: make(chan error, 1)}
-	o := agentdOptions{socket: a.socket, stateDir: a.stateDir, worker: e.c.workerOpts(), takeover: takeover, afterTakeover: "exit",
+	o := agentOptions{d: worker.DaemonConfig{Socket: a.socket, StateDir: a.stateDir, Worker: e.c.workerOpts(), Takeover: takeover, AfterTakeover: "exit"},
 		containerd: containerdOptions{socket: e.sock, root: e.snRoot, hostsDir: e.ctrd.HostsDir}}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	ready := make(chan struct{})
-	go func() { a.errc <- runAgentDaemon(ctx, o, ready) }()
+	go func() { a.errc <- runAgent(ctx, o, ready) }()
 	select {
 	case <-ready:
 	case err := <-a.errc:
@@ -160,7 +162,7 @@ func (e *containerdEnv) startAgent(t *testing.T, takeover bool) *runningAgent {
 	// Registered after containerd's cleanup, so it runs first: the agent
 	// unmounts while containerd still runs, then containerd stops.
 	t.Cleanup(func() { a.stop(t) })
-	a.client = newAgentClient(a.socket)
+	a.client = worker.NewClient(a.socket)
 	return a
 }
 
@@ -209,14 +211,12 @@ func (e *containerdEnv) ctr(t *testing.T, args ...string) string {
 
 func (e *containerdEnv) metric(t *testing.T, name string) string {
 	t.Helper()
-	resp, err := e.agent.client.hc.Get("http://lode-agent/metrics")
+	text, err := e.agent.client.Metrics(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	var lines []string
-	for _, l := range strings.Split(string(b), "\n") {
+	for _, l := range strings.Split(text, "\n") {
 		if strings.HasPrefix(l, name) {
 			lines = append(lines, l)
 		}
@@ -224,10 +224,28 @@ func (e *containerdEnv) metric(t *testing.T, name string) string {
 	return strings.Join(lines, "\n")
 }
 
+// snapshots returns the snapshotter's part of the agent's status.
+func (e *containerdEnv) snapshots(t *testing.T) []snapshotter.SnapshotStatus {
+	t.Helper()
+	for _, s := range e.agent.status(t).Services {
+		if s.Name != "containerd snapshotter" {
+			continue
+		}
+		b, _ := json.Marshal(s.Status)
+		var out []snapshotter.SnapshotStatus
+		if err := json.Unmarshal(b, &out); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	t.Fatal("no containerd snapshotter in the agent's status")
+	return nil
+}
+
 func (e *containerdEnv) kinds(t *testing.T) map[string]string {
 	t.Helper()
 	out := map[string]string{}
-	for _, s := range e.agent.status(t).Snapshots {
+	for _, s := range e.snapshots(t) {
 		if s.State == "committed" {
 			out[s.Name] = s.Kind
 		}
@@ -336,14 +354,14 @@ func TestContainerdGoClient(t *testing.T) {
 	e.ctr(t, "image", "rm", "--sync", appRef, otherRef)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		st := e.agent.status(t)
+		sns, st := e.snapshots(t), e.agent.status(t)
 		ents, _ := os.ReadDir(filepath.Join(e.snRoot, "mounts"))
 		snaps, _ := os.ReadDir(filepath.Join(e.snRoot, "snapshots"))
-		if len(st.Snapshots) == 0 && len(st.Mounts) == 0 && len(ents) == 0 && len(snaps) == 0 {
+		if len(sns) == 0 && len(st.Mounts) == 0 && len(ents) == 0 && len(snaps) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after image rm: %d snapshots, %d agent mounts, mounts/ %v, snapshots/ %v", len(st.Snapshots), len(st.Mounts), ents, snaps)
+			t.Fatalf("after image rm: %d snapshots, %d agent mounts, mounts/ %v, snapshots/ %v", len(sns), len(st.Mounts), ents, snaps)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -428,13 +446,13 @@ func TestContainerdCRI(t *testing.T) {
 	e.crictl(t, "rmi", appRef, e.registry+"/pause:1")
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		st := e.agent.status(t)
+		sns, st := e.snapshots(t), e.agent.status(t)
 		ents, _ := os.ReadDir(filepath.Join(e.snRoot, "mounts"))
-		if len(st.Snapshots) == 0 && len(st.Mounts) == 0 && len(ents) == 0 {
+		if len(sns) == 0 && len(st.Mounts) == 0 && len(ents) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after crictl rmi: snapshots %+v, %d agent mounts, mounts/ %v", st.Snapshots, len(st.Mounts), ents)
+			t.Fatalf("after crictl rmi: snapshots %+v, %d agent mounts, mounts/ %v", sns, len(st.Mounts), ents)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -498,13 +516,13 @@ func TestContainerdTakeover(t *testing.T) {
 	e.ctr(t, "image", "rm", "--sync", appRef)
 	deadline = time.Now().Add(20 * time.Second)
 	for {
-		st := e.agent.status(t)
+		sns, st := e.snapshots(t), e.agent.status(t)
 		ents, _ := os.ReadDir(filepath.Join(e.snRoot, "mounts"))
-		if len(st.Snapshots) == 0 && len(st.Mounts) == 0 && len(ents) == 0 {
+		if len(sns) == 0 && len(st.Mounts) == 0 && len(ents) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after image rm: snapshots %+v, %d agent mounts, mounts/ %v", st.Snapshots, len(st.Mounts), ents)
+			t.Fatalf("after image rm: snapshots %+v, %d agent mounts, mounts/ %v", sns, len(st.Mounts), ents)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -53,7 +53,7 @@ the start reads, and prints the statistics.`,
 	f.IntVar(&o.fleetNodes, "fleet-nodes", 5, "start an in-process cache fleet of this many nodes on 127.0.0.x and run twice: a cold worker that fills the fleet, then a second worker that reads from it (0: no fleet, one run)")
 	o.run.network = "host"
 	o.run.runtime = "runc"
-	o.run.worker.bind(f)
+	bindWorker(f, &o.run.worker)
 	return cmd
 }
 
@@ -110,7 +110,7 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 			return err
 		}
 		defer stop()
-		o.run.worker.fleet.nodes = nodes
+		o.run.worker.Fleet = nodes
 		fmt.Fprintf(out, "== started an in-process cache fleet: %s\n", strings.Join(nodes, ", "))
 		runs = append(runs, "worker 2: cold worker cache, warm fleet")
 	}
@@ -120,7 +120,7 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		o.run.worker.cacheDir = cache
+		o.run.worker.CacheDir = cache
 		fmt.Fprintf(out, "== lode run %s (%s)\n", demoImage, what)
 		err = runRun(ctx, o.run, demoImage, nil, nil, out, out)
 		os.RemoveAll(cache)

@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/lode-dev/lode/internal/blockdev/fuse"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 // doctorArgs points doctor at c's home only (never the host's /run/lode).
@@ -140,8 +141,8 @@ func TestDoctorHelperMount(t *testing.T) {
 	}
 	global = globalOptions{home: parts[0], tenant: "default"}
 	stdout, stderr = os.Stdout, os.Stderr
-	o := mountOptions{stateDir: parts[1], worker: workerOptions{cacheDir: filepath.Join(parts[0], "cache"), diskBytes: 64 << 20,
-		memBytes: 16 << 20, fetchTimeout: 20 * time.Second, readAhead: 4, fetches: 8}}
+	o := mountOptions{stateDir: parts[1], worker: worker.Options{CacheDir: filepath.Join(parts[0], "cache"), DiskBytes: 64 << 20,
+		MemBytes: 16 << 20, FetchTimeout: 20 * time.Second, ReadAhead: 4, Fetches: 8}}
 	err := runMount(context.Background(), o, "demo", parts[2])
 	t.Fatalf("lode mount returned %v; it should have been killed", err)
 }
@@ -192,7 +193,8 @@ func TestDoctorStaleMount(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	cmd.Wait()
+	// Not reaped yet (issue #20): the server is a zombie until cmd.Wait
+	// below, and doctor must call it dead.
 	if !isMounted(t, dir) {
 		t.Fatalf("%s is not mounted after the server was killed; nothing stale to find", dir)
 	}
@@ -220,10 +222,8 @@ func TestDoctorStaleMount(t *testing.T) {
 	if left := lodeMountsUnder(t, stateDir); len(left) != 0 {
 		t.Errorf("FUSE mounts left under %s: %v", stateDir, left)
 	}
-	for _, lb := range loopBackings() {
-		if withinDir(lb.backing, stateDir) {
-			t.Errorf("loop device %s over %s left after doctor --fix", lb.dev, lb.backing)
-		}
+	if b, err := exec.Command("losetup", "-a").Output(); err == nil && strings.Contains(string(b), stateDir) {
+		t.Errorf("loop devices over %s left after doctor --fix:\n%s", stateDir, b)
 	}
 	if ents, _ := os.ReadDir(stateDir); len(ents) != 0 {
 		t.Errorf("%d mount state entries left after doctor --fix", len(ents))
@@ -231,37 +231,4 @@ func TestDoctorStaleMount(t *testing.T) {
 	if out, code := c.doctorExit(t, args...); code != 0 || !strings.Contains(out, "no problems found") {
 		t.Errorf("lode doctor after --fix: exit %d, output:\n%s", code, out)
 	}
-}
-
-func TestParseMountInfo(t *testing.T) {
-	in := `36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-52 30 0:48 / /run/lode/mounts/ab/fuse rw,nosuid,nodev,relatime shared:1 - fuse.image image rw,user_id=0
-53 30 7:3 / /tmp/with\040space ro,relatime shared:2 - ext4 /dev/loop3 ro
-garbage line
-`
-	want := []mountInfo{
-		{mountPoint: "/mnt/parent", fsType: "ext3", source: "/dev/root"},
-		{mountPoint: "/run/lode/mounts/ab/fuse", fsType: "fuse.image", source: "image"},
-		{mountPoint: "/tmp/with space", fsType: "ext4", source: "/dev/loop3"},
-	}
-	if diff := cmp.Diff(want, parseMountInfo(in), cmp.AllowUnexported(mountInfo{})); diff != "" {
-		t.Errorf("parseMountInfo (-want +got):\n%s", diff)
-	}
-	for in, want := range map[string]string{`a\134b`: `a\b`, `x\04`: `x\04`, `\011t`: "\tt", `end\`: `end\`} {
-		if got := unescapeOctal(in); got != want {
-			t.Errorf("unescapeOctal(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
-func FuzzParseMountInfo(f *testing.F) {
-	f.Add("36 35 98:0 /mnt1 /mnt/parent rw - ext3 /dev/root rw\n")
-	f.Add(`1 2 3 4 /a\040b - fuse x` + "\n - \n")
-	f.Fuzz(func(t *testing.T, s string) {
-		for _, m := range parseMountInfo(s) {
-			if m.fsType == "" || m.source == "" && m.mountPoint == "" {
-				t.Errorf("empty entry %+v from %q", m, s)
-			}
-		}
-	})
 }

@@ -197,7 +197,7 @@ func TestRun(t *testing.T) {
 
 	// The image's own entrypoint, from a cold cache.
 	o = opts
-	o.worker.cacheDir = filepath.Join(c.home, "cold-cache")
+	o.worker.CacheDir = filepath.Join(c.home, "cold-cache")
 	out, errOut = syncBuffer{}, syncBuffer{}
 	if err := runRun(ctx, o, "demo", nil, nil, &out, &errOut); err != nil {
 		t.Fatalf("run with the default entrypoint = %v\nstderr: %s", err, errOut.String())

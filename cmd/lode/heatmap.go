@@ -21,6 +21,7 @@ import (
 	"github.com/lode-dev/lode/internal/heatmap"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 // Colors of the classes. Tiers get theirs by name; unknown tiers the spares.
@@ -99,13 +100,13 @@ func runHeatmap(name string, m *manifest.Manifest, tiers []string, served []int)
 }
 
 // writeRunHeatmap draws w's image by serving tier to path.
-func writeRunHeatmap(w *worker, path string) error {
-	s := w.image.Stats()
+func writeRunHeatmap(w *worker.Image, path string) error {
+	s := w.Image.Stats()
 	tiers := make([]string, len(s.Tiers))
 	for i, t := range s.Tiers {
 		tiers[i] = t.Tier
 	}
-	return writeSVGFile(path, runHeatmap(w.name, w.manifest, tiers, w.image.ChunkTiers()))
+	return writeSVGFile(path, runHeatmap(w.Name, w.Manifest, tiers, w.Image.ChunkTiers()))
 }
 
 // stateHeatmap maps each chunk to hole, shared (another live image in the

@@ -21,6 +21,7 @@ import (
 	"github.com/lode-dev/lode/internal/lodetest"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 // testDir holds what tests of this binary share: the sample image and its
@@ -184,10 +185,10 @@ func newCLI(t *testing.T) *cli {
 }
 
 // workerOpts are the worker flags' defaults, scaled down for tests.
-func (c *cli) workerOpts() workerOptions {
-	return workerOptions{
-		cacheDir: filepath.Join(c.home, "cache"), diskBytes: 256 << 20, memBytes: 64 << 20,
-		fetchTimeout: 20 * time.Second, readAhead: 4, fetches: 8,
+func (c *cli) workerOpts() worker.Options {
+	return worker.Options{
+		CacheDir: filepath.Join(c.home, "cache"), DiskBytes: 256 << 20, MemBytes: 64 << 20,
+		FetchTimeout: 20 * time.Second, ReadAhead: 4, Fetches: 8,
 	}
 }
 

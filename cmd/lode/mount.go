@@ -15,14 +15,15 @@ import (
 
 	"github.com/lode-dev/lode/internal/blockdev/fuse"
 	"github.com/lode-dev/lode/internal/metrics"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 type mountOptions struct {
 	background bool
 	stateDir   string
 	metrics    string
-	worker     workerOptions
-	fill       fillOptions
+	worker     worker.Options
+	fill       worker.FillOptions
 }
 
 func newMountCmd() *cobra.Command {
@@ -55,8 +56,8 @@ Needs root, /dev/fuse and loop devices. After a crash, "lode umount DIR" or
 	f.BoolVarP(&o.background, "background", "d", false, "return once mounted; serve from a detached process")
 	f.StringVar(&o.stateDir, "state-dir", fuse.DefaultStateDir, "where mount state lives (lode umount and lode doctor read it)")
 	f.StringVar(&o.metrics, "metrics-listen", "", "serve Prometheus /metrics on this address while mounted")
-	o.worker.bind(f)
-	o.fill.bind(f)
+	bindWorker(f, &o.worker)
+	bindFill(f, &o.fill)
 	return cmd
 }
 
@@ -64,45 +65,34 @@ Needs root, /dev/fuse and loop devices. After a crash, "lode umount DIR" or
 // --background parent waits for it.
 const mountedLine = "mounted "
 
+// runMount wires lode mount: open the image, serve its metrics, mount it
+// (worker.Image.Mount) and serve until unmounted or ctx ends.
 func runMount(ctx context.Context, o mountOptions, name, dir string) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("creating mount point: %w", err)
-	}
-	if o.fill.on {
-		if err := o.fill.check(); err != nil {
-			return err
-		}
+	if err := o.fill.Check(); err != nil {
+		return err
 	}
 	reg := metrics.NewRegistry()
-	w, err := openWorker(ctx, o.worker, name, reg)
+	w, err := openImage(ctx, o.worker, name, reg)
 	if err != nil {
 		return err
 	}
 	defer w.Close()
 	if o.metrics != "" {
-		stop, err := serveMetrics(o.metrics, reg)
+		stop, err := metrics.Serve(o.metrics, reg, logger)
 		if err != nil {
 			return err
 		}
 		defer stop()
 	}
-	if len(w.manifest.Hints) > 0 {
-		// The image carries a recorded start profile: fetch it from the
-		// first millisecond, alongside the mount.
-		go w.image.Prefetch(ctx, w.manifest.Hints, o.worker.fetches)
-	}
-	mo := fuse.MountOptions{StateDir: o.stateDir}
-	mo.Log = logger
-	m, err := fuse.MountImage(ctx, dir, w.image, mo)
+	m, err := w.Mount(ctx, dir, o.stateDir, o.worker.Fetches, o.fill)
 	if err != nil {
-		return fmt.Errorf("mounting %s at %s: %w", w.name, dir, err)
+		return err
 	}
-	o.fill.start(ctx, w.image, nil)
-	fmt.Fprintf(stdout, "%s%s at %s (%d bytes, loop %s)\n", mountedLine, w.name, dir, w.image.Size(), m.Loop())
+	fmt.Fprintf(stdout, "%s%s at %s (%d bytes, loop %s)\n", mountedLine, w.Name, dir, w.Image.Size(), m.Loop())
 	if f, ok := stdout.(*os.File); ok {
 		f.Sync()
 	}
@@ -115,12 +105,10 @@ func runMount(ctx context.Context, o mountOptions, name, dir string) error {
 			return err
 		}
 	}
-	printStats(stderr, w)
+	w.WriteStats(stderr)
 	return nil
 }
 
-// mountInBackground re-runs this mount without --background in a new
-// session and returns once it reports the filesystem mounted.
 func mountInBackground(ctx context.Context, name, dir string) error {
 	var args []string
 	for _, a := range os.Args[1:] {

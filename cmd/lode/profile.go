@@ -15,6 +15,7 @@ import (
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 // ErrImageChanged: the image was rebuilt or recorded by someone else while
@@ -23,26 +24,26 @@ var ErrImageChanged = errors.New("image changed while recording")
 
 // startPrefetch starts fetching the image's startup profile in the
 // background, unless it has none or o.noPrefetch is set.
-func startPrefetch(ctx context.Context, o runOptions, w *worker) {
-	hints := w.manifest.Hints
+func startPrefetch(ctx context.Context, o runOptions, w *worker.Image) {
+	hints := w.Manifest.Hints
 	if len(hints) == 0 || o.noPrefetch {
 		return
 	}
 	go func() {
-		n, err := w.image.Prefetch(ctx, hints, max(1, o.worker.fetches))
-		logger.Debug("prefetched startup profile", "image", w.name, "hints", len(hints), "fetches", n, "err", err)
+		n, err := w.Image.Prefetch(ctx, hints, max(1, o.worker.Fetches))
+		logger.Debug("prefetched startup profile", "image", w.Name, "hints", len(hints), "fetches", n, "err", err)
 	}()
 }
 
 // afterRun records the profile (--record; not when the run failed, runErr),
 // draws the heatmap (--heatmap) and reports the first output and the
 // prefetch. It runs before the worker closes.
-func afterRun(ctx context.Context, o runOptions, name string, w *worker, first *firstWrite, runErr error, errOut io.Writer) error {
+func afterRun(ctx context.Context, o runOptions, name string, w *worker.Image, first *firstWrite, runErr error, errOut io.Writer) error {
 	if t := first.since(); t > 0 {
-		fmt.Fprintf(errOut, "lode: %s: first output after %v\n", w.name, t.Round(time.Millisecond))
+		fmt.Fprintf(errOut, "lode: %s: first output after %v\n", w.Name, t.Round(time.Millisecond))
 	}
-	if n := len(w.manifest.Hints); n > 0 {
-		fmt.Fprintf(errOut, "  startup profile: %d chunks; %d prefetched\n", n, w.image.Stats().Prefetches)
+	if n := len(w.Manifest.Hints); n > 0 {
+		fmt.Fprintf(errOut, "  startup profile: %d chunks; %d prefetched\n", n, w.Image.Stats().Prefetches)
 	}
 	var errs []error
 	if o.heatmap != "" {
@@ -68,12 +69,12 @@ func afterRun(ctx context.Context, o runOptions, name string, w *worker, first *
 // the image at it. The pointer keeps its root and creation time. The old
 // manifest stays in the root, unreferenced, until the garbage collector
 // retires the root (as after a rebuild).
-func recordProfile(ctx context.Context, name string, w *worker) (id string, n int, err error) {
-	order := w.image.ReadOrder()
+func recordProfile(ctx context.Context, name string, w *worker.Image) (id string, n int, err error) {
+	order := w.Image.ReadOrder()
 	if len(order) == 0 {
-		return "", 0, fmt.Errorf("recording a profile of %s: the run read no chunk", w.name)
+		return "", 0, fmt.Errorf("recording a profile of %s: the run read no chunk", w.Name)
 	}
-	m := *w.manifest
+	m := *w.Manifest
 	m.Hints = order
 	kr, err := openKeyring()
 	if err != nil {
@@ -83,7 +84,7 @@ func recordProfile(ctx context.Context, name string, w *worker) (id string, n in
 	if err != nil {
 		return "", 0, err
 	}
-	id, err = storeHints(ctx, st, kr, global.tenant, name, w.pointer, &m)
+	id, err = storeHints(ctx, st, kr, global.tenant, name, w.Pointer, &m)
 	return id, len(order), err
 }
 

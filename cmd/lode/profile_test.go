@@ -15,6 +15,7 @@ import (
 	"github.com/lode-dev/lode/internal/lodetest"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 // TestRunRecordThenPrefetch: a run with --record stores the start's read
@@ -34,7 +35,7 @@ func TestRunRecordThenPrefetch(t *testing.T) {
 
 	o := opts
 	o.record = true
-	o.worker.cacheDir = filepath.Join(c.home, "cache-record")
+	o.worker.CacheDir = filepath.Join(c.home, "cache-record")
 	var out, errOut syncBuffer
 	if err := runRun(ctx, o, "demo", nil, nil, &out, &errOut); err != nil {
 		t.Fatalf("run --record = %v\nstderr: %s", err, errOut.String())
@@ -78,20 +79,24 @@ func TestRunRecordThenPrefetch(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			o := opts
 			o.noPrefetch = tc.noPrefetch
-			o.worker.cacheDir = filepath.Join(t.TempDir(), "cache")
+			o.worker.CacheDir = filepath.Join(t.TempDir(), "cache")
 			var out, errOut syncBuffer
-			rep, w, err := runImage(ctx, o, "demo", nil, nil, &out, &errOut)
-			if w == nil {
-				t.Fatalf("run = %v", err)
+			w, err := openImage(ctx, o.worker, "demo", nil)
+			if err != nil {
+				t.Fatalf("opening the image: %v", err)
 			}
 			defer w.Close()
+			rep, err := w.Run(ctx, worker.RunOptions{
+				Base: filepath.Join(c.home, "run"), StateDir: o.stateDir, Runtime: o.runtime, Network: o.network,
+				NoPrefetch: o.noPrefetch, Fetches: o.worker.Fetches, Stdout: &out, Stderr: &errOut,
+			}, time.Now())
 			if err != nil || rep.ExitCode != 0 {
 				t.Fatalf("run = %v, exit %d\nstderr: %s", err, rep.ExitCode, errOut.String())
 			}
 			if !strings.Contains(out.String(), "hello from a lazily loaded image") {
 				t.Errorf("the entrypoint printed %q", out.String())
 			}
-			got := w.image.Stats().Prefetches
+			got := w.Image.Stats().Prefetches
 			if tc.noPrefetch && got != 0 {
 				t.Errorf("Prefetches = %d with --no-prefetch, want 0", got)
 			}

@@ -3,14 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/lode-dev/lode/internal/blockdev/nbd"
 	"github.com/lode-dev/lode/internal/metrics"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 type serveNBDOptions struct {
@@ -18,7 +16,7 @@ type serveNBDOptions struct {
 	export  string
 	overlay string
 	metrics string
-	worker  workerOptions
+	worker  worker.Options
 }
 
 func newServeNBDCmd() *cobra.Command {
@@ -44,43 +42,18 @@ that receives the writes (the image itself is never changed).`,
 	f.StringVar(&o.export, "export", "", "export name (default: the image name)")
 	f.StringVar(&o.overlay, "overlay", "", "copy-on-write file for writes (makes the export writable)")
 	f.StringVar(&o.metrics, "metrics-listen", "", "serve Prometheus /metrics on this address")
-	o.worker.bind(f)
+	bindWorker(f, &o.worker)
 	return cmd
-}
-
-func listen(addr string) (net.Listener, error) {
-	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
-		// Remove a stale socket of a previous run, and nothing else: a
-		// mistyped path must not delete a file.
-		if fi, err := os.Lstat(p); err == nil {
-			if fi.Mode()&os.ModeSocket == 0 {
-				return nil, fmt.Errorf("unix:%s exists and is not a socket", p)
-			}
-			os.Remove(p)
-		}
-		if err := os.MkdirAll(dirOf(p), 0o755); err != nil {
-			return nil, err
-		}
-		return net.Listen("unix", p)
-	}
-	return net.Listen("tcp", addr)
-}
-
-func dirOf(p string) string {
-	if i := strings.LastIndexByte(p, '/'); i > 0 {
-		return p[:i]
-	}
-	return "."
 }
 
 func runServeNBD(ctx context.Context, o serveNBDOptions, name string) error {
 	reg := metrics.NewRegistry()
-	w, err := openWorker(ctx, o.worker, name, reg)
+	w, err := openImage(ctx, o.worker, name, reg)
 	if err != nil {
 		return err
 	}
 	defer w.Close()
-	dev, closeDev, err := w.device(ctx, o.overlay, o.worker.fetches)
+	dev, closeDev, err := w.Device(ctx, o.overlay, o.worker.Fetches)
 	if err != nil {
 		return err
 	}
@@ -89,12 +62,12 @@ func runServeNBD(ctx context.Context, o serveNBDOptions, name string) error {
 	if export == "" {
 		export = name
 	}
-	l, err := listen(o.listen)
+	l, err := worker.Listen(o.listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", o.listen, err)
 	}
 	if o.metrics != "" {
-		stop, err := serveMetrics(o.metrics, reg)
+		stop, err := metrics.Serve(o.metrics, reg, logger)
 		if err != nil {
 			return err
 		}
@@ -102,10 +75,10 @@ func runServeNBD(ctx context.Context, o serveNBDOptions, name string) error {
 	}
 	c := nbd.DefaultConfig()
 	c.Log = logger
-	srv := nbd.NewServer(map[string]nbd.Export{export: {Device: dev, Description: w.name}}, c)
-	fmt.Fprintf(stderr, "serving %s (%d bytes) as NBD export %q on %s\n", w.name, w.image.Size(), export, o.listen)
+	srv := nbd.NewServer(map[string]nbd.Export{export: {Device: dev, Description: w.Name}}, c)
+	fmt.Fprintf(stderr, "serving %s (%d bytes) as NBD export %q on %s\n", w.Name, w.Image.Size(), export, o.listen)
 	err = srv.Serve(ctx, l)
-	printStats(stderr, w)
+	w.WriteStats(stderr)
 	if ctx.Err() != nil {
 		return nil
 	}

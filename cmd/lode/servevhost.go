@@ -11,6 +11,7 @@ import (
 	"github.com/lode-dev/lode/internal/blockdev"
 	"github.com/lode-dev/lode/internal/blockdev/vhost"
 	"github.com/lode-dev/lode/internal/vm"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 func init() { extraCommands = append(extraCommands, newServeVhostCmd) }
@@ -20,7 +21,7 @@ type serveVhostOptions struct {
 	overlay string
 	workers int
 	report  string
-	worker  workerOptions
+	worker  worker.Options
 }
 
 func newServeVhostCmd() *cobra.Command {
@@ -52,23 +53,23 @@ interrupted.`,
 	f.StringVar(&o.overlay, "overlay", "", "copy-on-write file for writes (makes the disk writable)")
 	f.IntVar(&o.workers, "workers", 16, "requests served at once per VM")
 	f.StringVar(&o.report, "report", "", "on exit, write the bytes the VMs read and lode fetched per tier as JSON to this file (the fields of lode vm --report)")
-	o.worker.bind(f)
+	bindWorker(f, &o.worker)
 	return cmd
 }
 
 // runServeVhost serves until ctx ends. ready, if not nil, is closed once
 // the socket listens.
 func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready chan<- struct{}) error {
-	w, err := openWorker(ctx, o.worker, name, nil)
+	w, err := openImage(ctx, o.worker, name, nil)
 	if err != nil {
 		return err
 	}
 	defer w.Close()
 	// Count what the guests read from the image (below any overlay), to set
 	// against what the tiers fetched, as lode vm does for its NBD export.
-	counted := vm.Count(w.image)
-	if len(w.manifest.Hints) > 0 {
-		go w.image.Prefetch(ctx, w.manifest.Hints, o.worker.fetches)
+	counted := vm.Count(w.Image)
+	if len(w.Manifest.Hints) > 0 {
+		go w.Image.Prefetch(ctx, w.Manifest.Hints, o.worker.Fetches)
 	}
 	var dev blockdev.Device = counted
 	if o.overlay != "" {
@@ -79,7 +80,7 @@ func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready 
 		defer ov.Close()
 		dev = ov
 	}
-	l, err := listen("unix:" + o.socket)
+	l, err := worker.Listen("unix:" + o.socket)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", o.socket, err)
 	}
@@ -92,12 +93,12 @@ func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready 
 	if o.overlay != "" {
 		mode = "writes to " + o.overlay
 	}
-	fmt.Fprintf(stderr, "serving %s (%d bytes, %s) as vhost-user-blk on %s\n", w.name, w.image.Size(), mode, o.socket)
+	fmt.Fprintf(stderr, "serving %s (%d bytes, %s) as vhost-user-blk on %s\n", w.Name, w.Image.Size(), mode, o.socket)
 	if ready != nil {
 		close(ready)
 	}
 	err = srv.Serve(ctx, l)
-	printStats(stderr, w)
+	w.WriteStats(stderr)
 	if o.report != "" {
 		if werr := writeServeReport(o.report, w, counted); werr != nil {
 			return werr
@@ -111,8 +112,8 @@ func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready 
 
 // writeServeReport writes the byte counts of a served image in the fields
 // lode vm --report uses, so that a benchmark reads both the same way.
-func writeServeReport(path string, w *worker, counted *vm.CountingDevice) error {
-	rep := vmReport{Image: w.name, Disk: "lode"}
+func writeServeReport(path string, w *worker.Image, counted *vm.CountingDevice) error {
+	rep := vmReport{Image: w.Name, Disk: "lode"}
 	fillTierReport(&rep, w, counted)
 	b, _ := json.MarshalIndent(rep, "", "  ")
 	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {

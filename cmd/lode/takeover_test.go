@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -23,6 +21,7 @@ import (
 	"github.com/lode-dev/lode/internal/blockdev/fuse"
 	"github.com/lode-dev/lode/internal/lodetest"
 	"github.com/lode-dev/lode/internal/run"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 // takeoverAgentSpec tells TestTakeoverHelperAgent which agent to run.
@@ -48,9 +47,9 @@ func TestTakeoverHelperAgent(t *testing.T) {
 	global = globalOptions{home: s.Home, tenant: "default"}
 	stdout, stderr = os.Stdout, os.Stderr
 	logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	o := agentdOptions{socket: s.Socket, stateDir: s.StateDir, takeover: true, afterTakeover: s.AfterTakeover, worker: workerOptions{
-		cacheDir: s.CacheDir, diskBytes: 256 << 20, memBytes: 64 << 20, fetchTimeout: 20 * time.Second, readAhead: 4, fetches: 8,
-	}}
+	o := agentOptions{d: worker.DaemonConfig{Socket: s.Socket, StateDir: s.StateDir, Takeover: true, AfterTakeover: s.AfterTakeover, Worker: worker.Options{
+		CacheDir: s.CacheDir, DiskBytes: 256 << 20, MemBytes: 64 << 20, FetchTimeout: 20 * time.Second, ReadAhead: 4, Fetches: 8,
+	}}}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	ready := make(chan struct{})
@@ -58,7 +57,7 @@ func TestTakeoverHelperAgent(t *testing.T) {
 		<-ready
 		fmt.Println("agent ready")
 	}()
-	err := runAgentDaemon(ctx, o, ready)
+	err := runAgent(ctx, o, ready)
 	fmt.Printf("agent exited: %v\n", err)
 	if err != nil {
 		os.Exit(1)
@@ -191,15 +190,15 @@ func testAgentTakeover(t *testing.T, after, readerKind string) {
 	t.Logf("%v: sample ready", time.Since(start))
 	a := startAgentProc(t, spec)
 	t.Logf("%v: first agent serving", time.Since(start))
-	client := newAgentClient(spec.Socket)
+	client := worker.NewClient(spec.Socket)
 	ctx := context.Background()
 	dir := filepath.Join(t.TempDir(), "mnt")
-	var ms servedStatus
-	if err := client.call(ctx, http.MethodPost, "/v1/mounts", mountRequest{Image: "demo", Dir: dir}, &ms); err != nil {
+	ms, err := client.Mount(ctx, worker.MountRequest{Image: "demo", Dir: dir})
+	if err != nil {
 		t.Fatal(err)
 	}
 	nbdSock := filepath.Join(c.home, "run", "nbd.sock")
-	if err := client.call(ctx, http.MethodPost, "/v1/exports", exportRequest{Image: "demo", Listen: "unix:" + nbdSock}, nil); err != nil {
+	if _, err := client.Export(ctx, worker.ExportRequest{Image: "demo", Listen: "unix:" + nbdSock}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -328,8 +327,8 @@ done; done`
 	mu.Unlock()
 
 	// The new agent serves the mount and the export, and owns the state.
-	var st agentStatus
-	if err := client.call(ctx, http.MethodGet, "/v1/status", nil, &st); err != nil {
+	st, err := client.Status(ctx)
+	if err != nil {
 		t.Fatal(err)
 	}
 	m, ok := mountFor(st, dir)
@@ -350,7 +349,7 @@ done; done`
 	}
 
 	// Unmounting through the new agent leaves nothing behind.
-	if err := client.call(ctx, http.MethodDelete, "/v1/mounts?dir="+url.QueryEscape(dir), nil, nil); err != nil {
+	if _, err := client.Unmount(ctx, dir); err != nil {
 		t.Fatalf("unmounting through the new agent: %v", err)
 	}
 	if left := lodeMountsUnder(t, dir, spec.StateDir); len(left) != 0 {

@@ -19,6 +19,7 @@ import (
 	"github.com/lode-dev/lode/internal/blockdev/nbd"
 	"github.com/lode-dev/lode/internal/run"
 	"github.com/lode-dev/lode/internal/vm"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 func init() { extraCommands = append(extraCommands, newVMCmd) }
@@ -36,7 +37,7 @@ type vmOptions struct {
 	verbose       bool
 	disk          string
 	report        string
-	worker        workerOptions
+	worker        worker.Options
 }
 
 func newVMCmd() *cobra.Command {
@@ -84,7 +85,7 @@ config.`,
 	f.BoolVar(&o.verbose, "verbose", false, "show the kernel's and the init's console lines too")
 	f.StringVar(&o.disk, "disk", "", "boot from this disk instead of serving the image: nbd+unix:///EXPORT?socket=PATH, file:PATH or vhost-user:SOCKET (a vhost-user-blk backend such as qemu-storage-daemon)")
 	f.StringVar(&o.report, "report", "", "also write the timings and byte counts as JSON to this file")
-	o.worker.bind(f)
+	bindWorker(f, &o.worker)
 	return cmd
 }
 
@@ -110,9 +111,9 @@ type vmReport struct {
 
 // fillTierReport sets the report's guest and tier figures from a counted
 // export of w's image.
-func fillTierReport(rep *vmReport, w *worker, counted *vm.CountingDevice) {
+func fillTierReport(rep *vmReport, w *worker.Image, counted *vm.CountingDevice) {
 	rep.GuestReadBytes, rep.GuestRequests = counted.Bytes(), counted.Requests()
-	s := w.image.Stats()
+	s := w.Image.Stats()
 	rep.TierBytes, rep.TierHits, rep.MemHits = map[string]int64{}, map[string]int64{}, s.MemHits
 	for _, t := range s.Tiers {
 		rep.TierBytes[t.Tier] += t.Bytes
@@ -124,7 +125,7 @@ func fillTierReport(rep *vmReport, w *worker, counted *vm.CountingDevice) {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func runVM(ctx context.Context, o vmOptions, name string, args []string, out, errOut io.Writer) error {
-	w, err := openWorker(ctx, o.worker, name, nil)
+	w, err := openImage(ctx, o.worker, name, nil)
 	if err != nil {
 		return err
 	}
@@ -136,12 +137,12 @@ func runVM(ctx context.Context, o vmOptions, name string, args []string, out, er
 			ep = []string{o.entrypoint}
 		}
 	}
-	argv, err := run.Argv(w.manifest.Config, ep, args)
+	argv, err := run.Argv(w.Manifest.Config, ep, args)
 	if err != nil {
-		return fmt.Errorf("starting %s: %w", w.name, err)
+		return fmt.Errorf("starting %s: %w", w.Name, err)
 	}
-	if u := w.manifest.Config.User; u != "" && u != "root" && u != "0" && u != "0:0" {
-		fmt.Fprintf(errOut, "lode: %s: the image's user %q is ignored: commands run as root inside the VM\n", w.name, u)
+	if u := w.Manifest.Config.User; u != "" && u != "root" && u != "0" && u != "0:0" {
+		fmt.Fprintf(errOut, "lode: %s: the image's user %q is ignored: commands run as root inside the VM\n", w.Name, u)
 	}
 	var k vm.Kernel
 	if o.kernel != "" {
@@ -165,14 +166,14 @@ func runVM(ctx context.Context, o vmOptions, name string, args []string, out, er
 	ir := vm.Initramfs{
 		Busybox: o.busybox,
 		Kernel:  k,
-		Guest:   vm.Guest{Argv: argv, Env: vm.Env(w.manifest.Config.Env, o.env), WorkDir: w.manifest.Config.WorkingDir},
+		Guest:   vm.Guest{Argv: argv, Env: vm.Env(w.Manifest.Config.Env, o.env), WorkDir: w.Manifest.Config.WorkingDir},
 		Marker:  marker,
 	}
 	if err := writeInitramfs(initrd, ir); err != nil {
 		return err
 	}
 
-	rep := vmReport{Image: w.name, Disk: "lode"}
+	rep := vmReport{Image: w.Name, Disk: "lode"}
 	var counted *vm.CountingDevice
 	disk, vhost := "", ""
 	if p, ok := strings.CutPrefix(o.disk, "vhost-user:"); ok && p != "" {
@@ -183,7 +184,7 @@ func runVM(ctx context.Context, o vmOptions, name string, args []string, out, er
 			return err
 		}
 	} else {
-		counted = vm.Count(w.image)
+		counted = vm.Count(w.Image)
 		sock := filepath.Join(dir, "nbd.sock")
 		l, err := net.Listen("unix", sock)
 		if err != nil {
@@ -192,14 +193,14 @@ func runVM(ctx context.Context, o vmOptions, name string, args []string, out, er
 		c := nbd.DefaultConfig()
 		c.Log = logger
 		c.ReadOnly = true
-		srv := nbd.NewServer(map[string]nbd.Export{"root": {Device: counted, Description: w.name}}, c)
+		srv := nbd.NewServer(map[string]nbd.Export{"root": {Device: counted, Description: w.Name}}, c)
 		sctx, stop := context.WithCancel(ctx)
 		served := make(chan error, 1)
 		go func() { served <- srv.Serve(sctx, l) }()
 		defer func() {
 			stop()
 			if err := <-served; err != nil {
-				logger.Error("serving the VM's disk", "image", w.name, "err", err)
+				logger.Error("serving the VM's disk", "image", w.Name, "err", err)
 			}
 		}()
 		disk = vm.NBDDisk(sock, "root")
@@ -213,15 +214,15 @@ func runVM(ctx context.Context, o vmOptions, name string, args []string, out, er
 	rep.ExitCode, rep.InitMS, rep.StartMS, rep.ExitMS, rep.TotalMS = res.ExitCode, ms(res.Init), ms(res.Start), ms(res.Exit), ms(res.Total)
 	rep.GuestInitMS, rep.GuestExitMS = ms(res.GuestInit), ms(res.GuestExit)
 	if err != nil {
-		return fmt.Errorf("running %s in a VM: %w", w.name, err)
+		return fmt.Errorf("running %s in a VM: %w", w.Name, err)
 	}
 	fmt.Fprintf(errOut, "lode: vm %s: init after %v (guest uptime %v), command started after %v, exit %d after %v; VM ended after %v\n",
-		w.name, res.Init.Round(time.Millisecond), res.GuestInit.Round(time.Millisecond), res.Start.Round(time.Millisecond),
+		w.Name, res.Init.Round(time.Millisecond), res.GuestInit.Round(time.Millisecond), res.Start.Round(time.Millisecond),
 		res.ExitCode, res.Exit.Round(time.Millisecond), res.Total.Round(time.Millisecond))
 	if counted != nil {
 		fillTierReport(&rep, w, counted)
 		fmt.Fprintf(errOut, "  the guest read %s in %d requests\n", humanize.IBytes(uint64(rep.GuestReadBytes)), rep.GuestRequests)
-		printStats(errOut, w)
+		w.WriteStats(errOut)
 	}
 	if o.report != "" {
 		b, _ := json.MarshalIndent(rep, "", "  ")

@@ -292,3 +292,25 @@ func (c *DiskCache) Len() int {
 	defer c.mu.Unlock()
 	return len(c.idx)
 }
+
+// TempFile is a disk cache's temporary file: a write that a crash cut off.
+type TempFile struct {
+	Path    string
+	Size    int64
+	ModTime time.Time
+}
+
+// StaleTemps lists the temporary files of the disk cache in dir older than
+// minAge at now (younger ones may be writes in flight), for lode doctor.
+func StaleTemps(dir string, now time.Time, minAge time.Duration) []TempFile {
+	ms, _ := filepath.Glob(filepath.Join(dir, tmpPrefix+"*"))
+	var out []TempFile
+	for _, p := range ms {
+		fi, err := os.Lstat(p)
+		if err != nil || !fi.Mode().IsRegular() || now.Sub(fi.ModTime()) < minAge {
+			continue
+		}
+		out = append(out, TempFile{Path: p, Size: fi.Size(), ModTime: fi.ModTime()})
+	}
+	return out
+}

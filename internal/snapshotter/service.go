@@ -4,63 +4,103 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	"github.com/containerd/containerd/v2/core/snapshots"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 )
 
-// Server serves a snapshotter's snapshots v1 API (what containerd's
-// [proxy_plugins] entry with type "snapshot" calls) on a unix socket.
-type Server struct {
-	path string
-	srv  *grpc.Server
-	l    net.Listener
-	done chan error
+// Runner opens the snapshotter when the daemon starts serving and closes it
+// when it stops, so that across a takeover the old process has closed the
+// metadata (bolt holds a file lock) before the new one opens it. Its Serve
+// and Status plug into worker.Service.
+type Runner struct {
+	cfg Config
+
+	mu sync.Mutex
+	sn *Snapshotter
 }
 
-// Serve listens on the unix socket path (mode 0600, replacing a stale
-// socket) and serves sn until Stop.
-func Serve(path string, sn snapshots.Snapshotter) (*Server, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("creating the directory of containerd socket %s: %w", path, err)
-	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("listening on containerd socket %s: something serves there already", path)
-	}
-	os.Remove(path)
-	old := unix.Umask(0o177)
-	l, err := net.Listen("unix", path)
-	unix.Umask(old)
+// NewRunner returns a Runner for cfg.
+func NewRunner(cfg Config) *Runner { return &Runner{cfg: cfg} }
+
+// Serve opens the snapshotter and serves its snapshots API on l until ctx
+// ends, then finishes the calls in flight and closes it.
+func (r *Runner) Serve(ctx context.Context, l net.Listener) error {
+	sn, err := New(ctx, r.cfg)
 	if err != nil {
-		return nil, fmt.Errorf("listening on containerd socket %s: %w", path, err)
+		return err
 	}
+	r.mu.Lock()
+	r.sn = sn
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.sn = nil
+		r.mu.Unlock()
+		sn.Close()
+	}()
 	srv := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
-	s := &Server{path: path, srv: srv, l: l, done: make(chan error, 1)}
-	go func() { s.done <- srv.Serve(l) }()
-	return s, nil
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			srv.GracefulStop()
+		case <-stopped:
+		}
+	}()
+	err = srv.Serve(l)
+	close(stopped)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
 }
 
-// Stop finishes the calls in flight (at most until ctx ends), closes the
-// socket and removes it.
-func (s *Server) Stop(ctx context.Context) {
-	stopped := make(chan struct{})
-	go func() { s.srv.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-ctx.Done():
-		s.srv.Stop()
+// Status is the snapshots with their kinds and the lines lode agent status
+// prints for them.
+func (r *Runner) Status(ctx context.Context) (any, string) {
+	r.mu.Lock()
+	sn := r.sn
+	r.mu.Unlock()
+	if sn == nil {
+		return []SnapshotStatus{}, ""
 	}
-	<-s.done
-	os.Remove(s.path)
+	st, err := sn.Status(ctx)
+	if err != nil {
+		return []SnapshotStatus{}, fmt.Sprintf("containerd snapshots: %v\n", err)
+	}
+	return st, FormatStatus(st)
+}
+
+// FormatStatus prints snapshots by kind, then each one that is not local.
+func FormatStatus(sns []SnapshotStatus) string {
+	kinds := map[string]int{}
+	for _, s := range sns {
+		kinds[s.Kind]++
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "containerd snapshots: %d remote, %d remote-lower, %d materialized, %d local\n",
+		kinds[KindRemote], kinds[KindRemoteLower], kinds[KindMaterialized], kinds[KindLocal])
+	for _, s := range sns {
+		if s.Kind == KindLocal {
+			continue
+		}
+		fmt.Fprintf(&b, "snapshot %s: %s %s", s.Name, s.State, s.Kind)
+		if s.Image != "" {
+			fmt.Fprintf(&b, " image %s", s.Image)
+		}
+		if s.Mount != "" {
+			fmt.Fprintf(&b, " mounted at %s", s.Mount)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
 }
 
 // SnapshotStatus is one snapshot as lode agent status shows it.

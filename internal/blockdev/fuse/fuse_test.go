@@ -391,14 +391,10 @@ func TestCloseWhileReaderStalled(t *testing.T) {
 	checkTornDown(t, mt)
 }
 
-func TestRecoverAfterServerKilled(t *testing.T) {
-	requireMount(t)
-	imgPath, _ := makeImage(t, makeTree(t, 1<<20), "64M")
-	base := t.TempDir()
-	mt := mounted{dir: filepath.Join(base, "mnt"), state: filepath.Join(base, "state")}
-	if err := os.Mkdir(mt.dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+// startHelperServer runs this test binary as a mount server of the image
+// at imgPath on mt (TestMain, helperServer) and returns once it serves.
+func startHelperServer(t *testing.T, imgPath string, mt mounted) *exec.Cmd {
+	t.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "LODE_FUSE_TEST_SERVER=1", "LODE_IMG="+imgPath, "LODE_DIR="+mt.dir, "LODE_STATE="+mt.state)
 	stdout, err := cmd.StdoutPipe()
@@ -415,6 +411,75 @@ func TestRecoverAfterServerKilled(t *testing.T) {
 		cmd.Wait()
 		t.Fatalf("helper server said %q", line)
 	}
+	return cmd
+}
+
+// Issue #20: right after a mount's server is killed, before its parent
+// reaps it, the server is a zombie: kill(pid, 0) still succeeds, but it
+// serves nothing and the mount gives EIO. The liveness check must call it
+// dead, so that lode doctor reports the mount and Recover cleans it.
+func TestLeftoversZombieServer(t *testing.T) {
+	requireMount(t)
+	imgPath, _ := makeImage(t, makeTree(t, 1<<20), "64M")
+	base := t.TempDir()
+	mt := mounted{dir: filepath.Join(base, "mnt"), state: filepath.Join(base, "state")}
+	if err := os.Mkdir(mt.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := startHelperServer(t, imgPath, mt)
+	reaped := false
+	t.Cleanup(func() {
+		if !reaped {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+		Recover(context.Background(), mt.state)
+	})
+	if got := Leftovers(mt.state); len(got) != 0 || !Served(mt.dir, []string{mt.state}) {
+		t.Fatalf("with a live server: leftovers %v, served %v; want none, true", got, Served(mt.dir, []string{mt.state}))
+	}
+	pid := cmd.Process.Pid
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Not reaped: wait until the kernel has made it a zombie.
+	for i := 0; ; i++ {
+		if state, _, ok := processStat(pid); ok && state == 'Z' {
+			break
+		}
+		if i == 500 {
+			t.Fatalf("pid %d did not become a zombie after SIGKILL", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := unix.Kill(pid, 0); err != nil {
+		t.Fatalf("kill(%d, 0) = %v on the unreaped server; the test needs a zombie", pid, err)
+	}
+	got := Leftovers(mt.state)
+	if len(got) != 1 || got[0].Kind != "stale mount" || got[0].What != mt.dir || !strings.Contains(got[0].Detail, fmt.Sprintf("server pid %d is gone", pid)) {
+		t.Errorf("leftovers with a zombie server = %v, want the stale mount %s", got, mt.dir)
+	}
+	if Served(mt.dir, []string{mt.state}) {
+		t.Errorf("Served(%s) = true with a zombie server", mt.dir)
+	}
+	done, err := Recover(context.Background(), mt.state)
+	if err != nil || len(done) != 1 || done[0] != mt.dir {
+		t.Errorf("Recover with a zombie server = %v, %v; want %s unmounted", done, err, mt.dir)
+	}
+	cmd.Wait()
+	reaped = true
+	checkTornDown(t, mt)
+}
+
+func TestRecoverAfterServerKilled(t *testing.T) {
+	requireMount(t)
+	imgPath, _ := makeImage(t, makeTree(t, 1<<20), "64M")
+	base := t.TempDir()
+	mt := mounted{dir: filepath.Join(base, "mnt"), state: filepath.Join(base, "state")}
+	if err := os.Mkdir(mt.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := startHelperServer(t, imgPath, mt)
 	if got, err := os.ReadFile(filepath.Join(mt.dir, "etc/hostname")); err != nil || string(got) != "lode\n" {
 		t.Errorf("reading through the helper's mount = %q, %v", got, err)
 	}
@@ -462,4 +527,28 @@ func TestParseMountInfoLine(t *testing.T) {
 			t.Errorf("parseMountInfoLine(%q) = %+v, %v, want %+v, %v", tc.line, got, ok, tc.want, tc.ok)
 		}
 	}
+}
+
+func TestUnescapeMount(t *testing.T) {
+	for in, want := range map[string]string{`a\134b`: `a\b`, `x\04`: `x\04`, `\011t`: "\tt", `end\`: `end\`, `/tmp/with\040space`: "/tmp/with space"} {
+		if got := unescapeMount(in); got != want {
+			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// FuzzParseMountInfo: every line of /proc/self/mountinfo parses or is
+// skipped, never into an entry without a type (lode doctor's scanners read
+// it, as Recover and Unmount do).
+func FuzzParseMountInfo(f *testing.F) {
+	f.Add("36 35 98:0 /mnt1 /mnt/parent rw - ext3 /dev/root rw\n")
+	f.Add(`1 2 3:4 4 /a\040b - fuse x` + "\n - \n")
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, line := range strings.Split(s, "\n") {
+			m, ok := parseMountInfoLine(line)
+			if ok && (m.FSType == "" || m.Source == "" && m.MountPoint == "") {
+				t.Errorf("empty entry %+v from %q", m, line)
+			}
+		}
+	})
 }

@@ -364,38 +364,52 @@ func Recover(ctx context.Context, stateDir string) ([]string, error) {
 // mountsOf lists the mount points whose source is dev.
 func mountsOf(dev string) []string {
 	ms, _ := mounts()
-	var out []string
-	for _, m := range ms {
-		if m.Source == dev {
-			out = append(out, m.MountPoint)
-		}
-	}
-	return out
+	return sourcedFrom(ms, dev)
 }
 
-// alive reports whether pid runs and is the process that wrote the state.
+// alive reports whether pid runs and is the process that wrote the state:
+// the one liveness check of a mount's server (Recover, Leftovers, Served).
+// A zombie — killed, not yet reaped by its parent — is dead: it serves no
+// FUSE request, and its mount gives EIO (issue #20).
 func alive(pid int, start uint64) bool {
 	if pid <= 0 || unix.Kill(pid, 0) != nil {
 		return false
 	}
-	return start == 0 || processStart(pid) == start
+	state, started, ok := processStat(pid)
+	if !ok {
+		return false // gone between the two looks
+	}
+	if state == 'Z' || state == 'X' {
+		return false
+	}
+	return start == 0 || started == start
 }
 
 // processStart returns field 22 (starttime) of /proc/PID/stat, 0 if unknown.
 func processStart(pid int) uint64 {
+	_, v, _ := processStat(pid)
+	return v
+}
+
+// processStat returns fields 3 (state: R, S, Z, …) and 22 (starttime) of
+// /proc/PID/stat; ok is false when the process is gone.
+func processStat(pid int) (state byte, start uint64, ok bool) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return 0, 0, false
 	}
 	// comm may contain spaces: fields start after the last ')'.
 	i := strings.LastIndexByte(string(b), ')')
 	if i < 0 {
-		return 0
+		return 0, 0, true
 	}
 	f := strings.Fields(string(b[i+1:]))
+	if len(f) > 0 && len(f[0]) == 1 {
+		state = f[0][0]
+	}
 	if len(f) < 20 {
-		return 0
+		return state, 0, true
 	}
 	v, _ := strconv.ParseUint(f[19], 10, 64)
-	return v
+	return state, v, true
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -97,17 +98,32 @@ func loopBacking(dev string) string {
 	return strings.TrimSpace(string(b))
 }
 
-// loopsBackedUnder lists bound loop devices whose backing file is under dir.
-func loopsBackedUnder(dir string) []string {
-	var out []string
+// loopDev is a bound loop device and its backing file.
+type loopDev struct{ dev, backing string }
+
+// boundLoops lists bound loop devices and their backing files (a deleted
+// backing file is listed under its old path), ordered by device.
+func boundLoops() []loopDev {
 	ms, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var out []loopDev
 	for _, m := range ms {
 		b, err := os.ReadFile(m)
 		if err != nil {
 			continue
 		}
-		if p := strings.TrimSpace(string(b)); within(p, dir) {
-			out = append(out, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(m))))
+		backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
+		out = append(out, loopDev{dev: "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(m))), backing: backing})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].dev < out[j].dev })
+	return out
+}
+
+// loopsBackedUnder lists bound loop devices whose backing file is under dir.
+func loopsBackedUnder(dir string) []string {
+	var out []string
+	for _, l := range boundLoops() {
+		if within(l.backing, dir) {
+			out = append(out, l.dev)
 		}
 	}
 	return out

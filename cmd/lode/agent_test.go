@@ -2,12 +2,10 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,9 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lode-dev/lode/internal/catalog"
-	"github.com/lode-dev/lode/internal/gc"
-	"github.com/lode-dev/lode/internal/store"
+	"github.com/lode-dev/lode/internal/worker"
 )
 
 // runningAgent is runAgentDaemon serving in the background.
@@ -26,7 +22,7 @@ type runningAgent struct {
 	socket, stateDir string
 	cancel           context.CancelFunc
 	errc             chan error
-	client           *agentClient
+	client           *worker.Client
 }
 
 // startAgent runs "lode agent" on a socket in c's home until the test ends
@@ -34,18 +30,18 @@ type runningAgent struct {
 func (c *cli) startAgent(t *testing.T) *runningAgent {
 	t.Helper()
 	a := &runningAgent{socket: filepath.Join(c.home, "run", "agent.sock"), stateDir: filepath.Join(c.home, "mounts"), errc: make(chan error, 1)}
-	o := agentdOptions{socket: a.socket, stateDir: a.stateDir, worker: c.workerOpts()}
+	o := agentOptions{d: worker.DaemonConfig{Socket: a.socket, StateDir: a.stateDir, Worker: c.workerOpts()}}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	ready := make(chan struct{})
-	go func() { a.errc <- runAgentDaemon(ctx, o, ready) }()
+	go func() { a.errc <- runAgent(ctx, o, ready) }()
 	select {
 	case <-ready:
 	case err := <-a.errc:
 		t.Fatalf("lode agent returned before serving: %v", err)
 	}
 	t.Cleanup(func() { a.stop(t) })
-	a.client = newAgentClient(a.socket)
+	a.client = worker.NewClient(a.socket)
 	return a
 }
 
@@ -66,10 +62,10 @@ func (a *runningAgent) stop(t *testing.T) error {
 	}
 }
 
-func (a *runningAgent) status(t *testing.T) agentStatus {
+func (a *runningAgent) status(t *testing.T) worker.Status {
 	t.Helper()
-	var st agentStatus
-	if err := a.client.call(context.Background(), http.MethodGet, "/v1/status", nil, &st); err != nil {
+	st, err := a.client.Status(context.Background())
+	if err != nil {
 		t.Fatal(err)
 	}
 	return st
@@ -79,12 +75,11 @@ func (a *runningAgent) status(t *testing.T) agentStatus {
 // daemon's /metrics (served on the socket), 0 if absent.
 func (a *runningAgent) metric(t *testing.T, series string) float64 {
 	t.Helper()
-	resp, err := a.client.hc.Get("http://lode-agent/metrics")
+	text, err := a.client.Metrics(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(strings.NewReader(text))
 	for sc.Scan() {
 		if rest, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
 			v, err := strconv.ParseFloat(rest, 64)
@@ -97,16 +92,16 @@ func (a *runningAgent) metric(t *testing.T, series string) float64 {
 	return 0
 }
 
-func mountFor(st agentStatus, dir string) (servedStatus, bool) {
+func mountFor(st worker.Status, dir string) (worker.ServedStatus, bool) {
 	for _, m := range st.Mounts {
 		if m.Dir == dir {
 			return m, true
 		}
 	}
-	return servedStatus{}, false
+	return worker.ServedStatus{}, false
 }
 
-func tierHits(s servedStatus, tier string) int64 {
+func tierHits(s worker.ServedStatus, tier string) int64 {
 	for _, t := range s.Stats.Tiers {
 		if t.Tier == tier {
 			return t.Hits
@@ -185,7 +180,7 @@ func TestAgentDaemon(t *testing.T) {
 	if err := c.execLode(t, "agent", "--socket", a.socket, "status", "--json"); err != nil {
 		t.Fatalf("lode agent status --json: %v", err)
 	}
-	var st agentStatus
+	var st worker.Status
 	if err := json.Unmarshal([]byte(c.stdout.String()[before:]), &st); err != nil {
 		t.Fatalf("status --json output: %v\n%s", err, c.stdout.String()[before:])
 	}
@@ -216,8 +211,8 @@ func TestAgentDaemon(t *testing.T) {
 	if originHits <= 0 {
 		t.Errorf("origin hits metric = %v after the first mount's reads", originHits)
 	}
-	var s2 servedStatus
-	if err := a.client.call(context.Background(), http.MethodPost, "/v1/mounts", mountRequest{Image: "demo", Dir: dir2}, &s2); err != nil {
+	_, err = a.client.Mount(context.Background(), worker.MountRequest{Image: "demo", Dir: dir2})
+	if err != nil {
 		t.Fatal(err)
 	}
 	osr2, model2 := readFiles(dir2)
@@ -249,11 +244,11 @@ func TestAgentDaemon(t *testing.T) {
 	}
 
 	// Mounting over a served dir conflicts.
-	err = a.client.call(context.Background(), http.MethodPost, "/v1/mounts", mountRequest{Image: "demo", Dir: dir2}, nil)
+	_, err = a.client.Mount(context.Background(), worker.MountRequest{Image: "demo", Dir: dir2})
 	if err == nil || !strings.Contains(err.Error(), "already") {
 		t.Errorf("a second mount at %s = %v, want a conflict", dir2, err)
 	}
-	err = a.client.call(context.Background(), http.MethodPost, "/v1/mounts", mountRequest{Image: "nope", Dir: filepath.Join(mnt, "x")}, nil)
+	_, err = a.client.Mount(context.Background(), worker.MountRequest{Image: "nope", Dir: filepath.Join(mnt, "x")})
 	if err == nil || !strings.Contains(err.Error(), "nope") {
 		t.Errorf("mounting a missing image = %v, want an error naming it", err)
 	}
@@ -272,8 +267,8 @@ func TestAgentDaemon(t *testing.T) {
 	// An NBD export of the same image.
 	if _, err := exec.LookPath("nbdinfo"); err == nil {
 		sock := filepath.Join(c.home, "run", "nbd.sock")
-		var es servedStatus
-		if err := a.client.call(context.Background(), http.MethodPost, "/v1/exports", exportRequest{Image: "demo", Listen: "unix:" + sock}, &es); err != nil {
+		es, err := a.client.Export(context.Background(), worker.ExportRequest{Image: "demo", Listen: "unix:" + sock})
+		if err != nil {
 			t.Fatal(err)
 		}
 		out, err := exec.Command("nbdinfo", "--size", "nbd+unix:///demo?socket="+sock).CombinedOutput()
@@ -300,133 +295,11 @@ func TestAgentDaemon(t *testing.T) {
 	}
 }
 
-// An image whose root expired raises the GC alarm and counts; when the GC
-// repoints the image, the daemon follows it to the new root without a
-// remount. No FUSE needed: the image is exported over NBD on a unix socket.
-func TestAgentExpiredRootAndRepoint(t *testing.T) {
-	c := newCLI(t)
-	c.buildSample(t)
-	ctx := context.Background()
-	st, err := openStore(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := catalog.Lookup(ctx, st, "default", "demo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := p.Root
-	if err := store.WriteRoot(ctx, st, store.RootInfo{ID: old, State: store.RootExpired, Since: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-
-	d, err := newDaemon(ctx, agentdOptions{socket: filepath.Join(c.home, "agent.sock"), stateDir: filepath.Join(c.home, "mounts"), worker: c.workerOpts()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.shutdown()
-	s, err := d.startExport(ctx, exportRequest{Image: "demo", Tenant: "default", Listen: "unix:" + filepath.Join(c.home, "nbd.sock")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.mu.Lock()
-	d.exports[s.listen] = s
-	d.mu.Unlock()
-
-	if got := testCounter(t, d, "lode_agent_expired_root_opens_total"); got != 1 {
-		t.Errorf("lode_agent_expired_root_opens_total = %v, want 1", got)
-	}
-	al, err := gc.ReadAlarm(ctx, st, old)
-	if err != nil {
-		t.Fatalf("no alarm on the expired root %s: %v", old, err)
-	}
-	if al.Image != "default/demo" {
-		t.Errorf("alarm names image %q, want default/demo", al.Image)
-	}
-	if log := c.log.String(); !strings.Contains(log, "expired root") || !strings.Contains(log, "root="+string(old)) || !strings.Contains(log, "image=default/demo") {
-		t.Errorf("no warning naming image and root in the log:\n%s", log)
-	}
-
-	// Copy forward into a new root and repoint, as the GC does, then
-	// delete the old root's chunks.
-	next := store.RootIDFor(store.RootNumber(old) + 1)
-	var keys []string
-	if err := st.List(ctx, store.RootPrefix(old), func(key string, _ int64) error { keys = append(keys, key); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range keys {
-		b, err := st.Get(ctx, k, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Put(ctx, store.RootPrefix(next)+strings.TrimPrefix(k, store.RootPrefix(old)), b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := store.WriteRoot(ctx, st, store.RootInfo{ID: next, State: store.RootActive, Since: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	p.Root = next
-	if err := st.Put(ctx, store.ImageKey("default", "demo"), store.MarshalPointer(p)); err != nil {
-		t.Fatal(err)
-	}
-	d.refresh(ctx)
-	if got := s.attached(); len(got) != 2 || got[1] != next {
-		t.Errorf("after the refresh the image reads from %v, want %s added", got, next)
-	}
-	for _, k := range keys {
-		if strings.HasPrefix(k, store.ChunksPrefix(old)) {
-			if err := st.Delete(ctx, k); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	want, err := os.ReadFile(filepath.Join(c.home, "demo.ext4"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, len(want))
-	if _, err := s.im.ReadAt(ctx, got, 0); err != nil {
-		t.Fatalf("reading the image after its old root's chunks were deleted: %v", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("the image read through the new root differs from the built ext4")
-	}
-	if got := testCounter(t, d, "lode_agent_image_repoints_total"); got != 1 {
-		t.Errorf("lode_agent_image_repoints_total = %v, want 1", got)
-	}
-	// A second refresh changes nothing and raises nothing new.
-	d.refresh(ctx)
-	if got := testCounter(t, d, "lode_agent_expired_root_opens_total"); got != 1 {
-		t.Errorf("after a second refresh lode_agent_expired_root_opens_total = %v, want 1", got)
-	}
-}
-
-// testCounter reads one unlabelled metric from d's registry.
-func testCounter(t *testing.T, d *daemon, name string) float64 {
-	t.Helper()
-	mfs, err := d.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.Metric) == 1 {
-			m := mf.Metric[0]
-			if m.Counter != nil {
-				return m.Counter.GetValue()
-			}
-			return m.Gauge.GetValue()
-		}
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
-}
-
 func TestAgentSocketInUse(t *testing.T) {
 	c := newCLI(t)
 	c.buildSample(t)
 	a := c.startAgent(t)
-	err := runAgentDaemon(context.Background(), agentdOptions{socket: a.socket, stateDir: a.stateDir, worker: c.workerOpts()}, nil)
+	err := runAgent(context.Background(), agentOptions{d: worker.DaemonConfig{Socket: a.socket, StateDir: a.stateDir, Worker: c.workerOpts()}}, nil)
 	if err == nil || !strings.Contains(err.Error(), "another agent") {
 		t.Errorf("a second agent on %s = %v, want a refusal", a.socket, err)
 	}

@@ -1,4 +1,4 @@
-package main
+package worker
 
 import "testing"
 
@@ -21,9 +21,9 @@ func TestParseRate(t *testing.T) {
 		{"99999999999999999999G", 0, true},
 	}
 	for _, tt := range tests {
-		got, err := parseRate(tt.in)
+		got, err := ParseRate(tt.in)
 		if (err != nil) != tt.wantErr || got != tt.want {
-			t.Errorf("parseRate(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.wantErr)
+			t.Errorf("ParseRate(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.wantErr)
 		}
 	}
 }

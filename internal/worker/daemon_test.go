@@ -1,0 +1,168 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lode-dev/lode/internal/catalog"
+	"github.com/lode-dev/lode/internal/gc"
+	"github.com/lode-dev/lode/internal/imagetest"
+	"github.com/lode-dev/lode/internal/store"
+)
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes (a test's log).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// testOptions are the worker flags' defaults, scaled down for tests.
+func testOptions(home string) Options {
+	return Options{CacheDir: filepath.Join(home, "cache"), DiskBytes: 256 << 20, MemBytes: 64 << 20,
+		FetchTimeout: 20 * time.Second, ReadAhead: 4, Fetches: 8}
+}
+
+// testDaemonConfig is a daemon over w's store in home, logging to log.
+func testDaemonConfig(home string, w *imagetest.World, log *syncBuffer) DaemonConfig {
+	return DaemonConfig{
+		Socket: filepath.Join(home, "agent.sock"), StateDir: filepath.Join(home, "mounts"), Worker: testOptions(home),
+		Store: w.St, Keyring: w.Kr, Tenant: "default",
+		Log: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelInfo})),
+	}
+}
+
+// An image whose root expired raises the GC alarm and counts; when the GC
+// repoints the image, the daemon follows it to the new root without a
+// remount. No FUSE needed: the image is exported over NBD on a unix socket.
+func TestDaemonExpiredRootAndRepoint(t *testing.T) {
+	w := imagetest.NewWorld(t, "default")
+	img := w.Build(t, "default", "demo", 1, 8, 64<<10)
+	st := w.St
+	ctx := context.Background()
+	var logBuf syncBuffer
+	p, err := catalog.Lookup(ctx, st, "default", "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := p.Root
+	if err := store.WriteRoot(ctx, st, store.RootInfo{ID: old, State: store.RootExpired, Since: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+
+	home := t.TempDir()
+	d, err := NewDaemon(ctx, testDaemonConfig(home, w, &logBuf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	s, err := d.startExport(ctx, ExportRequest{Image: "demo", Tenant: "default", Listen: "unix:" + filepath.Join(home, "nbd.sock")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	d.exports[s.listen] = s
+	d.mu.Unlock()
+
+	if got := testCounter(t, d, "lode_agent_expired_root_opens_total"); got != 1 {
+		t.Errorf("lode_agent_expired_root_opens_total = %v, want 1", got)
+	}
+	al, err := gc.ReadAlarm(ctx, st, old)
+	if err != nil {
+		t.Fatalf("no alarm on the expired root %s: %v", old, err)
+	}
+	if al.Image != "default/demo" {
+		t.Errorf("alarm names image %q, want default/demo", al.Image)
+	}
+	if log := logBuf.String(); !strings.Contains(log, "expired root") || !strings.Contains(log, "root="+string(old)) || !strings.Contains(log, "image=default/demo") {
+		t.Errorf("no warning naming image and root in the log:\n%s", log)
+	}
+
+	// Copy forward into a new root and repoint, as the GC does, then
+	// delete the old root's chunks.
+	next := store.RootIDFor(store.RootNumber(old) + 1)
+	var keys []string
+	if err := st.List(ctx, store.RootPrefix(old), func(key string, _ int64) error { keys = append(keys, key); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		b, err := st.Get(ctx, k, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Put(ctx, store.RootPrefix(next)+strings.TrimPrefix(k, store.RootPrefix(old)), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := store.WriteRoot(ctx, st, store.RootInfo{ID: next, State: store.RootActive, Since: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	p.Root = next
+	if err := st.Put(ctx, store.ImageKey("default", "demo"), store.MarshalPointer(p)); err != nil {
+		t.Fatal(err)
+	}
+	d.refresh(ctx)
+	if got := s.attached(); len(got) != 2 || got[1] != next {
+		t.Errorf("after the refresh the image reads from %v, want %s added", got, next)
+	}
+	for _, k := range keys {
+		if strings.HasPrefix(k, store.ChunksPrefix(old)) {
+			if err := st.Delete(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want := img.Plain
+	got := make([]byte, len(want))
+	if _, err := s.im.ReadAt(ctx, got, 0); err != nil {
+		t.Fatalf("reading the image after its old root's chunks were deleted: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("the image read through the new root differs from the built ext4")
+	}
+	if got := testCounter(t, d, "lode_agent_image_repoints_total"); got != 1 {
+		t.Errorf("lode_agent_image_repoints_total = %v, want 1", got)
+	}
+	// A second refresh changes nothing and raises nothing new.
+	d.refresh(ctx)
+	if got := testCounter(t, d, "lode_agent_expired_root_opens_total"); got != 1 {
+		t.Errorf("after a second refresh lode_agent_expired_root_opens_total = %v, want 1", got)
+	}
+}
+
+// testCounter reads one unlabelled metric from d's registry.
+func testCounter(t *testing.T, d *Daemon, name string) float64 {
+	t.Helper()
+	mfs, err := d.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.Metric) == 1 {
+			m := mf.Metric[0]
+			if m.Counter != nil {
+				return m.Counter.GetValue()
+			}
+			return m.Gauge.GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}

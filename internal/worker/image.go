@@ -1,0 +1,136 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"strings"
+
+	"github.com/dustin/go-humanize"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lode-dev/lode/internal/agent"
+	"github.com/lode-dev/lode/internal/blockdev"
+	"github.com/lode-dev/lode/internal/catalog"
+	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/store"
+)
+
+// Image is one image opened on a stack of its own: what lode mount, run,
+// serve-nbd, serve-vhost and vm serve (the daemon instead opens every image
+// on its one stack).
+type Image struct {
+	*Stack
+	Image    *agent.Image
+	Manifest *manifest.Manifest
+	Pointer  store.Pointer
+	Name     string // tenant/name
+	log      *slog.Logger
+}
+
+// Open resolves tenant's image name and opens it through a new stack over
+// the origin at its pointer's root. Metrics are registered on reg when it
+// is not nil.
+func Open(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name string, o Options, reg prometheus.Registerer, log *slog.Logger) (*Image, error) {
+	m, p, err := catalog.Resolve(ctx, st, kr, tenant, name)
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	w := &Image{Manifest: m, Pointer: p, Name: tenant + "/" + name, log: log}
+	s, err := NewStack(ctx, o, agent.NewOrigin(st, p.Root), reg, log, Parts{})
+	if err != nil {
+		return nil, err
+	}
+	w.Stack = s
+	im, err := s.Agent.Open(w.Name, m)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("opening image %s: %w", w.Name, err)
+	}
+	w.Image = im
+	return w, nil
+}
+
+// Close closes the image, then its stack.
+func (w *Image) Close() error {
+	var errs []error
+	if w.Image != nil {
+		errs = append(errs, w.Image.Close())
+	}
+	if w.Stack != nil {
+		errs = append(errs, w.Stack.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Prefetch fetches the image's startup profile (its manifest's hints), if
+// it has one, in the background with parallel fetches.
+func (w *Image) Prefetch(ctx context.Context, parallel int) {
+	hints := w.Manifest.Hints
+	if len(hints) == 0 {
+		return
+	}
+	go func() {
+		n, err := w.Image.Prefetch(ctx, hints, max(1, parallel))
+		w.log.Debug("prefetched startup profile", "image", w.Name, "hints", len(hints), "fetches", n, "err", err)
+	}()
+}
+
+// Device is the block device a frontend exports for w: the image itself,
+// or a copy-on-write overlay over it when overlay names a file. It also
+// starts prefetching the image's startup profile. The returned close
+// releases the overlay.
+func (w *Image) Device(ctx context.Context, overlay string, parallel int) (blockdev.Device, func() error, error) {
+	w.Prefetch(ctx, parallel)
+	if overlay == "" {
+		return w.Image, func() error { return nil }, nil
+	}
+	ov, err := blockdev.NewOverlay(w.Image, overlay)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ov, ov.Close, nil
+}
+
+// WriteStats writes the per-tier statistics of the image's reads.
+func (w *Image) WriteStats(out io.Writer) {
+	s := w.Image.Stats()
+	reads := s.MemHits
+	for _, t := range s.Tiers {
+		reads += t.Hits
+	}
+	share := func(n int64) float64 {
+		if reads == 0 {
+			return 0
+		}
+		return 100 * float64(n) / float64(reads)
+	}
+	fmt.Fprintf(out, "image %s: read %s of %s (%.2f%% of the image in %d distinct chunks; %d hole reads)\n",
+		w.Name, humanize.IBytes(uint64(s.DistinctBytesRead)), humanize.IBytes(uint64(s.ImageSize)),
+		100*s.ShareRead(), s.DistinctChunksRead, s.Holes)
+	fmt.Fprintf(out, "  chunk reads by tier: memory %d (%.1f%%)", s.MemHits, share(s.MemHits))
+	var fetched int64
+	for _, t := range s.Tiers {
+		fmt.Fprintf(out, ", %s %d (%.1f%%, %s)", t.Tier, t.Hits, share(t.Hits), humanize.IBytes(uint64(t.Bytes)))
+		fetched += t.Bytes
+	}
+	fmt.Fprintf(out, "\n  fetched %s in all; %d read-aheads, %d fetch errors, %d verification failures\n",
+		humanize.IBytes(uint64(fetched)), s.ReadAheads, s.FetchErrors, s.VerifyFailures)
+	if s.Filled > 0 {
+		fmt.Fprintf(out, "  background fill fetched %d chunks\n", s.Filled)
+	}
+	if len(s.Degraded) > 0 {
+		reasons := make([]string, 0, len(s.Degraded))
+		for r, n := range s.Degraded {
+			reasons = append(reasons, fmt.Sprintf("%s %d", r, n))
+		}
+		sort.Strings(reasons)
+		fmt.Fprintf(out, "  lazy loading degraded: %s\n", strings.Join(reasons, ", "))
+	}
+}
