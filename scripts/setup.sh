@@ -6,10 +6,10 @@
 # Run as root (or through sudo). Safe to run again: it installs only what is missing.
 set -euo pipefail
 
-pkgs=(e2fsprogs util-linux fuse3 runc skopeo umoci nbdkit libnbd-bin qemu-utils s3cmd qemu-system-x86 linux-image-cloud-amd64 busybox-static)
-# The containerd snapshotter tests: containerd 1.6 (with ctr and the runc
-# shim) and the registry it pulls from.
-pkgs+=(containerd docker-registry)
+pkgs=(e2fsprogs util-linux fuse3 runc skopeo umoci nbdkit libnbd-bin qemu-utils s3cmd qemu-system-x86 linux-image-cloud-amd64 busybox-static
+  docker-registry apache2-utils debootstrap) # registry, htpasswd and a real rootfs for the registry tests (#17)
+# The containerd snapshotter tests (#18): containerd 1.6 with ctr and the runc shim.
+pkgs+=(containerd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -109,7 +109,7 @@ func runAgent(ctx context.Context, o agentOptions, ready chan<- struct{}) error 
 	if err != nil {
 		return err
 	}
-	addSnapshotter(d, o.containerd, st, kr, global.tenant)
+	addSnapshotter(d, o.containerd, st, global.tenant)
 	return d.Run(ctx, ready)
 }
 

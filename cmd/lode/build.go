@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime"
+	"strings"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
@@ -24,6 +27,8 @@ type buildOptions struct {
 	noSetuid     bool
 	compress     string
 	align        bool
+	force        bool
+	remote       oci.RemoteOptions
 }
 
 func newBuildCmd() *cobra.Command {
@@ -36,10 +41,17 @@ into chunks, encrypts each convergently and uploads the chunks the store lacks,
 then stores the image's sealed manifest under NAME for the tenant.
 
 SOURCE is one of:
+  docker://HOST[:PORT]/REPO[:TAG|@DIGEST]
+                              an image in a registry, with the credentials of
+                              skopeo/podman login or docker login (--authfile,
+                              $REGISTRY_AUTH_FILE, containers auth.json,
+                              ~/.docker/config.json and its credential helpers)
   oci:DIR[:TAG]               an OCI image layout (skopeo copy … oci:DIR:TAG, umoci)
   docker-archive:FILE[:TAG]   a docker save tarball
   rootfs:FILE                 a tar of a root filesystem (gzip or zstd allowed)`,
 		Example: `  lode keys create
+  lode build docker://registry.example:5000/team/app:1.4 --name app
+  lode build docker://127.0.0.1:5000/app:dev --insecure-registry 127.0.0.1:5000 --platform linux/arm64 --name app-arm
   skopeo copy docker-archive:app.tar oci:app:latest
   lode build oci:app:latest --name app
   lode build rootfs:rootfs.tar.gz --name base --tenant team-a --store s3://bucket/lode`,
@@ -55,7 +67,14 @@ SOURCE is one of:
 	f.IntVar(&o.uploads, "uploads", 0, "concurrent seal+upload workers (default 4×CPUs)")
 	f.StringVar(&o.tempDir, "tmp", "", "directory for the staged ext4 image (default $TMPDIR)")
 	f.StringVar(&o.keepImage, "keep-image", "", "also write the built ext4 image to this path")
-	f.BoolVar(&o.allowDevices, "allow-devices", false, "allow device nodes in the image")
+	f.BoolVar(&o.allowDevices, "allow-devices", false, "keep device nodes (by default those under /dev are dropped with a notice and others refused)")
+	f.BoolVar(&o.force, "force", false, "rebuild a docker:// source even if NAME already holds an image of the same manifest digest")
+	f.StringVar(&o.remote.Platform, "platform", "", "os/arch[/variant] to pick from an image index (default linux/"+runtime.GOARCH+")")
+	f.StringVar(&o.remote.CAFile, "registry-ca", "", "PEM file of a CA to trust for registries, beside the system roots")
+	f.StringSliceVar(&o.remote.Insecure, "insecure-registry", nil, "HOST[:PORT] of a registry that may be reached over plain HTTP (repeatable)")
+	f.DurationVar(&o.remote.Timeout, "registry-timeout", 60*time.Second, "fail when a registry sends nothing for this long")
+	f.IntVar(&o.remote.Jobs, "registry-jobs", 3, "layers downloaded at once")
+	f.StringVar(&o.remote.AuthFile, "authfile", "", "credentials file (containers-auth.json, as skopeo login --authfile) tried first")
 	f.BoolVar(&o.noSetuid, "no-setuid", false, "refuse setuid/setgid files")
 	f.StringVar(&o.compress, "compress", "none", "compress each chunk before encryption: none or zstd (recorded in the manifest)")
 	f.BoolVar(&o.align, "align", false, "chunk-aligned layout: start every file of at least one chunk on a chunk boundary, so identical large files give identical chunks wherever they sit (more dedup when a base layer changes or layers are reordered)")
@@ -81,7 +100,9 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 	if err != nil {
 		return err
 	}
+	o.remote.Progress = newPullProgress(stderr) // progress.go
 	bo := build.Options{
+		Remote: o.remote, Force: o.force,
 		Compression: comp,
 		Source:      source, Tenant: global.tenant, Name: o.name,
 		ChunkSize: o.chunkSize, SaltDomain: o.saltDomain, Uploads: o.uploads,
@@ -92,6 +113,9 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 		bo.Ext4.Align = int64(o.chunkSize)
 	}
 	if p := newProgress(stderr); p != nil {
+		if strings.HasPrefix(source, "docker://") {
+			p.skip = "flatten" // the layer bars show it
+		}
 		bo.Progress = p
 		defer p.Finish()
 	}
@@ -99,11 +123,26 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 	if err != nil {
 		return fmt.Errorf("building %s from %s: %w", o.name, source, err)
 	}
+	if res.Unchanged {
+		fmt.Fprintf(out, "unchanged %s/%s: already built from %s (%s); --force rebuilds\n", res.Tenant, res.Name, res.Source.Ref, res.SourceDigest)
+		fmt.Fprintf(out, "root %s, manifest %s, store %s\n", res.Root, res.ManifestID, st)
+		return nil
+	}
+	if res.DroppedDevices > 0 {
+		fmt.Fprintf(stderr, "notice: dropped %d device nodes under /dev (container runtimes mount their own /dev; --allow-devices keeps them)\n", res.DroppedDevices)
+	}
 	secs := res.Duration.Seconds()
 	fmt.Fprintf(out, "built %s/%s: %s in, %s image, %d chunks (%d holes, %d new, %d deduplicated, %.1f%% shared), %s uploaded, %.2fs, %.0f MB/s\n",
 		res.Tenant, res.Name, humanize.IBytes(uint64(res.InputBytes)), humanize.IBytes(uint64(res.ImageSize)),
 		res.Chunks, res.Holes, res.New, res.Dedup, 100*res.SharedShare(), humanize.IBytes(uint64(res.NewBytes)),
 		secs, float64(res.ImageSize)/1e6/secs)
+	if res.Source.Remote {
+		idx := ""
+		if res.Source.IndexDigest != "" {
+			idx = ", index " + res.Source.IndexDigest
+		}
+		fmt.Fprintf(out, "source %s: manifest %s%s, %d layers, %s pulled\n", res.Source.Ref, res.SourceDigest, idx, len(res.Source.DiffIDs), humanize.IBytes(uint64(res.Pulled)))
+	}
 	fmt.Fprintf(out, "root %s, manifest %s, store %s\n", res.Root, res.ManifestID, st)
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/snapshotter"
 	"github.com/lode-dev/lode/internal/store"
 	"github.com/lode-dev/lode/internal/worker"
@@ -29,13 +28,13 @@ func (o *containerdOptions) bind(f *pflag.FlagSet) {
 
 // addSnapshotter registers the snapshotter as a service of d, if
 // --containerd-socket is set.
-func addSnapshotter(d *worker.Daemon, o containerdOptions, st store.Store, kr manifest.Keyring, tenant string) {
+func addSnapshotter(d *worker.Daemon, o containerdOptions, st store.Store, tenant string) {
 	if o.socket == "" {
 		return
 	}
 	r := snapshotter.NewRunner(snapshotter.Config{
 		Root:       o.root,
-		Images:     &snapshotter.CatalogImages{Store: st, Keyring: kr, Tenant: tenant, Log: logger},
+		Images:     &snapshotter.CatalogImages{Store: st, Tenant: tenant},
 		Mounter:    daemonMounter{d},
 		Layers:     snapshotter.RegistryLayers{HostsDir: o.hostsDir},
 		Log:        logger,

@@ -136,7 +136,8 @@ type containerdEnv struct {
 	c        *cli
 	agent    *runningAgent
 	ctrd     *lodetest.ContainerdDaemon
-	registry string
+	reg      *lodetest.Registry
+	registry string // host:port
 	snRoot   string
 	dir      string // short directory for the sockets
 	sock     string // the snapshotter's socket
@@ -169,12 +170,13 @@ func (e *containerdEnv) startAgent(t *testing.T, takeover bool) *runningAgent {
 func newContainerdEnv(t *testing.T, sandboxImage func(registry string) string) *containerdEnv {
 	t.Helper()
 	requireMount(t)
-	lodetest.Require(t, lodetest.Containerd, lodetest.Distribution)
+	lodetest.Require(t, lodetest.Containerd, lodetest.DockerRegistry)
 	e := &containerdEnv{c: newCLI(t)}
 	if err := e.c.execLode(t, "keys", "create"); err != nil {
 		t.Fatal(err)
 	}
-	e.registry = lodetest.StartDistribution(t)
+	e.reg = lodetest.StartRegistry(t, lodetest.RegistryOptions{})
+	e.registry = e.reg.Host
 	dir, err := os.MkdirTemp("", "lsn-") // unix socket paths are short
 	if err != nil {
 		t.Fatal(err)
@@ -313,6 +315,15 @@ func TestContainerdGoClient(t *testing.T) {
 	}
 
 	pull(appRef)
+	if log, err := os.ReadFile(e.reg.LogFile); err != nil {
+		t.Fatal(err)
+	} else {
+		for _, d := range layerDigests(app) {
+			if strings.Contains(string(log), "\"GET /v2/app/blobs/"+d.String()) {
+				t.Errorf("the registry served layer %s of the lode image", d)
+			}
+		}
+	}
 	for _, d := range layerDigests(app) {
 		if _, err := cl.ContentStore().Info(ctx, digest.Digest(d.String())); !errdefs.IsNotFound(err) {
 			t.Errorf("layer %s of the lode image is in containerd's content store (err %v): it was downloaded", d, err)
@@ -333,6 +344,10 @@ func TestContainerdGoClient(t *testing.T) {
 
 	// The unknown image builds on the base chain lode answered remotely.
 	pull(otherRef)
+	// The check above can fail: the unknown image's own layer is fetched.
+	if log, _ := os.ReadFile(e.reg.LogFile); !strings.Contains(string(log), "\"GET /v2/other/blobs/"+layerDigests(other)[1].String()) {
+		t.Errorf("the registry's log shows no GET of the unknown image's top layer")
+	}
 	if out := e.ctr(t, "run", "--rm", "--snapshotter", "lode", otherRef, "other1"); out != "not built by lode\n" {
 		t.Errorf("ctr run on the unknown image printed %q", out)
 	}

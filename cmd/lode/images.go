@@ -57,19 +57,19 @@ func runImages(ctx context.Context, all bool, out io.Writer) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSIZE\tCHUNKS\tROOT\tMANIFEST\tCREATED")
+	fmt.Fprintln(tw, "NAME\tSIZE\tCHUNKS\tSOURCE\tROOT\tMANIFEST\tCREATED")
 	for _, e := range es {
-		size, chunks := "?", "?"
+		size, chunks, source := "?", "?", "?"
 		if b, err := st.Get(ctx, store.ManifestKey(e.Pointer.Root, e.Pointer.Manifest), nil); err == nil {
 			if m, err := manifest.ReadPublic(b); err == nil {
-				size, chunks = humanize.IBytes(uint64(m.ImageSize)), fmt.Sprint(len(m.Names))
+				size, chunks, source = humanize.IBytes(uint64(m.ImageSize)), fmt.Sprint(len(m.Names)), shortDigest(m.SourceDigest)
 			}
 		}
 		name := e.Name
 		if e.Pointer.Deleted {
 			name += " (deleted)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", name, size, chunks, e.Pointer.Root, e.Pointer.Manifest[:12], e.Pointer.Created.Local().Format(time.DateTime))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, size, chunks, source, e.Pointer.Root, e.Pointer.Manifest[:12], e.Pointer.Created.Local().Format(time.DateTime))
 	}
 	return tw.Flush()
 }
@@ -98,6 +98,10 @@ type inspectJSON struct {
 	Tenant         string    `json:"tenant"`
 	Image          string    `json:"image"`
 	Source         string    `json:"source_digest"`
+	SourceRef      string    `json:"source_ref,omitempty"`
+	SourceIndex    string    `json:"source_index_digest,omitempty"`
+	DiffIDs        []string  `json:"diff_ids,omitempty"`
+	ChainIDs       []string  `json:"chain_ids,omitempty"`
 	Root           string    `json:"root"`
 	Manifest       string    `json:"manifest"`
 	Created        time.Time `json:"created"`
@@ -131,6 +135,7 @@ func runInspect(ctx context.Context, name string, asJSON bool, out io.Writer) er
 		enc.SetIndent("", "  ")
 		return enc.Encode(inspectJSON{
 			Tenant: global.tenant, Image: name, Source: m.SourceDigest, Root: string(p.Root), Manifest: p.Manifest,
+			SourceRef: m.SourceRef, SourceIndex: m.SourceIndexDigest, DiffIDs: m.DiffIDs, ChainIDs: m.ChainIDs(),
 			Created: p.Created, FSType: m.FSType, ImageSize: m.ImageSize, ChunkSize: m.ChunkSize,
 			Chunks: sh.Chunks, Holes: sh.Holes, Distinct: sh.Distinct, Shared: sh.Shared, Unique: sh.Unique,
 			OtherManifests: sh.OtherImages, Entrypoint: m.Config.Entrypoint, Cmd: m.Config.Cmd,
@@ -145,7 +150,13 @@ func runInspect(ctx context.Context, name string, asJSON bool, out io.Writer) er
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "image:\t%s/%s\n", global.tenant, name)
-	fmt.Fprintf(tw, "source:\t%s\n", m.SourceDigest)
+	fmt.Fprintf(tw, "source:\t%s\n", orNone(m.SourceRef))
+	fmt.Fprintf(tw, "source digest:\t%s\n", m.SourceDigest)
+	fmt.Fprintf(tw, "source index:\t%s\n", orNone(m.SourceIndexDigest))
+	chains := m.ChainIDs()
+	for i, d := range m.DiffIDs {
+		fmt.Fprintf(tw, "layer %d:\tdiff ID %s, chain ID %s\n", i, d, chains[i])
+	}
 	fmt.Fprintf(tw, "root:\t%s\n", p.Root)
 	fmt.Fprintf(tw, "manifest:\t%s\n", p.Manifest)
 	fmt.Fprintf(tw, "created:\t%s\n", p.Created.Local().Format(time.RFC3339))
@@ -173,4 +184,22 @@ func quoteArgs(a []string) string {
 		q[i] = fmt.Sprintf("%q", s)
 	}
 	return "[" + strings.Join(q, ", ") + "]"
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// shortDigest abbreviates "sha256:<64 hex>" to "sha256:<12 hex>".
+func shortDigest(d string) string {
+	if alg, hex, ok := strings.Cut(d, ":"); ok && len(hex) > 12 {
+		return alg + ":" + hex[:12]
+	}
+	if d == "" {
+		return "-"
+	}
+	return d
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/ext4img"
 	"github.com/lode-dev/lode/internal/manifest"
@@ -25,7 +26,7 @@ import (
 
 // Options configure one build.
 type Options struct {
-	Source string // oci:DIR[:TAG], docker-archive:FILE[:TAG], rootfs:FILE
+	Source string // docker://REF, oci:DIR[:TAG], docker-archive:FILE[:TAG], rootfs:FILE
 	Tenant string
 	Name   string
 
@@ -45,6 +46,14 @@ type Options struct {
 
 	Flatten oci.FlattenOptions
 	Ext4    ext4img.Options
+	// Remote configures docker:// sources (platform, CA, insecure hosts,
+	// credentials, timeout, download jobs and progress).
+	Remote oci.RemoteOptions
+	// Force rebuilds a docker:// source even when Name already points to an
+	// image built from the same source manifest digest (with the same chunk
+	// size and compression); otherwise such a build is a no-op that reads
+	// only the registry's manifest and config (Result.Unchanged).
+	Force bool
 
 	Log      *slog.Logger
 	Progress Progress // may be nil
@@ -65,7 +74,16 @@ type Result struct {
 	Root         store.RootID
 	ManifestID   string
 	SourceDigest string
+	Source       oci.Source // the source record kept in the manifest
 	Config       manifest.Config
+	// Unchanged: Name already pointed to an image of the same docker://
+	// source digest; nothing was downloaded or stored (see Options.Force).
+	Unchanged bool
+	// Pulled counts compressed bytes read from the registry.
+	Pulled int64
+	// DroppedDevices counts device nodes under /dev left out of the image
+	// (oci.FlattenStats.DroppedDevices).
+	DroppedDevices int
 
 	InputBytes int64 // file content bytes in the flattened tree
 	ImageSize  int64 // bytes of the ext4 image
@@ -147,6 +165,9 @@ func (o *Options) setDefaults() error {
 	if o.Flatten.TempDir == "" {
 		o.Flatten.TempDir = o.TempDir
 	}
+	if o.Remote.TempDir == "" {
+		o.Remote.TempDir = o.TempDir
+	}
 	if err := store.ValidName("tenant", o.Tenant); err != nil {
 		return err
 	}
@@ -172,12 +193,19 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	}
 	res := Result{Tenant: o.Tenant, Name: o.Name}
 
-	im, err := oci.Open(ctx, o.Source)
+	im, err := oci.OpenWith(ctx, o.Source, o.Remote)
 	if err != nil {
 		return res, err
 	}
 	defer im.Close()
 	res.SourceDigest = im.Digest()
+	res.Source = im.Source()
+	if res.Source.Remote && !o.Force {
+		if done, err := unchanged(ctx, st, &res, o); done || err != nil {
+			res.Duration = time.Since(start)
+			return res, err
+		}
+	}
 	c := im.Config()
 	res.Config = manifest.Config{Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User}
 
@@ -197,6 +225,11 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		return res, err
 	}
 	res.InputBytes = fs.Bytes
+	res.Pulled = im.Pulled()
+	if res.DroppedDevices = fs.DroppedDevices; fs.DroppedDevices > 0 {
+		o.Log.Info("dropped device nodes under /dev (runtimes mount their own; --allow-devices keeps them)",
+			"image", o.Tenant+"/"+o.Name, "count", fs.DroppedDevices)
+	}
 	size, err := img.Seek(0, io.SeekEnd)
 	if err != nil {
 		return res, fmt.Errorf("sizing staged image: %w", err)
@@ -217,6 +250,10 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		FSType:       ext4img.FSType,
 		SourceDigest: res.SourceDigest,
 		Config:       res.Config,
+
+		SourceRef:         res.Source.Ref,
+		SourceIndexDigest: res.Source.IndexDigest,
+		DiffIDs:           res.Source.DiffIDs,
 	}
 	n := chunk.Count(size, o.ChunkSize)
 	m.Names = make([]chunk.Name, n)
@@ -261,6 +298,30 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	}
 	res.Duration = time.Since(start)
 	return res, nil
+}
+
+// unchanged reports whether o.Name already points to an image built from the
+// same source manifest digest with the same chunking, and if so fills res
+// from it. Any problem reading the existing image means "rebuild".
+func unchanged(ctx context.Context, st store.Store, res *Result, o Options) (bool, error) {
+	p, err := catalog.Lookup(ctx, st, o.Tenant, o.Name)
+	if err != nil || p.Deleted {
+		return false, nil
+	}
+	m, err := catalog.ReadPublic(ctx, st, p)
+	if err != nil {
+		o.Log.Warn("reading the image's current manifest; rebuilding", "image", o.Tenant+"/"+o.Name, "err", err)
+		return false, nil
+	}
+	if m.SourceDigest != res.SourceDigest || m.ChunkSize != o.ChunkSize || m.Compression != o.Compression {
+		return false, nil
+	}
+	res.Unchanged = true
+	res.Root, res.ManifestID = p.Root, p.Manifest
+	res.ImageSize, res.Chunks, res.Holes = m.ImageSize, len(m.Names), m.Holes()
+	o.Log.Info("image already built from this source digest; nothing to do (--force rebuilds)",
+		"image", o.Tenant+"/"+o.Name, "source", res.SourceDigest, "manifest", p.Manifest)
+	return true, nil
 }
 
 // flattenToExt4 runs the flattener and the ext4 writer concurrently over a

@@ -32,7 +32,7 @@ var allowed = map[string][]string{
 	"internal/store/storeurl":       {"internal/store", "internal/store/file", "internal/store/mem", "internal/store/s3", "internal/chunk", "internal/metrics"},
 	"internal/store/storetest":      {"internal/store", "internal/chunk"},
 	"internal/catalog":              {"internal/store", "internal/manifest", "internal/chunk"},
-	"internal/build":                {"internal/oci", "internal/ext4img", "internal/chunk", "internal/manifest", "internal/store", "internal/metrics"},
+	"internal/build":                {"internal/oci", "internal/ext4img", "internal/chunk", "internal/manifest", "internal/store", "internal/metrics", "internal/catalog"},
 	"internal/fleetproto":           {"internal/chunk"},
 	"internal/cachenode":            {"internal/chunk", "internal/fleetproto", "internal/metrics"},
 	"internal/cachefleet":           {"internal/chunk", "internal/fleetproto", "internal/store", "internal/metrics"},
@@ -44,7 +44,7 @@ var allowed = map[string][]string{
 	"internal/gc":                   {"internal/chunk", "internal/manifest", "internal/store", "internal/metrics", "internal/catalog"},
 	"internal/run":                  {"internal/agent", "internal/manifest", "internal/blockdev", "internal/blockdev/fuse"},
 	"internal/vm":                   {"internal/blockdev"},
-	"internal/snapshotter":          {"internal/catalog", "internal/manifest", "internal/store", "internal/chunk"},
+	"internal/snapshotter":          {"internal/catalog", "internal/store"},
 	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/cachefleet", "internal/catalog", "internal/gc", "internal/manifest", "internal/metrics", "internal/run", "internal/store"},
 	"internal/imagetest":            {"internal/build", "internal/catalog", "internal/manifest", "internal/store", "internal/store/file"},
 }

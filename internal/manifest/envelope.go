@@ -55,7 +55,7 @@ func seal(ctx context.Context, m *Manifest, tenant string, kr Keyring, rnd io.Re
 	b = append(b, magic...)
 	b = binary.LittleEndian.AppendUint16(b, Version)
 	b = binary.LittleEndian.AppendUint32(b, uint32(pub))
-	b = appendPublic(b, m)
+	b = appendPublic(b, m, Version)
 	b = appendStr8(b, tenant)
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(wrapped)))
 	b = append(b, wrapped...)
@@ -72,6 +72,7 @@ func seal(ctx context.Context, m *Manifest, tenant string, kr Keyring, rnd io.Re
 
 // envelope is a parsed sealed manifest; its slices alias the input.
 type envelope struct {
+	version    uint16
 	public     []byte
 	tenant     string
 	wrapped    []byte
@@ -89,11 +90,12 @@ func parseEnvelope(sealed []byte) (*envelope, error) {
 	if len(sealed) < headerSize {
 		return nil, fmt.Errorf("%w: truncated header (%d bytes)", ErrCorrupt, len(sealed))
 	}
-	if v := binary.LittleEndian.Uint16(sealed[len(magic):]); v != Version {
-		return nil, fmt.Errorf("%w: version %d (this lode reads version %d)", ErrVersion, v, Version)
+	v := binary.LittleEndian.Uint16(sealed[len(magic):])
+	if v < minVersion || v > Version {
+		return nil, fmt.Errorf("%w: version %d (this lode reads versions %d to %d)", ErrVersion, v, minVersion, Version)
 	}
 	d := &decoder{what: "manifest", b: sealed, off: headerSize}
-	e := &envelope{}
+	e := &envelope{version: v}
 	e.public = d.take("public part", int(d.u32("public part length")))
 	e.tenant = d.str8("tenant")
 	e.wrapped = d.take("wrapped key", int(d.u16("wrapped key length")))
@@ -132,7 +134,7 @@ func Open(ctx context.Context, sealed []byte, tenant string, kr Keyring) (*Manif
 	if err != nil {
 		return nil, fmt.Errorf("opening manifest: %w", err)
 	}
-	m, err := decodePublic(e.public)
+	m, err := decodePublic(e.public, e.version)
 	if err != nil {
 		return nil, fmt.Errorf("opening manifest: %w", err)
 	}
@@ -176,7 +178,7 @@ func ReadPublic(sealed []byte) (*Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading public manifest: %w", err)
 	}
-	m, err := decodePublic(e.public)
+	m, err := decodePublic(e.public, e.version)
 	if err != nil {
 		return nil, fmt.Errorf("reading public manifest: %w", err)
 	}

@@ -3,7 +3,9 @@ package manifest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"os"
@@ -119,12 +121,24 @@ func katKeyring() *FileKeyring {
 
 // katID pins the known-answer manifest forever: if it changes, the format
 // changed, which needs a version bump (DESIGN.md, "Formats").
-const katID = "5283b4e833e4b449720d4b9ffb12a45439cf1e38d729a0be52bf9825a315723d"
+const katID = "8246c06da2cc47ea559adb0434bd57a88b68b868daf3f8064ad2412ad3f58906"
+
+// katIDv1 pins the version 1 golden file, sealed before the source fields.
+const katIDv1 = "5283b4e833e4b449720d4b9ffb12a45439cf1e38d729a0be52bf9825a315723d"
+
+// katSourceManifest is smallManifest with the version 2 source fields set.
+func katSourceManifest() *Manifest {
+	m := smallManifest()
+	m.SourceRef = "docker://127.0.0.1:5000/kat/app:1"
+	m.SourceIndexDigest = "sha256:" + strings.Repeat("ab", 32)
+	m.DiffIDs = []string{"sha256:" + strings.Repeat("01", 32), "sha256:" + strings.Repeat("02", 32)}
+	return m
+}
 
 func TestKnownAnswer(t *testing.T) {
 	ctx := context.Background()
-	golden := filepath.Join("testdata", "sealed-v1.bin")
-	m := smallManifest()
+	golden := filepath.Join("testdata", "sealed-v2.bin")
+	m := katSourceManifest()
 	sealed, err := seal(ctx, m, "acme", katKeyring(), newDetReader("lode manifest KAT seal"))
 	if err != nil {
 		t.Fatalf("seal() = %v", err)
@@ -145,13 +159,67 @@ func TestKnownAnswer(t *testing.T) {
 	if got := ID(want); got != katID {
 		t.Errorf("ID(%s) = %s, want %s", golden, got, katID)
 	}
-	// The stored v1 bytes must keep opening: this is the migration test.
 	got, err := Open(ctx, want, "acme", katKeyring())
 	if err != nil {
 		t.Fatalf("Open(%s) = %v", golden, err)
 	}
 	if d := diffManifest(got, m); d != "" {
 		t.Errorf("Open(%s) mismatch (-want +got):\n%s", golden, d)
+	}
+}
+
+// TestMigrationV1 is the migration test of the version 2 bump: manifests
+// sealed in format version 1 (before the source fields) keep opening, with
+// and without a key, and read as having no source reference or diff IDs.
+func TestMigrationV1(t *testing.T) {
+	ctx := context.Background()
+	golden := filepath.Join("testdata", "sealed-v1.bin")
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ID(want); got != katIDv1 {
+		t.Fatalf("ID(%s) = %s, want %s (the v1 golden file must never change)", golden, got, katIDv1)
+	}
+	if v := binary.LittleEndian.Uint16(want[8:]); v != 1 {
+		t.Fatalf("%s has version %d, want 1", golden, v)
+	}
+	got, err := Open(ctx, want, "acme", katKeyring())
+	if err != nil {
+		t.Fatalf("Open(%s) = %v", golden, err)
+	}
+	if d := diffManifest(got, smallManifest()); d != "" {
+		t.Errorf("Open(%s) mismatch (-want +got):\n%s", golden, d)
+	}
+	pub, err := ReadPublic(want)
+	if err != nil {
+		t.Fatalf("ReadPublic(%s) = %v", golden, err)
+	}
+	if pub.SourceRef != "" || pub.SourceIndexDigest != "" || pub.DiffIDs != nil || pub.SourceDigest != smallManifest().SourceDigest {
+		t.Errorf("ReadPublic(%s) source = %q %q %q %v, want only the v1 source digest", golden, pub.SourceDigest, pub.SourceRef, pub.SourceIndexDigest, pub.DiffIDs)
+	}
+	// Sealing what a v1 manifest opened to writes the current version.
+	resealed, err := Seal(ctx, got, "acme", katKeyring())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := binary.LittleEndian.Uint16(resealed[8:]); v != Version {
+		t.Errorf("resealed version = %d, want %d", v, Version)
+	}
+}
+
+func TestChainIDs(t *testing.T) {
+	// Values from the OCI image spec's worked example shape: chain(0) is the
+	// diff ID, chain(n) = sha256(chain(n-1) + " " + diff(n)).
+	a, b := "sha256:"+strings.Repeat("a", 64), "sha256:"+strings.Repeat("b", 64)
+	got := ChainIDs([]string{a, b})
+	sum := sha256.Sum256([]byte(a + " " + b))
+	want := []string{a, "sha256:" + hex.EncodeToString(sum[:])}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("ChainIDs() mismatch (-want +got):\n%s", d)
+	}
+	if ChainIDs(nil) != nil {
+		t.Errorf("ChainIDs(nil) != nil")
 	}
 }
 
@@ -178,7 +246,9 @@ func regions(t *testing.T, sealed []byte) []region {
 	corrupt := []error{ErrCorrupt}
 	rs := []region{
 		{"magic", 0, 8, corrupt},
-		{"version", 8, 10, []error{ErrVersion}},
+		// Version 1 is still read: the bytes then parse as the older layout
+		// (or fail authentication).
+		{"version", 8, 10, []error{ErrVersion, ErrCorrupt}},
 		{"public length", 10, 14, corrupt},
 		{"public part", 14, tenant, corrupt},
 		{"tenant length", tenant, tenant + 1, corrupt},
@@ -261,7 +331,7 @@ func TestVersion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range []uint16{0, 2, 0xffff} {
+	for _, v := range []uint16{0, Version + 1, 0xffff} {
 		b := bytes.Clone(sealed)
 		binary.LittleEndian.PutUint16(b[8:], v)
 		if m, err := ReadPublic(b); m != nil || !errors.Is(err, ErrVersion) {

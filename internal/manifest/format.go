@@ -8,11 +8,11 @@ import (
 	"github.com/lode-dev/lode/internal/chunk"
 )
 
-// The sealed manifest, byte by byte (docs/formats-manifest.md has the full
+// The sealed manifest, byte by byte (docs/formats.md, "Manifest", has the full
 // description). Every integer is little-endian.
 //
 //	magic        8   "LODEMAN\x00"
-//	version      2   u16 = 1
+//	version      2   u16 = 2 (1 is still read)
 //	public       4+n u32 length, then the public part (below)
 //	tenant       1+n u8 length, then the tenant name
 //	wrapped key  2+n u16 length, then the data key wrapped by the tenant's KEK
@@ -24,8 +24,11 @@ import (
 // Public part:
 //
 //	root (u8 len + bytes), chunk size u32, image size u64, fstype (u8 len +
-//	bytes), compression u8, source digest (u16 len + bytes), chunk count u32,
-//	then 32 bytes per chunk: its name, or 32 zero bytes for a hole.
+//	bytes), compression u8, source digest (u16 len + bytes),
+//	[version >= 2: source ref (u16 len + bytes), source index digest (u16
+//	len + bytes), diff IDs (u16 count + count × (u16 len + bytes))],
+//	chunk count u32, then 32 bytes per chunk: its name, or 32 zero bytes for
+//	a hole.
 //
 // Secret part:
 //
@@ -63,18 +66,30 @@ func appendList(b []byte, l []string) []byte {
 }
 
 // publicSize is the exact length of m's encoded public part.
+// (Always the current Version's: only appendPublic re-encodes old versions.)
 func publicSize(m *Manifest) int {
-	return 1 + len(m.Root) + 4 + 8 + 1 + len(m.FSType) + 1 + 2 + len(m.SourceDigest) + 4 + len(m.Names)*len(chunk.Name{})
+	n := 1 + len(m.Root) + 4 + 8 + 1 + len(m.FSType) + 1 + 2 + len(m.SourceDigest) + 4 + len(m.Names)*len(chunk.Name{})
+	n += 2 + len(m.SourceRef) + 2 + len(m.SourceIndexDigest) + 2
+	for _, d := range m.DiffIDs {
+		n += 2 + len(d)
+	}
+	return n
 }
 
-// appendPublic appends m's public part. m must be valid.
-func appendPublic(b []byte, m *Manifest) []byte {
+// appendPublic appends m's public part in format version (1 or 2; version 1
+// has no place for the source fields). m must be valid.
+func appendPublic(b []byte, m *Manifest, version uint16) []byte {
 	b = appendStr8(b, m.Root)
 	b = binary.LittleEndian.AppendUint32(b, uint32(m.ChunkSize))
 	b = binary.LittleEndian.AppendUint64(b, uint64(m.ImageSize))
 	b = appendStr8(b, m.FSType)
 	b = append(b, m.Compression)
 	b = appendStr16(b, m.SourceDigest)
+	if version >= 2 {
+		b = appendStr16(b, m.SourceRef)
+		b = appendStr16(b, m.SourceIndexDigest)
+		b = appendList(b, m.DiffIDs)
+	}
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(m.Names)))
 	for i := range m.Names {
 		b = append(b, m.Names[i][:]...)
@@ -201,9 +216,9 @@ func (d *decoder) end() {
 	}
 }
 
-// decodePublic parses a public part. The result has nil Keys and a zero
-// Config; it is structurally valid (validatePublic).
-func decodePublic(b []byte) (*Manifest, error) {
+// decodePublic parses a public part of format version. The result has nil
+// Keys and a zero Config; it is structurally valid (validatePublic).
+func decodePublic(b []byte, version uint16) (*Manifest, error) {
 	d := &decoder{what: "public part", b: b}
 	m := &Manifest{}
 	m.Root = d.str8("root")
@@ -216,6 +231,11 @@ func decodePublic(b []byte) (*Manifest, error) {
 	m.FSType = d.str8("filesystem type")
 	m.Compression = d.u8("compression")
 	m.SourceDigest = d.str16("source digest")
+	if version >= 2 {
+		m.SourceRef = d.str16("source ref")
+		m.SourceIndexDigest = d.str16("source index digest")
+		m.DiffIDs = d.list("diff IDs")
+	}
 	n := int(d.u32("chunk count"))
 	if d.err == nil && n > MaxChunks {
 		d.fail("chunk count", "%d chunks, at most %d", n, MaxChunks)

@@ -1,13 +1,20 @@
 package manifest
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 
 	"github.com/lode-dev/lode/internal/chunk"
 )
 
-// Version is the manifest format version written by this code.
-const Version = 1
+// Version is the manifest format version written by this code. Version 2
+// added the source fields (SourceRef, SourceIndexDigest, DiffIDs) to the
+// public part; version 1 manifests still open (with those fields empty).
+const Version = 2
+
+// minVersion is the oldest format version this code reads.
+const minVersion = 1
 
 // Sentinel errors.
 var (
@@ -49,8 +56,20 @@ type Manifest struct {
 	Compression uint8
 	// Names holds one entry per chunk: the chunk's name, or the zero Name for
 	// a hole.
-	Names        []chunk.Name
-	SourceDigest string // digest of the source image (e.g. sha256:…) or of the rootfs tar
+	Names []chunk.Name
+	// SourceDigest is the digest of the source image's manifest (registry,
+	// OCI layout), of its config (docker-archive) or of the rootfs tar.
+	SourceDigest string
+	// SourceRef is the source as given to the build, e.g.
+	// "docker://registry.example:5000/app:1.2" (format version 2; "" before).
+	SourceRef string
+	// SourceIndexDigest is the digest of the image index the manifest was
+	// chosen from by platform, "" when the source named a manifest (v2).
+	SourceIndexDigest string
+	// DiffIDs are the digests of the source's uncompressed layers, base
+	// first, as its config lists them (v2; empty for rootfs and before).
+	// ChainIDs derives the layers' chain IDs from them.
+	DiffIDs []string
 
 	// Secret part.
 	Keys   []chunk.Key // one per chunk, zero for holes; len(Keys) == len(Names)
@@ -71,4 +90,26 @@ func (m *Manifest) Holes() int {
 		}
 	}
 	return n
+}
+
+// ChainIDs returns the chain IDs of m's source layers (OCI image spec,
+// "Layer ChainID"): the first is the base layer's diff ID, each next one is
+// the SHA-256 of "<previous chain ID> <diff ID>". The last names the whole
+// layer stack, the key a containerd snapshotter sees for the top layer.
+func (m *Manifest) ChainIDs() []string {
+	return ChainIDs(m.DiffIDs)
+}
+
+// ChainIDs computes chain IDs from diff IDs (see Manifest.ChainIDs).
+func ChainIDs(diffIDs []string) []string {
+	if len(diffIDs) == 0 {
+		return nil
+	}
+	out := make([]string, len(diffIDs))
+	out[0] = diffIDs[0]
+	for i := 1; i < len(diffIDs); i++ {
+		sum := sha256.Sum256([]byte(out[i-1] + " " + diffIDs[i]))
+		out[i] = "sha256:" + hex.EncodeToString(sum[:])
+	}
+	return out
 }

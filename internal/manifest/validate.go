@@ -80,8 +80,20 @@ func (m *Manifest) validatePublic() error {
 	if m.Compression != CompressionNone && m.Compression != CompressionZstd {
 		return fmt.Errorf("%w: compression %d: unknown (want %d or %d)", ErrInvalid, m.Compression, CompressionNone, CompressionZstd)
 	}
-	if len(m.SourceDigest) > MaxString {
-		return fmt.Errorf("%w: source digest: %d bytes, at most %d", ErrInvalid, len(m.SourceDigest), MaxString)
+	for _, f := range []struct{ field, s string }{
+		{"source digest", m.SourceDigest}, {"source ref", m.SourceRef}, {"source index digest", m.SourceIndexDigest},
+	} {
+		if len(f.s) > MaxString {
+			return fmt.Errorf("%w: %s: %d bytes, at most %d", ErrInvalid, f.field, len(f.s), MaxString)
+		}
+	}
+	if len(m.DiffIDs) > MaxList {
+		return fmt.Errorf("%w: %d diff IDs, at most %d", ErrInvalid, len(m.DiffIDs), MaxList)
+	}
+	for i, d := range m.DiffIDs {
+		if len(d) > MaxString {
+			return fmt.Errorf("%w: diff ID %d: %d bytes, at most %d", ErrInvalid, i, len(d), MaxString)
+		}
 	}
 	return nil
 }

@@ -1,10 +1,19 @@
 // Package oci reads container images and flattens their layers into one safe, deterministic tar stream,
 // the input of the tar→ext4 converter (internal/ext4img, hcsshim's tar2ext4).
 //
-// Owns: opening image sources (OCI image layout, docker-archive, rootfs tar), verifying what is read
-// against its digests, applying whiteouts and opaque directories, the order of the flattened stream, and
-// refusing unsafe entries. Does not own: the filesystem image (ext4img), chunking, storage, pulling from
-// registries. DESIGN.md sections: "The data path, end to end", "Layout and dedup", "Errors and bad input".
+// Owns: opening image sources (registry, OCI image layout, docker-archive, rootfs tar), verifying what
+// is read against its digests, applying whiteouts and opaque directories, the order of the flattened
+// stream, and refusing unsafe entries. Does not own: the filesystem image (ext4img), chunking, storage.
+// DESIGN.md sections: "The data path, end to end", "Layout and dedup", "Errors and bad input", "Where
+// lode meets its users' systems" (registry source).
+//
+// # Registries
+//
+// docker://HOST/REPO[:TAG|@DIGEST] is read with ggcr's remote package (remote.go): credentials from
+// the files users already have (auth.go), an index resolved by platform, TLS with the system roots plus
+// an extra CA, plain HTTP only for hosts named insecure, retries with backoff, a stall deadline. Layers
+// download concurrently, ahead of the flattener, into short-lived spools (remote_fetch.go); each
+// compressed byte is read from the registry once.
 //
 // Library: go-containerregistry (ggcr) parses layouts, docker-archives, manifests and configs. Flattening
 // is written here because ggcr's mutate.Extract walks layers newest first, the order "Layout and dedup"
@@ -50,8 +59,10 @@
 //
 // Refused with ErrUnsafeEntry: absolute names, names whose cleaned form escapes the root ("../x",
 // "a/../../x"), hard link targets likewise, relative symlink targets that lexically leave the root from
-// the symlink's directory, whiteouts of "." or "..", device nodes unless AllowDevices, setuid/setgid
-// non-directories unless AllowSetuid, and the limits in FlattenOptions. Absolute symlink targets are
+// the symlink's directory, whiteouts of "." or "..", device nodes outside /dev unless AllowDevices, setuid/setgid
+// non-directories unless AllowSetuid, and the limits in FlattenOptions. Device nodes under /dev are
+// dropped (counted in FlattenStats.DroppedDevices) unless AllowDevices: runtimes mount their own /dev
+// over the image's (docs/decisions/20261203-device-nodes.md); elsewhere they are refused. Absolute symlink targets are
 // allowed: at run time they resolve inside the container's root (runc, chroot), and real images depend on
 // them (Debian's /etc/alternatives). Names are normalised ("./a/b/" → "a/b"). An entry below a path that is
 // not a directory at that point (for example below a symlink of a lower layer) is ErrUnsupported: lode never

@@ -16,7 +16,7 @@ import (
 
 // FlattenOptions are the limits and permissions Flatten enforces. A zero limit means its default.
 type FlattenOptions struct {
-	AllowDevices bool   // emit character and block device nodes; refused (ErrUnsafeEntry) when false
+	AllowDevices bool   // emit character and block device nodes; when false, dropped under /dev (counted) and refused elsewhere (ErrUnsafeEntry)
 	AllowSetuid  bool   // emit files with setuid/setgid bits; refused when false (setgid directories are always allowed)
 	MaxEntries   int    // refuse images with more tar entries than this, counted over all layers
 	MaxDepth     int    // refuse paths with more components than this
@@ -64,6 +64,9 @@ func (o *FlattenOptions) withDefaults() {
 type FlattenStats struct {
 	Entries, Files, Dirs, Symlinks, Hardlinks int
 	Bytes                                     int64 // regular file content
+	// DroppedDevices counts device nodes under /dev left out because
+	// AllowDevices is false (docs/decisions/20261203-device-nodes.md).
+	DroppedDevices int
 }
 
 // Flatten writes the image's merged filesystem to w as one tar stream (PAX format), base layer first:
@@ -305,7 +308,12 @@ func (f *flattener) classify(l *layer, h *tar.Header, r ref) (op, error) {
 		o.target = t
 	case tar.TypeChar, tar.TypeBlock:
 		if !f.o.AllowDevices {
-			return unsafe("device node (major %d, minor %d) not allowed", h.Devmajor, h.Devminor)
+			if name == "dev" || strings.HasPrefix(name, "dev/") {
+				// Runtimes mount their own /dev over the image's: drop it.
+				f.stats.DroppedDevices++
+				return op{kind: kindSkip}, nil
+			}
+			return unsafe("device node (major %d, minor %d) outside /dev not allowed (--allow-devices keeps device nodes)", h.Devmajor, h.Devminor)
 		}
 		o.kind = kindChar
 		if h.Typeflag == tar.TypeBlock {
@@ -330,7 +338,7 @@ func (f *flattener) classify(l *layer, h *tar.Header, r ref) (op, error) {
 
 // scan is pass 1 for one layer: read its headers, then apply them to the merged tree.
 func (f *flattener) scan(ctx context.Context, l *layer) error {
-	s, err := l.openStream()
+	s, err := l.openStream(ctx)
 	if err != nil {
 		return err
 	}
@@ -338,7 +346,7 @@ func (f *flattener) scan(ctx context.Context, l *layer) error {
 	// A compressed layer is decompressed once: pass 1 keeps the verified
 	// tar in an unlinked temporary file that pass 2 reads back.
 	var spool *os.File
-	if s.compressed() {
+	if s.compressed() || l.alwaysSpool {
 		if spool, err = os.CreateTemp(f.o.TempDir, "lode-layer-*.tar"); err != nil {
 			return l.errorf(ErrCorrupt, err, "spooling layer")
 		}
@@ -362,7 +370,7 @@ func (f *flattener) scan(ctx context.Context, l *layer) error {
 			break
 		}
 		if err != nil {
-			return f.readErr(ctx, l, last, err)
+			return f.readErr(ctx, l, last, s.explain(err))
 		}
 		last = h.Name
 		f.entries++
@@ -661,7 +669,7 @@ func (f *flattener) emitLayer(ctx context.Context, l *layer,
 	spool func(*inode, *tar.Header, io.Reader) error,
 	unspool func(*inode, string) error,
 ) error {
-	s, err := l.openStream()
+	s, err := l.openStream(ctx)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package oci
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/hex"
@@ -28,6 +29,13 @@ type layer struct {
 	wantRaw  string                        // digest of the bytes open returns; "" = not checked
 	wantDiff string                        // digest of the uncompressed tar; "" = not checked
 	open     func() (io.ReadCloser, error) // raw bytes: gzip, zstd or plain tar (detected by magic)
+	// openCtx, when set, is used instead of open (registry layers, whose
+	// reads wait for a download and must stop with the flattener's context).
+	openCtx func(context.Context) (io.ReadCloser, error)
+	// alwaysSpool makes pass 1 spool the layer even when it is not
+	// compressed, so that pass 2 never reads it from its source again
+	// (registry layers: each byte is downloaded once).
+	alwaysSpool bool
 	// spool, when set, holds the layer's uncompressed tar exactly as the
 	// first, verified read saw it (an unlinked temporary file). Later reads
 	// come from it instead of decompressing and hashing the blob again.
@@ -66,7 +74,7 @@ func newHash(digest string) (hash.Hash, error) {
 	return nil, fmt.Errorf("%w: digest algorithm %q", ErrUnsupported, alg)
 }
 
-func (l *layer) openStream() (*layerStream, error) {
+func (l *layer) openStream(ctx context.Context) (*layerStream, error) {
 	if l.spool != nil {
 		r := bufio.NewReaderSize(io.NewSectionReader(l.spool, 0, 1<<62), 1<<20)
 		return &layerStream{l: l, raw: io.NopCloser(nil), rawBuf: r, dec: r, tar: r}, nil
@@ -83,7 +91,12 @@ func (l *layer) openStream() (*layerStream, error) {
 			return nil, l.errorf(ErrUnsupported, nil, "%v", err)
 		}
 	}
-	rc, err := l.open()
+	var rc io.ReadCloser
+	if l.openCtx != nil {
+		rc, err = l.openCtx(ctx)
+	} else {
+		rc, err = l.open()
+	}
 	if err != nil {
 		return nil, l.errorf(ErrCorrupt, err, "opening layer")
 	}
@@ -131,7 +144,7 @@ func (s *layerStream) finish(last string) error {
 	if _, err := io.Copy(io.Discard, s.tar); err != nil {
 		e := s.l.errorf(ErrCorrupt, err, "reading layer at or after this entry")
 		e.Path = last
-		return e
+		return s.explain(e)
 	}
 	if _, err := io.Copy(io.Discard, s.rawBuf); err != nil {
 		return s.l.errorf(ErrCorrupt, err, "reading layer after its tar")
@@ -147,6 +160,27 @@ func (s *layerStream) finish(last string) error {
 		}
 	}
 	return nil
+}
+
+// explain returns what to report for err, met while reading the layer's
+// tar: when the rest of the blob does not hash to its digest (or cannot be
+// read), that is the cause, and the decompressor's or archive/tar's
+// complaint only its symptom.
+func (s *layerStream) explain(err error) error {
+	if s.rawHash == nil {
+		return err
+	}
+	if _, derr := io.Copy(io.Discard, s.rawBuf); derr != nil {
+		var ee *EntryError
+		if errors.As(derr, &ee) {
+			return derr
+		}
+		return err
+	}
+	if got := digestString(s.l.wantRaw, s.rawHash); got != s.l.wantRaw {
+		return s.l.errorf(ErrCorrupt, err, "digest mismatch: blob has %s, want %s", got, s.l.wantRaw)
+	}
+	return err
 }
 
 func (s *layerStream) Close() error {

@@ -35,6 +35,40 @@ type Image struct {
 	digest string
 	config Config
 	layers []*layer
+
+	// Source record (docker:// and oci: sources; see Source).
+	remote      bool
+	sourceRef   string
+	indexDigest string
+	diffIDs     []string
+	closer      interface{ Close() } // stops downloads (docker://)
+}
+
+// Source says where an image came from, as the manifest records it.
+type Source struct {
+	Ref         string   // "docker://host/repo:tag" (canonical) or the source string given to Open
+	Digest      string   // Image.Digest
+	IndexDigest string   // the index the image was picked from by platform; "" if none
+	DiffIDs     []string // uncompressed layer digests, base first; nil for rootfs
+	Remote      bool     // read from a registry (docker://)
+}
+
+// Source returns the image's source record.
+func (im *Image) Source() Source {
+	ref := im.sourceRef
+	if ref == "" {
+		ref = im.source
+	}
+	return Source{Ref: ref, Digest: im.digest, IndexDigest: im.indexDigest, DiffIDs: im.diffIDs, Remote: im.remote}
+}
+
+// Pulled returns the compressed bytes read from the registry so far
+// (docker:// sources; 0 otherwise).
+func (im *Image) Pulled() int64 {
+	if p, ok := im.closer.(*prefetcher); ok {
+		return p.pulled.Load()
+	}
+	return 0
 }
 
 // Config returns the image's config (empty for a rootfs tar).
@@ -51,31 +85,48 @@ func (im *Image) Layers() int { return len(im.layers) }
 // String returns the source string Open was given.
 func (im *Image) String() string { return im.source }
 
-// Close releases the image. Images hold no open files between calls, so it only exists for symmetry.
-func (im *Image) Close() error { return nil }
+// Close releases the image: for a docker:// source it stops downloads that
+// are still running and drops their spooled bytes. Other sources hold no open
+// files between calls.
+func (im *Image) Close() error {
+	if im.closer != nil {
+		im.closer.Close()
+	}
+	return nil
+}
 
 // Open opens an image source:
 //
 //	oci:DIR[:TAG]               an OCI image layout directory (skopeo copy … oci:DIR:TAG, umoci)
 //	docker-archive:FILE[:TAG]   a `docker save` tarball; TAG is a reference such as busybox:latest
 //	rootfs:FILE                 a tar of a root filesystem, plain, gzip or zstd (detected by magic bytes)
+//	docker://HOST/REPO[:TAG|@DIGEST]  an image in a registry (OpenWith's RemoteOptions; here the defaults)
 //
 // DIR or FILE may contain ':': if the whole string after the transport names an existing path, it has no
 // TAG; otherwise the longest prefix (cut at a ':') that names an existing path is DIR/FILE and the rest is TAG.
 // Open reads and verifies manifests and config, not layers.
 func Open(ctx context.Context, source string) (*Image, error) {
+	return OpenWith(ctx, source, RemoteOptions{})
+}
+
+// OpenWith is Open with options for docker:// sources. For those it reads
+// the manifest (through an index by platform) and the config, not layers:
+// layers download while Flatten reads them (remote_fetch.go).
+func OpenWith(ctx context.Context, source string, ro RemoteOptions) (*Image, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	transport, rest, ok := strings.Cut(source, ":")
 	if !ok || rest == "" {
-		return nil, fmt.Errorf("opening image %q: %w: want oci:DIR[:TAG], docker-archive:FILE[:TAG] or rootfs:FILE", source, ErrUnsupported)
+		return nil, fmt.Errorf("opening image %q: %w: want docker://REF, oci:DIR[:TAG], docker-archive:FILE[:TAG] or rootfs:FILE", source, ErrUnsupported)
 	}
 	var (
 		im  *Image
 		err error
 	)
 	switch transport {
+	case "docker":
+		im, err = openRemote(ctx, source, ro)
 	case "oci":
 		dir, tag := splitPathTag(rest)
 		im, err = openLayout(dir, tag)
@@ -139,6 +190,7 @@ func openLayout(dir, tag string) (*Image, error) {
 		return nil, fmt.Errorf("%w: parsing OCI layout index %s: %v", ErrCorrupt, dir, err)
 	}
 	var desc *v1.Descriptor
+	indexDigest := ""
 	if tag != "" {
 		for i := range im.Manifests {
 			if im.Manifests[i].Annotations[refNameAnnotation] == tag {
@@ -171,6 +223,7 @@ func openLayout(dir, tag string) (*Image, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: parsing image index %s: %v", ErrCorrupt, desc.Digest, err)
 		}
+		indexDigest = desc.Digest.String()
 		idx, desc = child, nil
 		for i := range cm.Manifests {
 			m := &cm.Manifests[i]
@@ -208,7 +261,7 @@ func openLayout(dir, tag string) (*Image, error) {
 	if err := verifyBlob("image config", rawCfg, m.Config.Digest); err != nil {
 		return nil, err
 	}
-	out := &Image{digest: desc.Digest.String()}
+	out := &Image{digest: desc.Digest.String(), indexDigest: indexDigest}
 	if err := out.setConfig(img); err != nil {
 		return nil, err
 	}
@@ -232,6 +285,7 @@ func openLayout(dir, tag string) (*Image, error) {
 			return nil, fmt.Errorf("reading layer %d digest: %w", i, err)
 		}
 		diff := cfg.RootFS.DiffIDs[i]
+		out.diffIDs = append(out.diffIDs, diff.String())
 		out.layers = append(out.layers, &layer{
 			index: i, digest: d.String(), wantRaw: d.String(), wantDiff: diff.String(),
 			open: l.Compressed, // the blob file itself for a layout; layerStream decompresses and hashes
@@ -286,6 +340,7 @@ func openDockerArchive(file, tag string) (*Image, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: reading diff ID of layer %d: %v", ErrCorrupt, i, err)
 		}
+		out.diffIDs = append(out.diffIDs, diff.String())
 		// ggcr's Uncompressed is the layer file itself for a classic docker save (and decompresses
 		// otherwise); its Compressed would gzip uncompressed layers on the fly. Check the diff ID.
 		out.layers = append(out.layers, &layer{
