@@ -380,6 +380,12 @@ func TestContainerdGoClient(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// lode doctor finds nothing to clean: no stale mount, loop device,
+	// socket or state file.
+	before := e.c.stdout.String()
+	if err := e.c.execLode(t, "doctor", "--state-dir", e.agent.stateDir, "--socket", e.agent.socket); err != nil {
+		t.Errorf("lode doctor after removal: %v\n%s", err, strings.TrimPrefix(e.c.stdout.String(), before))
+	}
 }
 
 func equalMaps(a, b map[string]string) bool {

@@ -381,6 +381,16 @@ func TestFallbackUnknownImage(t *testing.T) {
 	if diff := cmp.Diff(map[string]string{other.chains[0]: KindLocal, other.chains[1]: KindLocal, "c": KindLocal}, e.kinds()); diff != "" {
 		t.Errorf("kinds (-want +got):\n%s", diff)
 	}
+	// A client that sends no image labels (plain ctr pull): a lode image is
+	// not recognized either; each layer falls back and is counted.
+	app := e.image("registry.test/nolabels:1", map[string]string{"x": "1"})
+	e.lodeImage("nolabels", app.manifest, map[string]string{"x": "1"})
+	if _, err := e.sn.Prepare(e.ctx, "extract-nl", "", snapshots.WithLabels(map[string]string{LabelTargetRef: app.chains[0]})); err != nil {
+		t.Fatalf("Prepare without image labels: %v", err)
+	}
+	if got := testutil.ToFloat64(e.sn.fallback.WithLabelValues("no_labels")); got != 1 {
+		t.Errorf("fallback{no_labels} = %v, want 1", got)
+	}
 }
 
 // TestSharedBase pulls two images with the same base layer, one built by
