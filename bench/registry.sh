@@ -23,7 +23,7 @@ tools=${LODE_TOOLS:-$HOME/.cache/lode-tools}
 deb="$tools/debian-bookworm-minbase-python3.tar"
 if [ ! -f "$deb" ]; then
   echo "making $deb (debootstrap, via the test helper)"
-  (cd "$here" && go test ./internal/build -run 'TestWildImages' -count=1 >/dev/null)
+  (cd "$here" && go test ./internal/oci -run 'TestDebootstrapRootfsFlattens' -count=1 >/dev/null)
 fi
 (cd "$here" && go build -o "$W/lode" ./cmd/lode)
 LODE="$W/lode"

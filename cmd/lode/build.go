@@ -29,6 +29,7 @@ type buildOptions struct {
 	align        bool
 	force        bool
 	remote       oci.RemoteOptions
+	timeout      time.Duration
 }
 
 func newBuildCmd() *cobra.Command {
@@ -78,6 +79,7 @@ SOURCE is one of:
 	f.BoolVar(&o.noSetuid, "no-setuid", false, "refuse setuid/setgid files")
 	f.StringVar(&o.compress, "compress", "none", "compress each chunk before encryption: none or zstd (recorded in the manifest)")
 	f.BoolVar(&o.align, "align", false, "chunk-aligned layout: start every file of at least one chunk on a chunk boundary, so identical large files give identical chunks wherever they sit (more dedup when a base layer changes or layers are reordered)")
+	f.DurationVar(&o.timeout, "build-timeout", build.DefaultTimeout, "abort (and write no image pointer) a build that runs longer than this after choosing its root; must equal lode gc --build-timeout")
 	cmd.MarkFlagRequired("name")
 	return cmd
 }
@@ -107,7 +109,7 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 		Source:      source, Tenant: global.tenant, Name: o.name,
 		ChunkSize: o.chunkSize, SaltDomain: o.saltDomain, Uploads: o.uploads,
 		TempDir: o.tempDir, KeepImage: o.keepImage, Flatten: fo,
-		Log: logger,
+		Log: logger, Timeout: o.timeout,
 	}
 	if o.align {
 		bo.Ext4.Align = int64(o.chunkSize)

@@ -36,6 +36,12 @@ func TestBuildFromRegistryCLI(t *testing.T) {
 	if !strings.Contains(out, "source "+ref+": manifest sha256:") || !strings.Contains(out, "2 layers") {
 		t.Errorf("lode build output lacks the source line:\n%s", out)
 	}
+	// Not a terminal: one line per layer, in order, with bytes and rate.
+	for _, l := range []string{"pulled layer 1/2 sha256:", "pulled layer 2/2 sha256:"} {
+		if !strings.Contains(c.stderr.String(), l) || !strings.Contains(c.stderr.String(), "/s)") {
+			t.Errorf("lode build stderr lacks %q with a rate:\n%s", l, c.stderr.String())
+		}
+	}
 	m, _ := publicManifest(t, "app")
 
 	since := func(n int) string { return c.stdout.String()[n:] }

@@ -39,6 +39,8 @@ type Image struct {
 	zstd   bool // chunks are zstd frames: memory-cache keys differ (cacheRef)
 	// starting: the image's reads are a container start's (SetStarting).
 	starting atomic.Bool
+	// readHook, if set, is told of every read (SetReadHook).
+	readHook atomic.Pointer[func(first, last int)]
 
 	orderMu sync.Mutex
 	order   []uint32 // non-hole chunks in the order readers first touched them
@@ -167,6 +169,9 @@ func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	}
 	im.st.bytesRead.Add(int64(n))
 	add(im.a.am.readBytes, n)
+	if h := im.readHook.Load(); h != nil {
+		(*h)(first, last)
+	}
 	im.readAhead(first, last)
 	if eof {
 		return n, io.EOF
@@ -423,6 +428,18 @@ func (im *Image) prefetch(c *call, j int) {
 	if err := im.a.wait(im.ctx, c); err == nil {
 		im.credit(c, j)
 	}
+}
+
+// SetReadHook sets f to be called after every successful ReadAt with the
+// indexes of the first and last chunk it read (the worker's expired-root
+// alarm, internal/worker/rootwatch.go). f runs on the read's goroutine and
+// must not block; nil removes the hook.
+func (im *Image) SetReadHook(f func(first, last int)) {
+	if f == nil {
+		im.readHook.Store(nil)
+		return
+	}
+	im.readHook.Store(&f)
 }
 
 // SetStarting marks the image's reads as a container start's (on) or as a

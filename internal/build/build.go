@@ -43,6 +43,14 @@ type Options struct {
 	TempDir string // where the ext4 image is staged (default os.TempDir())
 	// KeepImage, when set, is a path where the built ext4 image is kept.
 	KeepImage string
+	// Timeout bounds how long a build may run after it resolved the active
+	// root (default DefaultTimeout): the garbage collector expires a retired
+	// root once it has been retired this long (its --build-timeout, which
+	// must be the same), so a later pointer could name a deleted root.
+	// Before it writes the pointer, a build past Timeout fails with
+	// ErrDeadline, and one whose root is no longer active with
+	// ErrRootNotActive; either writes no pointer and removes its manifest.
+	Timeout time.Duration
 
 	Flatten oci.FlattenOptions
 	Ext4    ext4img.Options
@@ -59,6 +67,15 @@ type Options struct {
 	Progress Progress // may be nil
 	Now      func() time.Time
 }
+
+// DefaultTimeout is Options.Timeout's default, gc.DefaultConfig's BuildTimeout.
+const DefaultTimeout = time.Hour
+
+// Sentinel errors of the commit check (see Options.Timeout).
+var (
+	ErrDeadline      = errors.New("build ran past its deadline")
+	ErrRootNotActive = errors.New("build's root is no longer active")
+)
 
 // Progress observes a build. Calls come from several goroutines.
 type Progress interface {
@@ -159,6 +176,9 @@ func (o *Options) setDefaults() error {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
 	if o.Flatten == (oci.FlattenOptions{}) {
 		o.Flatten = oci.DefaultFlattenOptions()
 	}
@@ -236,7 +256,8 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	}
 	res.ImageSize = size
 
-	root, err := store.ActiveRoot(ctx, st, true, o.Now())
+	resolved := o.Now()
+	root, err := store.ActiveRoot(ctx, st, true, resolved)
 	if err != nil {
 		return res, err
 	}
@@ -285,15 +306,22 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	if err := st.PutIfAbsent(ctx, mkey, sealed); err != nil && !errors.Is(err, store.ErrExists) {
 		return res, fmt.Errorf("storing manifest %s: %w", mkey, err)
 	}
-	ptr := store.Pointer{Root: root, Manifest: id, Created: o.Now().UTC()}
-	if err := st.Put(ctx, store.ImageKey(o.Tenant, o.Name), store.MarshalPointer(ptr)); err != nil {
-		// Leave no manifest behind that no pointer names. The delete uses a
-		// fresh context: the build's may be what was cancelled.
+	// Leave no manifest behind that no pointer names. The delete uses a
+	// fresh context: the build's may be what was cancelled.
+	dropManifest := func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		if derr := st.Delete(dctx, mkey); derr != nil {
 			o.Log.Warn("removing manifest of failed build", "key", mkey, "err", derr)
 		}
+	}
+	if err := checkCommit(ctx, st, root, resolved, o); err != nil {
+		dropManifest()
+		return res, err
+	}
+	ptr := store.Pointer{Root: root, Manifest: id, Created: o.Now().UTC()}
+	if err := st.Put(ctx, store.ImageKey(o.Tenant, o.Name), store.MarshalPointer(ptr)); err != nil {
+		dropManifest()
 		return res, fmt.Errorf("storing image pointer %s/%s: %w", o.Tenant, o.Name, err)
 	}
 	res.Duration = time.Since(start)
@@ -326,6 +354,26 @@ func unchanged(ctx context.Context, st store.Store, res *Result, o Options) (boo
 
 // flattenToExt4 runs the flattener and the ext4 writer concurrently over a
 // pipe.
+// checkCommit is the check before the pointer write (Options.Timeout): the
+// build is younger than its timeout, counted from when it resolved root, and
+// root is still active. Together with the collector's settle time this keeps
+// a pointer from ever naming an expired or deleted root.
+func checkCommit(ctx context.Context, st store.Store, root store.RootID, resolved time.Time, o Options) error {
+	if age := o.Now().Sub(resolved); age > o.Timeout {
+		return fmt.Errorf("image %s/%s: %w: %v since it chose root %s, past --build-timeout %v (the garbage collector may expire that root); no pointer written, build again",
+			o.Tenant, o.Name, ErrDeadline, age.Round(time.Second), root, o.Timeout)
+	}
+	ri, err := store.ReadRoot(ctx, st, root)
+	if err != nil {
+		return fmt.Errorf("image %s/%s: checking root before writing the pointer: %w", o.Tenant, o.Name, err)
+	}
+	if ri.State != store.RootActive {
+		return fmt.Errorf("image %s/%s: %w: root %s is %s since %s; no pointer written, build again (it will use the active root)",
+			o.Tenant, o.Name, ErrRootNotActive, root, ri.State, ri.Since.Format(time.RFC3339))
+	}
+	return nil
+}
+
 func flattenToExt4(ctx context.Context, im *oci.Image, img *os.File, o Options) (oci.FlattenStats, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -637,9 +637,9 @@ func TestBadInput(t *testing.T) {
 		{"hard link to missing target", writeFile("hardlink.tar", writeTar(t, []tarEntry{
 			{h: tar.Header{Typeflag: tar.TypeLink, Name: "b", Linkname: "missing"}},
 		})), oci.ErrUnsafeEntry, []string{`"b"`, "missing"}},
-		{"device node", writeFile("device.tar", writeTar(t, []tarEntry{
-			{h: tar.Header{Typeflag: tar.TypeChar, Name: "dev/sda", Devmajor: 8, Devminor: 0, Mode: 0o660}},
-		})), oci.ErrUnsafeEntry, []string{`"dev/sda"`, "device"}},
+		{"device node outside /dev", writeFile("device.tar", writeTar(t, []tarEntry{
+			{h: tar.Header{Typeflag: tar.TypeChar, Name: "srv/sda", Devmajor: 8, Devminor: 0, Mode: 0o660}},
+		})), oci.ErrUnsafeEntry, []string{`"srv/sda"`, "device", "--allow-devices"}},
 		{"unsupported type", writeFile("type.tar", writeTar(t, []tarEntry{
 			{h: tar.Header{Typeflag: 'Z', Name: "weird"}},
 		})), oci.ErrUnsupported, []string{`"weird"`, "type"}},
@@ -895,5 +895,71 @@ func BenchmarkBuild(b *testing.B) {
 		if _, err := build.Build(context.Background(), mem.New(), kr, kr.StoreSecret(), build.Options{Source: src, Tenant: tenant, Name: "bench", TempDir: tmp}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// onUpload runs f when the build's upload phase starts (after it resolved
+// its root, before it writes the manifest and the pointer).
+type onUpload func()
+
+func (f onUpload) Phase(name string, _ int64) {
+	if name == "upload" {
+		f()
+	}
+}
+func (onUpload) Add(int64) {}
+
+// TestCommitCheck: a build that runs past its timeout, or whose root stops
+// being active while it runs, writes no pointer and leaves no manifest; the
+// error names the cause and the flag.
+func TestCommitCheck(t *testing.T) {
+	kr := newKeyring(t)
+	src := "rootfs:" + rootfsTar(t, 1<<20)
+	for _, c := range []struct {
+		name   string
+		during func(st store.Store, clock *time.Time)
+		want   error
+		text   string
+	}{
+		{name: "within the timeout", during: func(store.Store, *time.Time) {}},
+		{name: "just under the timeout", during: func(_ store.Store, clock *time.Time) { *clock = clock.Add(time.Hour) }},
+		{name: "past the timeout", during: func(_ store.Store, clock *time.Time) { *clock = clock.Add(time.Hour + time.Second) },
+			want: build.ErrDeadline, text: "--build-timeout 1h0m0s"},
+		{name: "root retired", want: build.ErrRootNotActive, text: "retired", during: func(st store.Store, clock *time.Time) {
+			roots, err := store.Roots(context.Background(), st)
+			if err != nil || len(roots) != 1 {
+				t.Fatalf("Roots = %v, %v", roots, err)
+			}
+			if err := store.WriteRoot(context.Background(), st, store.RootInfo{ID: roots[0].ID, State: store.RootRetired, Since: *clock}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st := mem.New()
+			clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			o := build.Options{Source: src, Tenant: tenant, Name: "img", TempDir: t.TempDir(), Timeout: time.Hour,
+				Now:      func() time.Time { return clock },
+				Progress: onUpload(func() { c.during(st, &clock) })}
+			_, err := build.Build(context.Background(), st, kr, kr.StoreSecret(), o)
+			_, lerr := catalog.Lookup(context.Background(), st, tenant, "img")
+			if c.want == nil {
+				if err != nil || lerr != nil {
+					t.Fatalf("Build = %v, Lookup = %v; want success", err, lerr)
+				}
+				return
+			}
+			if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.text) || !strings.Contains(err.Error(), "no pointer written") {
+				t.Fatalf("Build = %v, want %v naming %q", err, c.want, c.text)
+			}
+			if !errors.Is(lerr, catalog.ErrNoImage) {
+				t.Errorf("Lookup after the aborted build = %v, want ErrNoImage", lerr)
+			}
+			for k := range objects(t, st) {
+				if strings.Contains(k, "/manifests/") {
+					t.Errorf("the aborted build left manifest %s", k)
+				}
+			}
+		})
 	}
 }

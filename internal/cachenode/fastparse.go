@@ -48,14 +48,16 @@ type fastRequest struct {
 // Expect, Upgrade, TE or Trailer header (nor Content-Length on a GET), an
 // optional "Connection: close" or "Connection: keep-alive", and any other
 // headers, which are ignored. The path has the single spelling
-// ParseShardPath accepts. It returns parseOK and the head's length, parseMore while b is a
-// strict prefix of a head (shorter than maxFastHead) not yet declined, or
-// parseDecline. It reads only b and allocates nothing.
+// ParseShardPath accepts. Every line ends in CRLF (a bare LF is declined:
+// net/http accepts it). It returns parseOK and the head's length, parseMore
+// while b is a strict prefix of a head (shorter than maxFastHead) whose
+// complete lines are all accepted, or parseDecline as soon as a complete line
+// is not. It reads only b and allocates nothing.
 //
 // It accepts a subset of what net/http accepts and treats alike: anything it
 // does not fully understand is declined, not answered with an error, so the
-// fast path never changes how a request is answered (FuzzParseFastRequest
-// checks this against http.ReadRequest).
+// fast path never changes how a request is answered, nor when
+// (FuzzParseFastRequest checks both against http.ReadRequest).
 func parseFastRequest(b []byte) (req fastRequest, n int, res parseResult) {
 	line := "GET " + fleetproto.ShardPrefix
 	if len(b) > 0 && b[0] == 'P' {
@@ -71,40 +73,44 @@ func parseFastRequest(b []byte) (req fastRequest, n int, res parseResult) {
 	if string(b[:len(line)]) != line {
 		return req, 0, parseDecline
 	}
-	end := bytes.Index(b, []byte("\r\n\r\n"))
-	if end < 0 {
-		if len(b) >= maxFastHead {
-			return req, 0, parseDecline
-		}
-		return req, 0, parseMore
-	}
-	n = end + 4
-	if n > maxFastHead {
-		return req, 0, parseDecline
-	}
-	head := b[:end+2] // every line with its CRLF
-	// Request line.
-	eol := bytes.IndexByte(head, '\n')
-	if eol <= len(line) || head[eol-1] != '\r' {
-		return req, 0, parseDecline
-	}
-	rl := head[len(line) : eol-1] // {chunk}[/{index}] HTTP/1.1
-	target, proto, ok := bytes.Cut(rl, []byte(" "))
-	if !ok || string(proto) != "HTTP/1.1" {
-		return req, 0, parseDecline
-	}
-	if !parseShardTarget(target, &req) || (req.put && req.idx < 0) {
-		return req, 0, parseDecline
-	}
-	// Headers.
+	// One line at a time, as net/http reads them: a complete line the fast
+	// path does not serve is declined at once (net/http then answers it, or
+	// refuses it, without waiting for the rest of the head), and parseMore
+	// only ever means that net/http too would still be reading the head.
+	// Every line must end in CRLF: net/http also ends lines at a bare LF, so
+	// a head of bare-LF lines is complete for it; such requests go to it.
 	hosts, lengths := 0, 0
-	for rest := head[eol+1:]; len(rest) > 0; {
-		i := bytes.IndexByte(rest, '\n')
-		if i < 1 || rest[i-1] != '\r' {
+	for pos, first := 0, true; ; first = false {
+		i := bytes.IndexByte(b[pos:], '\n')
+		if i < 0 {
+			if len(b) >= maxFastHead {
+				return req, 0, parseDecline
+			}
+			return req, 0, parseMore
+		}
+		eol := pos + i
+		if eol+1 > maxFastHead || i == 0 || b[eol-1] != '\r' {
 			return req, 0, parseDecline
 		}
-		name, value, ok := bytes.Cut(rest[:i-1], []byte(":"))
-		rest = rest[i+1:]
+		ln := b[pos : eol-1]
+		pos = eol + 1
+		if first { // request line: {chunk}[/{index}] HTTP/1.1 after the prefix
+			target, proto, ok := bytes.Cut(ln[len(line):], []byte(" "))
+			if !ok || string(proto) != "HTTP/1.1" {
+				return req, 0, parseDecline
+			}
+			if !parseShardTarget(target, &req) || (req.put && req.idx < 0) {
+				return req, 0, parseDecline
+			}
+			continue
+		}
+		if len(ln) == 0 { // the blank line: end of the head
+			if hosts != 1 || (req.put && lengths != 1) {
+				return req, 0, parseDecline
+			}
+			return req, pos, parseOK
+		}
+		name, value, ok := bytes.Cut(ln, []byte(":"))
 		if !ok || len(name) == 0 || !isToken(name) {
 			return req, 0, parseDecline
 		}
@@ -139,10 +145,6 @@ func parseFastRequest(b []byte) (req fastRequest, n int, res parseResult) {
 			return req, 0, parseDecline
 		}
 	}
-	if hosts != 1 || (req.put && lengths != 1) {
-		return req, 0, parseDecline
-	}
-	return req, n, parseOK
 }
 
 // parseShardTarget parses "{chunk}[/{index}]" (what follows

@@ -87,6 +87,11 @@ func TestParseFastRequest(t *testing.T) {
 		{desc: "upgrade", in: get + "/1 HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n", res: parseDecline},
 		{desc: "connection upgrade", in: get + "/1 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n\r\n", res: parseDecline},
 		{desc: "bare LF", in: get + "/1 HTTP/1.1\nHost: a\n\r\n\r\n", res: parseDecline},
+		{desc: "bare-LF head", in: get + "/1 HTTP/1.1\nHost: a\n\n", res: parseDecline},
+		{desc: "bare-LF request line only", in: get + "/1 HTTP/1.1\n", res: parseDecline},
+		{desc: "bare LF after the headers", in: get + "/1 HTTP/1.1\r\nHost: a\r\n\n", res: parseDecline},
+		{desc: "bad line before the end", in: get + "/1 HTTP/1.1\r\nHost: a\r\nBroken\r\n", res: parseDecline},
+		{desc: "bad request line before the end", in: get + "/1 HTTP/1.0\r\n", res: parseDecline},
 		{desc: "bare LF in headers", in: get + "/1 HTTP/1.1\r\nHost: a\nX: y\r\n\r\n", res: parseDecline},
 		{desc: "no colon", in: get + "/1 HTTP/1.1\r\nHost: a\r\nBroken\r\n\r\n", res: parseDecline},
 		{desc: "folded line", in: get + "/1 HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", res: parseDecline},
@@ -139,9 +144,16 @@ func FuzzParseFastRequest(f *testing.F) {
 			if len(b) >= maxFastHead {
 				t.Fatalf("parseMore for %d bytes, at or over the %d-byte bound", len(b), maxFastHead)
 			}
+			// net/http, given the same complete lines, must still be
+			// reading the head too: not have a request, nor have refused.
+			k := bytes.LastIndexByte(b, '\n') + 1
+			hr, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(b[:k])))
+			if err == nil || !(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+				t.Fatalf("fast path waits for more after %q; net/http already has %v, %v", b[:k], hr, err)
+			}
 			return
 		case parseDecline:
-			return
+			return // net/http answers: the same outcome by construction
 		}
 		if n <= 0 || n > len(b) || n > maxFastHead {
 			t.Fatalf("head length %d of %d bytes", n, len(b))
@@ -385,6 +397,33 @@ func TestFastPathHandsOff(t *testing.T) {
 	got, _, _ = exchange(t, addr, "GET "+fleetproto.ShardPath(k1.name, 1)+" HTTP/1.1\r\nHost: x\r\n"+long+"\r\n", 1)
 	if got[0].code != 200 || !bytes.Equal(got[0].body, b1) {
 		t.Errorf("GET with a long head = %d, %d bytes; want 200 and the shard", got[0].code, len(got[0].body))
+	}
+}
+
+// TestFastPathBareLF: requests whose lines end in a bare LF, which net/http
+// accepts, are answered on a fast-path connection exactly as net/http
+// answers them (they used to wait for a CRLF blank line until the header
+// timeout closed the connection).
+func TestFastPathBareLF(t *testing.T) {
+	s := newTestServer(t)
+	k, b := testShard(t, rand.New(rand.NewPCG(10, 10)), 2000, 1)
+	s.store.put(k, b)
+	fast := serveNode(t, s)
+	slow := httptest.NewServer(s)
+	defer slow.Close()
+	p := fleetproto.ShardPath(k.name, 1)
+	for _, raw := range []string{
+		"GET " + p + " HTTP/1.1\nHost: x\n\n",
+		"GET " + p + " HTTP/1.1\r\nHost: x\n\n",
+		"GET " + p + " HTTP/1.1\r\nHost: x\r\n\n",
+		"GET " + fleetproto.ShardPath(chunk.Name{7}, 0) + " HTTP/1.1\nHost: x\n\n",
+		"GET " + p + " HTTP/1.1\nX: y\n\n", // no Host: refused
+	} {
+		f, _, _ := exchange(t, fast, raw, 1)
+		h, _, _ := exchange(t, slow.Listener.Addr().String(), raw, 1)
+		if f[0].code != h[0].code || !bytes.Equal(f[0].body, h[0].body) {
+			t.Errorf("%q: fast-path node answers %d, %d bytes; net/http %d, %d bytes", raw, f[0].code, len(f[0].body), h[0].code, len(h[0].body))
+		}
 	}
 }
 

@@ -15,6 +15,9 @@ type ServerMetrics struct {
 	demotions prometheus.Counter
 	// promotions counts disk shards read back into memory (second hit).
 	promotions prometheus.Counter
+	// rejections counts memory evictions the disk tier did not admit
+	// (asked for no more often than the shard they would have evicted).
+	rejections prometheus.Counter
 	bytes      *prometheus.GaugeVec   // tier
 	shards     *prometheus.GaugeVec   // tier
 	leases     *prometheus.CounterVec // result: granted, held
@@ -42,6 +45,9 @@ func NewServerMetrics(reg prometheus.Registerer) *ServerMetrics {
 		demotions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lode_cachenode_demotions_total", Help: "Shards moved from memory to disk.",
 		}),
+		rejections: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lode_cachenode_disk_rejections_total", Help: "Shards evicted from memory that the disk tier did not admit (TinyLFU: not asked for more often than the shard they would evict).",
+		}),
 		promotions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lode_cachenode_promotions_total", Help: "Shards read back from disk into memory (a second disk hit soon after the first).",
 		}),
@@ -56,7 +62,7 @@ func NewServerMetrics(reg prometheus.Registerer) *ServerMetrics {
 		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.latency, m.hits, m.misses, m.evictions, m.demotions, m.promotions, m.bytes, m.shards, m.leases)
+		reg.MustRegister(m.requests, m.latency, m.hits, m.misses, m.evictions, m.demotions, m.promotions, m.rejections, m.bytes, m.shards, m.leases)
 	}
 	return m
 }

@@ -94,15 +94,24 @@ func (sf *sharedFile) release() {
 }
 
 // nodeStore holds shards under byte budgets: a segmented LRU in memory and,
-// when a directory is configured, a plain LRU on disk that memory evictions
-// are demoted to.
+// when a directory is configured, an LRU on disk that memory evictions are
+// demoted to, behind a frequency-based admission test.
 //
-// Scan resistance: a new shard enters the probation segment; a second hit
-// promotes it to the protected segment, which may fill up to protectedShare
-// of the memory budget. Eviction takes the probation tail first, so a scan
-// that touches many cold shards once only churns probation and leaves the
-// hot, protected set in memory (a two-segment LRU, the simplest member of the
-// LRU-k / 2Q family; DESIGN.md "Tiers").
+// Scan resistance, in both tiers (DESIGN.md "Tiers"; W-TinyLFU's structure,
+// with memory's probation segment as the window):
+//   - Memory: a new shard enters the probation segment; a second hit
+//     promotes it to the protected segment, which may fill up to
+//     protectedShare of the memory budget. Eviction takes the probation tail
+//     first, so a scan that touches many cold shards once only churns
+//     probation and leaves the hot, protected set in memory (a two-segment
+//     LRU, of the LRU-k / 2Q family).
+//   - Disk: a shard evicted from memory is written to disk only if the disk
+//     has room, or if it was asked for more often recently than the disk's
+//     least recently used shard, which it then evicts (TinyLFU admission;
+//     freqSketch counts every GET and PUT). A scan's shards, asked for once
+//     or twice, are dropped instead of flushing shards that are re-read
+//     (TestNodeStoreScanAcrossTiers: a scan of 8× the node's capacity keeps
+//     the hot set resident; a plain LRU disk kept 8 of 50).
 //
 // A shard held only on disk is served from its file (open, header and length
 // checked, then copied with sendfile by net/http) and is read back into
@@ -135,6 +144,9 @@ type nodeStore struct {
 	// path: a hit then costs no open, fstat, header read or close).
 	openFiles []*diskEntry
 	maxOpen   int
+	// freq estimates how often each shard was asked for recently (GETs,
+	// hits or misses, and PUTs): the disk tier's admission test.
+	freq *freqSketch
 }
 
 // protectedShare is the part of the memory budget the protected segment may
@@ -157,6 +169,7 @@ func newNodeStore(memBytes int64, dir string, diskBytes int64, log *slog.Logger,
 		disk:       make(map[shardKey]*list.Element),
 		diskLRU:    list.New(),
 		maxOpen:    maxOpenFiles(),
+		freq:       newFreqSketch(int((memBytes + max(diskBytes, 0)) / (16 << 10))),
 	}
 	if dir != "" {
 		if err := s.scanDisk(); err != nil {
@@ -274,6 +287,7 @@ func (s *nodeStore) openShared(k shardKey) (shardRef, bool) { return s.openRef(k
 
 func (s *nodeStore) openRef(k shardKey, share bool) (shardRef, bool) {
 	s.mu.Lock()
+	s.freq.add(k)
 	if el, ok := s.mem[k]; ok {
 		e := el.Value.(*memEntry)
 		s.touchLocked(el, e)
@@ -511,6 +525,7 @@ func (s *nodeStore) has(k shardKey) (int, bool) {
 func (s *nodeStore) put(k shardKey, data []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.freq.add(k)
 	if el, ok := s.mem[k]; ok {
 		s.removeMemLocked(el)
 	}
@@ -582,6 +597,10 @@ func (s *nodeStore) evictMemLocked(el *list.Element) {
 	if int64(len(e.data))+entryOverhead > s.diskBudget {
 		return
 	}
+	if !s.admitDiskLocked(e.key, int64(len(e.data))+entryOverhead) {
+		s.m.rejections.Inc()
+		return
+	}
 	if err := writeFileAtomic(s.dir, e.key.fileName(), e.data); err != nil {
 		s.log.Warn("demoting shard to disk", slog.String("chunk", e.key.name.String()), slog.Int("shard", int(e.key.idx)), slog.Any("err", err))
 		return
@@ -590,6 +609,27 @@ func (s *nodeStore) evictMemLocked(el *list.Element) {
 	s.diskUsed += int64(len(e.data)) + entryOverhead
 	s.m.demotions.Inc()
 	s.evictDiskLocked()
+}
+
+// admitDiskLocked decides whether a shard of size bytes (with overhead)
+// evicted from memory enters the disk tier: always when it fits without
+// evicting, else only if it was asked for more often recently than every
+// shard it would evict, least recently used first (TinyLFU admission). Ties
+// keep the incumbent, so shards seen once cannot displace each other either.
+func (s *nodeStore) admitDiskLocked(k shardKey, size int64) bool {
+	need := s.diskUsed + size - s.diskBudget
+	if need <= 0 {
+		return true
+	}
+	f := s.freq.estimate(k)
+	for el := s.diskLRU.Back(); el != nil && need > 0; el = el.Prev() {
+		d := el.Value.(*diskEntry)
+		if f <= s.freq.estimate(d.key) {
+			return false
+		}
+		need -= d.size + entryOverhead
+	}
+	return true
 }
 
 func (s *nodeStore) evictDiskLocked() {

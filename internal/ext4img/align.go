@@ -77,7 +77,7 @@ type alignedLayout struct {
 }
 
 func newAlignedLayout(o Options) *alignedLayout {
-	maxBlocks := int64(MaxDiskSize-1)/blockSize + 1
+	maxBlocks := (maxDiskSize-1)/blockSize + 1
 	maxGroups := (maxBlocks-1)/blocksPerGroup + 1
 	gdBlocks := (maxGroups-1)/groupsPerDescBlock + 1
 	l := &alignedLayout{

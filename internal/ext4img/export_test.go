@@ -43,3 +43,11 @@ func FileExtents(img Output, path string) ([][2]uint32, error) {
 	}
 	return out, nil
 }
+
+// SetMaxDiskSize lowers the image size limit (and with it the metadata reservation) for the fuzz target,
+// and returns a function that restores it.
+func SetMaxDiskSize(n int64) (restore func()) {
+	old := maxDiskSize
+	maxDiskSize = n
+	return func() { maxDiskSize = old }
+}

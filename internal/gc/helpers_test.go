@@ -154,9 +154,9 @@ func salt(root store.RootID) []byte {
 	return h[:]
 }
 
-// build is one image build split into the phases internal/build goes
+// modelBuild is a model of an image build split into the phases internal/build goes
 // through, so a test can interleave other work between them.
-type build struct {
+type modelBuild struct {
 	tenant, name string
 	blocks       [][]byte
 	started      time.Time
@@ -166,13 +166,13 @@ type build struct {
 	sealed       []byte
 }
 
-func (w *world) newBuild(tenant, name string, blocks [][]byte) *build {
-	return &build{tenant: tenant, name: name, blocks: blocks, started: w.now}
+func (w *world) newBuild(tenant, name string, blocks [][]byte) *modelBuild {
+	return &modelBuild{tenant: tenant, name: name, blocks: blocks, started: w.now}
 }
 
 // step runs the build's next phase against st. It reports whether the
 // build is done.
-func (w *world) step(ctx context.Context, st store.Store, b *build) (bool, error) {
+func (w *world) step(ctx context.Context, st store.Store, b *modelBuild) (bool, error) {
 	switch b.phase {
 	case 0:
 		root, err := store.ActiveRoot(ctx, st, true, w.now)
@@ -249,7 +249,7 @@ func (w *world) buildNow(tenant, name string, blocks [][]byte) {
 // reconcile settles the model after a build or deletion crashed: the
 // pointer write is the single commit point, so the pointer says which
 // outcome happened.
-func (w *world) reconcile(ctx context.Context, tenant, name string, b *build) {
+func (w *world) reconcile(ctx context.Context, tenant, name string, b *modelBuild) {
 	w.t.Helper()
 	p, err := catalog.Lookup(ctx, w.raw, tenant, name)
 	if errors.Is(err, catalog.ErrNoImage) {

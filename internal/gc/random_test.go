@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	ibuild "github.com/lode-dev/lode/internal/build"
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/lodetest"
@@ -57,8 +59,11 @@ func seeds(t *testing.T, n int) []uint64 {
 	return out
 }
 
+// The randomized tests run nSeeds seeds by default (short: CI). The long
+// mode runs more: LODE_GC_SEEDS=1000 go test ./internal/gc -run TestRandomMem
+// -timeout 2h (docs/gc.md, "Testing").
 func TestRandomMem(t *testing.T) {
-	runRandom(t, func(t *testing.T) store.Store { return mem.New() }, 30, 50)
+	runRandom(t, func(t *testing.T) store.Store { return mem.New() }, 12, 50)
 }
 
 func TestRandomFile(t *testing.T) {
@@ -68,7 +73,7 @@ func TestRandomFile(t *testing.T) {
 			t.Fatal(err)
 		}
 		return st
-	}, 10, 40)
+	}, 4, 40)
 }
 
 var s3Prefix atomic.Int64
@@ -85,7 +90,7 @@ func TestRandomS3(t *testing.T) {
 			t.Fatal(err)
 		}
 		return st
-	}, 5, 40)
+	}, 2, 40)
 }
 
 func runRandom(t *testing.T, newStore func(*testing.T) store.Store, nSeeds, steps int) {
@@ -96,13 +101,22 @@ func runRandom(t *testing.T, newStore func(*testing.T) store.Store, nSeeds, step
 	}
 }
 
-// randomRun interleaves image builds (split into their phases), deletions,
-// GC steps and clock moves, injects a crash before a random store operation
-// of about a third of the steps, and after every step checks that every
-// live image reads back byte-identical. At the end it runs one full cycle
-// without faults and checks that the store holds exactly the live images'
-// chunks: the unique chunks of deleted images, and whatever crashed builds
+// randomRun interleaves real image builds (internal/build, paused between
+// phases: see buildProc), deletions, GC steps and clock moves, injects a
+// crash before a random store operation of about a third of the steps, and
+// after every step checks that every live image reads back byte-identical
+// and that every pointer names an active or retired root. Builds are never
+// killed by the test: one that resumes past its timeout, or after its root
+// was retired, must refuse to write its pointer (build.ErrDeadline,
+// build.ErrRootNotActive). At the end it runs one full cycle without faults
+// and checks that the store holds exactly the live images' chunks: the
+// unique chunks of deleted images, and whatever crashed and refused builds
 // and copies left behind, are gone.
+//
+// Crash points are drawn over every store operation of a step: for each
+// kind of step (a GC pass, a build's phase, …) the test keeps the largest
+// number of operations such a step has made so far (at least 20) and draws
+// the crash uniformly up to it.
 func randomRun(t *testing.T, raw store.Store, seed uint64, steps int) {
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(seed, 0x9c))
@@ -121,20 +135,50 @@ func randomRun(t *testing.T, raw store.Store, seed uint64, steps int) {
 	}
 	names := []string{"a", "b", "c", "d", "e"}
 	unique := 1000
-	var pending []*build
-	finish := func(b *build) { pending = slices.DeleteFunc(pending, func(x *build) bool { return x == b }) }
-	runBuild := func(b *build) string {
-		done, err := w.step(ctx, fs, b)
-		switch {
-		case err != nil:
-			finish(b) // the builder crashed: it never runs again
-			w.reconcile(ctx, b.tenant, b.name, b)
-			return fmt.Sprintf("build %s/%s phase %d crashed: %v", b.tenant, b.name, b.phase, err)
-		case done:
-			finish(b)
-			return fmt.Sprintf("build %s/%s finished into %s", b.tenant, b.name, b.root)
+	dir := t.TempDir()
+	nproc := 0
+	var pending []*buildProc
+	defer func() {
+		for _, p := range pending {
+			p.abandon()
 		}
-		return fmt.Sprintf("build %s/%s reached phase %d (root %s)", b.tenant, b.name, b.phase, b.root)
+	}()
+	maxOps := map[string]int{}
+	crashes, refused := 0, 0
+	runBuild := func(p *buildProc) string {
+		if !p.advance(w) {
+			return fmt.Sprintf("build %s/%s reached phase %d", p.tenant, p.name, p.phase)
+		}
+		pending = slices.DeleteFunc(pending, func(x *buildProc) bool { return x == p })
+		if p.err != nil && !expectedBuildError(p.err) {
+			fail("build %s/%s: unexpected error: %v", p.tenant, p.name, p.err)
+		}
+		if p.err != nil && !errors.Is(p.err, errCrash) {
+			refused++
+		}
+		key := p.tenant + "/" + p.name
+		ptr, err := catalog.Lookup(ctx, raw, p.tenant, p.name)
+		switch {
+		case errors.Is(err, catalog.ErrNoImage):
+			delete(w.live, key)
+		case err != nil:
+			fail("reconciling %s: %v", key, err)
+		case ptr.Deleted:
+			delete(w.live, key)
+		case p.res.ManifestID != "" && ptr.Manifest == p.res.ManifestID:
+			if p.err != nil {
+				fail("build %s/%s failed (%v) but its pointer was written", p.tenant, p.name, p.err)
+			}
+			blocks, err := p.chunksOf()
+			if err != nil {
+				fail("build %s/%s: reading its image: %v", p.tenant, p.name, err)
+			}
+			w.live[key] = blocks
+		}
+		if p.err != nil {
+			return fmt.Sprintf("build %s/%s ended: %v", p.tenant, p.name, p.err)
+		}
+		return fmt.Sprintf("build %s/%s finished into %s", p.tenant, p.name, p.res.Root)
 	}
 	gcStep := func(what string, f func() error) string {
 		if err := f(); err != nil {
@@ -147,36 +191,59 @@ func randomRun(t *testing.T, raw store.Store, seed uint64, steps int) {
 	}
 
 	for step := 0; step < steps; step++ {
+		// Weights: start a build 3, advance one 4, delete 1, pass 2,
+		// rotate now 1 (every other draw), collect 1, clock 2.
+		op := rng.IntN(14)
+		var adv *buildProc
+		kind := ""
+		switch {
+		case op <= 2:
+			kind = "build start"
+		case op <= 6:
+			if len(pending) > 0 {
+				adv = pending[rng.IntN(len(pending))]
+				kind = fmt.Sprintf("build phase %d", adv.phase)
+			}
+		case op == 7:
+			kind = "delete"
+		case op == 8 || op == 9:
+			kind = "pass"
+		case op == 10 || op == 11:
+			kind = "rotate/collect"
+		}
 		crashAt := 0
-		if rng.IntN(3) == 0 {
-			crashAt = 1 + rng.IntN(20)
+		if kind != "" && rng.IntN(3) == 0 {
+			crashAt = 1 + rng.IntN(max(20, maxOps[kind]))
 		}
 		fs.arm(crashAt)
 		var desc string
-		// Weights: start a build 3, advance one 4, delete 1, pass 2,
-		// rotate now 1 (every other draw), collect 1, clock 2.
-		switch op := rng.IntN(14); {
+		switch {
 		case op <= 2:
 			tenant, name := testTenants[rng.IntN(len(testTenants))], names[rng.IntN(len(names))]
-			blocks := make([][]byte, 2+rng.IntN(5))
-			for i := range blocks {
+			var files []int
+			for range 2 + rng.IntN(5) {
 				switch r := rng.IntN(20); {
 				case r < 12:
-					blocks[i] = block(rng.IntN(8)) // a base shared by many images
+					files = append(files, rng.IntN(8)) // a base shared by many images
 				case r < 17:
 					unique++
-					blocks[i] = block(unique)
-				} // else a hole
+					files = append(files, unique)
+				}
 			}
-			b := w.newBuild(tenant, name, blocks)
-			pending = append(pending, b)
-			desc = "start: " + runBuild(b)
+			nproc++
+			pdir := filepath.Join(dir, strconv.Itoa(nproc))
+			if err := os.Mkdir(pdir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			p := w.newBuildProc(fs, pdir, tenant, name, files, cfg.BuildTimeout)
+			pending = append(pending, p)
+			desc = "start: " + runBuild(p)
 		case op <= 6:
-			if len(pending) == 0 {
+			if adv == nil {
 				desc = "no build to advance"
 				break
 			}
-			desc = runBuild(pending[rng.IntN(len(pending))])
+			desc = runBuild(adv)
 		case op == 7:
 			live := slices.Sorted(mapKeys(w.live))
 			if len(live) == 0 {
@@ -201,20 +268,23 @@ func randomRun(t *testing.T, raw store.Store, seed uint64, steps int) {
 		case op == 10 || op == 11:
 			desc = gcStep("collect", func() error { _, err := c.Collect(ctx); return err })
 		default:
+			// Builds are not killed when they outlive BuildTimeout: a
+			// paused one that is advanced later must refuse to commit.
 			d := time.Duration(rng.IntN(60)) * time.Minute
-			next := w.now.Add(d)
-			// No build runs longer than BuildTimeout: one that would is
-			// killed (it never writes again).
-			for _, b := range slices.Clone(pending) {
-				if !next.Before(b.started.Add(cfg.BuildTimeout)) {
-					finish(b)
-				}
-			}
-			w.now = next
+			w.now = w.now.Add(d)
 			desc = fmt.Sprintf("clock +%v", d)
 		}
+		fs.mu.Lock()
+		ops, crashed := fs.ops, crashAt > 0 && fs.ops >= crashAt
+		fs.mu.Unlock()
+		if kind != "" {
+			maxOps[kind] = max(maxOps[kind], ops)
+		}
+		if crashed {
+			crashes++
+		}
 		if crashAt > 0 {
-			desc += fmt.Sprintf(" [crash armed at op %d]", crashAt)
+			desc += fmt.Sprintf(" [crash armed at op %d of %d]", crashAt, ops)
 		}
 		history = append(history, fmt.Sprintf("%2d %s %s", step, w.now.Format("01-02T15:04"), desc))
 		fs.arm(0)
@@ -222,9 +292,13 @@ func randomRun(t *testing.T, raw store.Store, seed uint64, steps int) {
 			fail("after step %d: %v", step, err)
 		}
 	}
+	for _, p := range pending {
+		p.abandon()
+	}
+	pending = nil
+	history = append(history, fmt.Sprintf("(%d crashes injected, %d builds refused at the commit check; most operations of a step by kind: %v)", crashes, refused, maxOps))
 
 	// One full cycle without faults or builds: everything not live goes.
-	pending = nil
 	history = append(history, "final cycle")
 	final := cfg
 	final.RotateAfter = 1000 * hour // only the one forced rotation
@@ -299,5 +373,52 @@ func mapKeys[V any](m map[string]V) func(func(string) bool) {
 				return
 			}
 		}
+	}
+}
+
+// TestSlowBuildRefusesExpiredRoot: a real build that chose a root, was
+// paused past BuildTimeout while the collector retired and expired that
+// root, must not write its pointer when it resumes; one resumed in time
+// after the rotation must not either (its root is retired), and the image
+// must not appear.
+func TestSlowBuildRefusesExpiredRoot(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		pause time.Duration // after the rotation
+		want  error
+	}{
+		{"resumed after the root expired", 3 * hour, ibuild.ErrDeadline},
+		{"resumed while the root is retired", time.Minute, ibuild.ErrRootNotActive},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			raw := mem.New()
+			w := newWorld(t, raw)
+			cfg := Config{RotateAfter: 3 * hour, BuildTimeout: 2 * hour, Grace: 3 * hour, Now: w.clock, Concurrency: 1}
+			c := NewCollector(raw, cfg)
+			p := w.newBuildProc(raw, t.TempDir(), "acme", "slow", []int{1, 2, 3}, cfg.BuildTimeout)
+			defer p.abandon()
+			for p.phase < phaseCommit {
+				if p.advance(w) {
+					t.Fatalf("build ended before its commit: %v", p.err)
+				}
+			}
+			if _, err := c.RotateNow(ctx); err != nil {
+				t.Fatal(err)
+			}
+			w.now = w.now.Add(tc.pause)
+			if _, err := c.Pass(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if !p.advance(w) {
+				t.Fatal("build did not end")
+			}
+			if !errors.Is(p.err, tc.want) {
+				t.Fatalf("build = %v, want %v", p.err, tc.want)
+			}
+			if _, err := catalog.Lookup(ctx, raw, "acme", "slow"); !errors.Is(err, catalog.ErrNoImage) {
+				t.Fatalf("Lookup = %v, want ErrNoImage: the build wrote its pointer", err)
+			}
+		})
 	}
 }

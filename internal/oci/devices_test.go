@@ -2,9 +2,12 @@ package oci
 
 import (
 	"archive/tar"
+	"io"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/lode-dev/lode/internal/lodetest"
 )
 
 // exportTar is shaped like `docker export` output: a populated /dev (device
@@ -58,5 +61,27 @@ func TestDevicePolicy(t *testing.T) {
 				t.Errorf("DroppedDevices = %d, want %d", st.DroppedDevices, tc.dropped)
 			}
 		})
+	}
+}
+
+// TestDebootstrapRootfsFlattens: a real Debian bookworm minbase + python3
+// tree made by debootstrap (device nodes in /dev, setuid binaries, hard
+// links, absolute symlinks) flattens with the default options: the 8 device
+// nodes under /dev are dropped and nothing is refused. (The whole build of it
+// is bench/registry.sh's image; internal/build tests the pipeline on a
+// `docker export` tar.)
+func TestDebootstrapRootfsFlattens(t *testing.T) {
+	src := "rootfs:" + lodetest.DebianRootfs(t)
+	im, err := Open(t.Context(), src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	st, err := Flatten(t.Context(), im, io.Discard, DefaultFlattenOptions())
+	if err != nil {
+		t.Fatalf("Flatten(%s) = %v", src, err)
+	}
+	if st.DroppedDevices != 8 || st.Files < 5000 || st.Hardlinks == 0 {
+		t.Errorf("Flatten(%s) = %+v, want 8 dropped device nodes, > 5000 files and some hard links", src, st)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // FlattenOptions are the limits and permissions Flatten enforces. A zero limit means its default.
@@ -594,9 +595,17 @@ func outType(h *tar.Header) byte {
 	return h.Typeflag
 }
 
+// Pools of emit's 1 MiB buffers (see readerPool).
+var (
+	writerPool  = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 1<<20) }}
+	copyBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+)
+
 // emit is pass 2: stream every layer again, base first, writing what plan decided.
 func (f *flattener) emit(ctx context.Context, w io.Writer) error {
-	bw := bufio.NewWriterSize(w, 1<<20)
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(w)
+	defer func() { bw.Reset(nil); writerPool.Put(bw) }()
 	tw := tar.NewWriter(bw)
 	var spoolFile *os.File
 	var spoolOff int64
@@ -605,7 +614,9 @@ func (f *flattener) emit(ctx context.Context, w io.Writer) error {
 			spoolFile.Close()
 		}
 	}()
-	buf := make([]byte, 1<<20)
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	buf := *bp
 	write := func(h *tar.Header, content io.Reader) error {
 		if err := tw.WriteHeader(h); err != nil {
 			return fmt.Errorf("writing %q: %w", h.Name, err)

@@ -6,11 +6,13 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/klauspost/compress/zstd"
 )
 
 func TestFlattenLayers(t *testing.T) {
@@ -294,5 +296,51 @@ func TestFlattenCancel(t *testing.T) {
 	cancel()
 	if _, err := Flatten(ctx, im, io.Discard, DefaultFlattenOptions()); !errors.Is(err, context.Canceled) {
 		t.Errorf("Flatten(cancelled) = %v, want context.Canceled", err)
+	}
+}
+
+// A layer's bytes after its tar's end-of-archive marker are no part of the image. A few kilobytes of
+// zstd expand to gigabytes of them, which Flatten used to decompress and spool to disk whole: more than
+// maxTrailer of them is ErrCorrupt, while a tar writer's record padding is accepted.
+func TestTrailerAfterArchive(t *testing.T) {
+	base := tarOf(t, te{name: "f", body: "x"})
+	zstdOf := func(b []byte) []byte {
+		var buf bytes.Buffer
+		zw, err := zstd.NewWriter(&buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		zw.Write(b)
+		zw.Close()
+		return buf.Bytes()
+	}
+	padded := func(n int) []byte { return append(bytes.Clone(base), make([]byte, n)...) }
+	bomb := padded(64 << 20)
+	for _, tc := range []struct {
+		name    string
+		layer   []byte
+		refused bool
+	}{
+		{"plain, 10 KiB record padding", padded(10 << 10), false},
+		{"gzip, 10 KiB record padding", gzipOf(t, padded(10<<10)), false},
+		{"plain, 2 MiB after the archive", padded(2 << 20), true},
+		{"gzip, 64 MiB after the archive", gzipOf(t, bomb), true},
+		{"zstd, 64 MiB after the archive", zstdOf(bomb), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, _, err := flatten(t, "rootfs:"+writeFile(t, tc.layer), DefaultFlattenOptions())
+			if !tc.refused {
+				if err != nil {
+					t.Fatalf("Flatten = %v, want success", err)
+				}
+				if got := listTar(t, out); len(got) != 1 {
+					t.Fatalf("Flatten wrote %q, want the one file", got)
+				}
+				return
+			}
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "after the end of the tar archive") {
+				t.Fatalf("Flatten = %v, want ErrCorrupt naming the bytes after the archive", err)
+			}
+		})
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -61,6 +62,23 @@ type layerStream struct {
 	decClose func()
 	diffHash hash.Hash
 	tar      io.Reader // dec, hashed by diffHash: what archive/tar reads
+	tarTee   io.Reader // tar before teeTo: finish drains the trailer through it, not into the spool
+}
+
+// maxTrailer bounds the bytes a layer may hold after its tar's end-of-archive marker. Tar writers pad
+// to a record of at most 10 KiB (GNU tar's default blocking factor; archive/tar writes none); such bytes
+// are no part of the image, yet a few kilobytes of zstd or gzip expand to gigabytes of them, which were
+// decompressed, hashed and spooled to disk whole (a decompression bomb that cost the build minutes).
+const maxTrailer = 1 << 20
+
+// readerPool holds the 1 MiB read buffers of layer streams: Flatten opens every layer twice, and a
+// fresh megabyte per open was most of the work for small layers.
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 1<<20) }}
+
+func getReader(r io.Reader) *bufio.Reader {
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(r)
+	return br
 }
 
 func newHash(digest string) (hash.Hash, error) {
@@ -76,8 +94,8 @@ func newHash(digest string) (hash.Hash, error) {
 
 func (l *layer) openStream(ctx context.Context) (*layerStream, error) {
 	if l.spool != nil {
-		r := bufio.NewReaderSize(io.NewSectionReader(l.spool, 0, 1<<62), 1<<20)
-		return &layerStream{l: l, raw: io.NopCloser(nil), rawBuf: r, dec: r, tar: r}, nil
+		r := getReader(io.NewSectionReader(l.spool, 0, 1<<62))
+		return &layerStream{l: l, raw: io.NopCloser(nil), rawBuf: r, dec: r, tar: r, tarTee: r}, nil
 	}
 	s := &layerStream{l: l}
 	var err error
@@ -105,7 +123,7 @@ func (l *layer) openStream(ctx context.Context) (*layerStream, error) {
 	if s.rawHash != nil {
 		r = io.TeeReader(r, s.rawHash)
 	}
-	s.rawBuf = bufio.NewReaderSize(r, 1<<20)
+	s.rawBuf = getReader(r)
 	magic, err := s.rawBuf.Peek(4)
 	if err != nil && !errors.Is(err, io.EOF) {
 		rc.Close()
@@ -134,14 +152,20 @@ func (l *layer) openStream(ctx context.Context) (*layerStream, error) {
 	if s.diffHash != nil {
 		s.tar = io.TeeReader(s.dec, s.diffHash)
 	}
+	s.tarTee = s.tar
 	return s, nil
 }
 
 // finish reads what is left of the layer (tar padding, the compressed stream's trailer, trailing bytes)
-// and checks the digests. Call it once archive/tar has returned io.EOF.
+// and checks the digests. Call it once archive/tar has returned io.EOF. The bytes after the tar are
+// hashed but not spooled, and more than maxTrailer of them is ErrCorrupt.
 // last, the name of the last entry read, goes into errors from the compressed stream.
 func (s *layerStream) finish(last string) error {
-	if _, err := io.Copy(io.Discard, s.tar); err != nil {
+	n, err := io.Copy(io.Discard, io.LimitReader(s.tarTee, maxTrailer+1))
+	if err == nil && n > maxTrailer {
+		err = fmt.Errorf("more than %d bytes after the end of the tar archive", maxTrailer)
+	}
+	if err != nil {
 		e := s.l.errorf(ErrCorrupt, err, "reading layer at or after this entry")
 		e.Path = last
 		return s.explain(e)
@@ -186,6 +210,11 @@ func (s *layerStream) explain(err error) error {
 func (s *layerStream) Close() error {
 	if s.decClose != nil {
 		s.decClose()
+	}
+	if s.rawBuf != nil {
+		s.rawBuf.Reset(nil)
+		readerPool.Put(s.rawBuf)
+		s.rawBuf = nil
 	}
 	return s.raw.Close()
 }

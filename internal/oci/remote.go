@@ -159,7 +159,9 @@ func openRemote(ctx context.Context, source string, o RemoteOptions) (*Image, er
 		remote.WithTransport(rt),
 		remote.WithPlatform(rr.Platform),
 		remote.WithJobs(o.Jobs),
-		remote.WithRetryBackoff(remote.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.1, Steps: 4}),
+		// 5 tries over about 7.5 s: rides out a registry restart or a burst
+		// of 429s without hiding an outage for long.
+		remote.WithRetryBackoff(remote.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.1, Steps: 5}),
 		remote.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusTooManyRequests, http.StatusInternalServerError,
 			http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout),
 	)

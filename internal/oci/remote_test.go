@@ -291,9 +291,12 @@ type faultProxy struct {
 	stallAt   int64 // stall blob responses after this many bytes (-1: never)
 	dropOnce  int64 // drop the first blob response after this many bytes (-1: never)
 	stallMF   bool  // stall manifest requests before answering
+	busy      int   // answer this many next GETs with 503, then 429, alternating
+	latency   time.Duration // before each blob response
+	rate      int64         // bytes per second per blob response (0: unlimited)
 }
 
-func newFaultProxy(t *testing.T, reg *lodetest.Registry) *faultProxy {
+func newFaultProxy(t testing.TB, reg *lodetest.Registry) *faultProxy {
 	u, _ := url.Parse(reg.URL())
 	rp := httputil.NewSingleHostReverseProxy(u)
 	f := &faultProxy{stallAt: -1, dropOnce: -1}
@@ -304,6 +307,20 @@ func newFaultProxy(t *testing.T, reg *lodetest.Registry) *faultProxy {
 			f.dropOnce = -1
 		}
 		f.mu.Unlock()
+		f.mu.Lock()
+		busy := f.busy
+		if busy > 0 && r.Method == http.MethodGet && r.URL.Path != "/v2/" {
+			f.busy--
+		}
+		f.mu.Unlock()
+		if busy > 0 && r.Method == http.MethodGet && r.URL.Path != "/v2/" {
+			code := http.StatusServiceUnavailable
+			if busy%2 == 0 {
+				code = http.StatusTooManyRequests
+			}
+			http.Error(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}`, code)
+			return
+		}
 		if stallMF && strings.Contains(r.URL.Path, "/manifests/") {
 			<-r.Context().Done()
 			return
@@ -312,7 +329,11 @@ func newFaultProxy(t *testing.T, reg *lodetest.Registry) *faultProxy {
 			rp.ServeHTTP(w, r)
 			return
 		}
-		rp.ServeHTTP(&blobWriter{ResponseWriter: w, f: f, r: r, stallAt: stallAt, dropAt: drop}, r)
+		f.mu.Lock()
+		latency, rate := f.latency, f.rate
+		f.mu.Unlock()
+		time.Sleep(latency)
+		rp.ServeHTTP(&blobWriter{ResponseWriter: w, f: f, r: r, stallAt: stallAt, dropAt: drop, rate: rate}, r)
 	}))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -327,6 +348,7 @@ type blobWriter struct {
 	n       int64
 	stallAt int64
 	dropAt  int64
+	rate    int64
 }
 
 func (w *blobWriter) Write(b []byte) (int, error) {
@@ -348,6 +370,9 @@ func (w *blobWriter) Write(b []byte) (int, error) {
 		w.ResponseWriter.(http.Flusher).Flush()
 		<-w.r.Context().Done()
 		return 0, w.r.Context().Err()
+	}
+	if w.rate > 0 {
+		time.Sleep(time.Duration(int64(len(b)) * int64(time.Second) / w.rate))
 	}
 	n, err := w.ResponseWriter.Write(b)
 	w.n += int64(n)
@@ -462,6 +487,24 @@ func TestRemoteFaults(t *testing.T) {
 		// The dropped layer is fetched again from its start.
 		if b := proxy.layerBytes(im); b != total+100<<10 {
 			t.Errorf("registry sent %d layer bytes, want %d (the layers once, plus the 100 KiB before the drop)", b, total+100<<10)
+		}
+	})
+	t.Run("429 and 503 retried", func(t *testing.T) {
+		proxy.mu.Lock()
+		proxy.busy = 2 // 429 then 503: the manifest request is refused twice, then served
+		proxy.mu.Unlock()
+		_, got, err := openFlatten(t, ref, ro)
+		if err != nil {
+			t.Fatalf("Flatten through 429/503 answers = %v", err)
+		}
+		if d := cmp.Diff(want, names(got)); d != "" {
+			t.Errorf("flattened mismatch (-want +got):\n%s", d)
+		}
+		proxy.mu.Lock()
+		left := proxy.busy
+		proxy.mu.Unlock()
+		if left != 0 {
+			t.Errorf("%d refusals left unconsumed", left)
 		}
 	})
 	t.Run("stalled blob", func(t *testing.T) {

@@ -86,6 +86,8 @@ type Daemon struct {
 	tenant  string // default tenant of requests
 	expired prometheus.Counter
 	moved   prometheus.Counter
+	// expiredReads counts chunk reads from expired roots (RootWatch).
+	expiredReads prometheus.Counter
 
 	services []Service
 
@@ -108,6 +110,7 @@ type served struct {
 	m             *manifest.Manifest
 	manifestID    string
 	im            *agent.Image
+	watch         *RootWatch // the GC alarm on reads from an expired root
 	since         time.Time
 
 	mu     sync.Mutex
@@ -152,6 +155,9 @@ func (s *served) close() error {
 		}
 		if s.im != nil {
 			errs = append(errs, s.im.Close())
+		}
+		if s.watch != nil {
+			s.watch.Close()
 		}
 		s.mu.Lock()
 		for _, d := range s.detach {
@@ -299,6 +305,7 @@ func NewDaemon(ctx context.Context, c DaemonConfig) (*Daemon, error) {
 }
 
 func (d *Daemon) registerMetrics() {
+	d.expiredReads = NewExpiredReadsCounter()
 	d.expired = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "lode_agent_expired_root_opens_total",
 		Help: "Images opened (or found at a pointer refresh) whose root is expired or being deleted; each raises the root's GC alarm.",
@@ -344,7 +351,7 @@ func (d *Daemon) registerMetrics() {
 			return float64(r.get(d.stack.LeaseStats()))
 		}))
 	}
-	d.reg.MustRegister(d.expired, d.moved,
+	d.reg.MustRegister(d.expired, d.expiredReads, d.moved,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lode_agent_mounts", Help: "Images the agent daemon has mounted."}, count(d.mounts)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lode_agent_exports", Help: "NBD exports the agent daemon serves."}, count(d.exports)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lode_agent_disk_cache_bytes", Help: "Ciphertext bytes held by the disk cache."}, func() float64 {
@@ -412,6 +419,8 @@ func (d *Daemon) open(ctx context.Context, tenant, image string) (*served, error
 		return nil, fmt.Errorf("opening image %s: %w", s.name(), err)
 	}
 	s.im = im
+	s.watch = NewRootWatch(ctx, d.st, tenant, image, m, p.Root, d.log, d.expiredReads)
+	s.watch.Attach(im)
 	d.o.Fill.Start(context.Background(), im, nil, d.base) // ends when the image closes
 	return s, nil
 }
@@ -506,6 +515,9 @@ func (d *Daemon) refresh(ctx context.Context) {
 			s.detach = append(s.detach, d.origins.Attach(p.Root, s.m))
 		}
 		s.mu.Unlock()
+		if fresh && s.watch != nil {
+			s.watch.SetRoot(p.Root) // reads now go to the new root first
+		}
 		if fresh {
 			d.moved.Inc()
 			d.log.Info("image moved to a new root", slog.String("image", s.name()), slog.String("root", string(p.Root)))

@@ -28,7 +28,9 @@ type Image struct {
 	Manifest *manifest.Manifest
 	Pointer  store.Pointer
 	Name     string // tenant/name
-	log      *slog.Logger
+	// Watch raises the GC alarm on reads while the image's root is expired.
+	Watch *RootWatch
+	log   *slog.Logger
 }
 
 // Open resolves tenant's image name and opens it through a new stack over
@@ -54,6 +56,15 @@ func Open(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name
 		return nil, fmt.Errorf("opening image %s: %w", w.Name, err)
 	}
 	w.Image = im
+	var reads prometheus.Counter
+	if reg != nil {
+		reads = NewExpiredReadsCounter()
+		if err := reg.Register(reads); err != nil {
+			reads = nil
+		}
+	}
+	w.Watch = NewRootWatch(ctx, st, tenant, name, m, p.Root, log, reads)
+	w.Watch.Attach(im)
 	return w, nil
 }
 
@@ -62,6 +73,9 @@ func (w *Image) Close() error {
 	var errs []error
 	if w.Image != nil {
 		errs = append(errs, w.Image.Close())
+	}
+	if w.Watch != nil {
+		w.Watch.Close()
 	}
 	if w.Stack != nil {
 		errs = append(errs, w.Stack.Close())

@@ -40,8 +40,9 @@ type Options struct {
 	// Log receives node logs; nil discards them.
 	Log *slog.Logger
 	// SamePort puts every node on the same port (each on its own
-	// 127.0.0.x), as pods behind a headless service are; tests that need it
-	// are skipped where the addresses or the port are not available.
+	// 127.0.0.x), as pods behind a headless service are. Start picks a port
+	// free on all n addresses, trying other ports on a collision; a node
+	// added later that cannot get the port fails the test.
 	SamePort bool
 }
 
@@ -56,11 +57,15 @@ func (o *Options) defaults() {
 
 // Fleet is a set of in-process cache nodes.
 type Fleet struct {
-	t     testing.TB
-	opts  Options
-	mu    sync.Mutex
-	nodes []*Node
+	t        testing.TB
+	opts     Options
+	mu       sync.Mutex
+	nodes    []*Node
+	reserved []net.Listener // SamePort: listeners Start opened for the next nodes
 }
+
+// listen is net.Listen; a test replaces it to simulate port collisions.
+var listen = net.Listen
 
 // Node is one in-process cache node.
 type Node struct {
@@ -105,10 +110,46 @@ func Start(t testing.TB, n int, o Options) *Fleet {
 	o.defaults()
 	f := &Fleet{t: t, opts: o}
 	t.Cleanup(f.close)
+	if o.SamePort && n > 0 {
+		f.reserved = samePortListeners(t, n)
+	}
 	for i := 0; i < n; i++ {
 		f.Add()
 	}
 	return f
+}
+
+// samePortListeners listens on 127.0.0.2..(n+1) on one port, trying other
+// ports when one of them is taken there (another test's node, a leftover
+// process): a collision is the machine's state, not a missing capability,
+// so it is never a reason to skip.
+func samePortListeners(t testing.TB, n int) []net.Listener {
+	t.Helper()
+	var lastErr error
+	for range 100 {
+		l0, err := listen("tcp", "127.0.0.2:0")
+		if err != nil {
+			t.Fatalf("same-port fleet: listening on 127.0.0.2: %v", err)
+		}
+		_, port, _ := net.SplitHostPort(l0.Addr().String())
+		ls := []net.Listener{l0}
+		for i := 1; i < n; i++ {
+			l, err := listen("tcp", net.JoinHostPort(fmt.Sprintf("127.0.0.%d", 2+i), port))
+			if err != nil {
+				lastErr = err
+				break
+			}
+			ls = append(ls, l)
+		}
+		if len(ls) == n {
+			return ls
+		}
+		for _, l := range ls {
+			l.Close()
+		}
+	}
+	t.Fatalf("same-port fleet of %d nodes: no port free on 127.0.0.2..%d in 100 tries: %v", n, n+1, lastErr)
+	return nil
 }
 
 // URLs returns every node's URL, in index order, including stopped nodes
@@ -144,13 +185,20 @@ func (f *Fleet) Add() int {
 	i := len(f.nodes)
 	f.mu.Unlock()
 	var l net.Listener
-	if f.opts.SamePort && i > 0 {
+	f.mu.Lock()
+	if len(f.reserved) > 0 {
+		l, f.reserved = f.reserved[0], f.reserved[1:]
+	}
+	f.mu.Unlock()
+	switch {
+	case l != nil:
+	case f.opts.SamePort && i > 0:
 		_, port, _ := net.SplitHostPort(f.Node(0).addr)
 		var err error
-		if l, err = net.Listen("tcp", net.JoinHostPort(fmt.Sprintf("127.0.0.%d", 2+i), port)); err != nil {
-			f.t.Skipf("needs 127.0.0.%d:%s for a same-port fleet: %v", 2+i, port, err)
+		if l, err = listen("tcp", net.JoinHostPort(fmt.Sprintf("127.0.0.%d", 2+i), port)); err != nil {
+			f.t.Fatalf("same-port fleet: node %d needs 127.0.0.%d:%s: %v", i, 2+i, port, err)
 		}
-	} else {
+	default:
 		l = listenLoopback(f.t, i)
 	}
 	n := &Node{addr: l.Addr().String(), URL: "http://" + l.Addr().String()}
