@@ -249,7 +249,9 @@ func (e *containerdEnv) kinds(t *testing.T) map[string]string {
 	out := map[string]string{}
 	for _, s := range e.snapshots(t) {
 		if s.State == "committed" {
-			out[s.Name] = s.Kind
+			// containerd names the snapshots it commits NAMESPACE/ID/CHAIN;
+			// remote ones have the bare chain ID.
+			out[s.Name[strings.LastIndex(s.Name, "/")+1:]] = s.Kind
 		}
 	}
 	return out
@@ -546,5 +548,49 @@ func TestContainerdTakeover(t *testing.T) {
 			t.Fatalf("after image rm: snapshots %+v, %d agent mounts, mounts/ %v", sns, len(st.Mounts), ents)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestContainerdSharedBaseUnknownFirst is the other order of
+// TestContainerdGoClient's shared base: the image lode does not know is
+// pulled (and unpacked) first; the lode image then builds its remote top
+// chain on that local base, downloads none of its layers, and both run.
+func TestContainerdSharedBaseUnknownFirst(t *testing.T) {
+	e := newContainerdEnv(t, nil)
+	base := busyboxLayer(t)
+	app := ociImage(t, []string{"/bin/cat", "/hello.txt"}, base, tarLayer(t, map[string][]byte{"hello.txt": []byte("hello from lode\n")}))
+	other := ociImage(t, []string{"/bin/cat", "/other.txt"}, base, tarLayer(t, map[string][]byte{"other.txt": []byte("not built by lode\n")}))
+	appRef, otherRef := e.registry+"/app:1", e.registry+"/other:1"
+	push(t, appRef, app)
+	push(t, otherRef, other)
+	e.c.buildFrom(t, app, "app")
+	ctx := context.Background()
+	cl, err := containerd.New(e.ctrd.Socket, containerd.WithDefaultNamespace(e.ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(ctx, config.HostOptions{HostDir: config.HostDirFromRoot(e.ctrd.HostsDir)})})
+	for _, ref := range []string{otherRef, appRef} {
+		if _, err := cl.Pull(ctx, ref, containerd.WithPullUnpack, containerd.WithPullSnapshotter("lode"), containerd.WithResolver(resolver),
+			containerd.WithImageHandlerWrapper(snpkg.AppendInfoHandlerWrapper(ref))); err != nil {
+			t.Fatalf("pulling %s: %v", ref, err)
+		}
+	}
+	chains := chainIDs(t, app)
+	want := map[string]string{chains[0]: snapshotter.KindLocal, chains[1]: snapshotter.KindRemote, chainIDs(t, other)[1]: snapshotter.KindLocal}
+	if got := e.kinds(t); !equalMaps(got, want) {
+		t.Errorf("snapshot kinds = %v, want %v", got, want)
+	}
+	ls, _ := app.Layers()
+	top, _ := ls[1].Digest()
+	if log, _ := os.ReadFile(e.reg.LogFile); strings.Contains(string(log), "\"GET /v2/app/blobs/"+top.String()) {
+		t.Errorf("the registry served the lode image's top layer %s", top)
+	}
+	if out := e.ctr(t, "run", "--rm", "--snapshotter", "lode", appRef, "app1"); out != "hello from lode\n" {
+		t.Errorf("the lode image printed %q", out)
+	}
+	if out := e.ctr(t, "run", "--rm", "--snapshotter", "lode", otherRef, "other1"); out != "not built by lode\n" {
+		t.Errorf("the unknown image printed %q", out)
 	}
 }
