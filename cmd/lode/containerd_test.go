@@ -149,7 +149,8 @@ type containerdEnv struct {
 func (e *containerdEnv) startAgent(t *testing.T, takeover bool) *runningAgent {
 	t.Helper()
 	a := &runningAgent{socket: filepath.Join(e.dir, "agent.sock"), stateDir: filepath.Join(e.c.home, "mounts"), errc: make(chan error, 1)}
-	o := agentOptions{d: worker.DaemonConfig{Socket: a.socket, StateDir: a.stateDir, Worker: e.c.workerOpts(), Takeover: takeover, AfterTakeover: "exit"},
+	o := agentOptions{d: worker.DaemonConfig{Socket: a.socket, StateDir: a.stateDir, Worker: e.c.workerOpts(), Takeover: takeover, AfterTakeover: "exit",
+		ResolveTTL: -1}, // a rebuild is seen by the next mount
 		containerd: containerdOptions{socket: e.sock, root: e.snRoot, hostsDir: e.ctrd.HostsDir}}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
@@ -587,6 +588,18 @@ func TestContainerdSharedBaseUnknownFirst(t *testing.T) {
 	if log, _ := os.ReadFile(e.reg.LogFile); strings.Contains(string(log), "\"GET /v2/app/blobs/"+top.String()) {
 		t.Errorf("the registry served the lode image's top layer %s", top)
 	}
+	// The lode image named "app" is rebuilt from another source before its
+	// first container: its manifest no longer records the digest containerd
+	// pulled, so it is never mounted for that snapshot.
+	e.c.buildFrom(t, other, "app")
+	out, err := exec.Command("ctr", "--address", e.ctrd.Socket, "--namespace", e.ns, "run", "--rm", "--snapshotter", "lode", appRef, "app0").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "records source") {
+		t.Errorf("ctr run of a lode image rebuilt from another source = %v, %q; want a refusal", err, out)
+	}
+	if st := e.agent.status(t); len(st.Mounts) != 0 {
+		t.Errorf("the agent mounted %+v for a mismatched source", st.Mounts)
+	}
+	e.c.buildFrom(t, app, "app")
 	if out := e.ctr(t, "run", "--rm", "--snapshotter", "lode", appRef, "app1"); out != "hello from lode\n" {
 		t.Errorf("the lode image printed %q", out)
 	}
