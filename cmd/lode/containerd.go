@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/lode-dev/lode/internal/oci"
 	"github.com/lode-dev/lode/internal/snapshotter"
 	"github.com/lode-dev/lode/internal/store"
 	"github.com/lode-dev/lode/internal/worker"
@@ -36,7 +37,7 @@ func addSnapshotter(d *worker.Daemon, o containerdOptions, st store.Store, tenan
 		Root:       o.root,
 		Images:     &snapshotter.CatalogImages{Store: st, Tenant: tenant},
 		Mounter:    daemonMounter{d},
-		Layers:     snapshotter.RegistryLayers{HostsDir: o.hostsDir},
+		Layers:     snapshotter.RegistryLayers{HostsDir: o.hostsDir, Keychain: oci.Keychain("")},
 		Log:        logger,
 		Registerer: d.Registerer(),
 	})

@@ -18,6 +18,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/archive"
 	"github.com/containerd/containerd/v2/pkg/archive/compression"
 	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -29,9 +31,13 @@ type Layers interface {
 
 // RegistryLayers fetches blobs with containerd's registry client,
 // configured as containerd's CRI plugin is: per-host hosts.toml files under
-// HostsDir (mirrors, plain HTTP, CAs). Credentials are not read.
+// HostsDir (mirrors, plain HTTP, CAs), with credentials from Keychain.
 type RegistryLayers struct {
 	HostsDir string // e.g. /etc/containerd/certs.d; "" uses the default hosts
+	// Keychain finds credentials per registry (lode build's chain:
+	// oci.Keychain); nil: anonymous. It is asked at each fetch, so renewed
+	// credentials are used without a restart.
+	Keychain authn.Keychain
 }
 
 // Open implements Layers.
@@ -39,6 +45,9 @@ func (r RegistryLayers) Open(ctx context.Context, ref string, d digest.Digest) (
 	opts := config.HostOptions{}
 	if r.HostsDir != "" {
 		opts.HostDir = config.HostDirFromRoot(r.HostsDir)
+	}
+	if r.Keychain != nil {
+		opts.Credentials = r.credentials
 	}
 	res := docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(ctx, opts)})
 	f, err := res.Fetcher(ctx, ref)
@@ -54,6 +63,27 @@ func (r RegistryLayers) Open(ctx context.Context, ref string, d digest.Digest) (
 		return nil, fmt.Errorf("fetching layer %s of %s: %w", d, ref, err)
 	}
 	return rc, nil
+}
+
+// credentials answers containerd's registry client for host from the
+// keychain: a username and password, or "" and an identity token.
+func (r RegistryLayers) credentials(host string) (string, string, error) {
+	reg, err := name.NewRegistry(host)
+	if err != nil {
+		return "", "", err
+	}
+	a, err := r.Keychain.Resolve(reg)
+	if err != nil {
+		return "", "", fmt.Errorf("finding credentials for %s: %w", host, err)
+	}
+	c, err := a.Authorization()
+	if err != nil {
+		return "", "", fmt.Errorf("credentials for %s: %w", host, err)
+	}
+	if c.IdentityToken != "" {
+		return "", c.IdentityToken, nil
+	}
+	return c.Username, c.Password, nil
 }
 
 // materialize unpacks the remote lower chain name, and the remote lower
