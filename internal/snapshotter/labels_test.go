@@ -96,3 +96,17 @@ func FuzzParseRequest(f *testing.F) {
 		}
 	})
 }
+
+func TestFormatStatus(t *testing.T) {
+	got := FormatStatus([]SnapshotStatus{
+		{Name: "c1", State: "committed", Kind: KindRemote, Image: "default/app", Mount: "/r/mounts/ab"},
+		{Name: "c0", State: "committed", Kind: KindRemoteLower, Image: "default/app"},
+		{Name: "x", State: "active", Kind: KindLocal},
+	})
+	want := "containerd snapshots: 1 remote, 1 remote-lower, 0 materialized, 1 local\n" +
+		"snapshot c1: committed remote image default/app mounted at /r/mounts/ab\n" +
+		"snapshot c0: committed remote-lower image default/app\n"
+	if got != want {
+		t.Errorf("FormatStatus =\n%s\nwant\n%s", got, want)
+	}
+}
