@@ -69,7 +69,7 @@ SOURCE is one of:
 	f.StringVar(&o.tempDir, "tmp", "", "directory for the staged ext4 image (default $TMPDIR)")
 	f.StringVar(&o.keepImage, "keep-image", "", "also write the built ext4 image to this path")
 	f.BoolVar(&o.allowDevices, "allow-devices", false, "keep device nodes (by default those under /dev are dropped with a notice and others refused)")
-	f.BoolVar(&o.force, "force", false, "rebuild a docker:// source even if NAME already holds an image of the same manifest digest")
+	f.BoolVar(&o.force, "force", false, "rebuild a docker:// source even if NAME already holds an image of the same manifest digest (needed for --align or --allow-devices to take effect then)")
 	f.StringVar(&o.remote.Platform, "platform", "", "os/arch[/variant] to pick from an image index (default linux/"+runtime.GOARCH+")")
 	f.StringVar(&o.remote.CAFile, "registry-ca", "", "PEM file of a CA to trust for registries, beside the system roots")
 	f.StringSliceVar(&o.remote.Insecure, "insecure-registry", nil, "HOST[:PORT] of a registry that may be reached over plain HTTP (repeatable)")

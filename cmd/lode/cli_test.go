@@ -125,8 +125,10 @@ func TestKeysBuildImagesInspectDelete(t *testing.T) {
 	if len(lines) != 2 || !strings.HasPrefix(lines[0], "NAME") {
 		t.Fatalf("images printed %q, want a header and one image", out.String())
 	}
-	if f := strings.Fields(lines[1]); f[0] != "demo" || f[3] != strconv.Itoa(len(m.Names)) || f[4] != string(p.Root) || f[5] != p.Manifest[:12] {
-		t.Errorf("images line %q, want demo … %d chunks, root %s, manifest %s", lines[1], len(m.Names), p.Root, p.Manifest[:12])
+	// NAME SIZE CHUNKS SOURCE ROOT MANIFEST CREATED; SIZE is two fields ("59 MiB").
+	if f := strings.Fields(lines[1]); len(f) < 7 || f[0] != "demo" || f[3] != strconv.Itoa(len(m.Names)) ||
+		!strings.HasPrefix(m.SourceDigest, f[4]) || f[5] != string(p.Root) || f[6] != p.Manifest[:12] {
+		t.Errorf("images line %q, want demo … %d chunks, source %.19s, root %s, manifest %s", lines[1], len(m.Names), m.SourceDigest, p.Root, p.Manifest[:12])
 	}
 
 	out.Reset()
@@ -166,8 +168,12 @@ func TestKeysBuildImagesInspectDelete(t *testing.T) {
 			distinct[n.String()] = true
 		}
 	}
+	if !strings.HasPrefix(m.SourceRef, "oci:") || len(m.DiffIDs) == 0 {
+		t.Errorf("manifest source record: ref %q, %d diff IDs; want the oci: reference and its layers", m.SourceRef, len(m.DiffIDs))
+	}
 	want := inspectJSON{
 		Tenant: "default", Image: "demo", Source: m.SourceDigest, Root: string(p.Root), Manifest: p.Manifest,
+		SourceRef: m.SourceRef, DiffIDs: m.DiffIDs, ChainIDs: m.ChainIDs(),
 		Created: p.Created, FSType: "ext4", ImageSize: fi.Size(), ChunkSize: 512 << 10,
 		Chunks: len(m.Names), Holes: m.Holes(), Distinct: len(distinct), Shared: 0, Unique: len(distinct),
 		Entrypoint: []string{"/bin/sh", "/app/start.sh"}, WorkingDir: "/app", User: "app",

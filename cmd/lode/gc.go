@@ -47,11 +47,11 @@ to re-run after a crash. Run only one gc at a time per store.`,
 				return err
 			}
 			root := store.RootID(args[0])
-			a, err := gc.ReadAlarm(cmd.Context(), st, root)
+			a, err := store.ReadAlarm(cmd.Context(), st, root)
 			if err != nil {
 				return err
 			}
-			if err := gc.ClearAlarm(cmd.Context(), st, root); err != nil {
+			if err := store.ClearAlarm(cmd.Context(), st, root); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "cleared alarm of root %s (raised %s by image %s, chunk %q)\n", root, a.Time.Format("2006-01-02 15:04:05Z07:00"), a.Image, a.Chunk)

@@ -7,7 +7,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -109,8 +108,9 @@ func writeRunHeatmap(w *worker.Image, path string) error {
 	return writeSVGFile(path, runHeatmap(w.Name, w.Manifest, tiers, w.Image.ChunkTiers()))
 }
 
-// stateHeatmap maps each chunk to hole, shared (another live image in the
-// same root names it) or unique.
+// stateHeatmap maps each chunk to hole, shared (catalog.SharedChunks:
+// another live image's manifest in the same root names it, as lode inspect
+// counts) or unique.
 func stateHeatmap(name string, m *manifest.Manifest, others map[chunk.Name]bool, nOthers int, root store.RootID) heatmap.Map {
 	cells := make([]int, len(m.Names))
 	for i, n := range m.Names {
@@ -133,59 +133,17 @@ func stateHeatmap(name string, m *manifest.Manifest, others map[chunk.Name]bool,
 	}
 }
 
-// liveNames returns the chunk names of every live image in root except
-// tenant's image name, read from the manifests' public parts, and how many
-// images that was. Unlike catalog.Share it ignores manifests no pointer
-// names (left behind by rebuilds and recorded profiles).
-func liveNames(ctx context.Context, st store.Store, root store.RootID, tenant, name string) (map[chunk.Name]bool, int, error) {
-	tenants, err := catalog.Tenants(ctx, st)
-	if err != nil {
-		return nil, 0, err
-	}
-	names := map[chunk.Name]bool{}
-	n := 0
-	for _, tn := range tenants {
-		es, err := catalog.List(ctx, st, tn, false)
-		if err != nil {
-			return nil, 0, err
-		}
-		for _, e := range es {
-			if (tn == tenant && e.Name == name) || e.Pointer.Root != root {
-				continue
-			}
-			b, err := st.Get(ctx, store.ManifestKey(e.Pointer.Root, e.Pointer.Manifest), nil)
-			if errors.Is(err, store.ErrNotFound) {
-				continue
-			}
-			if err != nil {
-				return nil, 0, err
-			}
-			pub, err := manifest.ReadPublic(b)
-			if err != nil {
-				return nil, 0, fmt.Errorf("reading manifest of %s/%s: %w", tn, e.Name, err)
-			}
-			n++
-			for _, c := range pub.Names {
-				if !c.IsZero() {
-					names[c] = true
-				}
-			}
-		}
-	}
-	return names, n, nil
-}
-
 // writeInspectHeatmap draws tenant's image name by chunk state to path.
 func writeInspectHeatmap(ctx context.Context, name, path string, out io.Writer) error {
 	st, m, p, err := resolveImage(ctx, name)
 	if err != nil {
 		return err
 	}
-	others, n, err := liveNames(ctx, st, p.Root, global.tenant, name)
+	shared, sh, err := catalog.SharedChunks(ctx, st, m, p)
 	if err != nil {
 		return fmt.Errorf("comparing %s with the other images: %w", name, err)
 	}
-	if err := writeSVGFile(path, stateHeatmap(global.tenant+"/"+name, m, others, n, p.Root)); err != nil {
+	if err := writeSVGFile(path, stateHeatmap(global.tenant+"/"+name, m, shared, sh.OtherImages, p.Root)); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "heatmap:\t%s\n", path)

@@ -14,26 +14,8 @@ import (
 
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/manifest"
-	"github.com/lode-dev/lode/internal/store"
 	"github.com/lode-dev/lode/internal/worker"
 )
-
-// ErrImageChanged: the image was rebuilt or recorded by someone else while
-// a run recorded it; the recording is dropped rather than overwrite theirs.
-var ErrImageChanged = errors.New("image changed while recording")
-
-// startPrefetch starts fetching the image's startup profile in the
-// background, unless it has none or o.noPrefetch is set.
-func startPrefetch(ctx context.Context, o runOptions, w *worker.Image) {
-	hints := w.Manifest.Hints
-	if len(hints) == 0 || o.noPrefetch {
-		return
-	}
-	go func() {
-		n, err := w.Image.Prefetch(ctx, hints, max(1, o.worker.Fetches))
-		logger.Debug("prefetched startup profile", "image", w.Name, "hints", len(hints), "fetches", n, "err", err)
-	}()
-}
 
 // afterRun records the profile (--record; not when the run failed, runErr),
 // draws the heatmap (--heatmap) and reports the first output and the
@@ -84,36 +66,8 @@ func recordProfile(ctx context.Context, name string, w *worker.Image) (id string
 	if err != nil {
 		return "", 0, err
 	}
-	id, err = storeHints(ctx, st, kr, global.tenant, name, w.Pointer, &m)
+	id, err = catalog.StoreHints(ctx, st, kr, global.tenant, name, w.Pointer, &m)
 	return id, len(order), err
-}
-
-// storeHints seals m for tenant, stores it beside the manifest p names and
-// repoints tenant's image name at it, if the pointer still equals p.
-func storeHints(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name string, p store.Pointer, m *manifest.Manifest) (string, error) {
-	sealed, err := manifest.Seal(ctx, m, tenant, kr)
-	if err != nil {
-		return "", fmt.Errorf("sealing the profiled manifest of %s/%s: %w", tenant, name, err)
-	}
-	id := manifest.ID(sealed)
-	key := store.ManifestKey(p.Root, id)
-	if err := st.PutIfAbsent(ctx, key, sealed); err != nil && !errors.Is(err, store.ErrExists) {
-		return "", fmt.Errorf("storing manifest %s: %w", key, err)
-	}
-	now, err := catalog.Lookup(ctx, st, tenant, name)
-	if err != nil {
-		return "", err
-	}
-	if now != p {
-		st.Delete(ctx, key)
-		return "", fmt.Errorf("recording a profile of %s/%s: it now points at manifest %s in %s, not %s: %w",
-			tenant, name, now.Manifest, now.Root, p.Manifest, ErrImageChanged)
-	}
-	np := store.Pointer{Root: p.Root, Manifest: id, Created: p.Created}
-	if err := st.Put(ctx, store.ImageKey(tenant, name), store.MarshalPointer(np)); err != nil {
-		return "", fmt.Errorf("storing image pointer %s/%s: %w", tenant, name, err)
-	}
-	return id, nil
 }
 
 // firstWrite passes writes through to w and notes when the first one came.

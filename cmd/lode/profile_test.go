@@ -195,19 +195,19 @@ func TestStoreHintsRefusesChangedPointer(t *testing.T) {
 	stale := p
 	stale.Manifest = strings.Repeat("0", 64)
 	m.Hints = []uint32{1}
-	if _, err := storeHints(ctx, st, kr, "default", "demo", stale, m); !errors.Is(err, ErrImageChanged) {
-		t.Errorf("storeHints with a stale pointer = %v, want ErrImageChanged", err)
+	if _, err := catalog.StoreHints(ctx, st, kr, "default", "demo", stale, m); !errors.Is(err, catalog.ErrChanged) {
+		t.Errorf("StoreHints with a stale pointer = %v, want catalog.ErrChanged", err)
 	}
 	if now, _ := catalog.Lookup(ctx, st, "default", "demo"); now != p {
 		t.Errorf("pointer after refused recording = %+v, want unchanged %+v", now, p)
 	}
-	id, err := storeHints(ctx, st, kr, "default", "demo", p, m)
+	id, err := catalog.StoreHints(ctx, st, kr, "default", "demo", p, m)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got, p2, err := catalog.Resolve(ctx, st, kr, "default", "demo")
 	if err != nil || p2.Manifest != id || len(got.Hints) != 1 || got.Hints[0] != 1 {
-		t.Errorf("after storeHints: manifest %s hints %v, %v; want %s, [1]", p2.Manifest, got.Hints, err, id)
+		t.Errorf("after StoreHints: manifest %s hints %v, %v; want %s, [1]", p2.Manifest, got.Hints, err, id)
 	}
 }
 

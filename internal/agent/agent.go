@@ -90,6 +90,8 @@ type tierState struct {
 	t        Tier
 	m        tierMetrics
 	verified bool // t is a NameVerifier: its bytes are already matched to their names
+	fleet    bool // t is the cache fleet (FleetRole)
+	origin   bool // t is the origin (OriginRole)
 }
 
 // call is one fetch of one chunk, shared by every reader that misses it
@@ -166,7 +168,7 @@ func New(c Config) (*Agent, error) {
 	a.startSem = make(chan struct{}, max(1, c.MaxConcurrentFetches-reserveFor(c.MaxConcurrentFetches)))
 	a.ctx, a.cancel = context.WithCancelCause(context.Background())
 	for _, t := range c.Tiers {
-		a.tiers = append(a.tiers, tierState{t: t, m: c.Metrics.forTier(t.Name()), verified: verifiesNames(t)})
+		a.tiers = append(a.tiers, tierState{t: t, m: c.Metrics.forTier(t.Name()), verified: verifiesNames(t), fleet: isFleet(t), origin: isOrigin(t)})
 	}
 	return a, nil
 }
@@ -385,14 +387,14 @@ func (a *Agent) fetch(c *call, buf []byte) []byte {
 				log("corrupt chunk in tier", err)
 			case errors.Is(err, store.ErrNotFound):
 				inc(ts.m.miss)
-				if ts.t.Name() == "fleet" && fleetMissUnreachable(err) {
+				if ts.fleet && fleetMissUnreachable(err) {
 					a.degrade(c.image, DegradedFleetUnreachable, err)
 				}
 			default:
 				inc(ts.m.err)
 				if c.ctx.Err() == nil {
 					log("fetching chunk from tier", err)
-					if ts.t.Name() == "fleet" {
+					if ts.fleet {
 						a.degrade(c.image, DegradedFleetUnreachable, err)
 					}
 				}
@@ -420,7 +422,7 @@ func (a *Agent) fetch(c *call, buf []byte) []byte {
 		if c.verifyFails > 0 {
 			a.degrade(c.image, DegradedVerifyFailure, errors.Join(causes...))
 		}
-		if ts.t.Name() == "origin" && a.hasFleet() {
+		if ts.origin && a.hasFleet() {
 			a.degrade(c.image, DegradedOriginFallback, errors.Join(causes...))
 		}
 		return ct

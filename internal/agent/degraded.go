@@ -83,7 +83,7 @@ func (a *Agent) degradedCounts(image string) map[string]int64 {
 // hasFleet reports whether one of the agent's tiers is the cache fleet.
 func (a *Agent) hasFleet() bool {
 	for _, ts := range a.tiers {
-		if ts.t.Name() == "fleet" {
+		if ts.fleet {
 			return true
 		}
 	}

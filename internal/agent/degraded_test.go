@@ -26,6 +26,9 @@ func (e errTier) Fetch(context.Context, chunk.Name, []byte) ([]byte, error) { re
 func (e errTier) Fill(context.Context, chunk.Name, []byte) error            { return nil }
 func (e errTier) Name() string                                              { return e.name }
 
+// IsFleet: an errTier labelled "fleet" stands for the fleet client.
+func (e errTier) IsFleet() bool { return e.name == "fleet" }
+
 // corruptTier serves every chunk of its inner tier with one bit flipped.
 type corruptTier struct{ Tier }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -316,14 +315,13 @@ func (im *Image) finish(ctx context.Context, i int, c *call) error {
 	return nil
 }
 
-// fail counts and logs a failed read of chunk i and names it in err.
+// fail counts a failed read of chunk i and names it (index, chunk, image)
+// in err. It does not log: the caller that handles the failure does, once
+// (a frontend turning it into EIO, the fill, the prefetch), and the tiers'
+// own failures are logged by the agent as it moves to the next tier.
 func (im *Image) fail(i int, err error) error {
 	im.st.fetchErrors.Add(1)
 	inc(im.a.am.readErrors)
-	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrClosed) {
-		im.a.log.Error("reading chunk", slog.String("image", im.name), slog.Int("index", i),
-			slog.String("chunk", im.m.Names[i].String()), slog.Any("err", err))
-	}
 	return fmt.Errorf("reading chunk %d (%s) of image %s: %w", i, im.m.Names[i], im.name, err)
 }
 

@@ -64,6 +64,10 @@ func CoordinateStats(t Tier) (LeaseStats, bool) {
 	return LeaseStats{Granted: c.granted.Load(), Waited: c.waited.Load(), Filled: c.filled.Load(), Fallback: c.fallback.Load()}, true
 }
 
+// Unwrap returns the origin: what the leases guard. (A wait that ends in a
+// fleet hit returns the fleet's bytes, which the agent verifies as any.)
+func (c *coordinated) Unwrap() Tier { return c.Tier }
+
 func (c *coordinated) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
 	if ok, _ := c.fleet.Lease(ctx, n, c.wait); ok {
 		c.granted.Add(1)

@@ -177,6 +177,9 @@ func Retry(t Tier, attempts int, backoff time.Duration) Tier {
 	return &retrying{Tier: t, attempts: attempts, backoff: backoff}
 }
 
+// Unwrap returns the retried tier: a retry passes its bytes through.
+func (r *retrying) Unwrap() Tier { return r.Tier }
+
 func (r *retrying) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
 	var err error
 	for i := 0; i < r.attempts; i++ {

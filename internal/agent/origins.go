@@ -189,3 +189,6 @@ func (o *Origins) Fill(context.Context, chunk.Name, []byte) error { return nil }
 
 // Name returns "origin", like NewOrigin's tier.
 func (o *Origins) Name() string { return "origin" }
+
+// IsOrigin declares the origin's role.
+func (o *Origins) IsOrigin() bool { return true }

@@ -34,7 +34,18 @@ var (
 //     best-effort: errors are only logged by the agent. Fill must not retain
 //     ciphertext after it returns (the agent reuses the buffer).
 //   - Name is a short constant label ("disk", "fleet", "origin") used in
-//     metrics, logs and Stats.
+//     metrics, logs and Stats, never to decide behaviour.
+//
+// Roles: what a tier is to the agent, beyond being a source of ciphertext,
+// it declares by implementing one of these small interfaces (each method
+// returns true; a tier in another package needs no import of this one).
+// Decorators that implement Wrapper pass roles through.
+//   - NameVerifier: its Fetch returns only ciphertext it matched to the
+//     name itself (the fleet client), so the agent skips hashing it again;
+//   - FleetRole: it is the shared cache fleet: the agent reports lazy
+//     loading degraded when it is unreachable (DegradedFleetUnreachable);
+//   - OriginRole: it is the origin, the last resort: a read served by it
+//     while a fleet is configured is DegradedOriginFallback.
 type Tier interface {
 	Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error)
 	Fill(ctx context.Context, n chunk.Name, ciphertext []byte) error
@@ -52,19 +63,30 @@ type NameVerifier interface {
 	VerifiesNames() bool
 }
 
+// FleetRole is implemented by the cache fleet's tier (see Tier, "Roles").
+type FleetRole interface {
+	IsFleet() bool
+}
+
+// OriginRole is implemented by the origin's tier (see Tier, "Roles").
+type OriginRole interface {
+	IsOrigin() bool
+}
+
 // Wrapper is implemented by Tier decorators that pass Fetch's bytes through
-// unchanged (Limit, RateLimit), so that a NameVerifier stays one when
-// wrapped. A decorator that may alter bytes must not implement it.
+// unchanged (Limit, RateLimit, Retry, Coordinate), so that the wrapped
+// tier's roles — a NameVerifier stays one — hold for the decorator. A
+// decorator that may alter bytes must not implement it.
 type Wrapper interface {
 	Unwrap() Tier
 }
 
-// verifiesNames reports whether t, or the tier it wraps through Wrappers, is
-// a NameVerifier that verifies.
-func verifiesNames(t Tier) bool {
+// declares reports whether t, or the tier it wraps through Wrappers,
+// implements role R and says yes.
+func declares[R any](t Tier, yes func(R) bool) bool {
 	for t != nil {
-		if v, ok := t.(NameVerifier); ok {
-			return v.VerifiesNames()
+		if r, ok := t.(R); ok {
+			return yes(r)
 		}
 		w, ok := t.(Wrapper)
 		if !ok {
@@ -74,6 +96,11 @@ func verifiesNames(t Tier) bool {
 	}
 	return false
 }
+
+// verifiesNames, isFleet and isOrigin read t's roles.
+func verifiesNames(t Tier) bool { return declares(t, NameVerifier.VerifiesNames) }
+func isFleet(t Tier) bool       { return declares(t, FleetRole.IsFleet) }
+func isOrigin(t Tier) bool      { return declares(t, OriginRole.IsOrigin) }
 
 // origin is the object store as the last tier.
 type origin struct {
@@ -98,3 +125,6 @@ func (o *origin) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, e
 func (o *origin) Fill(context.Context, chunk.Name, []byte) error { return nil }
 
 func (o *origin) Name() string { return "origin" }
+
+// IsOrigin declares the origin's role.
+func (o *origin) IsOrigin() bool { return true }

@@ -25,6 +25,7 @@ func (f *forgingTier) Fetch(_ context.Context, _ chunk.Name, dst []byte) ([]byte
 func (f *forgingTier) Fill(context.Context, chunk.Name, []byte) error { return nil }
 func (f *forgingTier) Name() string                                   { return "fleet" }
 func (f *forgingTier) VerifiesNames() bool                            { return f.verifier }
+func (f *forgingTier) IsFleet() bool                                  { return true }
 
 // opaque decorates a tier without claiming to pass its bytes through (no
 // Unwrap), so the agent must hash what it returns.

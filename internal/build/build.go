@@ -60,7 +60,9 @@ type Options struct {
 	// Force rebuilds a docker:// source even when Name already points to an
 	// image built from the same source manifest digest (with the same chunk
 	// size and compression); otherwise such a build is a no-op that reads
-	// only the registry's manifest and config (Result.Unchanged).
+	// only the registry's manifest and config (Result.Unchanged). Options
+	// the manifest does not record (Flatten, Ext4.Align) need Force to take
+	// effect on an unchanged source.
 	Force bool
 
 	Log      *slog.Logger
@@ -320,9 +322,9 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		return res, err
 	}
 	ptr := store.Pointer{Root: root, Manifest: id, Created: o.Now().UTC()}
-	if err := st.Put(ctx, store.ImageKey(o.Tenant, o.Name), store.MarshalPointer(ptr)); err != nil {
+	if err := catalog.Put(ctx, st, o.Tenant, o.Name, ptr); err != nil {
 		dropManifest()
-		return res, fmt.Errorf("storing image pointer %s/%s: %w", o.Tenant, o.Name, err)
+		return res, err
 	}
 	res.Duration = time.Since(start)
 	return res, nil

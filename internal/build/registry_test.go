@@ -4,6 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -171,6 +176,20 @@ func TestRegistryFailuresStoreNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A front that stalls every layer blob after 512 bytes (the manifest and
+	// config pass), and one that serves a Docker schema 1 manifest.
+	stall := stallingFront(t, reg)
+	stallAuth := filepath.Join(t.TempDir(), "stall.json") // the same login, for the front's host:port
+	os.WriteFile(stallAuth, bytes.ReplaceAll(mustRead(t, auth), []byte(reg.Host), []byte(stall)), 0o600)
+	schema1 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v2/" {
+			w.Header().Set("Content-Type", "application/vnd.docker.distribution.manifest.v1+prettyjws")
+			io.WriteString(w, `{"schemaVersion":1}`)
+		}
+	}))
+	defer schema1.Close()
+	s1host := strings.TrimPrefix(schema1.URL, "http://")
+
 	for _, tc := range []struct {
 		name   string
 		source string
@@ -185,6 +204,8 @@ func TestRegistryFailuresStoreNothing(t *testing.T) {
 		{"blob not matching its digest", bad, oci.RemoteOptions{CAFile: reg.CAFile, AuthFile: auth}, oci.ErrCorrupt, badLayer},
 		{"not the platform asked for", ref, oci.RemoteOptions{CAFile: reg.CAFile, AuthFile: auth, Platform: "linux/riscv64"}, oci.ErrNoPlatform, "linux/amd64"},
 		{"untrusted certificate", ref, oci.RemoteOptions{AuthFile: auth}, nil, "--registry-ca"},
+		{"registry stalls mid-layer", "docker://" + stall + "/team/app:v1", oci.RemoteOptions{Insecure: []string{stall}, AuthFile: stallAuth, Timeout: 300 * time.Millisecond}, oci.ErrStalled, "--registry-timeout"},
+		{"unsupported manifest media type", "docker://" + s1host + "/old:v1", oci.RemoteOptions{Insecure: []string{s1host}}, oci.ErrUnsupported, "prettyjws"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st, err := file.New(t.TempDir())
@@ -196,6 +217,7 @@ func TestRegistryFailuresStoreNothing(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			_, err = build.Build(ctx, st, kr, kr.StoreSecret(), o)
+			t.Logf("Build(%s): %v", tc.source, err) // the message a user reads
 			if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) || !strings.Contains(err.Error(), tc.say) {
 				t.Errorf("Build(%s) = %v, want %v saying %q", tc.source, err, tc.want, tc.say)
 			}
@@ -208,6 +230,43 @@ func TestRegistryFailuresStoreNothing(t *testing.T) {
 		})
 	}
 }
+
+// stallingFront serves reg over plain HTTP on a loopback port, passing
+// everything through except layer blobs (> 1 KiB), which stop after 512 bytes
+// until the client gives up. It returns the front's host:port.
+func stallingFront(t *testing.T, reg *lodetest.Registry) string {
+	t.Helper()
+	u, _ := url.Parse(reg.URL())
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.Transport = reg.Client(t).Transport
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if strings.Contains(resp.Request.URL.Path, "/blobs/") && resp.ContentLength > 1024 {
+			resp.Body = &stallAfter{rc: resp.Body, n: 512, ctx: resp.Request.Context()}
+		}
+		return nil
+	}
+	front := httptest.NewServer(rp)
+	t.Cleanup(front.Close)
+	return strings.TrimPrefix(front.URL, "http://")
+}
+
+type stallAfter struct {
+	rc  io.ReadCloser
+	n   int
+	ctx context.Context
+}
+
+func (s *stallAfter) Read(p []byte) (int, error) {
+	if s.n <= 0 {
+		<-s.ctx.Done()
+		return 0, s.ctx.Err()
+	}
+	n, err := s.rc.Read(p[:min(len(p), s.n)])
+	s.n -= n
+	return n, err
+}
+
+func (s *stallAfter) Close() error { return s.rc.Close() }
 
 func keys(m map[string][]byte) []string {
 	var out []string

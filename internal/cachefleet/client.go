@@ -549,6 +549,10 @@ const maxRebuilds = 64
 // has matched to n (agent.NameVerifier), so the agent does not hash it again.
 func (c *Client) VerifiesNames() bool { return true }
 
+// IsFleet declares the client's role to the agent (agent.FleetRole): its
+// unreachability degrades lazy loading.
+func (c *Client) IsFleet() bool { return true }
+
 func (c *Client) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, error) {
 	nodes := c.members(ctx)
 	if len(nodes) == 0 {

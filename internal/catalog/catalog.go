@@ -23,13 +23,10 @@ type Entry struct {
 
 // Lookup reads the pointer of tenant's image name.
 func Lookup(ctx context.Context, st store.Store, tenant, name string) (store.Pointer, error) {
-	if err := store.ValidName("tenant", tenant); err != nil {
+	key, err := imageKey(tenant, name)
+	if err != nil {
 		return store.Pointer{}, err
 	}
-	if err := store.ValidName("image", name); err != nil {
-		return store.Pointer{}, err
-	}
-	key := store.ImageKey(tenant, name)
 	b, err := st.Get(ctx, key, nil)
 	if errors.Is(err, store.ErrNotFound) {
 		return store.Pointer{}, fmt.Errorf("image %s of tenant %s in %s: %w", name, tenant, st, ErrNoImage)
@@ -128,8 +125,9 @@ func Delete(ctx context.Context, st store.Store, tenant, name string) error {
 	if err != nil {
 		return err
 	}
-	p.Deleted = true
-	if err := st.Put(ctx, store.ImageKey(tenant, name), store.MarshalPointer(p)); err != nil {
+	np := p
+	np.Deleted = true
+	if err := Swap(ctx, st, tenant, name, p, np); err != nil {
 		return fmt.Errorf("deleting image %s of tenant %s: %w", name, tenant, err)
 	}
 	return nil
@@ -148,9 +146,17 @@ type Sharing struct {
 // Share compares m (the manifest p points to) with the manifest of every
 // other live image in p's root, using only their public parts.
 func Share(ctx context.Context, st store.Store, m *manifest.Manifest, p store.Pointer) (Sharing, error) {
+	_, s, err := SharedChunks(ctx, st, m, p)
+	return s, err
+}
+
+// SharedChunks is Share with the chunks themselves: shared[n] is true for
+// each of m's chunks that another live image's manifest in p's root also
+// names (the one definition of "shared" lode inspect and its heatmap use).
+func SharedChunks(ctx context.Context, st store.Store, m *manifest.Manifest, p store.Pointer) (shared map[chunk.Name]bool, s Sharing, err error) {
 	id := p.Manifest
 	mine := make(map[chunk.Name]bool)
-	s := Sharing{Chunks: len(m.Names)}
+	s = Sharing{Chunks: len(m.Names)}
 	for _, n := range m.Names {
 		if n.IsZero() {
 			s.Holes++
@@ -165,7 +171,7 @@ func Share(ctx context.Context, st store.Store, m *manifest.Manifest, p store.Po
 	// garbage collector retires it, and they would count as sharing.
 	live, err := liveManifests(ctx, st, root)
 	if err != nil {
-		return s, err
+		return nil, s, err
 	}
 	prefix := store.ManifestsPrefix(root)
 	err = st.List(ctx, prefix, func(key string, _ int64) error {
@@ -193,7 +199,7 @@ func Share(ctx context.Context, st store.Store, m *manifest.Manifest, p store.Po
 		return nil
 	})
 	if err != nil {
-		return s, fmt.Errorf("comparing with manifests of root %s: %w", root, err)
+		return nil, s, fmt.Errorf("comparing with manifests of root %s: %w", root, err)
 	}
 	for _, shared := range mine {
 		if shared {
@@ -201,7 +207,7 @@ func Share(ctx context.Context, st store.Store, m *manifest.Manifest, p store.Po
 		}
 	}
 	s.Unique = s.Distinct - s.Shared
-	return s, nil
+	return mine, s, nil
 }
 
 // liveManifests returns the ids of the manifests in root that some tenant's

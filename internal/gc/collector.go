@@ -165,7 +165,7 @@ func (r *run) active() *store.RootInfo {
 // r.roots).
 func (r *run) move(ctx context.Context, ri *store.RootInfo, to store.RootState) error {
 	if r.c.DryRun {
-		if err := CheckTransition(ri.State, to); err != nil {
+		if err := store.CheckTransition(ri.State, to); err != nil {
 			return fmt.Errorf("moving root %s: %w", ri.ID, err)
 		}
 		ri.State, ri.Since = to, r.now.UTC()
@@ -354,28 +354,18 @@ func (r *run) copyImage(ctx context.Context, from, to store.RootID, e catalog.En
 	}
 
 	// Repoint only if nobody changed the pointer since the scan: a build
-	// may have replaced the image, or a user deleted it. (The store has no
-	// compare-and-swap; the window left is between this read and the Put,
-	// see doc.go.)
-	cur, err := catalog.Lookup(ctx, r.st, e.Tenant, e.Name)
-	if err != nil {
-		return fmt.Errorf("re-reading pointer: %w", err)
-	}
-	if !samePointer(cur, p) {
-		r.act("image %s/%s changed during copy-forward (now root %s, manifest %.12s, deleted=%v); left as is", e.Tenant, e.Name, cur.Root, cur.Manifest, cur.Deleted)
-		return nil
-	}
+	// may have replaced the image, or a user deleted it (catalog.Swap: a
+	// compare-and-swap where the store has one, see doc.go).
 	np := store.Pointer{Root: to, Manifest: p.Manifest, Created: p.Created}
-	if err := r.st.Put(ctx, store.ImageKey(e.Tenant, e.Name), store.MarshalPointer(np)); err != nil {
+	if err := catalog.Swap(ctx, r.st, e.Tenant, e.Name, p, np); errors.Is(err, catalog.ErrChanged) {
+		r.act("image %s/%s changed during copy-forward (%v); left as is", e.Tenant, e.Name, err)
+		return nil
+	} else if err != nil {
 		return fmt.Errorf("repointing: %w", err)
 	}
 	r.rep.ImagesCopied++
 	r.act("copied image %s/%s from root %s to %s (%d chunks, %d copied)", e.Tenant, e.Name, from, to, len(names), objs.Load())
 	return nil
-}
-
-func samePointer(a, b store.Pointer) bool {
-	return a.Root == b.Root && a.Manifest == b.Manifest && a.Deleted == b.Deleted && a.Created.Equal(b.Created)
 }
 
 // copyChunk copies chunk n from root from to root to unless to has it. It
@@ -493,7 +483,7 @@ func (r *run) deleteAll(ctx context.Context) error {
 
 func (r *run) maybeDelete(ctx context.Context, ri *store.RootInfo) (bool, error) {
 	switch ri.State {
-	case StateDeleting:
+	case store.RootDeleting:
 		r.act("resuming deletion of root %s", ri.ID)
 		return true, r.deleteRoot(ctx, ri.ID)
 	case store.RootExpired:
@@ -504,12 +494,12 @@ func (r *run) maybeDelete(ctx context.Context, ri *store.RootInfo) (bool, error)
 		r.act("root %s expired; deletable after %s", ri.ID, until.Format(time.RFC3339))
 		return false, nil
 	}
-	alarmed, err := hasAlarm(ctx, r.st, ri.ID)
+	alarmed, err := store.HasAlarm(ctx, r.st, ri.ID)
 	if err != nil {
 		return false, err
 	}
 	if alarmed {
-		a, err := ReadAlarm(ctx, r.st, ri.ID)
+		a, err := store.ReadAlarm(ctx, r.st, ri.ID)
 		if err != nil {
 			return false, err
 		}
@@ -526,9 +516,9 @@ func (r *run) maybeDelete(ctx context.Context, ri *store.RootInfo) (bool, error)
 		// pointer reverted by a concurrent writer, or a store restored from
 		// a backup). Keep the data and tell the operator.
 		image := live[0].Tenant + "/" + live[0].Name
-		a := Alarm{Root: ri.ID, Image: image, Time: r.now.UTC()}
+		a := store.Alarm{Root: ri.ID, Image: image, Time: r.now.UTC()}
 		if !r.c.DryRun {
-			if err := RaiseAlarm(ctx, r.st, ri.ID, image, ""); err != nil {
+			if err := store.RaiseAlarm(ctx, r.st, ri.ID, image, ""); err != nil {
 				return false, err
 			}
 		}
@@ -557,7 +547,7 @@ func (r *run) maybeDelete(ctx context.Context, ri *store.RootInfo) (bool, error)
 		r.act("would delete root %s (%d objects, %d bytes)", ri.ID, objs, size)
 		return true, nil
 	}
-	if err := r.move(ctx, ri, StateDeleting); err != nil {
+	if err := r.move(ctx, ri, store.RootDeleting); err != nil {
 		return false, err
 	}
 	return true, r.deleteRoot(ctx, ri.ID)
@@ -574,18 +564,12 @@ func (r *run) deleteRoot(ctx context.Context, root store.RootID) error {
 		if !e.Pointer.Deleted || e.Pointer.Root != root {
 			continue
 		}
-		// Re-read: the image may have been rebuilt since the scan.
-		cur, err := catalog.Lookup(ctx, r.st, e.Tenant, e.Name)
-		if errors.Is(err, catalog.ErrNoImage) {
+		// Only if unchanged: the image may have been rebuilt since the scan.
+		err := catalog.Remove(ctx, r.st, e.Tenant, e.Name, e.Pointer)
+		if errors.Is(err, catalog.ErrChanged) {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("deleting root %s: %w", root, err)
-		}
-		if !samePointer(cur, e.Pointer) {
-			continue
-		}
-		if err := r.st.Delete(ctx, store.ImageKey(e.Tenant, e.Name)); err != nil {
 			return fmt.Errorf("deleting root %s: removing pointer of deleted image %s/%s: %w", root, e.Tenant, e.Name, err)
 		}
 		r.rep.PointersRemoved++
@@ -667,7 +651,7 @@ func (r *run) finish(ctx context.Context) error {
 		if rr.Objects, rr.Bytes, err = r.size(ctx, ri.ID); err != nil {
 			return err
 		}
-		if rr.Alarm, err = hasAlarm(ctx, r.st, ri.ID); err != nil {
+		if rr.Alarm, err = store.HasAlarm(ctx, r.st, ri.ID); err != nil {
 			return err
 		}
 		r.rep.Roots = append(r.rep.Roots, rr)

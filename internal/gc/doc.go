@@ -5,14 +5,15 @@
 // index: the state lives in the store (roots/<root>/STATE, the image
 // pointers, roots/<root>/ALARM).
 //
-// Owns: the root lifecycle active → retired → expired → deleting → deleted
-// (a transition table, CheckTransition), one pass of the collector
-// (Collector.Pass: Rotate, CopyForward, Collect), the alarm marker that
-// blocks deletion (RaiseAlarm, ClearAlarm), the report and the metrics.
-// Does not own: the object layout (store/keys.go; the ALARM key should move
-// there), how builds choose the active root (store.ActiveRoot, build), image
-// pointers (catalog), or the read-side alarm (the agent calls RaiseAlarm;
-// see docs/gc.md). Hand-written: the lifecycle is specific to this layout.
+// Owns: driving roots through their lifecycle active → retired → expired →
+// deleting → deleted, one pass of the collector (Collector.Pass: Rotate,
+// CopyForward, Collect), the report and the metrics.
+// Does not own: the root record, its states and their transition table, or
+// the alarm marker that blocks deletion (store/roots.go, store/alarm.go:
+// store.CheckTransition, store.RaiseAlarm, store.ClearAlarm; the daemon and
+// the collector raise alarms), the object layout (store/keys.go), how builds
+// choose the active root (store.ActiveRoot), or image pointers (catalog).
+// Hand-written: the lifecycle is specific to this layout.
 //
 // # A pass
 //
@@ -49,10 +50,11 @@
 //     the upload because the chunk was there) is safe for the same reason:
 //     the retired root keeps every object until after settle and grace.
 //   - A pointer changes between the scan and the repoint (a new build of the
-//     same name, or `lode images delete`): the pointer is re-read just before
-//     the Put and left alone if it differs. The store has no compare-and-swap,
-//     so a write landing between that re-read and the Put (milliseconds) is
-//     overwritten: a rebuild reverts to the copied manifest (run the build
+//     same name, or `lode images delete`): the repoint is catalog.Swap, which
+//     leaves the pointer alone if it differs from the scan's. On a store with
+//     a compare-and-swap (file, mem) that is atomic; on s3 it is a re-read
+//     just before the Put, so a write landing between the two (milliseconds)
+//     is overwritten: a rebuild reverts to the copied manifest (run the build
 //     again) or a delete is undone (delete again). Only one collector may run
 //     at a time; it is the only writer that repoints.
 //   - A mount resolved its image before the repoint and keeps reading the
@@ -63,9 +65,9 @@
 //   - A live pointer names an expired root at deletion time (a lost race
 //     above, a restored backup): the collector raises the alarm itself and
 //     does not delete.
-//   - Removing the pointer of a deleted image when its root goes: it is
-//     re-read first and removed only if unchanged, so a rebuild of the name
-//     is kept (same narrow window as above).
+//   - Removing the pointer of a deleted image when its root goes
+//     (catalog.Remove): only if unchanged, so a rebuild of the name is kept
+//     (on s3, same narrow window as above).
 //   - A crash at any point: every step reads its inputs from the store and
 //     writes idempotently (PutIfAbsent of content-addressed objects, Put of
 //     a state or pointer), so the next pass redoes what is missing.

@@ -70,21 +70,21 @@ var (
 )
 
 func TestTransitions(t *testing.T) {
-	all := []store.RootState{store.RootActive, store.RootRetired, store.RootExpired, StateDeleting, "bogus"}
+	all := []store.RootState{store.RootActive, store.RootRetired, store.RootExpired, store.RootDeleting, "bogus"}
 	legal := map[[2]store.RootState]bool{
-		{store.RootActive, store.RootRetired}:  true,
-		{store.RootRetired, store.RootExpired}: true,
-		{store.RootExpired, StateDeleting}:     true,
+		{store.RootActive, store.RootRetired}:   true,
+		{store.RootRetired, store.RootExpired}:  true,
+		{store.RootExpired, store.RootDeleting}: true,
 	}
 	for _, from := range all {
 		for _, to := range all {
-			err := CheckTransition(from, to)
+			err := store.CheckTransition(from, to)
 			if legal[[2]store.RootState{from, to}] {
 				if err != nil {
-					t.Errorf("CheckTransition(%s, %s) = %v, want nil", from, to, err)
+					t.Errorf("store.CheckTransition(%s, %s) = %v, want nil", from, to, err)
 				}
-			} else if !errors.Is(err, ErrIllegalTransition) {
-				t.Errorf("CheckTransition(%s, %s) = %v, want ErrIllegalTransition", from, to, err)
+			} else if !errors.Is(err, store.ErrIllegalTransition) {
+				t.Errorf("store.CheckTransition(%s, %s) = %v, want store.ErrIllegalTransition", from, to, err)
 			}
 		}
 	}
@@ -302,10 +302,10 @@ func TestDeleteAfterGraceUnlessAlarm(t *testing.T) {
 	if rep, err := c.Pass(ctx); err != nil || len(rep.Deleted) != 0 {
 		t.Fatalf("pass before grace deleted %v (%v), want nothing", rep.Deleted, err)
 	}
-	if err := RaiseAlarm(ctx, st, r1, "acme/a", "0123"); err != nil {
+	if err := store.RaiseAlarm(ctx, st, r1, "acme/a", "0123"); err != nil {
 		t.Fatal(err)
 	}
-	if err := RaiseAlarm(ctx, st, r1, "acme/b", "4567"); err != nil { // the first alarm is kept
+	if err := store.RaiseAlarm(ctx, st, r1, "acme/b", "4567"); err != nil { // the first alarm is kept
 		t.Fatal(err)
 	}
 	w.now = w.now.Add(2 * hour)
@@ -319,7 +319,7 @@ func TestDeleteAfterGraceUnlessAlarm(t *testing.T) {
 	if !strings.Contains(rep.String(), "clear-alarm "+string(r1)) {
 		t.Errorf("report does not tell how to clear the alarm:\n%s", rep)
 	}
-	if err := ClearAlarm(ctx, st, r1); err != nil {
+	if err := store.ClearAlarm(ctx, st, r1); err != nil {
 		t.Fatal(err)
 	}
 	rep, err = c.Pass(ctx)
@@ -370,7 +370,7 @@ func TestLivePointerIntoExpiredRootRaisesAlarm(t *testing.T) {
 	if len(rep.Deleted) != 0 {
 		t.Fatalf("deleted %v although a live image points into it", rep.Deleted)
 	}
-	a, err := ReadAlarm(ctx, st, r1)
+	a, err := store.ReadAlarm(ctx, st, r1)
 	if err != nil || a.Image != "acme/a" {
 		t.Errorf("ReadAlarm = %+v, %v; want an alarm naming acme/a", a, err)
 	}

@@ -93,7 +93,7 @@ func (m *Metrics) observe(r *Report, err error) {
 	if len(r.Roots) == 0 && err != nil {
 		return // the pass failed before it could see the roots
 	}
-	counts := map[store.RootState]int{store.RootActive: 0, store.RootRetired: 0, store.RootExpired: 0, StateDeleting: 0}
+	counts := map[store.RootState]int{store.RootActive: 0, store.RootRetired: 0, store.RootExpired: 0, store.RootDeleting: 0}
 	alarms := 0
 	for _, rr := range r.Roots {
 		counts[rr.State]++

@@ -41,7 +41,7 @@ type Report struct {
 	Rotated       store.RootID   // the active root a rotation created, if any
 	Expired       []store.RootID // roots moved retired → expired
 	Deleted       []store.RootID // roots deleted whole
-	Blocked       []Alarm        // expired roots past grace kept because of an alarm
+	Blocked       []store.Alarm  // expired roots past grace kept because of an alarm
 	Roots         []RootReport   // every root after the pass, oldest first
 	LiveImages    int
 	DeletedImages int      // pointers still marked deleted

@@ -12,7 +12,7 @@ const module = "github.com/lode-dev/lode/"
 
 // allowed lists, per package, the internal packages its non-test files may
 // import. Interfaces point inward: store, chunk and manifest know nothing of
-// agents or fleets. Test-only helpers (storetest, fleettest, imagetest, lodetest) are
+// agents or fleets. Test-only helpers (storetest, fleettest, imagetest, tiertest, devicetest, lodetest) are
 // not allowed in non-test files anywhere but their own packages.
 var allowed = map[string][]string{
 	"internal/chunk":                {},
@@ -46,6 +46,8 @@ var allowed = map[string][]string{
 	"internal/vm":                   {"internal/blockdev"},
 	"internal/snapshotter":          {"internal/catalog", "internal/store"},
 	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/cachefleet", "internal/catalog", "internal/gc", "internal/manifest", "internal/metrics", "internal/run", "internal/store"},
+	"internal/agent/tiertest":       {"internal/agent", "internal/chunk", "internal/store"},
+	"internal/blockdev/devicetest":  {"internal/blockdev"},
 	"internal/imagetest":            {"internal/build", "internal/catalog", "internal/manifest", "internal/store", "internal/store/file"},
 }
 

@@ -20,6 +20,9 @@ type TestImage struct {
 	Layers   [][]byte // uncompressed tars, base first (gzip-compressed in the layout)
 	Cmd      []string
 	Env      []string
+	// LayerMediaType overrides the layers' media type (default OCI
+	// tar+gzip), to make images lode must refuse.
+	LayerMediaType types.MediaType
 }
 
 // Files returns a tar of regular files (name → content) and the
@@ -60,10 +63,14 @@ func WriteLayout(t testing.TB, dir, tag string, images ...TestImage) {
 		}
 		img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 		img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+		mt := ti.LayerMediaType
+		if mt == "" {
+			mt = types.OCILayer
+		}
 		for _, l := range ti.Layers {
 			l := l
 			layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(l)), nil },
-				tarball.WithMediaType(types.OCILayer))
+				tarball.WithMediaType(mt))
 			if err != nil {
 				t.Fatal(err)
 			}

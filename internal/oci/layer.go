@@ -127,6 +127,10 @@ func (l *layer) openStream(ctx context.Context) (*layerStream, error) {
 	magic, err := s.rawBuf.Peek(4)
 	if err != nil && !errors.Is(err, io.EOF) {
 		rc.Close()
+		var ee *EntryError
+		if errors.As(err, &ee) {
+			return nil, err // a registry download that failed: it says which layer and why
+		}
 		return nil, l.errorf(ErrCorrupt, err, "reading layer")
 	}
 	switch {

@@ -246,14 +246,13 @@ func openRemote(ctx context.Context, source string, o RemoteOptions) (*Image, er
 	return im, nil
 }
 
-// layerMediaType reports whether lode reads layers of media type mt.
+// layerMediaType reports whether lode reads layers of media type mt: tar,
+// tar+gzip and tar+zstd, Docker's and OCI's. Foreign (Windows) and
+// non-distributable layers, encrypted layers and artifacts are refused.
 func layerMediaType(mt types.MediaType) bool {
 	switch mt {
-	case types.DockerLayer, types.DockerUncompressedLayer, types.OCILayer, types.OCIUncompressedLayer, types.OCILayerZStd,
-		types.DockerForeignLayer, types.OCIRestrictedLayer, types.OCIUncompressedRestrictedLayer:
-		// Foreign (Windows) layers are listed so that the error is about the
-		// platform, not the media type; their blobs are usually elsewhere.
-		return mt != types.DockerForeignLayer && mt != types.OCIRestrictedLayer && mt != types.OCIUncompressedRestrictedLayer
+	case types.DockerLayer, types.DockerUncompressedLayer, types.OCILayer, types.OCIUncompressedLayer, types.OCILayerZStd:
+		return true
 	}
 	return false
 }

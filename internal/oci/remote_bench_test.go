@@ -17,14 +17,7 @@ import (
 func BenchmarkRemoteFlatten_4x2MiB_8MiBps(b *testing.B) {
 	reg := lodetest.StartRegistry(b, lodetest.RegistryOptions{})
 	dir := b.TempDir() + "/layout"
-	var layers [][]byte
-	for i, l := range bigLayers(b, 8) {
-		if i%2 == 0 {
-			layers = append(layers, l)
-		} else {
-			layers[len(layers)-1] = append(layers[len(layers)-1][:len(layers[len(layers)-1])-1024], l...) // two files per layer
-		}
-	}
+	layers := bigLayers(b, 4, 2<<20)
 	lodetest.WriteLayout(b, dir, "t", lodetest.TestImage{Platform: "linux/amd64", Layers: layers})
 	reg.PushImage(b, "oci:"+dir+":t", "bench:v1", "")
 	proxy := newFaultProxy(b, reg)

@@ -132,6 +132,9 @@ func (p *prefetcher) run(ctx context.Context, i int, d *download) error {
 		// digest over the whole stream) and skips it.
 		skipped, err := io.CopyN(io.Discard, rc, have)
 		p.pulled.Add(skipped)
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // shorter than what the first fetch already gave
+		}
 		for err == nil {
 			var n int
 			n, err = rc.Read(buf)

@@ -288,10 +288,10 @@ type faultProxy struct {
 	blobBytes atomic.Int64
 	perBlob   sync.Map // path → *atomic.Int64
 	mu        sync.Mutex
-	stallAt   int64 // stall blob responses after this many bytes (-1: never)
-	dropOnce  int64 // drop the first blob response after this many bytes (-1: never)
-	stallMF   bool  // stall manifest requests before answering
-	busy      int   // answer this many next GETs with 503, then 429, alternating
+	stallAt   int64         // stall blob responses after this many bytes (-1: never)
+	dropOnce  int64         // drop the first blob response after this many bytes (-1: never)
+	stallMF   bool          // stall manifest requests before answering
+	busy      int           // answer this many next GETs with 503, then 429, alternating
 	latency   time.Duration // before each blob response
 	rate      int64         // bytes per second per blob response (0: unlimited)
 }
@@ -400,11 +400,11 @@ func (f *faultProxy) layerBytes(im *Image) int64 {
 func (w *blobWriter) Flush() { w.ResponseWriter.(http.Flusher).Flush() }
 
 // bigLayers makes layers large enough that downloads take several reads.
-func bigLayers(t testing.TB, n int) [][]byte {
+func bigLayers(t testing.TB, n, size int) [][]byte {
 	var ls [][]byte
 	x := uint64(88172645463325252)
 	for i := range n {
-		body := make([]byte, 1<<20) // incompressible: gzip keeps it ~1 MiB
+		body := make([]byte, size) // incompressible: gzip keeps its size
 		for j := range body {
 			x ^= x << 13
 			x ^= x >> 7
@@ -439,7 +439,7 @@ func TestRemoteFaults(t *testing.T) {
 	reg := lodetest.StartRegistry(t, lodetest.RegistryOptions{})
 	proxy := newFaultProxy(t, reg)
 	host := proxy.host()
-	push(t, reg, "big:v1", "", lodetest.TestImage{Platform: "linux/amd64", Layers: bigLayers(t, 3)})
+	push(t, reg, "big:v1", "", lodetest.TestImage{Platform: "linux/amd64", Layers: bigLayers(t, 3, 256<<10)})
 	ref := "docker://" + host + "/big:v1"
 	ro := RemoteOptions{Insecure: []string{host, reg.Host}, Timeout: 2 * time.Second}
 	total := layerSizes(t, ref, ro)
@@ -565,6 +565,20 @@ func TestRemoteFaults(t *testing.T) {
 				t.Errorf("OpenWith(%s) = %v, want %v with the registry's answer and a login hint", tc.ref, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestRemoteUnsupportedLayerMediaType: an image whose layer is not a tar
+// (here a WebAssembly module, as OCI artifacts carry) is refused at Open,
+// naming the layer and its media type.
+func TestRemoteUnsupportedLayerMediaType(t *testing.T) {
+	isolateCredentials(t)
+	reg := lodetest.StartRegistry(t, lodetest.RegistryOptions{})
+	const wasm = "application/vnd.wasm.content.layer.v1+wasm"
+	p := push(t, reg, "wasm:v1", "", lodetest.TestImage{Platform: "linux/amd64", Layers: [][]byte{[]byte("\x00asm\x01\x00\x00\x00")}, LayerMediaType: wasm})
+	_, err := OpenWith(t.Context(), p.ref, RemoteOptions{Insecure: []string{reg.Host}})
+	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), wasm) || !strings.Contains(err.Error(), "layer 0") {
+		t.Errorf("OpenWith(wasm layer) = %v, want ErrUnsupported naming layer 0 and %s", err, wasm)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,7 +20,40 @@ const (
 	RootActive  RootState = "active"  // read and write; builds deduplicate against it
 	RootRetired RootState = "retired" // read only; live images are being copied forward
 	RootExpired RootState = "expired" // nothing live left; reads raise alarms
+	// RootDeleting marks a root whose deletion has started: its objects are
+	// being removed and its STATE object goes last. A collector that finds a
+	// root in this state finishes the deletion whatever the grace or alarms
+	// say, because some of its objects may already be gone. When the STATE
+	// object is gone the root is deleted (Roots no longer lists it).
+	RootDeleting RootState = "deleting"
 )
+
+// ErrIllegalTransition: a root was asked to move to a state its current
+// state cannot reach (see transitions).
+var ErrIllegalTransition = errors.New("illegal root state transition")
+
+// transitions is the table of legal moves of a root's lifecycle (DESIGN.md,
+// "Garbage collection (roots)"). Any other move is ErrIllegalTransition; in
+// particular nothing ever goes back to active or retired, so a root that
+// stopped taking builds never takes them again.
+var transitions = map[RootState][]RootState{
+	RootActive:   {RootRetired},
+	RootRetired:  {RootExpired},
+	RootExpired:  {RootDeleting},
+	RootDeleting: {}, // → deleted is the removal of the STATE object
+}
+
+// CheckTransition returns nil if a root may move from one state to another.
+func CheckTransition(from, to RootState) error {
+	if slices.Contains(transitions[from], to) {
+		return nil
+	}
+	return fmt.Errorf("%w: %s → %s", ErrIllegalTransition, from, to)
+}
+
+// Alarming reports whether reads of a root in state s raise its alarm:
+// nothing live should be read from an expired root, or one being deleted.
+func (s RootState) Alarming() bool { return s == RootExpired || s == RootDeleting }
 
 // RootInfo is the content of roots/<root>/STATE.
 type RootInfo struct {

@@ -14,7 +14,22 @@ var (
 	ErrExists = errors.New("object already exists")
 	// ErrInvalidKey: the key is not a valid object key (see ValidKey).
 	ErrInvalidKey = errors.New("invalid object key")
+	// ErrChanged: CompareAndSwap found the object changed since it was read.
+	ErrChanged = errors.New("object changed")
 )
+
+// Swapper is implemented by stores that can replace an object atomically
+// if, and only if, it still holds what the caller read: a compare-and-swap.
+// mem (one mutex) and file (an flock on the store directory, against other
+// processes too) implement it; s3 does not, and callers fall back to a
+// compare-then-write (internal/catalog says where that leaves a window).
+// CompareAndSwap calls are atomic with respect to each other, not to Put.
+type Swapper interface {
+	// CompareAndSwap sets key to data if its object equals old. old nil
+	// means "absent"; data nil deletes the key. When the object is
+	// anything else it returns an error wrapping ErrChanged.
+	CompareAndSwap(ctx context.Context, key string, old, data []byte) error
+}
 
 // Store is the floor every backend provides: an S3-shaped map from keys to
 // immutable-or-replaced byte strings.

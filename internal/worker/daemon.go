@@ -20,7 +20,6 @@ import (
 	"github.com/lode-dev/lode/internal/blockdev"
 	"github.com/lode-dev/lode/internal/blockdev/fuse"
 	"github.com/lode-dev/lode/internal/catalog"
-	"github.com/lode-dev/lode/internal/gc"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/metrics"
 	"github.com/lode-dev/lode/internal/store"
@@ -460,7 +459,7 @@ func (d *Daemon) checkRoot(ctx context.Context, image string, root store.RootID)
 		d.log.Warn("reading the state of the image's root", slog.String("image", image), slog.String("root", string(root)), slog.Any("err", err))
 		return
 	}
-	if ri.State != store.RootExpired && ri.State != gc.StateDeleting {
+	if !ri.State.Alarming() {
 		return
 	}
 	key := image + " " + string(root)
@@ -474,7 +473,7 @@ func (d *Daemon) checkRoot(ctx context.Context, image string, root store.RootID)
 	d.expired.Inc()
 	d.log.Warn("image is read from an expired root; raising the GC alarm", slog.String("image", image),
 		slog.String("root", string(root)), slog.String("state", string(ri.State)))
-	if err := gc.RaiseAlarm(ctx, d.st, root, image, ""); err != nil {
+	if err := store.RaiseAlarm(ctx, d.st, root, image, ""); err != nil {
 		d.log.Error("raising the GC alarm", slog.String("image", image), slog.String("root", string(root)), slog.Any("err", err))
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/lode-dev/lode/internal/catalog"
-	"github.com/lode-dev/lode/internal/gc"
 	"github.com/lode-dev/lode/internal/imagetest"
 	"github.com/lode-dev/lode/internal/store"
 )
@@ -84,7 +83,7 @@ func TestDaemonExpiredRootAndRepoint(t *testing.T) {
 	if got := testCounter(t, d, "lode_agent_expired_root_opens_total"); got != 1 {
 		t.Errorf("lode_agent_expired_root_opens_total = %v, want 1", got)
 	}
-	al, err := gc.ReadAlarm(ctx, st, old)
+	al, err := store.ReadAlarm(ctx, st, old)
 	if err != nil {
 		t.Fatalf("no alarm on the expired root %s: %v", old, err)
 	}

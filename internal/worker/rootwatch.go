@@ -9,7 +9,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lode-dev/lode/internal/agent"
-	"github.com/lode-dev/lode/internal/gc"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
 )
@@ -19,7 +18,7 @@ import (
 // image while its root is expired or being deleted is counted
 // (lode_agent_expired_root_reads_total), and at most once per AlarmEvery
 // per image a warning names the tenant, the image, the chunk (name and
-// index) and the root, and gc.RaiseAlarm writes roots/<root>/ALARM, which
+// index) and the root, and store.RaiseAlarm writes roots/<root>/ALARM, which
 // stops the root's deletion. Every serving mode installs one on each image
 // it opens (Open, the daemon's mounts and exports) as the image's read hook.
 //
@@ -122,7 +121,7 @@ func (w *RootWatch) OnRead(first, last int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.refreshLocked()
-	if w.state != store.RootExpired && w.state != gc.StateDeleting {
+	if !w.state.Alarming() {
 		return
 	}
 	idx, n := -1, int64(0)
@@ -159,7 +158,7 @@ func (w *RootWatch) OnRead(first, last int) {
 			slog.Int64("reads_since_last_warning", quiet))
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := gc.RaiseAlarm(ctx, w.st, root, w.tenant+"/"+w.name, chunkName); err != nil {
+		if err := store.RaiseAlarm(ctx, w.st, root, w.tenant+"/"+w.name, chunkName); err != nil {
 			w.log.Error("raising the GC alarm", slog.String("tenant", w.tenant), slog.String("image", w.name),
 				slog.String("root", string(root)), slog.Any("err", err))
 		}

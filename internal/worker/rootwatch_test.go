@@ -10,7 +10,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/lode-dev/lode/internal/gc"
 	"github.com/lode-dev/lode/internal/imagetest"
 	"github.com/lode-dev/lode/internal/store"
 )
@@ -53,7 +52,7 @@ func TestExpiredRootReadAlarm(t *testing.T) {
 	check := func(t *testing.T, log string, reads float64, wantAlarm bool) {
 		t.Helper()
 		warnings := strings.Count(log, "read of a chunk from an expired root")
-		al, err := gc.ReadAlarm(ctx, w.St, img.Ptr.Root)
+		al, err := store.ReadAlarm(ctx, w.St, img.Ptr.Root)
 		if !wantAlarm {
 			if warnings != 0 || reads != 0 || err == nil {
 				t.Fatalf("active root: %d warnings, %v reads counted, alarm %+v (%v); want none\n%s", warnings, reads, al, err, log)
@@ -82,7 +81,7 @@ func TestExpiredRootReadAlarm(t *testing.T) {
 	for _, expired := range []bool{false, true} {
 		name := map[bool]string{false: "active root", true: "expired root"}[expired]
 		t.Run("one-shot/"+name, func(t *testing.T) {
-			gc.ClearAlarm(ctx, w.St, img.Ptr.Root)
+			store.ClearAlarm(ctx, w.St, img.Ptr.Root)
 			store.WriteRoot(ctx, w.St, store.RootInfo{ID: img.Ptr.Root, State: store.RootActive, Since: time.Now()})
 			if expired {
 				expire(t, img.Ptr.Root)
@@ -100,7 +99,7 @@ func TestExpiredRootReadAlarm(t *testing.T) {
 			check(t, logBuf.String(), reads, expired)
 		})
 		t.Run("daemon/"+name, func(t *testing.T) {
-			gc.ClearAlarm(ctx, w.St, img.Ptr.Root)
+			store.ClearAlarm(ctx, w.St, img.Ptr.Root)
 			store.WriteRoot(ctx, w.St, store.RootInfo{ID: img.Ptr.Root, State: store.RootActive, Since: time.Now()})
 			var logBuf syncBuffer
 			home := t.TempDir()

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"sync"
 
 	"github.com/lode-dev/lode/internal/blockdev"
@@ -50,11 +51,12 @@ type blk struct {
 	wdev       blockdev.WritableDevice // nil: read-only
 	maxRequest uint64
 	id         [blkIDBytes]byte
-	bufs       sync.Pool // *[]byte of maxRequest capacity
+	bufs       sync.Pool    // *[]byte of maxRequest capacity
+	log        *slog.Logger // failed reads are logged here, where they become IOERR
 }
 
 func newBlk(dev blockdev.Device, readOnly bool, maxRequest uint32, serial string) *blk {
-	b := &blk{dev: dev, maxRequest: uint64(maxRequest)}
+	b := &blk{dev: dev, maxRequest: uint64(maxRequest), log: slog.New(slog.DiscardHandler)}
 	if w, ok := dev.(blockdev.WritableDevice); ok && !readOnly {
 		b.wdev = w
 	}
@@ -191,6 +193,7 @@ func (b *blk) read(ctx context.Context, dst stream, sector, n uint64) byte {
 	off := int64(sector * sectorSize)
 	if len(dst) == 1 {
 		if _, err := b.dev.ReadAt(ctx, dst[0], off); err != nil && !errors.Is(err, io.EOF) {
+			b.readFailed(ctx, off, n, err)
 			return blkSIOErr
 		}
 		return blkSOK
@@ -198,10 +201,19 @@ func (b *blk) read(ctx context.Context, dst stream, sector, n uint64) byte {
 	p, buf := b.buffer(n)
 	defer b.bufs.Put(p)
 	if _, err := b.dev.ReadAt(ctx, buf, off); err != nil && !errors.Is(err, io.EOF) {
+		b.readFailed(ctx, off, n, err)
 		return blkSIOErr
 	}
 	dst.copyFrom(buf)
 	return blkSOK
+}
+
+// readFailed logs a read that the guest gets as IOERR: the one log line of
+// a failed read (the error names the chunk and image).
+func (b *blk) readFailed(ctx context.Context, off int64, n uint64, err error) {
+	if ctx.Err() == nil {
+		b.log.Warn("vhost-user-blk read failed", slog.Int64("offset", off), slog.Uint64("length", n), slog.Any("err", err))
+	}
 }
 
 func (b *blk) write(ctx context.Context, src stream, sector, n uint64) byte {

@@ -63,7 +63,9 @@ type Server struct {
 // blockdev.WritableDevice and c.ReadOnly is false.
 func NewServer(dev blockdev.Device, c Config) *Server {
 	c = c.withDefaults()
-	return &Server{blk: newBlk(dev, c.ReadOnly, c.MaxRequest, c.Serial), c: c}
+	b := newBlk(dev, c.ReadOnly, c.MaxRequest, c.Serial)
+	b.log = c.Log
+	return &Server{blk: b, c: c}
 }
 
 // Serve accepts connections on l (a unix socket listener) until ctx is

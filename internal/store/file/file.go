@@ -1,6 +1,7 @@
 package file
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/lode-dev/lode/internal/store"
+	"golang.org/x/sys/unix"
 )
 
 // tmpPrefix begins the name of every temporary file; keys may not use it.
@@ -216,6 +218,42 @@ func (s *Store) put(ctx context.Context, key string, data []byte, ifAbsent bool)
 		return fmt.Errorf("putting %s in %s: syncing directory: %w", key, s, err)
 	}
 	return nil
+}
+
+// CompareAndSwap sets key to data (nil: deletes it) if its object equals
+// old (nil: absent) (store.Swapper). Swaps hold an exclusive flock on the
+// store's directory while they read, compare and write, so they are atomic
+// against each other in every process that shares the directory.
+func (s *Store) CompareAndSwap(ctx context.Context, key string, old, data []byte) error {
+	if _, err := s.path(ctx, "swapping", key); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(s.root, 0o755); err != nil {
+		return fmt.Errorf("swapping %s in %s: %w", key, s, err)
+	}
+	d, err := os.Open(s.root)
+	if err != nil {
+		return fmt.Errorf("swapping %s in %s: %w", key, s, err)
+	}
+	defer d.Close()
+	if err := unix.Flock(int(d.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("swapping %s in %s: locking: %w", key, s, err)
+	}
+	defer unix.Flock(int(d.Fd()), unix.LOCK_UN)
+	cur, err := s.Get(ctx, key, nil)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		cur = nil
+	case err != nil:
+		return fmt.Errorf("swapping %s: %w", key, err)
+	}
+	if (cur != nil) != (old != nil) || cur != nil && !bytes.Equal(cur, old) {
+		return fmt.Errorf("swapping %s in %s: %w", key, s, store.ErrChanged)
+	}
+	if data == nil {
+		return s.Delete(ctx, key)
+	}
+	return s.put(ctx, key, data, false)
 }
 
 // createTemp creates a temporary file in dir, creating dir first. A

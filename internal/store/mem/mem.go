@@ -1,6 +1,7 @@
 package mem
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sort"
@@ -115,6 +116,26 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, data []byte) error 
 		return fmt.Errorf("putting %s in %s: %w", key, s.name, store.ErrExists)
 	}
 	s.objs[key] = b
+	return nil
+}
+
+// CompareAndSwap sets key to data (nil: deletes it) if its object equals
+// old (nil: absent), under the store's mutex (store.Swapper).
+func (s *Store) CompareAndSwap(ctx context.Context, key string, old, data []byte) error {
+	if err := s.check(ctx, "swapping", key); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, ok := s.objs[key]
+	if ok != (old != nil) || ok && !bytes.Equal(cur, old) {
+		return fmt.Errorf("swapping %s in %s: %w", key, s.name, store.ErrChanged)
+	}
+	if data == nil {
+		delete(s.objs, key)
+	} else {
+		s.objs[key] = append([]byte(nil), data...)
+	}
 	return nil
 }
 

@@ -47,6 +47,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Delete", testDelete},
 		{"InvalidKeys", testInvalidKeys},
 		{"Cancelled", testCancelled},
+		{"CompareAndSwap", testCompareAndSwap},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,4 +1,4 @@
-package gc
+package store
 
 import (
 	"context"
@@ -6,18 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/lode-dev/lode/internal/store"
 )
 
 // Alarm is the content of roots/<root>/ALARM: the first read (or check) that
 // found something live in a root that should hold nothing live. While it
 // exists the collector does not delete the root.
 type Alarm struct {
-	Root  store.RootID `json:"-"`
-	Image string       `json:"image"`           // tenant/name of the image read, when known
-	Chunk string       `json:"chunk,omitempty"` // chunk name read, "" for a manifest or pointer
-	Time  time.Time    `json:"time"`
+	Root  RootID    `json:"-"`
+	Image string    `json:"image"`           // tenant/name of the image read, when known
+	Chunk string    `json:"chunk,omitempty"` // chunk name read, "" for a manifest or pointer
+	Time  time.Time `json:"time"`
 }
 
 // RaiseAlarm writes root's alarm marker, naming the image and chunk whose
@@ -25,22 +23,22 @@ type Alarm struct {
 // (see docs/gc.md); the collector calls it when a live pointer names an
 // expired root. The first alarm is kept: later ones do not overwrite its
 // evidence. It is safe to call concurrently and repeatedly.
-func RaiseAlarm(ctx context.Context, st store.Store, root store.RootID, image, chunk string) error {
-	if err := store.ValidName("root", string(root)); err != nil {
+func RaiseAlarm(ctx context.Context, st Store, root RootID, image, chunk string) error {
+	if err := ValidName("root", string(root)); err != nil {
 		return fmt.Errorf("raising alarm: %w", err)
 	}
 	b, _ := json.Marshal(Alarm{Image: image, Chunk: chunk, Time: time.Now().UTC()})
-	err := st.PutIfAbsent(ctx, store.AlarmKey(root), append(b, '\n'))
-	if err != nil && !errors.Is(err, store.ErrExists) {
+	err := st.PutIfAbsent(ctx, AlarmKey(root), append(b, '\n'))
+	if err != nil && !errors.Is(err, ErrExists) {
 		return fmt.Errorf("raising alarm on root %s: %w", root, err)
 	}
 	return nil
 }
 
-// ReadAlarm returns root's alarm, or an error wrapping store.ErrNotFound when
+// ReadAlarm returns root's alarm, or an error wrapping ErrNotFound when
 // it has none.
-func ReadAlarm(ctx context.Context, st store.Store, root store.RootID) (Alarm, error) {
-	b, err := st.Get(ctx, store.AlarmKey(root), nil)
+func ReadAlarm(ctx context.Context, st Store, root RootID) (Alarm, error) {
+	b, err := st.Get(ctx, AlarmKey(root), nil)
 	if err != nil {
 		return Alarm{}, fmt.Errorf("reading alarm of root %s: %w", root, err)
 	}
@@ -56,20 +54,20 @@ func ReadAlarm(ctx context.Context, st store.Store, root store.RootID) (Alarm, e
 // ClearAlarm removes root's alarm marker so the collector may delete the
 // root once its grace has passed. Clearing a root without one is not an
 // error.
-func ClearAlarm(ctx context.Context, st store.Store, root store.RootID) error {
-	if err := store.ValidName("root", string(root)); err != nil {
+func ClearAlarm(ctx context.Context, st Store, root RootID) error {
+	if err := ValidName("root", string(root)); err != nil {
 		return fmt.Errorf("clearing alarm: %w", err)
 	}
-	if err := st.Delete(ctx, store.AlarmKey(root)); err != nil {
+	if err := st.Delete(ctx, AlarmKey(root)); err != nil {
 		return fmt.Errorf("clearing alarm of root %s: %w", root, err)
 	}
 	return nil
 }
 
-// hasAlarm reports whether root has an alarm marker.
-func hasAlarm(ctx context.Context, st store.Store, root store.RootID) (bool, error) {
-	_, err := st.Stat(ctx, store.AlarmKey(root))
-	if errors.Is(err, store.ErrNotFound) {
+// HasAlarm reports whether root has an alarm marker.
+func HasAlarm(ctx context.Context, st Store, root RootID) (bool, error) {
+	_, err := st.Stat(ctx, AlarmKey(root))
+	if errors.Is(err, ErrNotFound) {
 		return false, nil
 	}
 	if err != nil {
