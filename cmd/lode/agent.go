@@ -19,7 +19,8 @@ func init() { extraCommands = append(extraCommands, newAgentCmd) }
 
 // agentOptions are the flags of lode agent.
 type agentOptions struct {
-	d worker.DaemonConfig
+	d          worker.DaemonConfig
+	containerd containerdOptions
 }
 
 func newAgentCmd() *cobra.Command {
@@ -83,6 +84,7 @@ see docs/operations.md.`,
 	f.StringVar(&o.d.AfterTakeover, "after-takeover", "exit", `once taken over by a new agent: "exit" 0 at once, or "wait" for SIGTERM first (for supervisors that restart a process that exits, e.g. a Kubernetes pod being replaced)`)
 	bindWorker(f, &o.d.Worker)
 	bindFill(f, &o.d.Fill)
+	o.containerd.bind(f)
 	cmd.AddCommand(newAgentMountCmd(&o.d.Socket), newAgentUmountCmd(&o.d.Socket), newAgentStatusCmd(&o.d.Socket),
 		newAgentExportCmd(&o.d.Socket), newAgentUnexportCmd(&o.d.Socket))
 	return cmd
@@ -107,6 +109,7 @@ func runAgent(ctx context.Context, o agentOptions, ready chan<- struct{}) error 
 	if err != nil {
 		return err
 	}
+	addSnapshotter(d, o.containerd, st, global.tenant)
 	return d.Run(ctx, ready)
 }
 

@@ -51,6 +51,7 @@ var allowed = map[string][]string{
 	"internal/store/storetest":      {"internal/store"},
 	"internal/store/storeurl":       {"internal/store", "internal/store/file", "internal/store/mem", "internal/store/s3"},
 	"internal/vm":                   {"internal/blockdev"},
+	"internal/snapshotter":          {"internal/catalog", "internal/store"},
 	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/cachefleet", "internal/catalog", "internal/certs", "internal/heatmap", "internal/manifest", "internal/metrics", "internal/run", "internal/store", "internal/vm"},
 }
 

@@ -30,6 +30,10 @@ type MountRequest struct {
 	Image  string `json:"image"`
 	Tenant string `json:"tenant,omitempty"`
 	Dir    string `json:"dir"`
+	// Source, if set, is the source digest the image's manifest must
+	// record: the mount is refused otherwise (the containerd snapshotter
+	// mounts only what containerd asked for).
+	Source string `json:"source,omitempty"`
 }
 
 // ExportRequest is the body of POST /v1/exports.
@@ -89,6 +93,8 @@ type Status struct {
 	MemCacheBytes  int64          `json:"mem_cache_bytes"`
 	DiskCacheBytes int64          `json:"disk_cache_bytes"`
 	DiskCacheFiles int            `json:"disk_cache_chunks"`
+	// Services are the extra services' own status (AddService).
+	Services []ServiceStatus `json:"services,omitempty"`
 }
 
 func statusOf(s *served) ServedStatus {
@@ -193,6 +199,7 @@ func (d *Daemon) status() Status {
 	if d.stack.Disk != nil {
 		out.DiskCacheBytes, out.DiskCacheFiles = d.stack.Disk.Bytes(), d.stack.Disk.Len()
 	}
+	out.Services = d.servicesStatus()
 	return out
 }
 
@@ -301,6 +308,10 @@ func (d *Daemon) mountImage(ctx context.Context, req MountRequest, dir string) (
 	s, err := d.open(ctx, req.Tenant, req.Image)
 	if err != nil {
 		return nil, err
+	}
+	if req.Source != "" && s.m.SourceDigest != req.Source {
+		s.close()
+		return nil, &codedError{http.StatusConflict, fmt.Errorf("image %s records source %q, not %q: %w", s.name(), s.m.SourceDigest, req.Source, ErrSourceMismatch)}
 	}
 	d.markStarting(s.im)
 	s.dir = dir

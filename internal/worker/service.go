@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // A Service is an extra server that runs with a daemon's lifecycle on a
@@ -29,7 +31,38 @@ type Service struct {
 	Name   string // for logs
 	Socket string
 	Serve  func(ctx context.Context, l net.Listener) error
+	// Status, if set, is the service's part of the daemon's status: a
+	// value for GET /v1/status and the lines lode agent status prints.
+	Status func(ctx context.Context) (v any, text string)
 }
+
+// ServiceStatus is a service's part of Status.
+type ServiceStatus struct {
+	Name   string `json:"name"`
+	Status any    `json:"status,omitempty"`
+	Text   string `json:"text,omitempty"`
+}
+
+// ErrSourceMismatch refuses a mount whose image's manifest does not record
+// the source digest the request names (MountRequest.Source).
+var ErrSourceMismatch = errors.New("the image was not built from the requested source")
+
+func (d *Daemon) servicesStatus() []ServiceStatus {
+	d.mu.Lock()
+	services := append([]Service(nil), d.services...)
+	d.mu.Unlock()
+	var out []ServiceStatus
+	for _, s := range services {
+		if s.Status != nil {
+			v, text := s.Status(context.Background())
+			out = append(out, ServiceStatus{Name: s.Name, Status: v, Text: text})
+		}
+	}
+	return out
+}
+
+// Registerer is the daemon's metrics registry, for its services' metrics.
+func (d *Daemon) Registerer() prometheus.Registerer { return d.reg }
 
 // AddService registers s with d; call it before Run.
 func (d *Daemon) AddService(s Service) {
@@ -76,6 +109,12 @@ func (d *Daemon) startServices() (stop func(), err error) {
 // its status, follows repoints and is handed over by a takeover. release
 // unmounts it (an error if it was already unmounted from outside).
 func (d *Daemon) MountImage(ctx context.Context, tenant, image, dir string) (release func() error, err error) {
+	return d.Mount(ctx, MountRequest{Image: image, Tenant: tenant, Dir: dir})
+}
+
+// Mount is MountImage for a full request (MountRequest.Source).
+func (d *Daemon) Mount(ctx context.Context, req MountRequest) (release func() error, err error) {
+	tenant, image, dir := req.Tenant, req.Image, req.Dir
 	if tenant == "" {
 		tenant = d.tenant
 	}
@@ -83,7 +122,7 @@ func (d *Daemon) MountImage(ctx context.Context, tenant, image, dir string) (rel
 		return nil, fmt.Errorf("a mount needs an image and an absolute dir, got image %q dir %q", image, dir)
 	}
 	dir = filepath.Clean(dir)
-	s, err := d.startMount(ctx, MountRequest{Image: image, Tenant: tenant, Dir: dir}, dir)
+	s, err := d.startMount(ctx, MountRequest{Image: image, Tenant: tenant, Dir: dir, Source: req.Source}, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -97,6 +136,22 @@ func (d *Daemon) MountImage(ctx context.Context, tenant, image, dir string) (rel
 		d.mu.Unlock()
 		return s.close()
 	}, nil
+}
+
+// Unmount unmounts the daemon's mount at dir, however it was made (also
+// one taken over from an earlier daemon).
+func (d *Daemon) Unmount(dir string) error {
+	dir = filepath.Clean(dir)
+	d.mu.Lock()
+	s, ok := d.mounts[dir]
+	if ok && s.mount != nil {
+		delete(d.mounts, dir)
+	}
+	d.mu.Unlock()
+	if !ok || s.mount == nil {
+		return fmt.Errorf("%s is not mounted by this agent", dir)
+	}
+	return s.close()
 }
 
 // Listen listens on addr: HOST:PORT, or unix:PATH (a stale socket at PATH
