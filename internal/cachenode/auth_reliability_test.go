@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/lode-dev/lode/internal/certs"
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/fleetproto"
+	"github.com/lode-dev/lode/internal/lodetest"
 )
 
 // Issue #19, fleet authentication: the attacks of docs/reliability.md's
@@ -67,7 +67,7 @@ func tlsNode(t *testing.T, files certs.Files) (*Server, string) {
 
 // client returns an HTTP client with identity f (zero: no certificate),
 // or plain HTTP when plain; its transport records the bytes it wrote.
-func client(t *testing.T, f certs.Files, ca string, rec *bytes.Buffer) *http.Client {
+func client(t *testing.T, f certs.Files, ca string, rec io.Writer) *http.Client {
 	t.Helper()
 	var cfg *tls.Config
 	if f.Cert != "" {
@@ -95,16 +95,16 @@ func client(t *testing.T, f certs.Files, ca string, rec *bytes.Buffer) *http.Cli
 	return &http.Client{Transport: tr, Timeout: 5 * time.Second}
 }
 
+// recConn copies what a client writes to w, which must be safe for
+// concurrent writes (the transport closes connections from its own
+// goroutines, and a close writes a TLS alert).
 type recConn struct {
 	net.Conn
-	mu sync.Mutex
-	w  *bytes.Buffer
+	w io.Writer
 }
 
 func (c *recConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
 	c.w.Write(p)
-	c.mu.Unlock()
 	return c.Conn.Write(p)
 }
 
@@ -203,7 +203,7 @@ func TestFleetReplay(t *testing.T) {
 	_, addr1 := tlsNode(t, p.node)
 	s2, addr2 := tlsNode(t, p.node)
 	shard, n := testShardBytes(3)
-	var wire bytes.Buffer
+	var wire lodetest.SyncBuffer
 	if code, err := requests(addr1, "https", shard, n).put(client(t, p.worker, p.node.CA, &wire)); err != nil || code != http.StatusNoContent {
 		t.Fatalf("worker PUT = %d, %v", code, err)
 	}
@@ -212,7 +212,7 @@ func TestFleetReplay(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.Write(wire.Bytes())
+		c.Write([]byte(wire.String()))
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		reply, _ := io.ReadAll(c)
 		c.Close()
