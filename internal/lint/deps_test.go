@@ -49,7 +49,7 @@ var allowed = map[string][]string{
 	"internal/store/storetest":      {"internal/store"},
 	"internal/store/storeurl":       {"internal/store", "internal/store/file", "internal/store/mem", "internal/store/s3"},
 	"internal/vm":                   {"internal/blockdev"},
-	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/cachefleet", "internal/catalog", "internal/heatmap", "internal/manifest", "internal/metrics", "internal/run", "internal/store", "internal/vm"},
+	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/blockdev/vhost", "internal/cachefleet", "internal/catalog", "internal/heatmap", "internal/manifest", "internal/metrics", "internal/run", "internal/store", "internal/vm"},
 }
 
 type pkg struct {
