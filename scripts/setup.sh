@@ -8,6 +8,8 @@ set -euo pipefail
 
 pkgs=(e2fsprogs util-linux fuse3 runc skopeo umoci nbdkit libnbd-bin qemu-utils s3cmd qemu-system-x86 linux-image-cloud-amd64 busybox-static
   docker-registry apache2-utils debootstrap) # registry, htpasswd and a real rootfs for the registry tests (#17)
+# The containerd snapshotter tests (#18): containerd 1.6 with ctr and the runc shim.
+pkgs+=(containerd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,4 +24,10 @@ fi
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ -x "$here/.ci/s3.sh" ]; then
   "$here/.ci/s3.sh"
+fi
+if [ -x "$here/.ci/kms.sh" ]; then
+  "$here/.ci/kms.sh"
+fi
+if [ -x "$here/.ci/crictl.sh" ]; then
+  "$here/.ci/crictl.sh"
 fi

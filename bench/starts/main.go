@@ -20,8 +20,10 @@
 //
 // A start is: Admission.Acquire, Agent.Open, read the image's start set
 // (a fixed ReadFrac of its chunks, mostly base-layer chunks) in -streams
-// parallel streams, Close, release. Running containers read a random chunk
-// of a random image every -run-every with a -read-deadline.
+// parallel streams; the product's agent.StartGate then releases the slot once
+// the reads have been quiet for 250 ms, and the image is closed. Running
+// containers read a random chunk of a random image every -run-every with a
+// -read-deadline.
 package main
 
 import (

@@ -260,7 +260,9 @@ func (r *runner) generate(ctx context.Context, w *worker) {
 }
 
 // start is one container start: admission, open, read the start set in
-// Streams parallel streams, close, release.
+// Streams parallel streams; the slot is released by the product's start gate
+// (agent.StartGate) once the reads have been quiet for 250 ms, then the
+// image closes.
 func (r *runner) start(ctx context.Context, w *worker, img int, arrived time.Time) {
 	defer r.wg.Done()
 	defer r.active.Add(-1)
@@ -273,14 +275,23 @@ func (r *runner) start(ctx context.Context, w *worker, img int, arrived time.Tim
 		}
 		return
 	}
-	defer release()
 	im, err := w.a.Open(name, r.ims.manifests[img])
 	if err != nil {
+		release()
 		r.tl.now().failed.Add(1)
 		r.noteErr("open", err)
 		return
 	}
-	defer im.Close()
+	// The product's start gate (lode agent's mounts and exports): the slot
+	// is held through the start's first reads, until they have been quiet
+	// for 250 ms (at most lode agent's default --start-window), while the
+	// container keeps its image open; then the image closes.
+	gated := make(chan struct{})
+	agent.StartGate{}.Hold(func() { release(); close(gated) }, im, nil)
+	defer func() {
+		<-gated
+		im.Close()
+	}()
 	im.SetStarting(true) // as lode agent marks a new mount (--start-window)
 	set := r.ims.sets[img]
 	cs := int64(r.c.ChunkSize)

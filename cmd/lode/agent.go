@@ -19,7 +19,8 @@ func init() { extraCommands = append(extraCommands, newAgentCmd) }
 
 // agentOptions are the flags of lode agent.
 type agentOptions struct {
-	d worker.DaemonConfig
+	d          worker.DaemonConfig
+	containerd containerdOptions
 }
 
 func newAgentCmd() *cobra.Command {
@@ -73,7 +74,7 @@ see docs/operations.md.`,
 	f.StringVar(&o.d.MetricsListen, "metrics-listen", "", "also serve Prometheus /metrics and /healthz on this TCP address")
 	f.StringVar(&o.d.StateDir, "state-dir", fuse.DefaultStateDir, "where mount state lives (lode umount and lode doctor read it)")
 	f.DurationVar(&o.d.Refresh, "refresh", time.Minute, "how often to re-read the pointers and root states of served images (0 disables)")
-	f.IntVar(&o.d.MaxStarts, "max-starts", 64, "mounts and exports being set up at once; past it a request waits --start-wait, then fails with \"too many starts in flight\" (0: unbounded)")
+	f.IntVar(&o.d.MaxStarts, "max-starts", 64, "mounts and exports starting at once: a start holds its slot until its first reads are over (250 ms without a read, at most --start-window); past it a request waits --start-wait, then fails with \"too many starts in flight\" (0: unbounded)")
 	f.DurationVar(&o.d.StartWait, "start-wait", 2*time.Second, "how long a start waits for a slot before it is refused")
 	f.DurationVar(&o.d.StartWindow, "start-window", 10*time.Second, "for this long after a mount or export, its reads count as a start's: starts share at most three quarters of --max-fetches, so running containers' reads keep the rest (0: no distinction)")
 	f.DurationVar(&o.d.ResolveTTL, "resolve-ttl", time.Second, "how long a start reuses an image's pointer read by an earlier start (a new build or a delete is seen within it); up to --resolve-stale a start uses the pointer it has while one background read refreshes it; negative: read the pointer at every start")
@@ -83,6 +84,7 @@ see docs/operations.md.`,
 	f.StringVar(&o.d.AfterTakeover, "after-takeover", "exit", `once taken over by a new agent: "exit" 0 at once, or "wait" for SIGTERM first (for supervisors that restart a process that exits, e.g. a Kubernetes pod being replaced)`)
 	bindWorker(f, &o.d.Worker)
 	bindFill(f, &o.d.Fill)
+	o.containerd.bind(f)
 	cmd.AddCommand(newAgentMountCmd(&o.d.Socket), newAgentUmountCmd(&o.d.Socket), newAgentStatusCmd(&o.d.Socket),
 		newAgentExportCmd(&o.d.Socket), newAgentUnexportCmd(&o.d.Socket))
 	return cmd
@@ -107,6 +109,7 @@ func runAgent(ctx context.Context, o agentOptions, ready chan<- struct{}) error 
 	if err != nil {
 		return err
 	}
+	addSnapshotter(d, o.containerd, st, global.tenant)
 	return d.Run(ctx, ready)
 }
 

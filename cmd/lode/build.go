@@ -122,7 +122,11 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 		bo.Progress = p
 		defer p.Finish()
 	}
-	res, err := build.Build(ctx, st, kr, kr.StoreSecret(), bo)
+	secret, err := kr.BuilderSecret()
+	if err != nil {
+		return err
+	}
+	res, err := build.Build(ctx, st, kr, secret, bo)
 	if err != nil {
 		return fmt.Errorf("building %s from %s: %w", o.name, source, err)
 	}

@@ -142,7 +142,7 @@ func TestDoctorHelperMount(t *testing.T) {
 	global = globalOptions{home: parts[0], tenant: "default"}
 	stdout, stderr = os.Stdout, os.Stderr
 	o := mountOptions{stateDir: parts[1], worker: worker.Options{CacheDir: filepath.Join(parts[0], "cache"), DiskBytes: 64 << 20,
-		MemBytes: 16 << 20, FetchTimeout: 20 * time.Second, ReadAhead: 4, Fetches: 8}}
+		MemBytes: 16 << 20, FetchTimeout: 20 * time.Second, ReadAhead: 4, Fetches: 8, AllowStoreSecret: true}}
 	err := runMount(context.Background(), o, "demo", parts[2])
 	t.Fatalf("lode mount returned %v; it should have been killed", err)
 }

@@ -173,6 +173,7 @@ func (c *cli) workerOpts() worker.Options {
 	return worker.Options{
 		CacheDir: filepath.Join(c.home, "cache"), DiskBytes: 256 << 20, MemBytes: 64 << 20,
 		FetchTimeout: 20 * time.Second, ReadAhead: 4, Fetches: 8,
+		AllowStoreSecret: true, // tests build and serve with one keyring
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -46,6 +47,67 @@ that a known chunk is stored.`,
 			return nil
 		},
 	})
+	var out string
+	export := &cobra.Command{
+		Use:   "export",
+		Short: "Write a worker keyring: only the --tenant keys (A,B,…), no store secret",
+		Long: `Export writes a new keyring file (mode 0600) for a worker: the keys of the
+tenants named by --tenant (comma-separated) and nothing else. It has no store
+secret, which only builders need; worker commands (agent, mount, run,
+serve-nbd, serve-vhost, vm) refuse a keyring that holds it unless
+--allow-store-secret.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			kr, err := openKeyring()
+			if err != nil {
+				return err
+			}
+			tenants := strings.Split(global.tenant, ",")
+			if _, err := kr.Export(out, tenants); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "wrote worker keyring %s for %s\n", out, strings.Join(tenants, ", "))
+			return nil
+		},
+	}
+	var ke manifest.KMSKey
+	kmsCmd := &cobra.Command{
+		Use:   "kms --key-id ID",
+		Short: "Keep --tenant's key in AWS KMS: add it, or rotate it to a new KMS key",
+		Long: `Kms records that the tenant's master key is a KMS key (key ID or ARN): each
+image's data key is then generated and unwrapped by KMS (GenerateDataKey,
+Decrypt) with an encryption context naming tenant and image, and the key never
+reaches a worker's disk. For a tenant already in KMS it rotates: new images use
+--key-id, and manifests the previous keys wrapped still open. Credentials come
+from the AWS SDK's default chain (environment, shared config, instance role).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			kr, err := openKeyring()
+			if err != nil {
+				return err
+			}
+			if _, ok := kr.KMSKeyOf(global.tenant); ok {
+				err = kr.RotateKMSKey(global.tenant, ke.KeyID)
+			} else {
+				err = kr.AddKMSTenant(global.tenant, ke)
+			}
+			if err == nil {
+				err = kr.Save()
+			}
+			if err == nil {
+				fmt.Fprintf(stdout, "tenant %s: KMS key %s\n", global.tenant, ke.KeyID)
+			}
+			return err
+		},
+	}
+	kmsCmd.Flags().StringVar(&ke.KeyID, "key-id", "", "the KMS key (key ID or ARN, not an alias)")
+	kmsCmd.Flags().StringVar(&ke.Region, "region", "", "the KMS region (default: from the AWS environment)")
+	kmsCmd.Flags().StringVar(&ke.Endpoint, "endpoint", "", "a KMS endpoint URL other than AWS's")
+	kmsCmd.MarkFlagRequired("key-id")
+	cmd.AddCommand(kmsCmd)
+	export.Flags().StringVar(&out, "out", "", "the worker keyring file to write (must not exist)")
+	export.MarkFlagRequired("out")
+	cmd.AddCommand(export)
 	return cmd
 }
 

@@ -17,6 +17,7 @@ type serveNBDOptions struct {
 	overlay string
 	metrics string
 	worker  worker.Options
+	expose  exposeOptions
 }
 
 func newServeNBDCmd() *cobra.Command {
@@ -42,11 +43,23 @@ that receives the writes (the image itself is never changed).`,
 	f.StringVar(&o.export, "export", "", "export name (default: the image name)")
 	f.StringVar(&o.overlay, "overlay", "", "copy-on-write file for writes (makes the export writable)")
 	f.StringVar(&o.metrics, "metrics-listen", "", "serve Prometheus /metrics on this address")
+	o.expose.bind(f, true)
 	bindWorker(f, &o.worker)
 	return cmd
 }
 
 func runServeNBD(ctx context.Context, o serveNBDOptions, name string) error {
+	tlsConf, err := o.expose.tls()
+	if err != nil {
+		return err
+	}
+	if err := nbd.CheckListen(o.listen, tlsConf != nil, o.expose.insecure); err != nil {
+		return err
+	}
+	mode, err := o.expose.mode()
+	if err != nil {
+		return err
+	}
 	reg := metrics.NewRegistry()
 	w, err := openImage(ctx, o.worker, name, reg)
 	if err != nil {
@@ -62,7 +75,7 @@ func runServeNBD(ctx context.Context, o serveNBDOptions, name string) error {
 	if export == "" {
 		export = name
 	}
-	l, err := worker.Listen(o.listen)
+	l, err := worker.ListenMode(o.listen, mode)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", o.listen, err)
 	}
@@ -75,6 +88,7 @@ func runServeNBD(ctx context.Context, o serveNBDOptions, name string) error {
 	}
 	c := nbd.DefaultConfig()
 	c.Log = logger
+	c.TLS = tlsConf
 	srv := nbd.NewServer(map[string]nbd.Export{export: {Device: dev, Description: w.Name}}, c)
 	fmt.Fprintf(stderr, "serving %s (%d bytes) as NBD export %q on %s\n", w.Name, w.Image.Size(), export, o.listen)
 	err = srv.Serve(ctx, l)

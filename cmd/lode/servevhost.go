@@ -16,6 +16,7 @@ type serveVhostOptions struct {
 	workers int
 	report  string
 	worker  worker.Options
+	expose  exposeOptions
 }
 
 func newServeVhostCmd() *cobra.Command {
@@ -47,6 +48,7 @@ interrupted.`,
 	f.StringVar(&o.overlay, "overlay", "", "copy-on-write file for writes (makes the disk writable)")
 	f.IntVar(&o.workers, "workers", 16, "requests served at once per VM")
 	f.StringVar(&o.report, "report", "", "on exit, write the bytes the VMs read and lode fetched per tier as JSON to this file (the fields of lode vm --report)")
+	o.expose.bind(f, false)
 	bindWorker(f, &o.worker)
 	return cmd
 }
@@ -54,11 +56,15 @@ interrupted.`,
 // runServeVhost wires lode serve-vhost (worker.Image.ServeVhost). ready, if
 // not nil, is closed once the socket listens.
 func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready chan<- struct{}) error {
+	sockMode, err := o.expose.mode()
+	if err != nil {
+		return err
+	}
 	w, err := openImage(ctx, o.worker, name, nil)
 	if err != nil {
 		return err
 	}
 	defer w.Close()
-	return w.ServeVhost(ctx, worker.VhostOptions{Socket: o.socket, Overlay: o.overlay, Workers: o.workers,
+	return w.ServeVhost(ctx, worker.VhostOptions{Socket: o.socket, SocketMode: sockMode, Overlay: o.overlay, Workers: o.workers,
 		Report: o.report, Fetches: o.worker.Fetches, ErrOut: stderr}, ready)
 }

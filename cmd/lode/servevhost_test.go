@@ -72,7 +72,7 @@ print("marked" if buf[:17] == b"` + mark + `" else "original")`
 				t.Fatalf("serve-vhost: %v", err)
 			}
 			c.stdout.Reset()
-			err := c.execLode(t, "vm", "demo", "--disk", "vhost-user:"+sock, "--entrypoint", "/bin/sh", "--", "-c", script)
+			err := c.execLode(t, "vm", "demo", "--allow-store-secret", "--disk", "vhost-user:"+sock, "--entrypoint", "/bin/sh", "--", "-c", script)
 			cancel()
 			if serr := <-served; serr != nil {
 				t.Errorf("serve-vhost: %v", serr)

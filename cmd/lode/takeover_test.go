@@ -49,6 +49,7 @@ func TestTakeoverHelperAgent(t *testing.T) {
 	logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	o := agentOptions{d: worker.DaemonConfig{Socket: s.Socket, StateDir: s.StateDir, Takeover: true, AfterTakeover: s.AfterTakeover, Worker: worker.Options{
 		CacheDir: s.CacheDir, DiskBytes: 256 << 20, MemBytes: 64 << 20, FetchTimeout: 20 * time.Second, ReadAhead: 4, Fetches: 8,
+		AllowStoreSecret: true,
 	}}}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

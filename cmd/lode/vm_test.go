@@ -43,7 +43,7 @@ func TestVMBootsImage(t *testing.T) {
 			c.stdout.Reset()
 			c.stderr.Reset()
 			report := filepath.Join(t.TempDir(), "report.json")
-			args := append([]string{"vm", "demo", "--cache-dir", filepath.Join(t.TempDir(), "cache"), "--report", report, "--entrypoint", "/bin/sh"}, tc.disk...)
+			args := append([]string{"vm", "demo", "--allow-store-secret", "--cache-dir", filepath.Join(t.TempDir(), "cache"), "--report", report, "--entrypoint", "/bin/sh"}, tc.disk...)
 			err := c.execLode(t, append(args, "--", "-c", script)...)
 			var ee *exitError
 			if !errors.As(err, &ee) || ee.code != 7 {

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 
 	"github.com/lode-dev/lode/internal/catalog"
+	"github.com/lode-dev/lode/internal/kms"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
 	"github.com/lode-dev/lode/internal/store/storeurl"
@@ -27,7 +28,11 @@ func openKeyring() (*manifest.FileKeyring, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("no keyring at %s: run `lode keys create --tenant %s` first: %w", global.keyringPath(), global.tenant, err)
 	}
-	return kr, err
+	if err != nil {
+		return nil, err
+	}
+	kr.SetKMS(kms.Dial) // tenants whose key is in AWS KMS (lode keys kms)
+	return kr, nil
 }
 
 // resolveImage opens the store and keyring and resolves the tenant's image

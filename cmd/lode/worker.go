@@ -28,6 +28,10 @@ func bindWorker(f *pflag.FlagSet, o *worker.Options) {
 	f.StringSliceVar(&o.Fleet, "fleet", nil, "cache fleet nodes (host:port, or DNS names resolving to several nodes), comma-separated")
 	f.IntVar(&o.FleetM, "fleet-data-shards", 4, "Reed–Solomon data shards (M): a chunk is rebuilt from any M replies")
 	f.IntVar(&o.FleetK, "fleet-shards", 5, "total shards per chunk (K = M data + parity), one per node")
+	f.StringVar(&o.FleetTLS.Cert, "fleet-tls-cert", "", "this worker's certificate for mutual TLS with the fleet (`lode cache certs --worker NAME`)")
+	f.StringVar(&o.FleetTLS.Key, "fleet-tls-key", "", "the --fleet-tls-cert key")
+	f.StringVar(&o.FleetTLS.CA, "fleet-tls-ca", "", "the fleet CA that nodes' certificates must chain to")
+	f.BoolVar(&o.AllowStoreSecret, "allow-store-secret", false, "run although the keyring holds the store secret (a builder's keyring); give workers one from `lode keys export`")
 }
 
 // bindFill binds the background fill flags to o.

@@ -321,7 +321,7 @@ func (a *Agent) run(c *call, holding bool) {
 		}
 	}
 	bp := a.buffer(c.size + chunk.Overhead + zstdSlack)
-	ct := a.fetch(c, *bp)
+	ct := a.fetchSafe(c, *bp)
 	<-a.sem
 	a.finish(c)
 	if c.err == nil && c.tier > 0 {

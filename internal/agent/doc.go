@@ -30,6 +30,12 @@
 // hashes chunks itself (NameVerifier, the fleet client) spares the agent the
 // second SHA-256 (tier.go).
 //
+// Manifests are tenant input even when they open with a valid key: every
+// length is checked before plaintext is sliced, and each read and each fetch
+// runs inside a recover boundary that fails only that read (ErrPanic,
+// lode_agent_read_panics_total; recover.go), so one image cannot stop a
+// worker serving others (issue #19).
+//
 // Hand-written on the standard library: the per-chunk single flight needs
 // reference-counted cancellation (a fetch stops only when every waiter has
 // gone, and one waiter leaving never cancels it for the others), which

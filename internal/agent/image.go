@@ -129,7 +129,13 @@ func (im *Image) chunkLen(i int) int {
 // only when the image ends first (then with io.EOF). On error it returns 0
 // and an error wrapping ErrIO and the cause, naming the image and chunk; no
 // byte of p is meaningful then. Chunks spanned by p are fetched in parallel.
-func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+//
+// A panic anywhere in the read (a bug reached by a crafted manifest or
+// chunk) fails only this read: it is recovered, logged with its stack,
+// counted (lode_agent_read_panics_total) and returned as an error wrapping
+// ErrIO and ErrPanic, so one image cannot stop a process serving others.
+func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (n int, err error) {
+	defer im.a.recoverRead(im.name, off, &n, &err)
 	// The agent's context ends when the agent is closed: after that no read
 	// is served, not even from the memory cache.
 	if im.isShut.Load() || im.a.ctx.Err() != nil {
@@ -155,9 +161,8 @@ func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	im.demandSeq.Add(1)
 	im.demandActive.Add(1)
 	defer im.demandActive.Add(-1)
-	n := int(end - off)
+	n = int(end - off)
 	first, last := int(off/im.cs), int((end-1)/im.cs)
-	var err error
 	if first == last {
 		err = im.readChunk(ctx, first, p[:n], int(off-int64(first)*im.cs))
 	} else {
@@ -277,6 +282,9 @@ func (im *Image) start(i int) ([]byte, *call, error) {
 			plain, ok = a.cfg.Mem.Get(key)
 		}
 		if ok {
+			if err := im.checkLen(i, ref, plain); err != nil {
+				return nil, nil, err
+			}
 			im.memHit(plain)
 			return plain, nil, nil
 		}
@@ -284,6 +292,9 @@ func (im *Image) start(i int) ([]byte, *call, error) {
 	}
 	c, plain, _ := a.join(ref, im.chunkLen(i), im, false, false)
 	if plain != nil {
+		if err := im.checkLen(i, ref, plain); err != nil {
+			return nil, nil, err
+		}
 		im.memHit(plain)
 		return plain, nil, nil
 	}
@@ -291,6 +302,20 @@ func (im *Image) start(i int) ([]byte, *call, error) {
 		return nil, nil, im.fail(i, fmt.Errorf("%w: %w", ErrIO, ErrClosed))
 	}
 	return nil, c, nil
+}
+
+// checkLen fails the read of chunk i when plain, its plaintext from the
+// memory cache, is not as long as this image's manifest says. The cache is
+// keyed by name and key only, so another image (another tenant's, or a
+// crafted manifest that opens with a valid key) may have put the same chunk
+// there at another chunk size: its bytes are authentic, but slicing them at
+// this image's offsets would run past their end (issue #19).
+func (im *Image) checkLen(i int, ref chunk.Ref, plain []byte) error {
+	if len(plain) == im.chunkLen(i) {
+		return nil
+	}
+	return im.fail(i, fmt.Errorf("%w: %w", ErrIO, &chunk.CorruptError{Name: ref.Name,
+		Reason: fmt.Sprintf("cached plaintext is %d bytes, the manifest says %d", len(plain), im.chunkLen(i))}))
 }
 
 func (im *Image) memHit(plain []byte) {

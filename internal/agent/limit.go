@@ -85,8 +85,10 @@ func (r *rateLimited) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]by
 }
 
 // Admission bounds the image starts a worker has in flight. A start holds a
-// slot from Acquire until the release function is called (when the
-// container's first exec has happened, or the start failed). Reads of
+// slot from Acquire until the release function is called: when the start
+// failed, or, once its image is set up, at the end of its first reads
+// (StartGate.Hold: the container's first exec where the caller sees it, else
+// the reads going quiet, at most a window). Reads of
 // running containers never pass through it; and the reads of a starting
 // image (Image.SetStarting) take at most three quarters of the agent's fetch
 // slots, so running containers keep priority over new starts.
@@ -136,6 +138,66 @@ func (a *Admission) Acquire(ctx context.Context, image string) (release func(), 
 		a.inFlight(-1)
 		<-a.slots
 	}, nil
+}
+
+// StartGate is how long a start keeps its admission slot after its image is
+// mounted or exported: through its first reads, which are what a storm of
+// starts costs the tiers. Hold releases the slot at the first of: the
+// container's first exec (execd closed, where the caller sees it, as lode
+// run does), the image having been read since Hold and then no read having
+// been in progress for Quiet, Window after Hold, or the image being closed.
+type StartGate struct {
+	Window time.Duration // 0: DefaultStartWindow
+	Quiet  time.Duration // 0: DefaultStartQuiet
+}
+
+// Defaults of StartGate: a start's reads are over after 250 ms without one
+// (runc starts a container in 20–60 ms, so a start's reads come in one burst;
+// a quiet period of a second held each slot long after a warm start's 20 ms
+// of reads, and capped one worker at --max-starts starts a second), and a
+// slot is held at most 10 s (lode agent's --start-window).
+const (
+	DefaultStartWindow = 10 * time.Second
+	DefaultStartQuiet  = 250 * time.Millisecond
+)
+
+// Hold calls release (from Acquire) at the end of im's first reads, as
+// StartGate says, from a goroutine of its own. execd may be nil.
+func (g StartGate) Hold(release func(), im *Image, execd <-chan struct{}) {
+	if g.Window <= 0 {
+		g.Window = DefaultStartWindow
+	}
+	if g.Quiet <= 0 {
+		g.Quiet = DefaultStartQuiet
+	}
+	seq0 := im.demandSeq.Load()
+	go func() {
+		defer release()
+		window := time.NewTimer(g.Window)
+		defer window.Stop()
+		tick := time.NewTicker(max(g.Quiet/5, 10*time.Millisecond))
+		defer tick.Stop()
+		last, changed := seq0, time.Now()
+		for {
+			select {
+			case <-execd:
+				return
+			case <-window.C:
+				return
+			case <-im.ctx.Done(): // the image was closed
+				return
+			case now := <-tick.C:
+				seq := im.demandSeq.Load()
+				if seq != last {
+					last, changed = seq, now
+					continue
+				}
+				if seq != seq0 && im.demandActive.Load() == 0 && now.Sub(changed) >= g.Quiet {
+					return
+				}
+			}
+		}
+	}()
 }
 
 // InFlight is the number of starts holding a slot.

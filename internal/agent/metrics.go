@@ -23,6 +23,7 @@ type Metrics struct {
 	memBytes     prometheus.Gauge
 	degraded     *prometheus.CounterVec // reason (degraded.go)
 	fillBytes    prometheus.Counter     // background fill (fill.go)
+	panics       prometheus.Counter     // recovered panics in the read path (recover.go)
 
 	startsInFlight prometheus.Gauge   // Admission
 	startsRejected prometheus.Counter // Admission: ErrTooManyStarts
@@ -85,6 +86,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "lode_agent_background_fill_bytes_total",
 			Help: "Plaintext bytes of chunks fetched by the background fill.",
 		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lode_agent_read_panics_total",
+			Help: "Panics recovered in the read path; each failed one read with EIO (a bug: see the log for its stack).",
+		}),
 		startsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "lode_agent_starts_in_flight",
 			Help: "Image starts holding an admission slot.",
@@ -97,7 +102,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.requests, m.tierBytes, m.fetchSeconds, m.verifyFails, m.fillErrors,
 			m.fillSkipped, m.readBytes, m.holeReads, m.readErrors, m.readAhead, m.memBytes,
-			m.startsInFlight, m.startsRejected, m.degraded, m.fillBytes)
+			m.startsInFlight, m.startsRejected, m.degraded, m.fillBytes, m.panics)
 	}
 	return m
 }
@@ -150,11 +155,12 @@ type agentMetrics struct {
 	fillSkipped, readBytes, holeReads, readErrors, readAhead prometheus.Counter
 	memBytes                                                 prometheus.Gauge
 	fillBytes                                                prometheus.Counter
+	panics                                                   prometheus.Counter
 }
 
 func (m *Metrics) agent() agentMetrics {
 	if m == nil {
 		return agentMetrics{}
 	}
-	return agentMetrics{m.fillSkipped, m.readBytes, m.holeReads, m.readErrors, m.readAhead, m.memBytes, m.fillBytes}
+	return agentMetrics{m.fillSkipped, m.readBytes, m.holeReads, m.readErrors, m.readAhead, m.memBytes, m.fillBytes, m.panics}
 }

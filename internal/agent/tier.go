@@ -17,6 +17,9 @@ var (
 	ErrIO = errors.New("chunk unavailable")
 	// ErrClosed: the image or agent was closed.
 	ErrClosed = errors.New("agent closed")
+	// ErrPanic: the read hit a bug and panicked; the panic was recovered and
+	// only this read failed (Image.ReadAt). Errors wrapping it wrap ErrIO too.
+	ErrPanic = errors.New("read panicked (recovered)")
 )
 
 // Tier is a source of chunk ciphertext: the disk cache, the cache fleet, the

@@ -210,7 +210,15 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	}
 	// Check the tenant key before doing any work: a missing key is the most
 	// common mistake and should not cost a whole flatten.
-	if _, err := kr.Wrap(ctx, o.Tenant, make([]byte, 32)); err != nil {
+	// A key in KMS is checked by asking for a data key, which also finds
+	// an unreachable KMS before the flatten.
+	if ik, ok := kr.(manifest.ImageKeyring); ok && ik.BindsImages(o.Tenant) {
+		dk, _, err := ik.GenerateDataKey(ctx, o.Tenant, o.Name)
+		if err != nil {
+			return Result{}, fmt.Errorf("checking key of tenant %s: %w", o.Tenant, err)
+		}
+		clear(dk)
+	} else if _, err := kr.Wrap(ctx, o.Tenant, make([]byte, 32)); err != nil {
 		return Result{}, fmt.Errorf("checking key of tenant %s: %w", o.Tenant, err)
 	}
 	res := Result{Tenant: o.Tenant, Name: o.Name}
@@ -298,7 +306,7 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		}
 	}
 
-	sealed, err := manifest.Seal(ctx, m, o.Tenant, kr)
+	sealed, err := manifest.SealImage(ctx, m, o.Tenant, o.Name, kr)
 	if err != nil {
 		return res, fmt.Errorf("sealing manifest of %s/%s: %w", o.Tenant, o.Name, err)
 	}

@@ -3,6 +3,7 @@ package cachefleet
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +66,11 @@ type ClientConfig struct {
 	// Transport defaults to a transport tuned for many small parallel
 	// requests to few hosts (NewTransport).
 	Transport http.RoundTripper
+	// TLS, if set, makes the client speak HTTPS to every node (nodes
+	// without a scheme are https://) with this configuration: the worker's
+	// certificate and the fleet CA (certs.Reloader.ClientConfig). It is set
+	// on the default or a given *http.Transport.
+	TLS *tls.Config
 	// Log defaults to discarding.
 	Log *slog.Logger
 	// Metrics defaults to unregistered collectors.
@@ -117,6 +124,12 @@ func (c *ClientConfig) applyDefaults() {
 	}
 	if c.Transport == nil {
 		c.Transport = NewTransport()
+	}
+	if ht, ok := c.Transport.(*http.Transport); ok && c.TLS != nil {
+		ht = ht.Clone()
+		ht.TLSClientConfig = c.TLS
+		ht.ForceAttemptHTTP2 = false // nodes speak HTTP/1.1
+		c.Transport = ht
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
@@ -235,6 +248,9 @@ func NewClient(c ClientConfig) (*Client, error) {
 	names := false
 	for _, s := range c.Nodes {
 		e, _ := parseNode(s)
+		if c.TLS != nil && !strings.Contains(s, "://") {
+			e.scheme = "https"
+		}
 		cl.entries = append(cl.entries, e)
 		names = names || !e.literal
 	}

@@ -3,6 +3,7 @@ package cachenode
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
@@ -66,7 +67,10 @@ func (fs *fastServer) serve(l net.Listener) error {
 			fs.handoff.give(c)
 			continue
 		}
-		fc := &fastConn{fs: fs, c: tc}
+		fc := &fastConn{fs: fs, c: tc, tcp: tc}
+		if fs.s.tls != nil { // mutual TLS (tls.go): the handshake runs in serve
+			fc.c, fc.tcp = tls.Server(tc, fs.s.tls), nil
+		}
 		fs.mu.Lock()
 		if fs.closing.Load() {
 			fs.mu.Unlock()
@@ -111,9 +115,10 @@ func (fs *fastServer) shutdown(ctx context.Context) {
 
 // fastConn is one connection served by the fast path.
 type fastConn struct {
-	fs *fastServer
-	c  *net.TCPConn
-	br *bufio.Reader
+	fs  *fastServer
+	c   net.Conn     // the TCP connection, or TLS over it
+	tcp *net.TCPConn // nil over TLS: no sendfile, no MSG_MORE
+	br  *bufio.Reader
 
 	mu   sync.Mutex
 	idle bool // waiting for a request; shutdown may close it
@@ -137,6 +142,9 @@ func (fc *fastConn) serve() {
 		fc.fs.mu.Unlock()
 		fc.fs.wg.Done()
 	}()
+	if tc, ok := fc.c.(*tls.Conn); ok && !fc.fs.s.handshake(tc) {
+		return
+	}
 	fc.br = bufio.NewReaderSize(fc.c, maxFastHead)
 	for {
 		if fc.br.Buffered() == 0 {
@@ -161,7 +169,11 @@ func (fc *fastConn) serve() {
 			fc.c.SetReadDeadline(time.Time{})
 			handedOff = true
 			fc.fs.s.handoffs.Inc()
-			fc.fs.handoff.give(&handedConn{TCPConn: fc.c, r: fc.br})
+			if fc.tcp == nil {
+				fc.fs.handoff.give(&handedTLS{Conn: fc.c, r: fc.br})
+			} else {
+				fc.fs.handoff.give(&handedConn{TCPConn: fc.tcp, r: fc.br})
+			}
 			return
 		}
 		answer := fc.answer
@@ -255,9 +267,10 @@ func (fc *fastConn) answer(req fastRequest) bool {
 func (fc *fastConn) put(req fastRequest) bool {
 	s := fc.fs.s
 	start := time.Now()
-	data := make([]byte, req.length)
 	fc.c.SetReadDeadline(start.Add(s.idleTimeout))
-	if _, err := io.ReadFull(fc.br, data); err != nil {
+	data, release, err := s.bodies.read(context.Background(), fc.br, int64(req.length))
+	defer release()
+	if err != nil {
 		return false
 	}
 	fc.stampDate(start)
@@ -271,7 +284,7 @@ func (fc *fastConn) put(req fastRequest) bool {
 		fc.head = fc.buildHead(http.StatusNoContent, 0, "", req.close)
 		s.putOK.Inc()
 	}
-	_, err := fc.c.Write(fc.head)
+	_, err = fc.c.Write(fc.head)
 	s.putLatency.Observe(time.Since(start).Seconds())
 	return err == nil
 }
@@ -287,13 +300,23 @@ func (fc *fastConn) writeShards() bool {
 			bufs = append(bufs, r.data)
 			continue
 		}
+		if fc.tcp == nil { // TLS: the file's bytes go through the cipher
+			if err := fc.writeBufs(bufs); err != nil {
+				return false
+			}
+			bufs = bufs[:0]
+			if _, err := io.Copy(fc.c, io.NewSectionReader(r.file, 0, r.size)); err != nil {
+				return false
+			}
+			continue
+		}
 		if len(bufs) > 0 {
 			if err := fc.writeMore(bufs); err != nil {
 				return false
 			}
 			bufs = bufs[:0]
 		}
-		if err := sendFileAt(fc.c, r.file, r.size); err != nil {
+		if err := sendFileAt(fc.tcp, r.file, r.size); err != nil {
 			return false
 		}
 	}
@@ -343,7 +366,7 @@ func (fc *fastConn) writeBufs(bufs [][]byte) error {
 // writeMore writes bufs with MSG_MORE: the kernel holds them back to fill
 // a packet with what follows (a sendfile).
 func (fc *fastConn) writeMore(bufs [][]byte) error {
-	rc, err := fc.c.SyscallConn()
+	rc, err := fc.tcp.SyscallConn()
 	if err != nil {
 		return err
 	}

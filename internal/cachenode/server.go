@@ -2,6 +2,7 @@ package cachenode
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +35,13 @@ type ServerConfig struct {
 	// Registry receives the node's metrics and is served on /metrics; nil
 	// uses a fresh private registry.
 	Registry *prometheus.Registry
+	// TLS, if set, makes every connection mutual TLS (tls.go): a client
+	// without a certificate this configuration accepts is refused at the
+	// handshake. Use certs.Reloader.ServerConfig(certs.RoleWorker).
+	TLS *tls.Config
+	// PutBudget bounds the bytes of PUT bodies being read at once (default
+	// 256 MiB); bodies are read incrementally into it (body.go).
+	PutBudget int64
 }
 
 // Validate reports every problem with c at once.
@@ -84,6 +92,10 @@ type Server struct {
 	idleTimeout, headerTimeout time.Duration
 	// handoffs counts connections the fast path passed to net/http.
 	handoffs prometheus.Counter
+
+	tls        *tls.Config
+	tlsRefused prometheus.Counter // connections refused at the TLS handshake
+	bodies     *bodyBudget
 }
 
 // NewServer creates a node; with a DiskDir it scans the directory first.
@@ -108,6 +120,13 @@ func NewServer(c ServerConfig) (*Server, error) {
 	if err := reg.Register(handoffs); err != nil {
 		return nil, fmt.Errorf("registering cache node metrics: %w", err)
 	}
+	tlsRefused := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "lode_cachenode_tls_refused_total",
+		Help: "Connections refused at the TLS handshake (no, forged, expired or non-worker client certificate).",
+	})
+	if err := reg.Register(tlsRefused); err != nil {
+		return nil, fmt.Errorf("registering cache node metrics: %w", err)
+	}
 	st, err := newNodeStore(c.MemBytes, c.DiskDir, c.DiskBytes, log, m)
 	if err != nil {
 		return nil, err
@@ -122,6 +141,7 @@ func NewServer(c ServerConfig) (*Server, error) {
 		putLatency:  m.latency.WithLabelValues(http.MethodPut),
 		idleTimeout: idleTimeout, headerTimeout: headerTimeout,
 		handoffs: handoffs,
+		tls:      c.TLS, tlsRefused: tlsRefused, bodies: newBodyBudget(c.PutBudget),
 	}, nil
 }
 
@@ -262,17 +282,11 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request, n chunk.Name, i int
 		return
 	}
 	body := http.MaxBytesReader(w, r.Body, fleetproto.MaxShardSize)
-	var data []byte
-	var err error
-	if r.ContentLength >= 0 {
-		data = make([]byte, r.ContentLength)
-		_, err = io.ReadFull(body, data)
-	} else {
-		data, err = io.ReadAll(body)
-	}
+	data, release, err := s.bodies.read(r.Context(), body, r.ContentLength)
+	defer release()
 	if err != nil {
 		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
+		if errors.As(err, &tooBig) || errors.Is(err, errBodyTooLarge) {
 			http.Error(w, fmt.Sprintf("shard exceeds %d bytes", fleetproto.MaxShardSize), http.StatusRequestEntityTooLarge)
 			return
 		}

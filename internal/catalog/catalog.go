@@ -61,7 +61,7 @@ func openManifest(ctx context.Context, st store.Store, kr manifest.Keyring, tena
 	if got := manifest.ID(sealed); got != p.Manifest {
 		return nil, fmt.Errorf("manifest of image %s/%s: object %s hashes to %s: %w", tenant, name, p.Manifest, got, manifest.ErrCorrupt)
 	}
-	m, err := manifest.Open(ctx, sealed, tenant, kr)
+	m, err := manifest.OpenImage(ctx, sealed, tenant, name, kr)
 	if err != nil {
 		return nil, fmt.Errorf("opening manifest %s of image %s/%s: %w", p.Manifest, tenant, name, err)
 	}

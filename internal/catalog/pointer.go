@@ -105,7 +105,7 @@ func swap(ctx context.Context, st store.Store, tenant, name string, old store.Po
 // longer equals p the new manifest is removed and the error wraps
 // ErrChanged. It returns the new manifest's id.
 func StoreHints(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name string, p store.Pointer, m *manifest.Manifest) (string, error) {
-	sealed, err := manifest.Seal(ctx, m, tenant, kr)
+	sealed, err := manifest.SealImage(ctx, m, tenant, name, kr)
 	if err != nil {
 		return "", fmt.Errorf("sealing the profiled manifest of %s/%s: %w", tenant, name, err)
 	}

@@ -211,7 +211,10 @@ func (r *Resolver) readPointer(ctx context.Context, tenant, name string) (store.
 }
 
 func (r *Resolver) manifest(ctx context.Context, tenant, name string, p store.Pointer) (*manifest.Manifest, error) {
-	key := tenant + "/" + p.Manifest
+	// The image name is part of the key: a manifest sealed under a KMS key
+	// opens only under the name it was sealed for (issue #19), so another
+	// name pointing at the same manifest must not skip that check.
+	key := tenant + "/" + p.Manifest + "/" + name
 	r.mu.Lock()
 	if e := r.manifests[key]; e != nil {
 		r.lru.MoveToFront(e)

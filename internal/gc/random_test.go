@@ -63,7 +63,7 @@ func seeds(t *testing.T, n int) []uint64 {
 // mode runs more: LODE_GC_SEEDS=1000 go test ./internal/gc -run TestRandomMem
 // -timeout 2h (docs/gc.md, "Testing").
 func TestRandomMem(t *testing.T) {
-	runRandom(t, func(t *testing.T) store.Store { return mem.New() }, 12, 50)
+	runRandom(t, func(t *testing.T) store.Store { return mem.New() }, 8, 50)
 }
 
 func TestRandomFile(t *testing.T) {
@@ -73,7 +73,7 @@ func TestRandomFile(t *testing.T) {
 			t.Fatal(err)
 		}
 		return st
-	}, 4, 40)
+	}, 3, 40)
 }
 
 var s3Prefix atomic.Int64

@@ -29,6 +29,7 @@ var allowed = map[string][]string{
 	"internal/cachefleet/fleettest": {"internal/cachenode"},
 	"internal/cachenode":            {"internal/chunk", "internal/fleetproto", "internal/metrics"},
 	"internal/catalog":              {"internal/chunk", "internal/manifest", "internal/store"},
+	"internal/certs":                {},
 	"internal/chunk":                {},
 	"internal/demo":                 {},
 	"internal/ext4img":              {},
@@ -36,12 +37,14 @@ var allowed = map[string][]string{
 	"internal/gc":                   {"internal/catalog", "internal/chunk", "internal/manifest", "internal/store"},
 	"internal/heatmap":              {"internal/chunk", "internal/manifest"},
 	"internal/imagetest":            {"internal/build", "internal/catalog", "internal/manifest", "internal/store", "internal/store/file"},
+	"internal/kms":                  {"internal/manifest"},
 	"internal/lint":                 {},
 	"internal/lodetest":             {},
 	"internal/manifest":             {"internal/chunk"},
 	"internal/metrics":              {},
 	"internal/oci":                  {},
 	"internal/run":                  {"internal/manifest"},
+	"internal/snapshotter":          {"internal/catalog", "internal/store"},
 	"internal/store":                {"internal/chunk"},
 	"internal/store/file":           {"internal/store"},
 	"internal/store/mem":            {"internal/store"},
@@ -49,7 +52,7 @@ var allowed = map[string][]string{
 	"internal/store/storetest":      {"internal/store"},
 	"internal/store/storeurl":       {"internal/store", "internal/store/file", "internal/store/mem", "internal/store/s3"},
 	"internal/vm":                   {"internal/blockdev"},
-	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/blockdev/vhost", "internal/cachefleet", "internal/catalog", "internal/heatmap", "internal/manifest", "internal/metrics", "internal/run", "internal/store", "internal/vm"},
+	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/blockdev/vhost", "internal/cachefleet", "internal/catalog", "internal/certs", "internal/heatmap", "internal/manifest", "internal/metrics", "internal/run", "internal/store", "internal/vm"},
 }
 
 type pkg struct {

@@ -17,12 +17,20 @@ import (
 // wraps that key with tenant's key from kr, and returns the sealed bytes.
 // Sealing the same manifest twice gives different bytes (and IDs).
 func Seal(ctx context.Context, m *Manifest, tenant string, kr Keyring) ([]byte, error) {
-	return seal(ctx, m, tenant, kr, rand.Reader)
+	return seal(ctx, m, tenant, "", kr, rand.Reader)
 }
 
-// seal is Seal with its randomness (data key, then nonce) read from rnd, so
-// that known-answer tests can pin the bytes.
-func seal(ctx context.Context, m *Manifest, tenant string, kr Keyring, rnd io.Reader) ([]byte, error) {
+// SealImage is Seal for tenant's image named image. When kr is an
+// ImageKeyring that binds tenant's keys to images (a KMS key), the data key
+// comes from kr.GenerateDataKey, bound to tenant and image; OpenImage must
+// then be given the same image name.
+func SealImage(ctx context.Context, m *Manifest, tenant, image string, kr Keyring) ([]byte, error) {
+	return seal(ctx, m, tenant, image, kr, rand.Reader)
+}
+
+// seal is SealImage with its randomness (data key, then nonce) read from
+// rnd, so that known-answer tests can pin the bytes.
+func seal(ctx context.Context, m *Manifest, tenant, image string, kr Keyring, rnd io.Reader) ([]byte, error) {
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("sealing manifest: %w", err)
 	}
@@ -30,15 +38,29 @@ func seal(ctx context.Context, m *Manifest, tenant string, kr Keyring, rnd io.Re
 		return nil, fmt.Errorf("sealing manifest: %w", err)
 	}
 	var random [keySize + nonceSize]byte
-	if _, err := io.ReadFull(rnd, random[:]); err != nil {
-		return nil, fmt.Errorf("sealing manifest: reading random data key: %w", err)
+	var dataKey, nonce, wrapped []byte
+	if ik, ok := kr.(ImageKeyring); ok && ik.BindsImages(tenant) {
+		dk, w, err := ik.GenerateDataKey(ctx, tenant, image)
+		if err != nil {
+			return nil, fmt.Errorf("sealing manifest: %w", err)
+		}
+		defer clear(dk)
+		if _, err := io.ReadFull(rnd, random[keySize:]); err != nil {
+			return nil, fmt.Errorf("sealing manifest: reading random nonce: %w", err)
+		}
+		dataKey, nonce, wrapped = dk, random[keySize:], w
+	} else {
+		if _, err := io.ReadFull(rnd, random[:]); err != nil {
+			return nil, fmt.Errorf("sealing manifest: reading random data key: %w", err)
+		}
+		dataKey, nonce = random[:keySize], random[keySize:]
+		w, err := kr.Wrap(ctx, tenant, dataKey)
+		if err != nil {
+			return nil, fmt.Errorf("sealing manifest: wrapping data key for tenant %q: %w", tenant, err)
+		}
+		wrapped = w
 	}
 	defer clear(random[:])
-	dataKey, nonce := random[:keySize], random[keySize:]
-	wrapped, err := kr.Wrap(ctx, tenant, dataKey)
-	if err != nil {
-		return nil, fmt.Errorf("sealing manifest: wrapping data key for tenant %q: %w", tenant, err)
-	}
 	if len(wrapped) == 0 || len(wrapped) > MaxWrappedKey {
 		return nil, fmt.Errorf("sealing manifest: wrapped data key for tenant %q is %d bytes, want 1 to %d", tenant, len(wrapped), MaxWrappedKey)
 	}
@@ -130,6 +152,14 @@ func parseEnvelope(sealed []byte) (*envelope, error) {
 // the error wraps both ErrWrongKey and ErrCorrupt. No manifest is returned
 // with an error.
 func Open(ctx context.Context, sealed []byte, tenant string, kr Keyring) (*Manifest, error) {
+	return OpenImage(ctx, sealed, tenant, "", kr)
+}
+
+// OpenImage is Open for tenant's image named image: a manifest sealed by
+// SealImage under a key that binds images (KMS) opens only under the image
+// name it was sealed for (else ErrWrongKey). ErrKMSUnavailable when that KMS
+// cannot be reached.
+func OpenImage(ctx context.Context, sealed []byte, tenant, image string, kr Keyring) (*Manifest, error) {
 	e, err := parseEnvelope(sealed)
 	if err != nil {
 		return nil, fmt.Errorf("opening manifest: %w", err)
@@ -141,7 +171,12 @@ func Open(ctx context.Context, sealed []byte, tenant string, kr Keyring) (*Manif
 	if e.tenant != tenant {
 		return nil, fmt.Errorf("opening manifest as tenant %q: it is sealed for tenant %q: %w", tenant, e.tenant, ErrWrongKey)
 	}
-	dataKey, err := kr.Unwrap(ctx, tenant, e.wrapped)
+	var dataKey []byte
+	if ik, ok := kr.(ImageKeyring); ok && ik.BindsImages(tenant) {
+		dataKey, err = ik.UnwrapImage(ctx, tenant, image, e.wrapped)
+	} else {
+		dataKey, err = kr.Unwrap(ctx, tenant, e.wrapped)
+	}
 	switch {
 	case errors.Is(err, ErrWrongKey):
 		return nil, fmt.Errorf("opening manifest of tenant %q: unwrapping its data key (the keyring is not the one it was sealed with, or the wrapped key is damaged): %w; %w", tenant, err, ErrCorrupt)

@@ -139,7 +139,7 @@ func TestKnownAnswer(t *testing.T) {
 	ctx := context.Background()
 	golden := filepath.Join("testdata", "sealed-v2.bin")
 	m := katSourceManifest()
-	sealed, err := seal(ctx, m, "acme", katKeyring(), newDetReader("lode manifest KAT seal"))
+	sealed, err := seal(ctx, m, "acme", "", katKeyring(), newDetReader("lode manifest KAT seal"))
 	if err != nil {
 		t.Fatalf("seal() = %v", err)
 	}

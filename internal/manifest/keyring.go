@@ -37,6 +37,12 @@ var (
 	// ErrInsecureKeyring: the keyring file is readable or writable by
 	// users other than its owner.
 	ErrInsecureKeyring = errors.New("keyring file is accessible to other users")
+	// ErrStoreSecretLoaded: a worker was given a keyring that holds the
+	// store secret (CheckWorker). Workers never need it.
+	ErrStoreSecretLoaded = errors.New("keyring holds the store secret")
+	// ErrNoStoreSecret: a builder was given a worker keyring, which has no
+	// store secret (BuilderSecret).
+	ErrNoStoreSecret = errors.New("keyring has no store secret")
 )
 
 const (
@@ -59,6 +65,11 @@ const (
 //
 //	{"version":1,"store_secret":"<base64 32 bytes>","tenants":{"<tenant>":"<base64 32 bytes>",…}}
 //
+// A builder's keyring holds the store secret and the keys of the tenants it
+// builds for. A worker's keyring (Export) holds only the keys of the tenants
+// it serves and no store secret: "store_secret" is absent. Workers check
+// that with CheckWorker (DESIGN.md, "Who holds which key").
+//
 // A wrapped key is nonce (12 bytes) ‖ AES-256-GCM(KEK, nonce, data key,
 // additional data = tenant name): 60 bytes for a 32-byte data key.
 //
@@ -70,9 +81,12 @@ type FileKeyring struct {
 
 	saveMu sync.Mutex // orders Saves: the file always holds the latest snapshot
 
-	mu      sync.RWMutex
-	secret  []byte
-	tenants map[string][]byte
+	mu         sync.RWMutex
+	secret     []byte
+	tenants    map[string][]byte
+	kms        map[string]KMSKey // tenants whose key is in a KMS (kms.go)
+	kmsDial    func(KMSKey) (KMS, error)
+	kmsClients map[string]KMS
 }
 
 var _ Keyring = (*FileKeyring)(nil)
@@ -80,8 +94,9 @@ var _ Keyring = (*FileKeyring)(nil)
 // keyringFile is the JSON form; []byte fields are base64.
 type keyringFile struct {
 	Version     int               `json:"version"`
-	StoreSecret []byte            `json:"store_secret"`
+	StoreSecret []byte            `json:"store_secret,omitempty"` // absent in a worker keyring
 	Tenants     map[string][]byte `json:"tenants"`
+	KMS         map[string]KMSKey `json:"kms,omitempty"` // tenants whose key is in a KMS
 }
 
 // LoadFileKeyring reads the keyring at path. A missing file is an error
@@ -118,10 +133,13 @@ func LoadFileKeyring(path string) (*FileKeyring, error) {
 	if kf.Version != keyringVersion {
 		return nil, fmt.Errorf("loading keyring %s: version %d (this lode reads version %d)", path, kf.Version, keyringVersion)
 	}
-	if len(kf.StoreSecret) != StoreSecretSize {
+	if len(kf.StoreSecret) != StoreSecretSize && len(kf.StoreSecret) != 0 {
 		return nil, fmt.Errorf("loading keyring %s: store secret is %d bytes, want %d", path, len(kf.StoreSecret), StoreSecretSize)
 	}
-	k := &FileKeyring{path: path, rand: rand.Reader, secret: kf.StoreSecret, tenants: make(map[string][]byte, len(kf.Tenants))}
+	k := &FileKeyring{path: path, rand: rand.Reader, tenants: make(map[string][]byte, len(kf.Tenants)), kms: map[string]KMSKey{}}
+	if len(kf.StoreSecret) != 0 {
+		k.secret = kf.StoreSecret
+	}
 	for t, kek := range kf.Tenants {
 		if err := validName("tenant", t); err != nil {
 			return nil, fmt.Errorf("loading keyring %s: %w", path, err)
@@ -130,6 +148,18 @@ func LoadFileKeyring(path string) (*FileKeyring, error) {
 			return nil, fmt.Errorf("loading keyring %s: key of tenant %q is %d bytes, want %d", path, t, len(kek), kekSize)
 		}
 		k.tenants[t] = kek
+	}
+	for t, e := range kf.KMS {
+		if err := validName("tenant", t); err != nil {
+			return nil, fmt.Errorf("loading keyring %s: %w", path, err)
+		}
+		if _, ok := k.tenants[t]; ok {
+			return nil, fmt.Errorf("loading keyring %s: tenant %q has both a key and a KMS key", path, t)
+		}
+		if e.KeyID == "" {
+			return nil, fmt.Errorf("loading keyring %s: KMS key of tenant %q has no key_id", path, t)
+		}
+		k.kms[t] = e
 	}
 	return k, nil
 }
@@ -142,27 +172,32 @@ func CreateFileKeyring(path string) (*FileKeyring, error) {
 }
 
 func createFileKeyring(path string, rnd io.Reader) (*FileKeyring, error) {
-	k := &FileKeyring{path: path, rand: rnd, secret: make([]byte, StoreSecretSize), tenants: map[string][]byte{}}
+	k := &FileKeyring{path: path, rand: rnd, secret: make([]byte, StoreSecretSize), tenants: map[string][]byte{}, kms: map[string]KMSKey{}}
 	if _, err := io.ReadFull(rnd, k.secret); err != nil {
 		return nil, fmt.Errorf("creating keyring %s: reading random store secret: %w", path, err)
 	}
-	// Write a complete temporary file, then link it into place: the link
-	// fails if path exists, and no reader ever sees a partial keyring.
-	tmp, err := k.writeTemp()
-	if err != nil {
-		return nil, fmt.Errorf("creating keyring %s: %w", path, err)
-	}
-	defer os.Remove(tmp)
-	if err := os.Link(tmp, path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("creating keyring %s: %w (%w)", path, ErrExists, fs.ErrExist)
-		}
-		return nil, fmt.Errorf("creating keyring: %w", err)
-	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := k.create(); err != nil {
 		return nil, fmt.Errorf("creating keyring %s: %w", path, err)
 	}
 	return k, nil
+}
+
+// create writes k to its path, which must not exist: a complete temporary
+// file is linked into place, so the link fails if path exists and no reader
+// ever sees a partial keyring.
+func (k *FileKeyring) create() error {
+	tmp, err := k.writeTemp()
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, k.path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%w (%w)", ErrExists, fs.ErrExist)
+		}
+		return err
+	}
+	return syncDir(filepath.Dir(k.path))
 }
 
 // Save writes the keyring to its file atomically (a temporary file, fsync,
@@ -188,7 +223,7 @@ func (k *FileKeyring) Save() error {
 // returns its name.
 func (k *FileKeyring) writeTemp() (string, error) {
 	k.mu.RLock()
-	b, err := json.MarshalIndent(keyringFile{Version: keyringVersion, StoreSecret: k.secret, Tenants: k.tenants}, "", "  ")
+	b, err := json.MarshalIndent(keyringFile{Version: keyringVersion, StoreSecret: k.secret, Tenants: k.tenants, KMS: k.kms}, "", "  ")
 	k.mu.RUnlock()
 	if err != nil {
 		return "", fmt.Errorf("encoding keyring: %w", err)
@@ -246,6 +281,9 @@ func (k *FileKeyring) AddTenant(tenant string) error {
 	if _, ok := k.tenants[tenant]; ok {
 		return fmt.Errorf("adding tenant %q: key %w", tenant, ErrExists)
 	}
+	if _, ok := k.kms[tenant]; ok {
+		return fmt.Errorf("adding tenant %q: KMS key %w", tenant, ErrExists)
+	}
 	k.tenants[tenant] = kek
 	return nil
 }
@@ -254,8 +292,11 @@ func (k *FileKeyring) AddTenant(tenant string) error {
 func (k *FileKeyring) Tenants() []string {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
-	ts := make([]string, 0, len(k.tenants))
+	ts := make([]string, 0, len(k.tenants)+len(k.kms))
 	for t := range k.tenants {
+		ts = append(ts, t)
+	}
+	for t := range k.kms {
 		ts = append(ts, t)
 	}
 	slices.Sort(ts)
@@ -267,22 +308,87 @@ func (k *FileKeyring) HasTenant(tenant string) bool {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	_, ok := k.tenants[tenant]
-	return ok
+	_, inKMS := k.kms[tenant]
+	return ok || inKMS
 }
 
-// StoreSecret returns a copy of the store secret (for chunk.NewSealer).
+// StoreSecret returns a copy of the store secret (for chunk.NewSealer), or
+// nil for a worker keyring.
 func (k *FileKeyring) StoreSecret() []byte {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	return slices.Clone(k.secret)
 }
 
+// HasStoreSecret reports whether the keyring holds the store secret (a
+// builder's keyring does, a worker's does not).
+func (k *FileKeyring) HasStoreSecret() bool {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.secret != nil
+}
+
+// BuilderSecret returns the store secret for a build, or an error wrapping
+// ErrNoStoreSecret when this is a worker keyring.
+func (k *FileKeyring) BuilderSecret() ([]byte, error) {
+	if s := k.StoreSecret(); s != nil {
+		return s, nil
+	}
+	return nil, fmt.Errorf("keyring %s is a worker keyring (made by `lode keys export`): builds need the builder's keyring, which holds the store secret: %w", k.path, ErrNoStoreSecret)
+}
+
+// CheckWorker returns an error wrapping ErrStoreSecretLoaded if the keyring
+// holds the store secret. A worker serving tenants' images never needs it,
+// and a worker holding it can confirm that a known plaintext chunk is
+// stored (the presence test the secret exists to prevent); a leak of one
+// worker's keyring would give that away for every tenant. Callers refuse to
+// start unless told otherwise by their operator.
+func (k *FileKeyring) CheckWorker() error {
+	if !k.HasStoreSecret() {
+		return nil
+	}
+	return fmt.Errorf("keyring %s holds the store secret, which only builders need (make a worker keyring with `lode keys export --tenant T --out FILE`): %w", k.path, ErrStoreSecretLoaded)
+}
+
+// Export writes a worker keyring to path (mode 0600; it must not exist):
+// the keys of the listed tenants only, and no store secret. Every listed
+// tenant must have a key here (else an error wrapping ErrNoKey, and nothing
+// is written).
+func (k *FileKeyring) Export(path string, tenants []string) (*FileKeyring, error) {
+	if len(tenants) == 0 {
+		return nil, fmt.Errorf("exporting keyring to %s: no tenant named", path)
+	}
+	out := &FileKeyring{path: path, rand: k.rand, tenants: map[string][]byte{}, kms: map[string]KMSKey{}}
+	k.mu.RLock()
+	for _, t := range tenants {
+		if e, ok := k.kms[t]; ok {
+			e.Previous = slices.Clone(e.Previous)
+			out.kms[t] = e
+			continue
+		}
+		kek, ok := k.tenants[t]
+		if !ok {
+			k.mu.RUnlock()
+			return nil, fmt.Errorf("exporting keyring to %s: tenant %q in keyring %s: %w", path, t, k.path, ErrNoKey)
+		}
+		out.tenants[t] = slices.Clone(kek)
+	}
+	k.mu.RUnlock()
+	if err := out.create(); err != nil {
+		return nil, fmt.Errorf("exporting keyring to %s: %w", path, err)
+	}
+	return out, nil
+}
+
 func (k *FileKeyring) kek(tenant string) ([]byte, error) {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	kek, ok := k.tenants[tenant]
+	if _, inKMS := k.kms[tenant]; inKMS {
+		return nil, fmt.Errorf("tenant %q: its key is in KMS, which binds each data key to an image (use SealImage and OpenImage): %w", tenant, ErrNoKey)
+	}
 	if !ok {
-		return nil, fmt.Errorf("tenant %q in keyring %s: %w", tenant, k.path, ErrNoKey)
+		return nil, fmt.Errorf("tenant %q: keyring %s holds no key for it (a worker keyring holds only the tenants that worker serves; export one with `lode keys export --tenant %s`): %w", tenant, k.path, tenant, ErrNoKey)
 	}
 	return kek, nil
 }

@@ -30,6 +30,10 @@ type MountRequest struct {
 	Image  string `json:"image"`
 	Tenant string `json:"tenant,omitempty"`
 	Dir    string `json:"dir"`
+	// Source, if set, is the source digest the image's manifest must
+	// record: the mount is refused otherwise (the containerd snapshotter
+	// mounts only what containerd asked for).
+	Source string `json:"source,omitempty"`
 }
 
 // ExportRequest is the body of POST /v1/exports.
@@ -89,6 +93,8 @@ type Status struct {
 	MemCacheBytes  int64          `json:"mem_cache_bytes"`
 	DiskCacheBytes int64          `json:"disk_cache_bytes"`
 	DiskCacheFiles int            `json:"disk_cache_chunks"`
+	// Services are the extra services' own status (AddService).
+	Services []ServiceStatus `json:"services,omitempty"`
 }
 
 func statusOf(s *served) ServedStatus {
@@ -193,6 +199,7 @@ func (d *Daemon) status() Status {
 	if d.stack.Disk != nil {
 		out.DiskCacheBytes, out.DiskCacheFiles = d.stack.Disk.Bytes(), d.stack.Disk.Len()
 	}
+	out.Services = d.servicesStatus()
 	return out
 }
 
@@ -292,10 +299,19 @@ func (d *Daemon) mountImage(ctx context.Context, req MountRequest, dir string) (
 	if err != nil {
 		return nil, err
 	}
-	defer release()
+	held := false
+	defer func() {
+		if !held {
+			release()
+		}
+	}()
 	s, err := d.open(ctx, req.Tenant, req.Image)
 	if err != nil {
 		return nil, err
+	}
+	if req.Source != "" && s.m.SourceDigest != req.Source {
+		s.close()
+		return nil, &codedError{http.StatusConflict, fmt.Errorf("image %s records source %q, not %q: %w", s.name(), s.m.SourceDigest, req.Source, ErrSourceMismatch)}
 	}
 	d.markStarting(s.im)
 	s.dir = dir
@@ -311,6 +327,8 @@ func (d *Daemon) mountImage(ctx context.Context, req MountRequest, dir string) (
 		return nil, fmt.Errorf("mounting %s at %s: %w", s.name(), dir, err)
 	}
 	s.mount = m
+	d.startGate().Hold(release, s.im, nil) // the slot lasts through the start's first reads
+	held = true
 	return s, nil
 }
 
@@ -389,11 +407,21 @@ func (d *Daemon) postExport(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Daemon) startExport(ctx context.Context, req ExportRequest) (*served, error) {
+	// NBD has no authentication: the agent's exports stay on this machine
+	// (issue #19). A network export needs lode serve-nbd with TLS.
+	if !nbd.IsLoopback(req.Listen) {
+		return nil, fmt.Errorf("exporting on %s: the agent exports only on unix sockets and loopback; for a network export run lode serve-nbd with --tls-cert, --tls-key and --tls-ca: %w", req.Listen, nbd.ErrUnauthenticated)
+	}
 	release, err := d.admit.Acquire(ctx, req.Tenant+"/"+req.Image)
 	if err != nil {
 		return nil, err
 	}
-	defer release()
+	held := false
+	defer func() {
+		if !held {
+			release()
+		}
+	}()
 	s, err := d.open(ctx, req.Tenant, req.Image)
 	if err != nil {
 		return nil, err
@@ -431,6 +459,8 @@ func (d *Daemon) startExport(ctx context.Context, req ExportRequest) (*served, e
 			os.Remove(p)
 		}
 	}()
+	d.startGate().Hold(release, s.im, nil) // the slot lasts through the client's first reads
+	held = true
 	return s, nil
 }
 

@@ -95,6 +95,11 @@ func WriteStatus(out io.Writer, st Status) {
 	if len(st.Mounts)+len(st.Exports) == 0 {
 		fmt.Fprintln(out, "no mounts or exports")
 	}
+	for _, s := range st.Services {
+		if s.Text != "" {
+			fmt.Fprint(out, s.Text)
+		}
+	}
 }
 
 // Mount asks the daemon to mount req.Image at req.Dir (absolute).

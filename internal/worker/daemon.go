@@ -41,8 +41,9 @@ type DaemonConfig struct {
 	// re-read (0: never).
 	Refresh time.Duration
 	// MaxStarts and StartWait gate mounts and exports being set up
-	// (agent.Admission); StartWindow is how long a new mount's reads count
-	// as a start's (agent.Image.SetStarting).
+	// (agent.Admission): a start holds its slot through its first reads, at
+	// most StartWindow (agent.StartGate); StartWindow is also how long a new
+	// mount's reads count as a start's (agent.Image.SetStarting).
 	MaxStarts   int
 	StartWait   time.Duration
 	StartWindow time.Duration
@@ -273,6 +274,9 @@ func NewDaemon(ctx context.Context, c DaemonConfig) (*Daemon, error) {
 	if c.Store == nil || c.Keyring == nil {
 		return nil, errors.New("a daemon needs a store and a keyring")
 	}
+	if err := checkKeyring(c.Keyring, c.Worker.AllowStoreSecret); err != nil {
+		return nil, err
+	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
@@ -422,6 +426,12 @@ func (d *Daemon) open(ctx context.Context, tenant, image string) (*served, error
 	s.watch.Attach(im)
 	d.o.Fill.Start(context.Background(), im, nil, d.base) // ends when the image closes
 	return s, nil
+}
+
+// startGate is how long a mount or export keeps its admission slot: through
+// its first reads, at most --start-window (agent.StartGate).
+func (d *Daemon) startGate() agent.StartGate {
+	return agent.StartGate{Window: d.o.StartWindow}
 }
 
 // markStarting counts im's reads as a container start's for --start-window:

@@ -22,7 +22,7 @@ type syncBuffer = lodetest.SyncBuffer
 // testOptions are the worker flags' defaults, scaled down for tests.
 func testOptions(home string) Options {
 	return Options{CacheDir: filepath.Join(home, "cache"), DiskBytes: 256 << 20, MemBytes: 64 << 20,
-		FetchTimeout: 20 * time.Second, ReadAhead: 4, Fetches: 8}
+		FetchTimeout: 20 * time.Second, ReadAhead: 4, Fetches: 8, AllowStoreSecret: true}
 }
 
 // testDaemonConfig is a daemon over w's store in home, logging to log.

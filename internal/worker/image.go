@@ -40,6 +40,9 @@ type Image struct {
 // the origin at its pointer's root. Metrics are registered on reg when it
 // is not nil.
 func Open(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name string, o Options, reg prometheus.Registerer, log *slog.Logger) (*Image, error) {
+	if err := checkKeyring(kr, o.AllowStoreSecret); err != nil {
+		return nil, err
+	}
 	m, p, err := catalog.Resolve(ctx, st, kr, tenant, name)
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -102,5 +103,41 @@ func TestDaemonMountImage(t *testing.T) {
 	}
 	if err := release(); err == nil {
 		t.Errorf("a second release = nil, want an error")
+	}
+}
+
+// Mount with a Source refuses an image whose manifest records another
+// source digest, and mounts nothing (the containerd snapshotter's guard);
+// with the recorded one it mounts. Unmount releases a mount by directory.
+func TestDaemonMountSource(t *testing.T) {
+	lodetest.Require(t, lodetest.Root, lodetest.FUSE, lodetest.Loop)
+	w := imagetest.NewWorld(t, "default")
+	img := w.Build(t, "default", "demo", 3, 4, 64<<10)
+	home := t.TempDir()
+	var log syncBuffer
+	d, err := NewDaemon(context.Background(), testDaemonConfig(home, w, &log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	dir := filepath.Join(home, "mnt")
+	wrong := "sha256:" + strings.Repeat("0", 64)
+	if _, err := d.Mount(context.Background(), MountRequest{Image: "demo", Dir: dir, Source: wrong}); !errors.Is(err, ErrSourceMismatch) {
+		t.Fatalf("Mount with source %s = %v, want ErrSourceMismatch", wrong, err)
+	}
+	if st := d.status(); len(st.Mounts) != 0 {
+		t.Errorf("a refused mount shows in the status: %+v", st.Mounts)
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), " "+dir+" ") {
+		t.Errorf("%s is mounted after a refused mount", dir)
+	}
+	if _, err := d.Mount(context.Background(), MountRequest{Image: "demo", Dir: dir, Source: img.M.SourceDigest}); err != nil {
+		t.Fatalf("Mount with the recorded source %s: %v", img.M.SourceDigest, err)
+	}
+	if err := d.Unmount(dir); err != nil {
+		t.Fatalf("Unmount: %v", err)
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), " "+dir+" ") {
+		t.Errorf("%s is still mounted after Unmount", dir)
 	}
 }

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 
 	"github.com/lode-dev/lode/internal/agent"
 	"github.com/lode-dev/lode/internal/cachefleet"
+	"github.com/lode-dev/lode/internal/certs"
 )
 
 // Options configure a worker's read side: the agent's caches and the tiers
@@ -34,6 +36,10 @@ type Options struct {
 	Fleet            []string
 	FleetM, FleetK   int
 	FleetConcurrency int
+	// FleetTLS names the worker's certificate, key and the fleet CA: with
+	// them the fleet client speaks mutual TLS to the nodes (re-read when
+	// the files rotate). Empty: plain HTTP.
+	FleetTLS certs.Files
 
 	// OriginConcurrency, OriginAttempts, OriginRate and OriginBurst protect
 	// the origin (see ProtectOrigin); OriginLease is the fleet lease wait
@@ -43,6 +49,10 @@ type Options struct {
 	OriginRate        float64
 	OriginBurst       int
 	OriginLease       time.Duration
+
+	// AllowStoreSecret lets Open and NewDaemon run with a keyring that holds
+	// the store secret (a builder's); they refuse one otherwise (keys.go).
+	AllowStoreSecret bool
 }
 
 // Parts lets a caller supply what NewStack would otherwise build.
@@ -91,6 +101,13 @@ func NewStack(ctx context.Context, o Options, origin agent.Tier, reg prometheus.
 	fleet := p.Fleet
 	if fleet == nil && len(o.Fleet) > 0 {
 		c := cachefleet.ClientConfig{Nodes: o.Fleet, M: o.FleetM, K: o.FleetK, Log: log}
+		if o.FleetTLS != (certs.Files{}) {
+			r, err := certs.NewReloader(o.FleetTLS)
+			if err != nil {
+				return nil, fmt.Errorf("fleet TLS: %w", err)
+			}
+			c.TLS = r.ClientConfig(certs.RoleNode, "")
+		}
 		if reg != nil {
 			c.Metrics = cachefleet.NewClientMetrics(reg)
 		}

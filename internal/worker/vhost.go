@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/lode-dev/lode/internal/blockdev"
 	"github.com/lode-dev/lode/internal/blockdev/vhost"
@@ -12,12 +13,14 @@ import (
 
 // VhostOptions configure ServeVhost: the flags of lode serve-vhost.
 type VhostOptions struct {
-	Socket  string // unix socket to listen on
-	Overlay string // copy-on-write file for writes; "" read-only
-	Workers int    // requests served at once per VM
-	Report  string // on exit, write ServeReport as JSON here
-	Fetches int    // the startup profile's prefetch parallelism
-	ErrOut  io.Writer
+	Socket string // unix socket to listen on
+	// SocketMode is the socket's file mode (0: 0600).
+	SocketMode os.FileMode
+	Overlay    string // copy-on-write file for writes; "" read-only
+	Workers    int    // requests served at once per VM
+	Report     string // on exit, write ServeReport as JSON here
+	Fetches    int    // the startup profile's prefetch parallelism
+	ErrOut     io.Writer
 }
 
 // ServeVhost serves w as a vhost-user-blk backend (internal/blockdev/vhost)
@@ -39,7 +42,11 @@ func (w *Image) ServeVhost(ctx context.Context, o VhostOptions, ready chan<- str
 		defer ov.Close()
 		dev = ov
 	}
-	l, err := Listen("unix:" + o.Socket)
+	sockMode := o.SocketMode
+	if sockMode == 0 {
+		sockMode = 0o600
+	}
+	l, err := ListenMode("unix:"+o.Socket, sockMode)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", o.Socket, err)
 	}

@@ -83,6 +83,9 @@ const (
 var (
 	ErrBadMagic     = errors.New("nbd: bad magic")
 	ErrBadHandshake = errors.New("nbd: malformed handshake")
+	// ErrTLSRequired: a client asked for an export before upgrading the
+	// connection with NBD_OPT_STARTTLS on a server that requires TLS.
+	ErrTLSRequired = errors.New("nbd: TLS required")
 )
 
 // request is one transmission-phase request header.

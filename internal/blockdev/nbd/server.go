@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -39,6 +40,14 @@ type Config struct {
 	// HandshakeTimeout bounds the option haggling of a connection
 	// (default 30 s) so a silent client cannot hold a goroutine forever.
 	HandshakeTimeout time.Duration
+	// TLS, if set, offers NBD_OPT_STARTTLS (the NBD protocol's TLS: the
+	// client upgrades the connection during option haggling, as qemu and
+	// libnbd's nbds:// URIs do) and then requires it: every option but
+	// STARTTLS and ABORT is answered NBD_REP_ERR_TLS_REQD until the client
+	// has upgraded, and NBD_OPT_EXPORT_NAME closes the connection (the
+	// spec's "forced TLS"). Set ClientAuth and ClientCAs to require client
+	// certificates: that is what authenticates an NBD client.
+	TLS *tls.Config
 }
 
 // DefaultConfig returns the defaults documented on Config.
@@ -144,6 +153,8 @@ type conn struct {
 
 	wmu sync.Mutex // serializes replies
 	bw  *bufio.Writer
+
+	tls bool // the connection was upgraded by NBD_OPT_STARTTLS
 }
 
 func (c *conn) move(to connState) error {
@@ -270,6 +281,18 @@ func (c *conn) reply(opt, typ uint32, data []byte) {
 // option handles one option; done reports the end of haggling (GO,
 // EXPORT_NAME, ABORT). An error closes the connection.
 func (c *conn) option(opt uint32, data []byte, noZeroes bool) (done bool, err error) {
+	if c.s.c.TLS != nil && !c.tls {
+		switch opt {
+		case optStartTLS:
+			return false, c.startTLS(data)
+		case optAbort:
+		case optExportName: // cannot be refused with a reply
+			return false, fmt.Errorf("NBD_OPT_EXPORT_NAME before STARTTLS: %w", ErrTLSRequired)
+		default:
+			c.reply(opt, repErrTLSReqd, []byte("TLS required: use NBD_OPT_STARTTLS"))
+			return false, nil
+		}
+	}
 	switch opt {
 	case optExportName:
 		e, name, ok := c.lookup(string(data))
@@ -317,12 +340,43 @@ func (c *conn) option(opt uint32, data []byte, noZeroes bool) (done bool, err er
 		c.enter(e, full)
 		return true, c.move(stateTransmission)
 	case optStartTLS:
-		c.reply(opt, repErrPolicy, nil)
+		if c.tls {
+			c.reply(opt, repErrInvalid, []byte("TLS already negotiated"))
+		} else {
+			c.reply(opt, repErrPolicy, nil) // no TLS configured
+		}
 		return false, nil
 	default: // structured replies, meta contexts, extended headers…
 		c.reply(opt, repErrUnsup, nil)
 		return false, nil
 	}
+}
+
+// startTLS acknowledges NBD_OPT_STARTTLS and runs the TLS handshake on
+// the connection; every later byte, both ways, goes through TLS. A failed
+// handshake closes the connection.
+func (c *conn) startTLS(data []byte) error {
+	if len(data) != 0 {
+		c.reply(optStartTLS, repErrInvalid, nil)
+		return nil
+	}
+	c.reply(optStartTLS, repAck, nil)
+	if err := c.bw.Flush(); err != nil {
+		return fmt.Errorf("writing STARTTLS reply: %w", err)
+	}
+	if c.br.Buffered() != 0 {
+		// Bytes sent after the option, before the handshake: a client
+		// injecting plaintext into what will be the TLS stream.
+		return fmt.Errorf("STARTTLS: %d plaintext bytes after the option: %w", c.br.Buffered(), ErrBadHandshake)
+	}
+	tc := tls.Server(c.rw, c.s.c.TLS)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("STARTTLS: TLS handshake: %w", err)
+	}
+	c.rw, c.tls = tc, true
+	c.br = bufio.NewReaderSize(tc, 64<<10)
+	c.bw = bufio.NewWriterSize(tc, 64<<10)
+	return nil
 }
 
 func (c *conn) enter(e Export, name string) {

@@ -1,0 +1,244 @@
+package kms_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/lode-dev/lode/internal/agent"
+	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/kms"
+	"github.com/lode-dev/lode/internal/lodetest"
+	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/store"
+	"github.com/lode-dev/lode/internal/store/mem"
+)
+
+const (
+	key1 = "6b1f1d4c-0c43-4f6e-9d38-5a1f0e1d2c01"
+	key2 = "6b1f1d4c-0c43-4f6e-9d38-5a1f0e1d2c02"
+)
+
+func material(b byte) [32]byte {
+	var k [32]byte
+	for i := range k {
+		k[i] = b + byte(i)
+	}
+	return k
+}
+
+// world is a small image in an in-memory origin and a worker keyring whose
+// tenant "acme" names a KMS key.
+type world struct {
+	kr    *manifest.FileKeyring
+	m     *manifest.Manifest
+	plain []byte
+	st    *mem.Store
+}
+
+func newWorld(t *testing.T, srv *lodetest.KMS, keyID string) *world {
+	t.Helper()
+	kr, err := manifest.CreateFileKeyring(filepath.Join(t.TempDir(), "keyring.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kr.AddKMSTenant("acme", manifest.KMSKey{KeyID: keyID, Region: srv.Region, Endpoint: srv.Endpoint}); err != nil {
+		t.Fatal(err)
+	}
+	kr.SetKMS(kms.Dial)
+	w := &world{kr: kr, st: mem.New(), plain: make([]byte, 3*4096)}
+	rand.Read(w.plain)
+	s, err := chunk.NewSealer(bytes.Repeat([]byte{1}, chunk.SecretSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.m = &manifest.Manifest{Root: "r1", ChunkSize: 4096, ImageSize: int64(len(w.plain)), FSType: "ext4"}
+	for i := 0; i < 3; i++ {
+		ref, ct, err := s.Seal(w.plain[i*4096:(i+1)*4096], []byte("r1"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.m.Names, w.m.Keys = append(w.m.Names, ref.Name), append(w.m.Keys, ref.Key)
+		w.st.Put(context.Background(), store.ChunkKey("r1", ref.Name), ct)
+	}
+	return w
+}
+
+func (w *world) seal(t *testing.T, image string) []byte {
+	t.Helper()
+	b, err := manifest.SealImage(context.Background(), w.m, "acme", image, w.kr)
+	if err != nil {
+		t.Fatalf("SealImage(%s) = %v", image, err)
+	}
+	return b
+}
+
+// TestKMSEnvelope: data keys come from KMS, bound to tenant and image; the
+// keyring file names the key and holds no key material.
+func TestKMSEnvelope(t *testing.T) {
+	srv := lodetest.StartKMS(t, lodetest.KMSKey{ID: key1, BackingKeys: [][32]byte{material(1)}})
+	w := newWorld(t, srv, key1)
+	ctx := context.Background()
+	sealed := w.seal(t, "app")
+	m, err := manifest.OpenImage(ctx, sealed, "acme", "app", w.kr)
+	if err != nil {
+		t.Fatalf("OpenImage(app) = %v", err)
+	}
+	if m.Keys[1] != w.m.Keys[1] {
+		t.Error("opened manifest has other chunk keys")
+	}
+	tests := []struct {
+		name, tenant, image string
+		want                error
+	}{
+		{"wrong image in the encryption context", "acme", "other", manifest.ErrWrongKey},
+		{"no image in the encryption context", "acme", "", manifest.ErrWrongKey},
+		{"another tenant", "globex", "app", manifest.ErrWrongKey},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := manifest.OpenImage(ctx, sealed, tt.tenant, tt.image, w.kr); !errors.Is(err, tt.want) {
+				t.Errorf("OpenImage(%s, %s) = %v; want %v", tt.tenant, tt.image, err, tt.want)
+			}
+		})
+	}
+	// The plain Wrap path is refused for a KMS tenant: no unbound keys.
+	if _, err := manifest.Seal(ctx, w.m, "acme", w.kr); err == nil || !strings.Contains(err.Error(), "image") {
+		t.Errorf("Seal without an image name for a KMS tenant = %v; want an error asking for it", err)
+	}
+	// Exported to a worker keyring: the entry travels, no key material.
+	wk := filepath.Join(t.TempDir(), "worker.json")
+	if _, err := w.kr.Export(wk, []string{"acme"}); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(wk)
+	if !strings.Contains(string(raw), key1) || strings.Contains(string(raw), "store_secret") {
+		t.Errorf("worker keyring = %s; want the KMS key id and no store secret", raw)
+	}
+	wkr, err := manifest.LoadFileKeyring(wk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wkr.SetKMS(kms.Dial)
+	if _, err := manifest.OpenImage(ctx, sealed, "acme", "app", wkr); err != nil {
+		t.Errorf("OpenImage with the exported worker keyring = %v", err)
+	}
+}
+
+// TestKMSRotation covers both rotations: KMS rotating a key's material
+// (same key id, new backing key) and the operator moving a tenant to a new
+// key (RotateKMSKey). Manifests sealed before either still open.
+func TestKMSRotation(t *testing.T) {
+	ctx := context.Background()
+	t.Run("key material rotated by KMS", func(t *testing.T) {
+		before := lodetest.StartKMS(t, lodetest.KMSKey{ID: key1, BackingKeys: [][32]byte{material(1)}})
+		w := newWorld(t, before, key1)
+		old := w.seal(t, "app")
+		before.Stop()
+		// The same key after rotation: new material wraps, old still unwraps.
+		after := lodetest.StartKMS(t, lodetest.KMSKey{ID: key1, BackingKeys: [][32]byte{material(1), material(2)}})
+		w.kr.RotateKMSKey("acme", key1) // no-op: same key
+		w2 := newWorld(t, after, key1)
+		w2.m = w.m
+		fresh := w2.seal(t, "app")
+		for name, b := range map[string][]byte{"sealed before": old, "sealed after": fresh} {
+			if _, err := manifest.OpenImage(ctx, b, "acme", "app", w2.kr); err != nil {
+				t.Errorf("%s the rotation: OpenImage = %v", name, err)
+			}
+		}
+		// The fresh manifest really used the new material: a KMS that only
+		// has the old one cannot unwrap it.
+		only := lodetest.StartKMS(t, lodetest.KMSKey{ID: key1, BackingKeys: [][32]byte{material(1)}})
+		w3 := newWorld(t, only, key1)
+		if _, err := manifest.OpenImage(ctx, fresh, "acme", "app", w3.kr); !errors.Is(err, manifest.ErrWrongKey) {
+			t.Errorf("OpenImage(after rotation) on a KMS without the new material = %v; want ErrWrongKey", err)
+		}
+		if _, err := manifest.OpenImage(ctx, old, "acme", "app", w3.kr); err != nil {
+			t.Errorf("OpenImage(before rotation) on the old material = %v", err)
+		}
+	})
+	t.Run("tenant moved to a new key", func(t *testing.T) {
+		srv := lodetest.StartKMS(t, lodetest.KMSKey{ID: key1, BackingKeys: [][32]byte{material(1)}},
+			lodetest.KMSKey{ID: key2, BackingKeys: [][32]byte{material(3)}})
+		w := newWorld(t, srv, key1)
+		old := w.seal(t, "app")
+		if err := w.kr.RotateKMSKey("acme", srv.ARN(key2)); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.kr.Save(); err != nil {
+			t.Fatal(err)
+		}
+		kr, err := manifest.LoadFileKeyring(w.kr.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		kr.SetKMS(kms.Dial)
+		e, _ := kr.KMSKeyOf("acme")
+		if e.KeyID != srv.ARN(key2) || len(e.Previous) != 1 || e.Previous[0] != key1 {
+			t.Errorf("after RotateKMSKey the entry is %+v; want key2 current, key1 previous", e)
+		}
+		w.kr = kr
+		fresh := w.seal(t, "app")
+		for name, b := range map[string][]byte{"old": old, "fresh": fresh} {
+			if _, err := manifest.OpenImage(ctx, b, "acme", "app", kr); err != nil {
+				t.Errorf("OpenImage(%s) after rotation = %v", name, err)
+			}
+		}
+		// Retiring key1 retires what it wrapped, and only that.
+		ret, err := manifest.LoadFileKeyring(w.kr.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(ret.Path()); err != nil {
+			t.Fatal(err)
+		}
+		nk, err := manifest.CreateFileKeyring(ret.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		nk.AddKMSTenant("acme", manifest.KMSKey{KeyID: srv.ARN(key2), Region: srv.Region, Endpoint: srv.Endpoint})
+		nk.SetKMS(kms.Dial)
+		if _, err := manifest.OpenImage(ctx, old, "acme", "app", nk); !errors.Is(err, manifest.ErrWrongKey) || !strings.Contains(err.Error(), key1) {
+			t.Errorf("OpenImage(old) once key1 is retired = %v; want ErrWrongKey naming key1", err)
+		}
+		if _, err := manifest.OpenImage(ctx, fresh, "acme", "app", nk); err != nil {
+			t.Errorf("OpenImage(fresh) once key1 is retired = %v", err)
+		}
+	})
+}
+
+// TestKMSOutage: while KMS is down, an image already open keeps serving
+// (its chunk keys are in memory) and new opens fail with ErrKMSUnavailable.
+func TestKMSOutage(t *testing.T) {
+	srv := lodetest.StartKMS(t, lodetest.KMSKey{ID: key1, BackingKeys: [][32]byte{material(1)}})
+	w := newWorld(t, srv, key1)
+	ctx := context.Background()
+	sealed := w.seal(t, "app")
+	m, err := manifest.OpenImage(ctx, sealed, "acme", "app", w.kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := agent.NewImage("acme/app", m, agent.Config{Tiers: []agent.Tier{agent.NewOrigin(w.st, "r1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	srv.Stop()
+
+	got := make([]byte, len(w.plain))
+	if n, err := im.ReadAt(ctx, got, 0); err != nil || n != len(got) || !bytes.Equal(got, w.plain) {
+		t.Errorf("ReadAt of the open image during the outage = %d, %v (equal %v)", n, err, bytes.Equal(got, w.plain))
+	}
+	_, err = manifest.OpenImage(ctx, sealed, "acme", "app", w.kr)
+	if !errors.Is(err, manifest.ErrKMSUnavailable) || errors.Is(err, manifest.ErrWrongKey) || !strings.Contains(err.Error(), "acme/app") {
+		t.Errorf("OpenImage during the outage = %v; want ErrKMSUnavailable naming the image", err)
+	}
+	if _, err := manifest.SealImage(ctx, w.m, "acme", "app2", w.kr); !errors.Is(err, manifest.ErrKMSUnavailable) {
+		t.Errorf("SealImage during the outage = %v; want ErrKMSUnavailable", err)
+	}
+}
