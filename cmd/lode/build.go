@@ -102,7 +102,7 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 	if err != nil {
 		return err
 	}
-	o.remote.Progress = newPullProgress(stderr) // progress.go
+	o.remote.Progress = build.NewPullProgress(stderr)
 	bo := build.Options{
 		Remote: o.remote, Force: o.force,
 		Compression: comp,
@@ -114,10 +114,11 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 	if o.align {
 		bo.Ext4.Align = int64(o.chunkSize)
 	}
-	if p := newProgress(stderr); p != nil {
-		if strings.HasPrefix(source, "docker://") {
-			p.skip = "flatten" // the layer bars show it
-		}
+	skip := ""
+	if strings.HasPrefix(source, "docker://") {
+		skip = "flatten" // the layer bars show it
+	}
+	if p := build.NewTermProgress(stderr, skip); p != nil {
 		bo.Progress = p
 		defer p.Finish()
 	}

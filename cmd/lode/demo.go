@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -108,7 +107,7 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 	o.run.stateDir = filepath.Join(global.home, "mounts")
 	runs := []string{"worker 1: cold worker cache, empty fleet"}
 	if o.fleetNodes > 0 {
-		nodes, stop, err := startLocalFleet(ctx, o.fleetNodes)
+		nodes, stop, err := cachenode.StartLocal(ctx, logger, o.fleetNodes)
 		if err != nil {
 			return err
 		}
@@ -133,26 +132,4 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 		time.Sleep(200 * time.Millisecond) // let background fleet write-back finish
 	}
 	return nil
-}
-
-// startLocalFleet starts n cache nodes in this process on 127.0.0.2… (one
-// loopback address each, as separate hosts would have).
-func startLocalFleet(ctx context.Context, n int) ([]string, func(), error) {
-	ctx, cancel := context.WithCancel(ctx)
-	var nodes []string
-	for i := 0; i < n; i++ {
-		srv, err := cachenode.NewServer(cachenode.ServerConfig{MemBytes: 256 << 20, Log: logger})
-		if err != nil {
-			cancel()
-			return nil, nil, err
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:0", i+2))
-		if err != nil {
-			cancel()
-			return nil, nil, err
-		}
-		nodes = append(nodes, l.Addr().String())
-		go srv.Serve(ctx, l)
-	}
-	return nodes, cancel, nil
 }

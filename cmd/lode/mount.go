@@ -1,15 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -109,6 +104,8 @@ func runMount(ctx context.Context, o mountOptions, name, dir string) error {
 	return nil
 }
 
+// mountInBackground wires lode mount --background: the same command line,
+// without the flag, serving from a detached process (worker.MountInBackground).
 func mountInBackground(ctx context.Context, name, dir string) error {
 	var args []string
 	for _, a := range os.Args[1:] {
@@ -116,46 +113,7 @@ func mountInBackground(ctx context.Context, name, dir string) error {
 			args = append(args, a)
 		}
 	}
-	logDir := filepath.Join(global.home, "logs")
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return err
-	}
-	logPath := filepath.Join(logDir, "mount-"+strings.ReplaceAll(strings.Trim(dir, "/"), "/", "_")+".log")
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return err
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(self, args...)
-	cmd.Stdout = pw
-	cmd.Stderr = logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting background mount: %w", err)
-	}
-	pw.Close()
-	line, err := bufio.NewReader(pr).ReadString('\n')
-	pr.Close()
-	if strings.HasPrefix(line, mountedLine) {
-		fmt.Fprint(stdout, line)
-		fmt.Fprintf(stdout, "serving from pid %d; logs in %s\n", cmd.Process.Pid, logPath)
-		return cmd.Process.Release()
-	}
-	werr := cmd.Wait()
-	b, _ := os.ReadFile(logPath)
-	tail := string(b)
-	if len(tail) > 2000 {
-		tail = tail[len(tail)-2000:]
-	}
-	return errors.Join(fmt.Errorf("background mount of %s at %s failed (%v, %v); log %s:\n%s", name, dir, err, werr, logPath, tail))
+	return worker.MountInBackground(args, filepath.Join(global.home, "logs"), name, dir, mountedLine, stdout)
 }
 
 func newUmountCmd() *cobra.Command {

@@ -2,13 +2,9 @@ package main
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/spf13/cobra"
 
-	"github.com/lode-dev/lode/internal/blockdev"
-	"github.com/lode-dev/lode/internal/blockdev/vhost"
-	"github.com/lode-dev/lode/internal/vm"
 	"github.com/lode-dev/lode/internal/worker"
 )
 
@@ -57,8 +53,8 @@ interrupted.`,
 	return cmd
 }
 
-// runServeVhost serves until ctx ends. ready, if not nil, is closed once
-// the socket listens.
+// runServeVhost wires lode serve-vhost (worker.Image.ServeVhost). ready, if
+// not nil, is closed once the socket listens.
 func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready chan<- struct{}) error {
 	sockMode, err := o.expose.mode()
 	if err != nil {
@@ -69,47 +65,6 @@ func runServeVhost(ctx context.Context, o serveVhostOptions, name string, ready 
 		return err
 	}
 	defer w.Close()
-	// Count what the guests read from the image (below any overlay), to set
-	// against what the tiers fetched, as lode vm does for its NBD export.
-	counted := vm.Count(w.Image)
-	if len(w.Manifest.Hints) > 0 {
-		go w.Image.Prefetch(ctx, w.Manifest.Hints, o.worker.Fetches)
-	}
-	var dev blockdev.Device = counted
-	if o.overlay != "" {
-		ov, err := blockdev.NewOverlay(counted, o.overlay)
-		if err != nil {
-			return err
-		}
-		defer ov.Close()
-		dev = ov
-	}
-	l, err := worker.ListenMode("unix:"+o.socket, sockMode)
-	if err != nil {
-		return fmt.Errorf("listening on %s: %w", o.socket, err)
-	}
-	c := vhost.DefaultConfig()
-	c.Log = logger
-	c.Workers = o.workers
-	c.Serial = "lode"
-	srv := vhost.NewServer(dev, c)
-	mode := "read-only"
-	if o.overlay != "" {
-		mode = "writes to " + o.overlay
-	}
-	fmt.Fprintf(stderr, "serving %s (%d bytes, %s) as vhost-user-blk on %s\n", w.Name, w.Image.Size(), mode, o.socket)
-	if ready != nil {
-		close(ready)
-	}
-	err = srv.Serve(ctx, l)
-	w.WriteStats(stderr)
-	if o.report != "" {
-		if werr := w.ServeReport(counted).WriteReport(o.report); werr != nil {
-			return werr
-		}
-	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	return err
+	return w.ServeVhost(ctx, worker.VhostOptions{Socket: o.socket, SocketMode: sockMode, Overlay: o.overlay, Workers: o.workers,
+		Report: o.report, Fetches: o.worker.Fetches, ErrOut: stderr}, ready)
 }

@@ -8,7 +8,9 @@
 // pool of workers, each chunk is uploaded only if the active root lacks it,
 // and the manifest is written last, so a failed build leaves no manifest and
 // overwrites nothing (chunk objects are content-addressed and written with
-// PutIfAbsent).
+// PutIfAbsent). The image pointer is written through catalog.Put.
+// termprogress.go draws lode build's progress on a terminal (TermProgress,
+// PullProgress).
 //
 // Salt policy: salt = SHA-256("lode/salt/v1" ‖ 0 ‖ root ‖ 0 ‖ domain). It
 // depends on the active root (it changes when the garbage collector rotates

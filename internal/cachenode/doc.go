@@ -12,7 +12,8 @@
 //   - the server half of origin leases (lease.go: the lease table and
 //     POST /v1/leases; agent.Coordinate and cachefleet.Client.Lease are the
 //     worker half);
-//   - the shard fast path (fastpath.go, fastparse.go), below.
+//   - the shard fast path (fastpath.go, fastparse.go), below;
+//   - StartLocal (local.go): in-process nodes for lode demo.
 //
 // It does not own: placement, erasure coding or verification (the client
 // does them; a node checks shard headers and lengths only and never sees

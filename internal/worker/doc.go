@@ -13,7 +13,8 @@
 //     and the mount-and-run sequence (mount.go: Image.Mount is lode mount's,
 //     Image.Run lode run's: profile prefetch, background fill (fill.go),
 //     FUSE mount, runc; record.go: Image.AfterRun records the startup profile
-//     and draws the heatmap), and lode vm's (vm.go: Image.RunVM);
+//     and draws the heatmap; background.go: lode mount --background), lode
+//     vm's (vm.go: Image.RunVM) and lode serve-vhost's (vhost.go);
 //   - lode doctor (doctor.go: Doctor runs the scanners that live beside
 //     what they scan);
 //   - the daemon (daemon.go): the served-image lifecycle on one stack, root

@@ -1,4 +1,4 @@
-package main
+package build
 
 import (
 	"fmt"
@@ -13,24 +13,28 @@ import (
 	"golang.org/x/term"
 )
 
-// termProgress draws a progress bar per build phase on a terminal and
+// TermProgress (a build Progress) draws a progress bar per build phase on a terminal and
 // nothing otherwise (logs and the summary line still say what happened).
-type termProgress struct {
+type TermProgress struct {
 	mu   sync.Mutex
 	out  io.Writer
 	bar  *progressbar.ProgressBar
 	skip string // a phase not drawn (flatten, while layer bars show a pull)
 }
 
-func newProgress(out io.Writer) *termProgress {
+// NewTermProgress returns a Progress that draws a bar per build phase when
+// out is a terminal, and nil otherwise (logs and the summary line still say
+// what happened). Call Finish when the build ends.
+// skip names a phase not drawn ("flatten" while layer bars show a pull).
+func NewTermProgress(out io.Writer, skip string) *TermProgress {
 	f, ok := out.(*os.File)
 	if !ok || !term.IsTerminal(int(f.Fd())) {
 		return nil
 	}
-	return &termProgress{out: out}
+	return &TermProgress{out: out, skip: skip}
 }
 
-func (p *termProgress) Phase(name string, total int64) {
+func (p *TermProgress) Phase(name string, total int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.bar != nil {
@@ -51,7 +55,7 @@ func (p *termProgress) Phase(name string, total int64) {
 	)
 }
 
-func (p *termProgress) Add(n int64) {
+func (p *TermProgress) Add(n int64) {
 	p.mu.Lock()
 	b := p.bar
 	p.mu.Unlock()
@@ -60,7 +64,7 @@ func (p *termProgress) Add(n int64) {
 	}
 }
 
-func (p *termProgress) Finish() {
+func (p *TermProgress) Finish() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.bar != nil {
@@ -69,11 +73,11 @@ func (p *termProgress) Finish() {
 	}
 }
 
-// pullProgress shows registry layer downloads (oci.PullProgress): on a
+// PullProgress shows registry layer downloads (oci.PullProgress): on a
 // terminal a bar per layer with bytes and rate, in layer order (the layer
 // the flattener waits for; later layers download meanwhile and their bar
 // starts where they are); elsewhere one line per finished layer.
-type pullProgress struct {
+type PullProgress struct {
 	mu     sync.Mutex
 	out    io.Writer
 	tty    bool
@@ -91,19 +95,20 @@ type pullLayer struct {
 	err        error
 }
 
-func newPullProgress(out io.Writer) *pullProgress {
+// NewPullProgress returns the registry pull progress for out.
+func NewPullProgress(out io.Writer) *PullProgress {
 	f, ok := out.(*os.File)
-	return &pullProgress{out: out, tty: ok && term.IsTerminal(int(f.Fd())), layers: map[int]*pullLayer{}}
+	return &PullProgress{out: out, tty: ok && term.IsTerminal(int(f.Fd())), layers: map[int]*pullLayer{}}
 }
 
-func (p *pullProgress) LayerStart(i, count int, digest string, size int64) {
+func (p *PullProgress) LayerStart(i, count int, digest string, size int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.layers[i] = &pullLayer{count: count, digest: digest, size: size, start: time.Now()}
 	p.show()
 }
 
-func (p *pullProgress) LayerAdd(i int, n int64) {
+func (p *PullProgress) LayerAdd(i int, n int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	l := p.layers[i]
@@ -113,7 +118,7 @@ func (p *pullProgress) LayerAdd(i int, n int64) {
 	}
 }
 
-func (p *pullProgress) LayerDone(i int, err error) {
+func (p *PullProgress) LayerDone(i int, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	l := p.layers[i]
@@ -123,7 +128,7 @@ func (p *pullProgress) LayerDone(i int, err error) {
 
 // show advances past finished layers in order, printing each, and starts
 // the bar of the next one.
-func (p *pullProgress) show() {
+func (p *PullProgress) show() {
 	for {
 		l := p.layers[p.cur]
 		if l == nil {
