@@ -224,6 +224,15 @@ func (r *Resolver) manifest(ctx context.Context, tenant, name string, p store.Po
 	}
 	r.mu.Unlock()
 	v, err, _ := r.group.Do("m "+key, func() (any, error) {
+		// A flight for key may have ended between the look-up above and
+		// this one starting: use what it kept rather than read again.
+		r.mu.Lock()
+		if e := r.manifests[key]; e != nil {
+			m := e.Value.(*cachedManifest).m
+			r.mu.Unlock()
+			return m, nil
+		}
+		r.mu.Unlock()
 		m, err := openManifest(ctx, r.st, r.kr, tenant, name, p)
 		if err != nil {
 			return nil, err
