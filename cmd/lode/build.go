@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/lode-dev/lode/internal/build"
@@ -130,26 +129,9 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 	if err != nil {
 		return fmt.Errorf("building %s from %s: %w", o.name, source, err)
 	}
-	if res.Unchanged {
-		fmt.Fprintf(out, "unchanged %s/%s: already built from %s (%s); --force rebuilds\n", res.Tenant, res.Name, res.Source.Ref, res.SourceDigest)
-		fmt.Fprintf(out, "root %s, manifest %s, store %s\n", res.Root, res.ManifestID, st)
-		return nil
-	}
-	if res.DroppedDevices > 0 {
+	if res.DroppedDevices > 0 && !res.Unchanged {
 		fmt.Fprintf(stderr, "notice: dropped %d device nodes under /dev (container runtimes mount their own /dev; --allow-devices keeps them)\n", res.DroppedDevices)
 	}
-	secs := res.Duration.Seconds()
-	fmt.Fprintf(out, "built %s/%s: %s in, %s image, %d chunks (%d holes, %d new, %d deduplicated, %.1f%% shared), %s uploaded, %.2fs, %.0f MB/s\n",
-		res.Tenant, res.Name, humanize.IBytes(uint64(res.InputBytes)), humanize.IBytes(uint64(res.ImageSize)),
-		res.Chunks, res.Holes, res.New, res.Dedup, 100*res.SharedShare(), humanize.IBytes(uint64(res.NewBytes)),
-		secs, float64(res.ImageSize)/1e6/secs)
-	if res.Source.Remote {
-		idx := ""
-		if res.Source.IndexDigest != "" {
-			idx = ", index " + res.Source.IndexDigest
-		}
-		fmt.Fprintf(out, "source %s: manifest %s%s, %d layers, %s pulled\n", res.Source.Ref, res.SourceDigest, idx, len(res.Source.DiffIDs), humanize.IBytes(uint64(res.Pulled)))
-	}
-	fmt.Fprintf(out, "root %s, manifest %s, store %s\n", res.Root, res.ManifestID, st)
+	build.WriteReport(out, res, st)
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -48,37 +47,13 @@ units (512MiB, 20GB) or plain bytes.`,
 					return fmt.Errorf("parsing --disk-size %q: %w", diskSize, err)
 				}
 			}
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-			reg := metrics.NewRegistry()
 			sc := cachenode.ServerConfig{
-				MemBytes: int64(memBytes), DiskDir: disk, DiskBytes: int64(diskBytes), Log: log, Registry: reg,
+				MemBytes: int64(memBytes), DiskDir: disk, DiskBytes: int64(diskBytes),
+				Log: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)), Registry: metrics.NewRegistry(),
 			}
-			if tlsFiles != (certs.Files{}) {
-				if tlsFiles.Cert == "" || tlsFiles.Key == "" || tlsFiles.CA == "" {
-					return errors.New("--tls-cert, --tls-key and --tls-ca go together: the CA is what checks workers' certificates")
-				}
-				r, err := certs.NewReloader(tlsFiles)
-				if err != nil {
-					return err
-				}
-				sc.TLS = r.ServerConfig(certs.RoleWorker)
-			}
-			if err := cachenode.CheckListen(listen, sc.TLS != nil, insecure); err != nil {
-				return err
-			}
-			srv, err := cachenode.NewServer(sc)
-			if err != nil {
-				return err
-			}
-			l, err := net.Listen("tcp", listen)
-			if err != nil {
-				return fmt.Errorf("listening on %s: %w", listen, err)
-			}
-			log.Info("cache node serving", slog.String("listen", l.Addr().String()),
-				slog.Uint64("mem", memBytes), slog.String("disk", disk), slog.Uint64("disk_size", diskBytes))
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return srv.Serve(ctx, l)
+			return cachenode.ListenAndServe(ctx, listen, sc, tlsFiles, insecure)
 		},
 	}
 	f := serve.Flags()

@@ -158,7 +158,7 @@ func TestKeysBuildImagesInspectDelete(t *testing.T) {
 	if err := runInspect(ctx, "demo", true, &out); err != nil {
 		t.Fatal(err)
 	}
-	var j inspectJSON
+	var j catalog.Inspection
 	if err := json.Unmarshal(out.Bytes(), &j); err != nil {
 		t.Fatalf("inspect --json printed %q: %v", out.String(), err)
 	}
@@ -171,7 +171,7 @@ func TestKeysBuildImagesInspectDelete(t *testing.T) {
 	if !strings.HasPrefix(m.SourceRef, "oci:") || len(m.DiffIDs) == 0 {
 		t.Errorf("manifest source record: ref %q, %d diff IDs; want the oci: reference and its layers", m.SourceRef, len(m.DiffIDs))
 	}
-	want := inspectJSON{
+	want := catalog.Inspection{
 		Tenant: "default", Image: "demo", Source: m.SourceDigest, Root: string(p.Root), Manifest: p.Manifest,
 		SourceRef: m.SourceRef, DiffIDs: m.DiffIDs, ChainIDs: m.ChainIDs(),
 		Created: p.Created, FSType: "ext4", ImageSize: fi.Size(), ChunkSize: 512 << 10,

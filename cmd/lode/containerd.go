@@ -34,23 +34,19 @@ func addSnapshotter(d *worker.Daemon, o containerdOptions, st store.Store, tenan
 		return
 	}
 	r := snapshotter.NewRunner(snapshotter.Config{
-		Root:       o.root,
-		Images:     &snapshotter.CatalogImages{Store: st, Tenant: tenant},
-		Mounter:    daemonMounter{d},
+		Root:   o.root,
+		Images: &snapshotter.CatalogImages{Store: st, Tenant: tenant},
+		Mounter: snapshotter.MounterFuncs{
+			// Refuses an image whose manifest does not record the source containerd asked for.
+			MountFunc: func(ctx context.Context, im snapshotter.Image, dir string) error {
+				_, err := d.Mount(ctx, worker.MountRequest{Tenant: im.Tenant, Image: im.Name, Dir: dir, Source: im.Source.String()})
+				return err
+			},
+			UnmountFunc: func(_ context.Context, dir string) error { return d.Unmount(dir) },
+		},
 		Layers:     snapshotter.RegistryLayers{HostsDir: o.hostsDir, Keychain: oci.Keychain("")},
 		Log:        logger,
 		Registerer: d.Registerer(),
 	})
 	d.AddService(worker.Service{Name: "containerd snapshotter", Socket: o.socket, Serve: r.Serve, Status: r.Status})
 }
-
-// daemonMounter mounts for the snapshotter through the daemon, refusing an
-// image whose manifest does not record the source containerd asked for.
-type daemonMounter struct{ d *worker.Daemon }
-
-func (m daemonMounter) MountImage(ctx context.Context, im snapshotter.Image, dir string) error {
-	_, err := m.d.Mount(ctx, worker.MountRequest{Tenant: im.Tenant, Image: im.Name, Dir: dir, Source: im.Source.String()})
-	return err
-}
-
-func (m daemonMounter) Unmount(ctx context.Context, dir string) error { return m.d.Unmount(dir) }

@@ -1,12 +1,8 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -86,18 +82,11 @@ from the AWS SDK's default chain (environment, shared config, instance role).`,
 			if err != nil {
 				return err
 			}
-			if _, ok := kr.KMSKeyOf(global.tenant); ok {
-				err = kr.RotateKMSKey(global.tenant, ke.KeyID)
-			} else {
-				err = kr.AddKMSTenant(global.tenant, ke)
+			if err := kr.SetKMSKey(global.tenant, ke); err != nil {
+				return err
 			}
-			if err == nil {
-				err = kr.Save()
-			}
-			if err == nil {
-				fmt.Fprintf(stdout, "tenant %s: KMS key %s\n", global.tenant, ke.KeyID)
-			}
-			return err
+			fmt.Fprintf(stdout, "tenant %s: KMS key %s\n", global.tenant, ke.KeyID)
+			return nil
 		},
 	}
 	kmsCmd.Flags().StringVar(&ke.KeyID, "key-id", "", "the KMS key (key ID or ARN, not an alias)")
@@ -113,29 +102,17 @@ from the AWS SDK's default chain (environment, shared config, instance role).`,
 
 func runKeysCreate(out io.Writer) error {
 	path := global.keyringPath()
-	kr, err := manifest.LoadFileKeyring(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return fmt.Errorf("creating keyring directory: %w", err)
-		}
-		kr, err = manifest.CreateFileKeyring(path)
-		if err == nil {
-			fmt.Fprintf(out, "created keyring %s\n", path)
-		}
+	created, added, err := manifest.EnsureTenantKey(path, global.tenant)
+	if created {
+		fmt.Fprintf(out, "created keyring %s\n", path)
 	}
-	if err != nil {
+	switch {
+	case err != nil:
 		return err
-	}
-	if kr.HasTenant(global.tenant) {
+	case added:
+		fmt.Fprintf(out, "added key for tenant %s to %s\n", global.tenant, path)
+	default:
 		fmt.Fprintf(out, "tenant %s already has a key in %s\n", global.tenant, path)
-		return nil
 	}
-	if err := kr.AddTenant(global.tenant); err != nil {
-		return err
-	}
-	if err := kr.Save(); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "added key for tenant %s to %s\n", global.tenant, path)
 	return nil
 }

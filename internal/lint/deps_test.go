@@ -27,7 +27,7 @@ var allowed = map[string][]string{
 	"internal/build":                {"internal/catalog", "internal/chunk", "internal/ext4img", "internal/manifest", "internal/oci", "internal/store"},
 	"internal/cachefleet":           {"internal/chunk", "internal/fleetproto", "internal/metrics", "internal/store"},
 	"internal/cachefleet/fleettest": {"internal/cachenode"},
-	"internal/cachenode":            {"internal/chunk", "internal/fleetproto", "internal/metrics"},
+	"internal/cachenode":            {"internal/certs", "internal/chunk", "internal/fleetproto", "internal/metrics"},
 	"internal/catalog":              {"internal/chunk", "internal/manifest", "internal/store"},
 	"internal/certs":                {},
 	"internal/chunk":                {},

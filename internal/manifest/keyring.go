@@ -440,3 +440,24 @@ func (k *FileKeyring) Unwrap(ctx context.Context, tenant string, wrapped []byte)
 	}
 	return dk, nil
 }
+
+// EnsureTenantKey is `lode keys create`: it creates the keyring file at path
+// (and its directory, mode 0700) with a fresh store secret if there is none
+// (created), then adds and saves a key for tenant unless it has one (added).
+func EnsureTenantKey(path, tenant string) (created, added bool, err error) {
+	kr, err := LoadFileKeyring(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return false, false, fmt.Errorf("creating keyring directory: %w", err)
+		}
+		kr, err = CreateFileKeyring(path)
+		created = err == nil
+	}
+	if err != nil || kr.HasTenant(tenant) {
+		return created, false, err
+	}
+	if err := kr.AddTenant(tenant); err != nil {
+		return created, false, err
+	}
+	return created, true, kr.Save()
+}

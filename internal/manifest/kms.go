@@ -229,3 +229,19 @@ func (k *FileKeyring) UnwrapImage(ctx context.Context, tenant, image string, wra
 	}
 	return dk, nil
 }
+
+// SetKMSKey is `lode keys kms`: it makes key the tenant's KMS master key,
+// rotating to key.KeyID if the tenant is already in KMS, and saves the
+// keyring.
+func (k *FileKeyring) SetKMSKey(tenant string, key KMSKey) error {
+	var err error
+	if _, ok := k.KMSKeyOf(tenant); ok {
+		err = k.RotateKMSKey(tenant, key.KeyID)
+	} else {
+		err = k.AddKMSTenant(tenant, key)
+	}
+	if err != nil {
+		return err
+	}
+	return k.Save()
+}

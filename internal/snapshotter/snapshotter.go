@@ -57,6 +57,21 @@ type Mounter interface {
 	Unmount(ctx context.Context, dir string) error
 }
 
+// MounterFuncs is a Mounter made of two functions, as `lode agent` wires
+// the worker daemon's Mount and Unmount.
+type MounterFuncs struct {
+	MountFunc   func(ctx context.Context, im Image, dir string) error
+	UnmountFunc func(ctx context.Context, dir string) error
+}
+
+// MountImage calls f.MountFunc.
+func (f MounterFuncs) MountImage(ctx context.Context, im Image, dir string) error {
+	return f.MountFunc(ctx, im, dir)
+}
+
+// Unmount calls f.UnmountFunc.
+func (f MounterFuncs) Unmount(ctx context.Context, dir string) error { return f.UnmountFunc(ctx, dir) }
+
 // Config configures a Snapshotter.
 type Config struct {
 	// Root holds metadata.db, snapshots/ and mounts/. It must be on a
