@@ -109,7 +109,13 @@ func esgzLayer(l v1.Layer, base string, files []string) (mutate.Addendum, error)
 	}
 	var opts []estargz.Option
 	if len(files) > 0 {
-		opts = append(opts, estargz.WithPrioritizedFiles(files), estargz.WithAllowPrioritizeNotFound(nil))
+		var missed []string
+		opts = append(opts, estargz.WithPrioritizedFiles(files), estargz.WithAllowPrioritizeNotFound(&missed))
+		defer func() {
+			if len(missed) > 0 {
+				fmt.Fprintf(os.Stderr, "stargz convert: %d prioritized files not in the layer: %v\n", len(missed), missed)
+			}
+		}()
 	}
 	blob, err := estargz.Build(io.NewSectionReader(tf, 0, n), opts...)
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 func pull(args []string) error {
 	fs := flag.NewFlagSet("pull", flag.ExitOnError)
 	address := fs.String("address", "", "containerd's socket")
-	ns := fs.String("namespace", "bench", "containerd namespace")
+	ns := fs.String("namespace", "coldbench", "containerd namespace")
 	snap := fs.String("snapshotter", "overlayfs", "snapshotter to unpack into")
 	lazy := fs.Bool("lazy", false, "add the remote-snapshotter labels (lazy pull, as ctr-remote rpull)")
 	fs.Parse(args)
