@@ -26,6 +26,7 @@
 #   DELAYS default "0ms 10ms 36ms". Needs root, /dev/fuse, loop devices, runc,
 #   containerd + ctr, docker-registry, skopeo, umoci (scripts/setup.sh), and
 #   the Go module proxy once (versitygw via .ci/s3.sh, bench/stargz's module).
+#   ONLY=local or ONLY=latency runs one table.
 set -euo pipefail
 usage() { sed -n 's/^# \{0,1\}//; /^Usage:/,/^$/p' "$0" | sed '/^$/d' >&2; exit 2; }
 case "${1:-}" in -h | --help) usage ;; esac
@@ -93,6 +94,7 @@ until42() {
   [ -n "$t" ] || fail "no output 42 from: $* (see $W/err.log)"
   echo "$t"
 }
+mib() { awk -v b="$1" 'BEGIN { if (b == "-" || b == "") print "-"; else printf "%.1f MiB", b / 1048576 }'; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # Metric sums from a Prometheus text page: origin-tier chunk bytes, requests.
 origin() { curl -s "http://$1/metrics" | awk '/^lode_agent_tier_bytes_total\{tier="origin"\}/ {b+=$2} /^lode_agent_tier_requests_total\{.*tier="origin"/ {r+=$2} END {printf "%d %d\n", b, r}'; }
@@ -300,6 +302,7 @@ size=$(stat -c %s "$W/image.ext4")
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "image: Debian bookworm minbase + python3, $((size >> 20)) MiB ext4, $(wc -l <"$W/prioritized.txt") files read by the start; start: ${PY[*]}; $RUNS cold tries each, medians"
 
+if [ "${ONLY:-}" != latency ]; then
 for i in $(seq "$RUNS"); do
   add loop "$(loop_try)"
   add mount "$(mount_try deb)"
@@ -312,7 +315,6 @@ for i in $(seq "$RUNS"); do
   add agentp "$(agent_try deb-prof)"
   stop "$AGENT"
 done
-mib() { awk -v b="$1" 'BEGIN { if (b == "-" || b == "") print "-"; else printf "%.1f MiB", b / 1048576 }'; }
 lt=$(col loop 1)
 echo
 echo "Local disk (file store, no network), load $(cut -d' ' -f1-3 /proc/loadavg):"
@@ -325,6 +327,8 @@ for row in "loop:loop mount of the ext4 file" "mount:one-shot lode mount" "agent
   t=$(col "$k" 1); m=$(col "$k" 2); by=$(col "$k" 3); rq=$(col "$k" 4)
   printf '| %s | %s ms | %s ms | %.2f× | %s | %.2f× | %s |\n' "$n" "$m" "$t" "$(echo "$t / $lt" | bc -l)" "$(mib "$by")" "$(echo "$by / $lb" | bc -l)" "$rq"
 done
+fi
+[ "${ONLY:-}" != local ] || exit 0
 
 for d in $DELAYS; do
   proxies "$d"
