@@ -136,23 +136,39 @@ proxies 0s
 S3="s3://bench/deb?endpoint=http://127.0.0.1:$S3PX&path_style=true"
 [ -f "$LODE_HOME/keyring.json" ] || "$L" keys create >/dev/null
 WK=(--allow-store-secret) # one keyring builds and runs here
-# deb: no profile; deb-prof: the same image with a profile recorded by
-# `lode run --record` (the same chunks: the store dedups them).
-if [ ! -f "$W/image.ext4" ] || ! "$L" --store "$FILE" images 2>/dev/null | grep -q deb-prof; then
-  echo "building the image into the file store" >&2
-  rm -rf "$W/store"
-  "$L" --store "$FILE" build "rootfs:$DEB" --name deb --keep-image "$W/image.ext4" >/dev/null
-  "$L" --store "$FILE" build "rootfs:$DEB" --name deb-prof >/dev/null
-  rm -rf "$W/cache"
-  "$L" --store "$FILE" run deb-prof "${WK[@]}" --cache-dir "$W/cache" --record --no-prefetch --entrypoint "${PY[0]}" -- "${PY[@]:1}" >/dev/null 2>>"$W/err.log"
+# Images (the same rootfs, so the same chunks: the store dedups them):
+#   deb       no profile (what lode build makes: its start set, if any, as hints);
+#   deb-prof  a profile recorded by `lode run --record`;
+#   deb-learn (when workers learn profiles, --learn-profile) a profile learned
+#             by LEARN ordinary starts, published through the store.
+# Timed tries pass --learn-profile=false so no try changes what the next reads.
+LEARNS=
+if "$L" run --help 2>&1 | grep -q -- --learn-profile; then LEARNS=1; WK+=(--learn-profile=false); fi
+LEARN=${LEARN:-3}
+IMAGES=(deb deb-prof); [ -z "$LEARNS" ] || IMAGES+=(deb-learn)
+once() { # once STORE IMAGE [FLAGS]: one start, cache cold, not timed
+  local st=$1 im=$2; shift 2
+  rm -rf "$W/cache"; drop
+  "$L" --store "$st" run "$im" --allow-store-secret --cache-dir "$W/cache" "$@" --entrypoint "${PY[0]}" -- "${PY[@]:1}" >/dev/null 2>>"$W/err.log"
+}
+images() { # images STORE [BUILD FLAGS]: build IMAGES, record and learn their profiles
+  local st=$1; shift
+  for im in "${IMAGES[@]}"; do "$L" --store "$st" build "rootfs:$DEB" --name "$im" "$@" >/dev/null; done
+  once "$st" deb-prof --record --no-prefetch ${LEARNS:+--learn-profile=false}
+  if [ -n "$LEARNS" ]; then for _ in $(seq "$LEARN"); do once "$st" deb-learn; done; fi
+}
+# Rebuilt whenever lode changes (a new build may write new hints).
+stamp="$(sha256sum <"$L" | cut -c1-16) ${IMAGES[*]}"
+if [ "$(cat "$W/images.stamp" 2>/dev/null)" != "$stamp" ] || [ ! -f "$W/image.ext4" ]; then
+  echo "building the images into the file store and the S3 store" >&2
+  rm -rf "$W/store" "$W/gw/bench" "$W/image.ext4"; mkdir -p "$W/gw/bench"
+  "$L" --store "$FILE" build "rootfs:$DEB" --name deb-loop --keep-image "$W/image.ext4" >/dev/null
+  images "$FILE"
+  images "$S3"
+  echo "$stamp" >"$W/images.stamp"
 fi
-if ! "$L" --store "$S3" images 2>/dev/null | grep -q deb-prof; then
-  echo "building the image into the S3 store" >&2
-  "$L" --store "$S3" build "rootfs:$DEB" --name deb >/dev/null
-  "$L" --store "$S3" build "rootfs:$DEB" --name deb-prof >/dev/null
-  rm -rf "$W/cache"
-  "$L" --store "$S3" run deb-prof "${WK[@]}" --cache-dir "$W/cache" --record --no-prefetch --entrypoint "${PY[0]}" -- "${PY[@]:1}" >/dev/null 2>>"$W/err.log"
-fi
+PROF=deb-prof; PROFN="profile (run --record)"
+if [ -n "$LEARNS" ]; then PROF=deb-learn; PROFN="learned profile"; fi
 
 # The registry's images: the rootfs as one gzip layer (umoci), that layer as
 # eStargz, and as eStargz with the files the start reads first + landmark.
@@ -306,13 +322,13 @@ if [ "${ONLY:-}" != latency ]; then
 for i in $(seq "$RUNS"); do
   add loop "$(loop_try)"
   add mount "$(mount_try deb)"
-  add mountp "$(mount_try deb-prof)"
+  add mountp "$(mount_try "$PROF")"
   agent_start
   add agent "$(agent_try deb)"
   add agentw "$(agent_try deb)"
   stop "$AGENT"
   agent_start
-  add agentp "$(agent_try deb-prof)"
+  add agentp "$(agent_try "$PROF")"
   stop "$AGENT"
 done
 lt=$(col loop 1)
@@ -322,7 +338,7 @@ echo
 echo "| start | mount | mount to output | × loop | bytes read/fetched | × loop bytes | chunk requests |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
 lb=$(col loop 3)
-for row in "loop:loop mount of the ext4 file" "mount:one-shot lode mount" "agent:lode agent mount, cold" "agentw:lode agent mount, warm memory cache" "mountp:one-shot lode mount, profile" "agentp:lode agent mount, cold, profile"; do
+for row in "loop:loop mount of the ext4 file" "mount:one-shot lode mount" "agent:lode agent mount, cold" "agentw:lode agent mount, warm memory cache" "mountp:one-shot lode mount, $PROFN" "agentp:lode agent mount, cold, $PROFN"; do
   k=${row%%:*}; n=${row#*:}
   t=$(col "$k" 1); m=$(col "$k" 2); by=$(col "$k" 3); rq=$(col "$k" 4)
   printf '| %s | %s ms | %s ms | %.2f× | %s | %.2f× | %s |\n' "$n" "$m" "$t" "$(echo "$t / $lt" | bc -l)" "$(mib "$by")" "$(echo "$by / $lb" | bc -l)" "$rq"
@@ -330,27 +346,34 @@ done
 fi
 [ "${ONLY:-}" != local ] || exit 0
 
+SYS=("ovl:containerd overlayfs (full pull)" "sgz:containerd stargz" "sgzo:containerd stargz optimized"
+  "runn:lode, nothing prefetched (--no-prefetch)" "run:lode, no profile" "runr:lode, profile (run --record)")
+[ -z "$LEARNS" ] || SYS+=("runl:lode, learned profile")
 for d in $DELAYS; do
   proxies "$d"
   for i in $(seq "$RUNS"); do
-    add "run-$d" "$(run_try deb --no-prefetch)"
-    add "runp-$d" "$(run_try deb-prof)"
     add "ovl-$d" "$(ctr_try overlayfs py)"
     add "sgz-$d" "$(ctr_try stargz esgz -lazy)"
     add "sgzo-$d" "$(ctr_try stargz esgz-opt -lazy)"
+    add "runn-$d" "$(run_try deb --no-prefetch)"
+    add "run-$d" "$(run_try deb)"
+    add "runr-$d" "$(run_try deb-prof)"
+    [ -z "$LEARNS" ] || add "runl-$d" "$(run_try deb-learn)"
   done
 done
 echo
-echo "Latency added per request (S3 store / registry through bench/latproxy), load $(cut -d' ' -f1-3 /proc/loadavg):"
-echo "each cell: time to output; bytes, requests, serial requests before the output (at the proxy)"
+echo "Latency added per request (S3 store and registry behind bench/latproxy), load $(cut -d' ' -f1-3 /proc/loadavg);"
+echo "bytes, requests and serial requests before the output, counted at the proxy:"
 echo
-echo "| delay | containerd overlayfs (full pull) | stargz | stargz optimized | lode, no profile | lode, profile | lode no profile / stargz opt. | lode profile / stargz opt. |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-cell() { printf '%.2f s; %s, %s req, %s serial' "$(echo "$(col "$1" 1) / 1000" | bc -l)" "$(mib "$(col "$1" 3)")" "$(col "$1" 4)" "$(col "$1" 5)"; }
+echo "| delay | start | to output | × stargz optimized | bytes | requests | serial requests |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
 for d in $DELAYS; do
   so=$(col "sgzo-$d" 1)
-  printf '| %s | %s | %s | %s | %s | %s | %.2f× | %.2f× |\n' "$d" "$(cell "ovl-$d")" "$(cell "sgz-$d")" "$(cell "sgzo-$d")" "$(cell "run-$d")" "$(cell "runp-$d")" \
-    "$(echo "$(col "run-$d" 1) / $so" | bc -l)" "$(echo "$(col "runp-$d" 1) / $so" | bc -l)"
+  for row in "${SYS[@]}"; do
+    k=${row%%:*}-$d; n=${row#*:}; t=$(col "$k" 1)
+    printf '| %s | %s | %.2f s | %.2f× | %s | %s | %s |\n' "$d" "$n" "$(echo "$t / 1000" | bc -l)" "$(echo "$t / $so" | bc -l)" \
+      "$(mib "$(col "$k" 3)")" "$(col "$k" 4)" "$(col "$k" 5)"
+  done
 done
 echo
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg); per-try lines: $W/tries.log"
