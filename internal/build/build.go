@@ -573,7 +573,8 @@ func startSet(img io.ReaderAt, size int64, c manifest.Config, o Options) []uint3
 		files = append(files, "/bin/sh")
 	}
 	files = append(files, o.StartFiles...)
-	rs, notes, err := ext4img.StartSet(img, ext4img.StartSetOptions{Files: files, Env: c.Env})
+	rs, notes, err := ext4img.StartSet(img, ext4img.StartSetOptions{Files: files, Env: c.Env,
+		Data: []string{"/etc/passwd", "/etc/group"}}) // internal/run resolves the user through them
 	if err != nil {
 		o.Log.Warn("no build-time start set", "image", o.Tenant+"/"+o.Name, "err", err)
 		return nil

@@ -38,6 +38,9 @@ type StartSetOptions struct {
 	// or names looked up in PATH (Env's, or the usual default).
 	Files []string
 	Env   []string
+	// Data are files every start reads whole when the image has them
+	// (the runtime's /etc/passwd and /etc/group); missing ones are skipped.
+	Data []string
 	// MaxFileBytes caps the bytes of one file in the set (default 32 MiB):
 	// a huge library is rarely read whole at a start.
 	MaxFileBytes int64
@@ -63,6 +66,12 @@ func StartSet(r io.ReaderAt, o StartSetOptions) ([]Range, []string, error) {
 	s := &startSet{f: f, o: o, seenFile: map[uint32]bool{}}
 	if err := s.metadata(); err != nil {
 		return nil, nil, fmt.Errorf("start set: %w", err)
+	}
+	for _, p := range o.Data {
+		if n, node, err := s.lookup(p); err == nil && le.Uint16(node[inodeMode:])&modeTypeMask == modeReg && !s.seenFile[n] {
+			s.seenFile[n] = true
+			s.fileBlocks(node, o.MaxFileBytes, p)
+		}
 	}
 	for _, p := range o.Files {
 		s.program(p)
