@@ -30,6 +30,7 @@ type Image struct {
 	raMu   sync.Mutex
 	closed bool
 	raNext int          // first chunk read-ahead has not yet considered
+	raSet  bitmap       // chunks read-ahead fetched
 	last   atomic.Int64 // last chunk a reader touched; -2 before any
 	run    atomic.Int64 // reads in a row that moved the stream on
 	ctx    context.Context
@@ -86,6 +87,7 @@ func newImage(a *Agent, owns bool, name string, m *manifest.Manifest) (*Image, e
 	im.ctx, im.cancel = context.WithCancel(context.Background())
 	n := len(m.Names)
 	im.st.read = newBitmap(n)
+	im.raSet = newBitmap(n)
 	im.st.tiers = make([]tierCounts, len(a.tiers))
 	for i := range im.st.tiers {
 		im.st.tiers[i].seen = newBitmap(n)
@@ -169,10 +171,11 @@ func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (n int, err er
 		rt = &readTrace{id: tr.NextID(), off: off, len: int64(n), asked: tr.Now()}
 		defer im.traceRead(rt, first, last)
 	}
+	var fromMem bool
 	if first == last {
-		err = im.readChunk(ctx, first, p[:n], int(off-int64(first)*im.cs), rt)
+		fromMem, err = im.readChunk(ctx, first, p[:n], int(off-int64(first)*im.cs), rt)
 	} else {
-		err = im.readSpan(ctx, p[:n], off, first, last, rt)
+		fromMem, err = im.readSpan(ctx, p[:n], off, first, last, rt)
 	}
 	if err != nil {
 		return 0, err
@@ -182,7 +185,7 @@ func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (n int, err er
 	if h := im.readHook.Load(); h != nil {
 		(*h)(first, last)
 	}
-	im.readAhead(first, last, rt)
+	im.readAhead(first, last, fromMem, rt)
 	if eof {
 		return n, io.EOF
 	}
@@ -205,20 +208,21 @@ func (im *Image) traceRead(rt *readTrace, first, last int) {
 		First: first, Last: last, Asked: rt.asked, Done: tr.Now(), Waited: rt.waited})
 }
 
-// readChunk fills dst from chunk i starting at within.
-func (im *Image) readChunk(ctx context.Context, i int, dst []byte, within int, rt *readTrace) error {
+// readChunk fills dst from chunk i starting at within. fromMem reports
+// that the memory cache served it (not a hole, not a fetch).
+func (im *Image) readChunk(ctx context.Context, i int, dst []byte, within int, rt *readTrace) (fromMem bool, err error) {
 	plain, c, err := im.start(i, rt)
 	if err != nil || plain != nil || c == nil {
 		if err == nil {
 			copyChunk(dst, plain, within)
 		}
-		return err
+		return plain != nil, err
 	}
 	if err := im.finish(ctx, i, c); err != nil {
-		return err
+		return false, err
 	}
 	copyChunk(dst, c.plain, within)
-	return nil
+	return false, nil
 }
 
 // copyChunk copies plain[within:] into dst, or zeros for a hole (nil plain).
@@ -232,8 +236,10 @@ func copyChunk(dst, plain []byte, within int) {
 
 // readSpan fills p (which starts at off) from chunks first..last: cached
 // chunks and holes at once, then it starts every missing chunk's fetch
-// before waiting for any, so they run in parallel.
-func (im *Image) readSpan(ctx context.Context, p []byte, off int64, first, last int, rt *readTrace) error {
+// before waiting for any, so they run in parallel. fromMem reports that the
+// memory cache served every chunk.
+func (im *Image) readSpan(ctx context.Context, p []byte, off int64, first, last int, rt *readTrace) (fromMem bool, err error) {
+	fromMem = true
 	var buf [8]pending
 	waits := buf[:0]
 	for i := first; i <= last; i++ {
@@ -245,12 +251,14 @@ func (im *Image) readSpan(ctx context.Context, p []byte, off int64, first, last 
 			for _, w := range waits {
 				im.a.leave(w.c)
 			}
-			return err
+			return false, err
 		}
 		if c == nil {
+			fromMem = fromMem && plain != nil
 			copyChunk(dst, plain, within)
 			continue
 		}
+		fromMem = false
 		waits = append(waits, pending{i, c, dst, within})
 	}
 	for k, w := range waits {
@@ -258,11 +266,11 @@ func (im *Image) readSpan(ctx context.Context, p []byte, off int64, first, last 
 			for _, r := range waits[k+1:] {
 				im.a.leave(r.c)
 			}
-			return err
+			return false, err
 		}
 		copyChunk(w.dst, w.c.plain, w.within)
 	}
-	return nil
+	return fromMem, nil
 }
 
 // pending is a chunk of a span read whose fetch is in flight.
@@ -408,7 +416,15 @@ func (im *Image) credit(c *call, i int) {
 // previous read, starts fetching the next ReadAhead chunks that are neither
 // holes, cached, nor in flight. It never waits for a fetch slot: when none is
 // free it stops and tries again on the next sequential read.
-func (im *Image) readAhead(first, last int, rt *readTrace) {
+//
+// A read that the memory cache served whole (fromMem) moves a stream on
+// only if read-ahead fetched one of its chunks: a read of chunks something else put
+// in the cache — the start set or a profile the worker prefetched, another
+// image's reads — says nothing about what comes after them. (Measured on a
+// cold python3 start with the build-time start set: every read-ahead chunk
+// was past the end of a prefetched file, 4–6 MiB fetched for nothing;
+// docs/coldstart.md.)
+func (im *Image) readAhead(first, last int, fromMem bool, rt *readTrace) {
 	ra := im.a.cfg.ReadAhead
 	// The kernel sends a sequential stream as several concurrent requests
 	// (loop device, FUSE, overlayfs), so they arrive slightly out of order: a
@@ -442,7 +458,7 @@ func (im *Image) readAhead(first, last int, rt *readTrace) {
 	// Like the kernel's, read-ahead starts on the second read in a row that
 	// moves the stream on: one step to a neighbouring chunk is as likely a
 	// scattered read (a VM's boot walking metadata) as the start of a stream.
-	if int64(last) <= prev || im.run.Add(1) < 2 {
+	if int64(last) <= prev || (fromMem && !im.raOwns(first, last)) || im.run.Add(1) < 2 {
 		return
 	}
 	im.raMu.Lock()
@@ -469,6 +485,7 @@ func (im *Image) readAhead(first, last int, rt *readTrace) {
 				return
 			}
 			if c != nil {
+				im.raSet.set(j)
 				im.st.readAheads.Add(1)
 				inc(im.a.am.readAhead)
 				im.wg.Add(1)
@@ -477,6 +494,16 @@ func (im *Image) readAhead(first, last int, rt *readTrace) {
 		}
 		im.raNext = j + 1
 	}
+}
+
+// raOwns reports whether read-ahead fetched any of chunks first..last.
+func (im *Image) raOwns(first, last int) bool {
+	for i := first; i <= last; i++ {
+		if im.raSet.has(i) {
+			return true
+		}
+	}
+	return false
 }
 
 // prefetch waits for read-ahead fetch c of chunk j; Close cancels it.

@@ -71,3 +71,31 @@ func TestTraceRecordsFetchesAndReads(t *testing.T) {
 		t.Errorf("Analyze: chain %d, blocking %d; want 1 (the two fetches ran in parallel), 2", len(a.Chain), a.Blocking)
 	}
 }
+
+// TestReadAheadIgnoresPrefetchedChunks: sequential reads of chunks the
+// start set's prefetch put in the memory cache start no read-ahead (it
+// would fetch past the end of the prefetched file for nothing), while the
+// same reads cold do.
+func TestReadAheadIgnoresPrefetchedChunks(t *testing.T) {
+	ti := stdImage(t) // holes at 2, 5, 6, 10
+	for _, prefetched := range []bool{true, false} {
+		origin := counting(NewOrigin(ti.st, testRoot))
+		im := openImage(t, ti, Config{Mem: NewMemCache(1 << 20), Tiers: []Tier{origin}, ReadAhead: 3})
+		ctx := context.Background()
+		if prefetched {
+			if _, err := im.Prefetch(ctx, []uint32{7, 8, 9}, 3); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, i := range []int{7, 8, 9} {
+			if _, err := im.ReadAt(ctx, make([]byte, 4096), int64(i)*cs); err != nil {
+				t.Fatal(err)
+			}
+			im.quiesce()
+		}
+		got := origin.count(ti.m.Names[11])
+		if want := map[bool]int{true: 0, false: 1}[prefetched]; got != want {
+			t.Errorf("prefetched %v: chunk 11 fetched %d times after reading 7, 8, 9; want %d", prefetched, got, want)
+		}
+	}
+}
