@@ -425,7 +425,8 @@ func (d *Daemon) open(ctx context.Context, tenant, image string) (*served, error
 	s.watch = NewRootWatch(ctx, d.st, tenant, image, m, p.Root, d.log, d.expiredReads)
 	s.watch.Attach(im)
 	d.o.Fill.Start(context.Background(), im, nil, d.base) // ends when the image closes
-	if len(m.Hints) > 0 {                                 // the build-time start set (or a recorded profile); ends when the image closes
+	// The build-time start set (or a recorded profile); ends when the image closes.
+	if len(m.Hints) > 0 {
 		go im.Prefetch(context.Background(), m.Hints, max(1, d.o.Worker.Fetches))
 	}
 	return s, nil
