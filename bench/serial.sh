@@ -8,9 +8,10 @@
 #      page cache dropped): time to first output, fetches and serial fetches
 #      before the output, bytes fetched;
 #   2. local: file store on local disk, the same image: a loop mount of its
-#      ext4 + chroot, lode mount --background + chroot, lode run (runc);
-#      mount and exec times, bytes the kernel read from the loop image and
-#      bytes lode fetched.
+#      ext4 + chroot, lode mount --background + chroot (no start set, start
+#      set, recorded profile), lode agent mount + chroot (start set, cold
+#      daemon); mount and exec times, bytes the kernel read from the loop
+#      image and bytes lode fetched.
 # Usage: bench/serial.sh [WORKDIR] [RUNS] [DELAY]   (root, FUSE, loop, runc)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,6 +47,10 @@ for st in "$S3DIRECT" "$FILE"; do
   "$L" --store "$st" build "rootfs:$TAR" --name py-plain --no-start-set --keep-image "$W/image.ext4" >/dev/null 2>&1
   "$L" --store "$st" build "rootfs:$TAR" --name py-start --start-file /usr/bin/python3 >/dev/null 2>&1
 done
+# A profiled image: the start set, then replaced by a recorded read order (lode run --record).
+"$L" --store "$FILE" build "rootfs:$TAR" --name py-prof --start-file /usr/bin/python3 >/dev/null 2>&1
+"$L" --store "$FILE" run py-prof --allow-store-secret --cache-dir "$W/rcache" --record \
+  --entrypoint /usr/bin/python3 -- -c 'print(6*7)' >/dev/null 2>&1; rm -rf "$W/rcache"
 echo "load: $(uptime | sed 's/.*load/load/')"
 
 echo "== S3 + $DELAY per request: cold python3 start, $RUNS runs each, interleaved"
@@ -78,15 +83,24 @@ for i in $(seq "$RUNS"); do
   rd[loop]+="$(awk -v r0="$r0" '{printf "%.1f", ($3-r0)*512/1048576}' "/sys/block/${dev#/dev/}/stat") "
   umount "$W/mnt"; losetup -d "$dev"
   mt[loop]+="$(( (t1-t0)/1000000 )) "; et[loop]+="$(( (t2-t1)/1000000 )) "
-  for img in py-plain py-start; do
+  for img in py-plain py-start py-prof; do
     rm -rf "$W/lcache"; drop; t0=$(now)
     "$L" --store "$FILE" mount -d "$img" "$W/mnt" --allow-store-secret --cache-dir "$W/lcache" >/dev/null; t1=$(now)
     chroot "$W/mnt" "${PY[@]}" >/dev/null; t2=$(now)
     "$L" umount "$W/mnt" >/dev/null 2>&1
     mt[$img]+="$(( (t1-t0)/1000000 )) "; et[$img]+="$(( (t2-t1)/1000000 )) "; rd[$img]+="$(du -sm "$W/lcache" | cut -f1) "
   done
+  # lode agent mount: a daemon started cold (empty L1) before the timed mount.
+  rm -rf "$W/acache"; sock="$W/agent.sock"
+  "$L" --store "$FILE" agent --socket "$sock" --allow-store-secret --cache-dir "$W/acache" --state-dir "$W/astate" >"$W/agent.log" 2>&1 &
+  apid=$!
+  for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+  drop; t0=$(now); "$L" agent --socket "$sock" mount py-start "$W/mnt" >/dev/null; t1=$(now)
+  chroot "$W/mnt" "${PY[@]}" >/dev/null; t2=$(now)
+  "$L" agent --socket "$sock" umount "$W/mnt" >/dev/null; kill "$apid"; wait "$apid" 2>/dev/null || true
+  mt[agent]+="$(( (t1-t0)/1000000 )) "; et[agent]+="$(( (t2-t1)/1000000 )) "; rd[agent]+="$(du -sm "$W/acache" | cut -f1) "
 done
-for k in loop py-plain py-start; do
+for k in loop py-plain py-start py-prof agent; do
   m=$(median ${mt[$k]}); e=$(median ${et[$k]})
   echo "$k: mount $m ms + exec $e ms = $((m+e)) ms; read/fetched $(median ${rd[$k]}) MiB   (mount ${mt[$k]}; exec ${et[$k]})"
 done

@@ -204,7 +204,7 @@ type readTrace struct {
 // traceRead records the read rt of chunks first..last, complete.
 func (im *Image) traceRead(rt *readTrace, first, last int) {
 	tr := im.a.cfg.Trace
-	tr.Emit(trace.Event{Kind: trace.KindRead, ID: rt.id, Image: im.name, Off: rt.off, Len: rt.len,
+	tr.Emit(trace.Event{Kind: trace.KindRead, ID: rt.id, Image: im.name, Chunk: first, Off: rt.off, Len: rt.len,
 		First: first, Last: last, Asked: rt.asked, Done: tr.Now(), Waited: rt.waited})
 }
 

@@ -35,7 +35,7 @@ type Event struct {
 	Name  string `json:"name,omitempty"` // a mark's name
 
 	// Fetches.
-	Chunk int    `json:"chunk"`
+	Chunk int    `json:"chunk"` // a read's: its first
 	Why   string `json:"why,omitempty"`
 	Read  uint64 `json:"read,omitempty"` // the read that asked (why=read) or triggered it (readahead)
 	Hint  int    `json:"hint,omitempty"` // index in the prefetch list (why=prefetch)
