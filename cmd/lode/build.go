@@ -27,6 +27,8 @@ type buildOptions struct {
 	compress     string
 	align        bool
 	force        bool
+	startFiles   []string
+	noStartSet   bool
 	remote       oci.RemoteOptions
 	timeout      time.Duration
 }
@@ -79,6 +81,8 @@ SOURCE is one of:
 	f.StringVar(&o.compress, "compress", "none", "compress each chunk before encryption: none or zstd (recorded in the manifest)")
 	f.BoolVar(&o.align, "align", false, "chunk-aligned layout: start every file of at least one chunk on a chunk boundary, so identical large files give identical chunks wherever they sit (more dedup when a base layer changes or layers are reordered)")
 	f.DurationVar(&o.timeout, "build-timeout", build.DefaultTimeout, "abort (and write no image pointer) a build that runs longer than this after choosing its root; must equal lode gc --build-timeout")
+	f.StringSliceVar(&o.startFiles, "start-file", nil, "a program starts of the image run, beside its entrypoint: its ELF closure joins the start set prefetched at every start (repeatable)")
+	f.BoolVar(&o.noStartSet, "no-start-set", false, "store no build-time start set (metadata + entrypoint's ELF closure) as the image's prefetch hints")
 	cmd.MarkFlagRequired("name")
 	return cmd
 }
@@ -109,6 +113,7 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 		ChunkSize: o.chunkSize, SaltDomain: o.saltDomain, Uploads: o.uploads,
 		TempDir: o.tempDir, KeepImage: o.keepImage, Flatten: fo,
 		Log: logger, Timeout: o.timeout,
+		StartFiles: o.startFiles, NoStartSet: o.noStartSet,
 	}
 	if o.align {
 		bo.Ext4.Align = int64(o.chunkSize)

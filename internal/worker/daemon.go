@@ -23,6 +23,7 @@ import (
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/metrics"
 	"github.com/lode-dev/lode/internal/store"
+	"github.com/lode-dev/lode/internal/store/file"
 )
 
 // DefaultSocket is where the daemon listens and its clients connect.
@@ -425,6 +426,14 @@ func (d *Daemon) open(ctx context.Context, tenant, image string) (*served, error
 	s.watch = NewRootWatch(ctx, d.st, tenant, image, m, p.Root, d.log, d.expiredReads)
 	s.watch.Attach(im)
 	d.o.Fill.Start(context.Background(), im, nil, d.base) // ends when the image closes
+	// The build-time start set (or a recorded profile); ends when the image closes.
+	if len(m.Hints) > 0 {
+		parallel := max(1, d.o.Worker.Fetches)
+		if _, local := d.st.(*file.Store); local {
+			parallel = min(parallel, localPrefetch)
+		}
+		go im.Prefetch(context.Background(), m.Hints, parallel)
+	}
 	return s, nil
 }
 
