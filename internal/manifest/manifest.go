@@ -1,9 +1,11 @@
 package manifest
 
 import (
+	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 
 	"github.com/lode-dev/lode/internal/chunk"
 )
@@ -76,6 +78,42 @@ type Manifest struct {
 	Config Config
 	// Hints lists chunk indexes in the order a start read them (may be empty).
 	Hints []uint32
+
+	// subkeys is a secret derived from the manifest's data key when Open
+	// decrypted it (nil for a manifest that was not opened): the root of
+	// SubKey. Only holders of the tenant's key can compute it.
+	subkeys *[keySize]byte
+}
+
+// SubKey derives a 32-byte key for purpose (e.g. "lode profile v1") from
+// the data key the manifest was sealed with: HKDF-SHA256 of a secret Open
+// derived from the data key, with purpose as the info. Objects that belong
+// to this manifest and only its tenant may read (internal/profile's learned
+// startup profiles) are sealed under such keys, so a worker that can open
+// the manifest can seal and open them without any store secret. ok is false
+// when m was not opened by Open (a built manifest before sealing).
+func (m *Manifest) SubKey(purpose string) (key []byte, ok bool) {
+	if m.subkeys == nil {
+		return nil, false
+	}
+	k, err := hkdf.Expand(sha256.New, m.subkeys[:], "lode manifest subkey: "+purpose, keySize)
+	if err != nil {
+		return nil, false
+	}
+	return k, true
+}
+
+// deriveSubkeys sets m's subkey root from its data key.
+func (m *Manifest) deriveSubkeys(dataKey []byte) error {
+	k, err := hkdf.Extract(sha256.New, dataKey, []byte("lode manifest subkeys v1"))
+	if err != nil {
+		return fmt.Errorf("deriving manifest subkeys: %w", err)
+	}
+	var root [keySize]byte
+	copy(root[:], k)
+	clear(k)
+	m.subkeys = &root
+	return nil
 }
 
 // Ref returns the chunk reference of chunk i.

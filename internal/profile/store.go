@@ -1,0 +1,167 @@
+package profile
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/store"
+)
+
+// MergedKey is the key of the merged profile of manifest id in root r.
+func MergedKey(r store.RootID, id string) string { return store.ProfilesPrefix(r, id) + "merged" }
+
+// StartsPrefix is the prefix of the start objects of manifest id in root r.
+func StartsPrefix(r store.RootID, id string) string { return store.ProfilesPrefix(r, id) + "starts/" }
+
+// startKey names a new start object recorded at t.
+func startKey(r store.RootID, id string, t time.Time) string {
+	var b [4]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%s%020d-%s", StartsPrefix(r, id), t.UnixNano(), hex.EncodeToString(b[:]))
+}
+
+// Image is the manifest a profile belongs to, where it lives: its root (the
+// pointer's), its id, and the opened manifest (for its key and chunk count).
+type Image struct {
+	Root store.RootID
+	ID   string
+	M    *manifest.Manifest
+}
+
+// key derives the sealing key of im's profiles.
+func (im Image) key() ([]byte, error) {
+	k, ok := im.M.SubKey(KeyPurpose)
+	if !ok {
+		return nil, fmt.Errorf("profile of manifest %s: the manifest was not opened with its tenant key: %w", im.ID, manifest.ErrNoKey)
+	}
+	return k, nil
+}
+
+// Load reads and opens im's merged profile. It returns nil and no error
+// when there is none; ErrCorrupt, ErrStale or ErrVersion when there is one
+// that cannot be used (callers ignore it and start without).
+func Load(ctx context.Context, st store.Store, im Image) (*Profile, error) {
+	key, err := im.key()
+	if err != nil {
+		return nil, err
+	}
+	k := MergedKey(im.Root, im.ID)
+	b, err := st.Get(ctx, k, nil)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading profile %s: %w", k, err)
+	}
+	p, err := Open(b, im.ID, key, len(im.M.Names))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", k, err)
+	}
+	return p, nil
+}
+
+// Publish stores one start's read order of im as a start object, then
+// rewrites im's merged profile from every start object (see the package
+// doc, "Concurrent publishers"), and returns the merged profile. Start
+// objects that do not open are left out with a log line. The order is not
+// published when no chunk of it is in range.
+func Publish(ctx context.Context, st store.Store, im Image, order []uint32, now time.Time, log *slog.Logger) (*Profile, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	key, err := im.key()
+	if err != nil {
+		return nil, err
+	}
+	one := FromStart(order, len(im.M.Names), now)
+	if len(one.Chunks) == 0 {
+		return nil, fmt.Errorf("publishing a profile of manifest %s: the start read no chunk", im.ID)
+	}
+	sealed, err := Seal(one, im.ID, key)
+	if err != nil {
+		return nil, err
+	}
+	own := startKey(im.Root, im.ID, now)
+	if err := st.PutIfAbsent(ctx, own, sealed); err != nil {
+		return nil, fmt.Errorf("storing profile %s: %w", own, err)
+	}
+	var keys []string
+	err = st.List(ctx, StartsPrefix(im.Root, im.ID), func(k string, _ int64) error {
+		if len(keys) < MaxStartObjects {
+			keys = append(keys, k)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing profiles of manifest %s: %w", im.ID, err)
+	}
+	starts := []*Profile{one}
+	for _, k := range keys {
+		if k == own {
+			continue
+		}
+		b, err := st.Get(ctx, k, nil)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading profile %s: %w", k, err)
+		}
+		p, err := Open(b, im.ID, key, len(im.M.Names))
+		if err != nil {
+			log.Warn("ignoring a start profile", "key", k, "err", err)
+			continue
+		}
+		starts = append(starts, p)
+	}
+	merged := Combine(starts)
+	b, err := Seal(merged, im.ID, key)
+	if err != nil {
+		return nil, err
+	}
+	mk := MergedKey(im.Root, im.ID)
+	if err := st.Put(ctx, mk, b); err != nil {
+		return nil, fmt.Errorf("storing profile %s: %w", mk, err)
+	}
+	return merged, nil
+}
+
+// CopyForward copies the profile objects of manifest id from root from to
+// root to (the garbage collector's copy-forward; the objects are opaque to
+// it and stay valid because the manifest id does not change). Objects the
+// target has already are kept. It returns the objects and bytes copied.
+func CopyForward(ctx context.Context, st store.Store, from, to store.RootID, id string) (objs int, bytes int64, err error) {
+	src := store.ProfilesPrefix(from, id)
+	var keys []string
+	if err := st.List(ctx, src, func(k string, _ int64) error {
+		keys = append(keys, k)
+		return nil
+	}); err != nil {
+		return 0, 0, fmt.Errorf("listing profiles of manifest %s: %w", id, err)
+	}
+	for _, k := range keys {
+		b, err := st.Get(ctx, k, nil)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return objs, bytes, fmt.Errorf("reading profile %s: %w", k, err)
+		}
+		tk := store.ProfilesPrefix(to, id) + strings.TrimPrefix(k, src)
+		if err := st.PutIfAbsent(ctx, tk, b); errors.Is(err, store.ErrExists) {
+			continue
+		} else if err != nil {
+			return objs, bytes, fmt.Errorf("storing profile %s: %w", tk, err)
+		}
+		objs++
+		bytes += int64(len(b))
+	}
+	return objs, bytes, nil
+}
