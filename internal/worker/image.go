@@ -17,6 +17,7 @@ import (
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/heatmap"
 	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/profile"
 	"github.com/lode-dev/lode/internal/store"
 )
 
@@ -34,6 +35,8 @@ type Image struct {
 	log   *slog.Logger
 	// tenantName and imageName name the image in the catalog.
 	tenantName, imageName string
+	// learn loads (and may record) the learned startup profile.
+	learn *learner
 }
 
 // Open resolves tenant's image name and opens it through a new stack over
@@ -62,6 +65,7 @@ func Open(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name
 		return nil, fmt.Errorf("opening image %s: %w", w.Name, err)
 	}
 	w.Image = im
+	w.learn = startLearner(st, p, m, im, w.Name, o.LearnProfile, profile.NewMetrics(reg), log)
 	var reads prometheus.Counter
 	if reg != nil {
 		reads = NewExpiredReadsCounter()
@@ -80,6 +84,7 @@ func (w *Image) Close() error {
 	if w.Image != nil {
 		errs = append(errs, w.Image.Close())
 	}
+	w.learn.Wait()
 	if w.Watch != nil {
 		w.Watch.Close()
 	}
@@ -89,18 +94,16 @@ func (w *Image) Close() error {
 	return errors.Join(errs...)
 }
 
-// Prefetch fetches the image's startup profile (its manifest's hints), if
-// it has one, in the background with parallel fetches.
+// Prefetch fetches, in the background with parallel fetches, the image's
+// learned startup profile (loaded at open; internal/profile) and then its
+// build start set (the manifest's hints) not already in it: profile.Merge.
 func (w *Image) Prefetch(ctx context.Context, parallel int) {
-	hints := w.Manifest.Hints
-	if len(hints) == 0 {
-		return
-	}
-	go func() {
-		n, err := w.Image.Prefetch(ctx, hints, max(1, parallel))
-		w.log.Debug("prefetched startup profile", "image", w.Name, "hints", len(hints), "fetches", n, "err", err)
-	}()
+	go w.learn.prefetch(ctx, w.Image, w.Manifest.Hints, parallel, w.log, w.Name)
 }
+
+// LearnedProfile waits for the image's learned startup profile to load and
+// returns its chunks in prefetch order (nil: none).
+func (w *Image) LearnedProfile(ctx context.Context) []uint32 { return w.learn.Learned(ctx) }
 
 // Device is the block device a frontend exports for w: the image itself,
 // or a copy-on-write overlay over it when overlay names a file. It also
