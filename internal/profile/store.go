@@ -165,3 +165,38 @@ func CopyForward(ctx context.Context, st store.Store, from, to store.RootID, id 
 	}
 	return objs, bytes, nil
 }
+
+// Summary is what lode inspect shows of an image's learned profile.
+type Summary struct {
+	Present bool      `json:"present"`
+	Chunks  int       `json:"chunks,omitempty"`
+	Starts  int       `json:"starts,omitempty"`
+	Created time.Time `json:"created,omitzero"`
+	Updated time.Time `json:"updated,omitzero"`
+	// Error says why a profile present in the store is not used.
+	Error string `json:"error,omitempty"`
+}
+
+// Summarize loads im's learned profile for display.
+func Summarize(ctx context.Context, st store.Store, im Image) Summary {
+	p, err := Load(ctx, st, im)
+	switch {
+	case err != nil:
+		return Summary{Error: err.Error()}
+	case p == nil:
+		return Summary{}
+	}
+	return Summary{Present: true, Chunks: len(p.Chunks), Starts: p.Starts, Created: p.Created, Updated: p.Updated}
+}
+
+// Text is the summary on one line, ages as of now.
+func (s Summary) Text(now time.Time) string {
+	switch {
+	case s.Error != "":
+		return "unusable, ignored (" + s.Error + ")"
+	case !s.Present:
+		return "none yet (learned from the first starts unless workers run with --learn-profile=false)"
+	}
+	return fmt.Sprintf("%d chunks from %d starts (of at most %d), last learned %s ago, first %s ago",
+		s.Chunks, s.Starts, MaxStarts, now.Sub(s.Updated).Round(time.Second), now.Sub(s.Created).Round(time.Second))
+}
