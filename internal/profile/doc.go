@@ -11,7 +11,8 @@
 // read set as one start object; Publish then merges every start object of
 // the manifest into the merged object that later opens read (Load). A
 // worker learns only while the merged profile has fewer than MaxStarts
-// starts, and never with --learn-profile=false.
+// starts, never with --learn-profile=false, and never for a manifest built
+// with lode build --learn-profile=false (the no-learn marker, NoLearnKey).
 //
 // # Objects
 //
@@ -22,6 +23,7 @@
 //
 //	roots/<root>/profiles/<manifest-id>/merged           what Load reads
 //	roots/<root>/profiles/<manifest-id>/starts/<t>-<r>    one start each
+//	roots/<root>/profiles/<manifest-id>/no-learn          built with --learn-profile=false
 //
 // where <t> is the start's time in Unix nanoseconds (20 digits, so lexical
 // order is time order) and <r> 8 random hex digits. Each object is sealed

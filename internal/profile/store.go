@@ -17,6 +17,36 @@ import (
 // MergedKey is the key of the merged profile of manifest id in root r.
 func MergedKey(r store.RootID, id string) string { return store.ProfilesPrefix(r, id) + "merged" }
 
+// NoLearnKey is the key of the marker that turns learning off for manifest
+// id in root r (lode build --learn-profile=false): publishers that find it
+// publish nothing. It holds no secret, only a note for people.
+func NoLearnKey(r store.RootID, id string) string { return store.ProfilesPrefix(r, id) + "no-learn" }
+
+// ErrLearningOff: the image was built with --learn-profile=false.
+var ErrLearningOff = errors.New("learning turned off for this image (lode build --learn-profile=false)")
+
+// DisableLearning marks manifest id in root r so that no worker learns its
+// startup profile (lode build --learn-profile=false).
+func DisableLearning(ctx context.Context, st store.Store, r store.RootID, id string) error {
+	k := NoLearnKey(r, id)
+	if err := st.Put(ctx, k, []byte("lode build --learn-profile=false: workers do not learn this manifest's startup profile\n")); err != nil {
+		return fmt.Errorf("turning off profile learning for manifest %s: %w", id, err)
+	}
+	return nil
+}
+
+// learningOff reports whether im's learning was turned off.
+func learningOff(ctx context.Context, st store.Store, im Image) (bool, error) {
+	_, err := st.Stat(ctx, NoLearnKey(im.Root, im.ID))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, store.ErrNotFound):
+		return false, nil
+	}
+	return false, fmt.Errorf("checking %s: %w", NoLearnKey(im.Root, im.ID), err)
+}
+
 // StartsPrefix is the prefix of the start objects of manifest id in root r.
 func StartsPrefix(r store.RootID, id string) string { return store.ProfilesPrefix(r, id) + "starts/" }
 
@@ -71,7 +101,8 @@ func Load(ctx context.Context, st store.Store, im Image) (*Profile, error) {
 // rewrites im's merged profile from every start object (see the package
 // doc, "Concurrent publishers"), and returns the merged profile. Start
 // objects that do not open are left out with a log line. The order is not
-// published when no chunk of it is in range.
+// published when no chunk of it is in range, nor (ErrLearningOff) when the
+// image was built with --learn-profile=false.
 func Publish(ctx context.Context, st store.Store, im Image, order []uint32, now time.Time, log *slog.Logger) (*Profile, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -79,6 +110,11 @@ func Publish(ctx context.Context, st store.Store, im Image, order []uint32, now 
 	key, err := im.key()
 	if err != nil {
 		return nil, err
+	}
+	if off, err := learningOff(ctx, st, im); err != nil {
+		return nil, err
+	} else if off {
+		return nil, fmt.Errorf("publishing a profile of manifest %s: %w", im.ID, ErrLearningOff)
 	}
 	one := FromStart(order, len(im.M.Names), now)
 	if len(one.Chunks) == 0 {
@@ -175,18 +211,24 @@ type Summary struct {
 	Updated time.Time `json:"updated,omitzero"`
 	// Error says why a profile present in the store is not used.
 	Error string `json:"error,omitempty"`
+	// LearningOff: built with --learn-profile=false.
+	LearningOff bool `json:"learning_off,omitempty"`
 }
 
 // Summarize loads im's learned profile for display.
 func Summarize(ctx context.Context, st store.Store, im Image) Summary {
+	off, err := learningOff(ctx, st, im)
+	if err != nil {
+		return Summary{Error: err.Error()}
+	}
 	p, err := Load(ctx, st, im)
 	switch {
 	case err != nil:
-		return Summary{Error: err.Error()}
+		return Summary{Error: err.Error(), LearningOff: off}
 	case p == nil:
-		return Summary{}
+		return Summary{LearningOff: off}
 	}
-	return Summary{Present: true, Chunks: len(p.Chunks), Starts: p.Starts, Created: p.Created, Updated: p.Updated}
+	return Summary{Present: true, Chunks: len(p.Chunks), Starts: p.Starts, Created: p.Created, Updated: p.Updated, LearningOff: off}
 }
 
 // Text is the summary on one line, ages as of now.
@@ -194,6 +236,8 @@ func (s Summary) Text(now time.Time) string {
 	switch {
 	case s.Error != "":
 		return "unusable, ignored (" + s.Error + ")"
+	case !s.Present && s.LearningOff:
+		return "none; learning turned off (lode build --learn-profile=false)"
 	case !s.Present:
 		return "none yet (learned from the first starts unless workers run with --learn-profile=false)"
 	}

@@ -122,3 +122,25 @@ func TestCopyForward(t *testing.T) {
 		}
 	}
 }
+
+// lode build --learn-profile=false: publishers publish nothing, inspect says so.
+func TestDisableLearning(t *testing.T) {
+	ctx := context.Background()
+	st := mem.New()
+	im, _ := opened(t, keyring(t, "acme"), "acme", 16)
+	if s := Summarize(ctx, st, im); s.Present || s.LearningOff || !strings.Contains(s.Text(time.Now()), "none yet") {
+		t.Errorf("Summarize before = %+v", s)
+	}
+	if err := DisableLearning(ctx, st, im.Root, im.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Publish(ctx, st, im, []uint32{1}, time.Unix(1700000000, 0), nil); !errors.Is(err, ErrLearningOff) {
+		t.Errorf("Publish with learning off = %v, want ErrLearningOff", err)
+	}
+	if _, err := st.Stat(ctx, MergedKey(root, im.ID)); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a profile was stored with learning off: %v", err)
+	}
+	if s := Summarize(ctx, st, im); s.Present || !s.LearningOff || !strings.Contains(s.Text(time.Now()), "learning turned off") {
+		t.Errorf("Summarize after = %+v (%s)", s, s.Text(time.Now()))
+	}
+}

@@ -135,6 +135,10 @@ func (l *learner) publish(order []uint32) error {
 		ctx, cancel := context.WithTimeout(context.Background(), learnTimeout)
 		defer cancel()
 		p, err := profile.Publish(ctx, l.st, l.pi, order, time.Now(), l.log)
+		if errors.Is(err, profile.ErrLearningOff) {
+			l.log.Debug("not learning the startup profile", "image", l.name, "err", err)
+			return
+		}
 		l.met.Publish(err)
 		if err != nil {
 			l.pubErr = err
