@@ -78,11 +78,18 @@ func (im Image) key() ([]byte, error) {
 // when there is none; ErrCorrupt, ErrStale or ErrVersion when there is one
 // that cannot be used (callers ignore it and start without).
 func Load(ctx context.Context, st store.Store, im Image) (*Profile, error) {
-	key, err := im.key()
+	b, err := Fetch(ctx, st, im.Root, im.ID)
 	if err != nil {
 		return nil, err
 	}
-	k := MergedKey(im.Root, im.ID)
+	return OpenFetched(b, im)
+}
+
+// Fetch reads the sealed merged profile of manifest id in root r (nil, nil
+// when there is none). It needs no key, so a worker can read it while it
+// reads and opens the manifest (worker.Open); OpenFetched opens it then.
+func Fetch(ctx context.Context, st store.Store, r store.RootID, id string) ([]byte, error) {
+	k := MergedKey(r, id)
 	b, err := st.Get(ctx, k, nil)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
@@ -90,9 +97,21 @@ func Load(ctx context.Context, st store.Store, im Image) (*Profile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading profile %s: %w", k, err)
 	}
+	return b, nil
+}
+
+// OpenFetched opens what Fetch returned for im (nil: no profile, nil).
+func OpenFetched(b []byte, im Image) (*Profile, error) {
+	if b == nil {
+		return nil, nil
+	}
+	key, err := im.key()
+	if err != nil {
+		return nil, err
+	}
 	p, err := Open(b, im.ID, key, len(im.M.Names))
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", k, err)
+		return nil, fmt.Errorf("%s: %w", MergedKey(im.Root, im.ID), err)
 	}
 	return p, nil
 }

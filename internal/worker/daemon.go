@@ -425,7 +425,7 @@ func (d *Daemon) open(ctx context.Context, tenant, image string) (*served, error
 		return nil, fmt.Errorf("opening image %s: %w", s.name(), err)
 	}
 	s.im = im
-	s.learn = startLearner(d.st, p, m, im, s.name(), d.o.Worker.LearnProfile, profile.NewMetrics(d.reg), d.log)
+	s.learn = startLearner(d.st, p, m, im, s.name(), d.o.Worker.LearnProfile, fetchProfile(d.st, p), profile.NewMetrics(d.reg), d.log)
 	go s.learn.prefetch(context.Background(), im, m.Hints, d.o.Worker.Fetches, d.log, s.name()) // ends when the image closes
 	s.watch = NewRootWatch(ctx, d.st, tenant, image, m, p.Root, d.log, d.expiredReads)
 	s.watch.Attach(im)

@@ -46,7 +46,14 @@ func Open(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name
 	if err := checkKeyring(kr, o.AllowStoreSecret); err != nil {
 		return nil, err
 	}
-	m, p, err := catalog.Resolve(ctx, st, kr, tenant, name)
+	p, err := catalog.Lookup(ctx, st, tenant, name)
+	if err != nil {
+		return nil, err
+	}
+	// The learned profile is read while the manifest is: no round trip of
+	// its own before the prefetch can start.
+	prof := fetchProfile(st, p)
+	m, err := catalog.ResolvePointer(ctx, st, kr, tenant, name, p)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +72,7 @@ func Open(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name
 		return nil, fmt.Errorf("opening image %s: %w", w.Name, err)
 	}
 	w.Image = im
-	w.learn = startLearner(st, p, m, im, w.Name, o.LearnProfile, profile.NewMetrics(reg), log)
+	w.learn = startLearner(st, p, m, im, w.Name, o.LearnProfile, prof, profile.NewMetrics(reg), log)
 	var reads prometheus.Counter
 	if reg != nil {
 		reads = NewExpiredReadsCounter()

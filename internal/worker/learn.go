@@ -51,14 +51,33 @@ type learner struct {
 	wg      sync.WaitGroup
 }
 
-// startLearner loads the learned profile of the image im opened from
-// manifest m at pointer p, and when learn is set arms the recording.
-func startLearner(st store.Store, p store.Pointer, m *manifest.Manifest, im *agent.Image, name string, learn bool, met *profile.Metrics, log *slog.Logger) *learner {
+// fetched is a sealed profile read from the store (profile.Fetch).
+type fetched struct {
+	b   []byte
+	err error
+}
+
+// fetchProfile starts reading the sealed learned profile of p's manifest.
+func fetchProfile(st store.Store, p store.Pointer) <-chan fetched {
+	ch := make(chan fetched, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), learnTimeout)
+		defer cancel()
+		b, err := profile.Fetch(ctx, st, p.Root, p.Manifest)
+		ch <- fetched{b, err}
+	}()
+	return ch
+}
+
+// startLearner opens the learned profile (being read: prof) of the image im
+// opened from manifest m at pointer p, and when learn is set arms the
+// recording.
+func startLearner(st store.Store, p store.Pointer, m *manifest.Manifest, im *agent.Image, name string, learn bool, prof <-chan fetched, met *profile.Metrics, log *slog.Logger) *learner {
 	l := &learner{
 		st: st, pi: profile.Image{Root: p.Root, ID: p.Manifest, M: m}, im: im, name: name, log: log, met: met,
 		loaded: make(chan struct{}), learn: learn, gated: make(chan struct{}),
 	}
-	l.wg.Go(l.load)
+	l.wg.Go(func() { l.load(prof) })
 	if learn {
 		LearnGate.Hold(func() {
 			l.gateMu.Lock()
@@ -74,18 +93,21 @@ func startLearner(st store.Store, p store.Pointer, m *manifest.Manifest, im *age
 	return l
 }
 
-func (l *learner) load() {
+func (l *learner) load(prof <-chan fetched) {
 	defer close(l.loaded)
-	ctx, cancel := context.WithTimeout(context.Background(), learnTimeout)
-	defer cancel()
-	p, err := profile.Load(ctx, l.st, l.pi)
+	f := <-prof
+	p, err := f.b, f.err
+	var lp *profile.Profile
+	if err == nil {
+		lp, err = profile.OpenFetched(p, l.pi)
+	}
 	switch {
-	case err == nil && p == nil:
+	case err == nil && lp == nil:
 		l.met.Load(profile.LoadNone)
 	case err == nil:
 		l.met.Load(profile.LoadFound)
-		l.prof = p
-		l.log.Debug("learned startup profile", "image", l.name, "chunks", len(p.Chunks), "starts", p.Starts)
+		l.prof = lp
+		l.log.Debug("learned startup profile", "image", l.name, "chunks", len(lp.Chunks), "starts", lp.Starts)
 	case errors.Is(err, profile.ErrCorrupt), errors.Is(err, profile.ErrStale), errors.Is(err, profile.ErrVersion):
 		l.met.Load(profile.LoadIgnored)
 		l.log.Warn("ignoring the learned startup profile", "image", l.name, "err", err)
