@@ -104,4 +104,8 @@ func TestSubKeyNeedsOpen(t *testing.T) {
 	if k, _ := a.M.SubKey("something else"); string(k) == string(subkey(t, a)) {
 		t.Error("SubKey ignores its purpose")
 	}
+	c := *a.M
+	if _, ok := c.SubKey(KeyPurpose); ok {
+		t.Error("a copy of an opened manifest has its subkey")
+	}
 }
