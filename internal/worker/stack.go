@@ -55,6 +55,12 @@ type Options struct {
 	// (internal/trace): one JSON line per chunk fetch and per read.
 	Trace string
 
+	// LearnProfile records what each start of an image reads and publishes
+	// it as the image's learned startup profile (internal/profile) while
+	// the profile has fewer than profile.MaxStarts starts
+	// (--learn-profile). Learned profiles are prefetched either way.
+	LearnProfile bool
+
 	// AllowStoreSecret lets Open and NewDaemon run with a keyring that holds
 	// the store secret (a builder's); they refuse one otherwise (keys.go).
 	AllowStoreSecret bool
