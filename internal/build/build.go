@@ -32,7 +32,8 @@ type Options struct {
 
 	ChunkSize  int    // default chunk.DefaultSize
 	SaltDomain string // optional placement domain mixed into the salt
-	// Compression is manifest.CompressionNone (default) or
+	// Compression is manifest.CompressionNone (the zero value; lode build
+	// defaults to DefaultCompression) or
 	// manifest.CompressionZstd: every non-hole chunk is then sealed as one
 	// zstd frame of its bytes (zstdLevel, no checksum: GCM authenticates),
 	// whether or not that is smaller, under a salt of its own (ZstdSalt).
@@ -69,6 +70,17 @@ type Options struct {
 	Progress Progress // may be nil
 	Now      func() time.Time
 }
+
+// lode build's defaults (docs/decisions/20261203-build-defaults.md): zstd
+// chunks and the chunk-aligned layout (Ext4.Align = the chunk size), which
+// keep chunks shared when an early file changes size or layers are
+// reordered and store no more than the old layout. Options' zero values
+// are the old layout and raw chunks (lode build --align=false --compress
+// none); images of either kind read the same way.
+const (
+	DefaultCompression = manifest.CompressionZstd
+	DefaultAlign       = true
+)
 
 // DefaultTimeout is Options.Timeout's default, gc.DefaultConfig's BuildTimeout.
 const DefaultTimeout = time.Hour
