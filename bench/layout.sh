@@ -15,11 +15,12 @@
 #       /usr/lib/python3.11, against the same two layers the other way round
 #   (e) the same app layer (python3.11's library, 40 MB) on two different
 #       bases (the base of (c) and the original)
-# MODES (default "old-raw old-zstd aligned-raw aligned-zstd"): old = the
+# MODES (default "old-raw old-zstd aligned-raw default"): old = the
 # layout of `lode build --align=false` (file data packed in stream order),
 # aligned = `--align` (files of at least one chunk start on a chunk
-# boundary); raw = `--compress none`, zstd = `--compress zstd`. Each mode
-# passes its flags explicitly, so the script measures the same thing
+# boundary); raw = `--compress none`, zstd = `--compress zstd`; default =
+# no flags (aligned-zstd since issue #22). Each mode
+# but default passes its flags explicitly, so those measure the same thing
 # whatever the defaults are.
 # Usage: bench/layout.sh [WORKDIR] [MODES]   (default /var/cache/lode-bench;
 # root, umoci; the Debian tree is made once by bench/build.sh or unpacked
@@ -27,7 +28,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 W=${1:-/var/cache/lode-bench}
-MODES=${2:-"old-raw old-zstd aligned-raw aligned-zstd"}
+MODES=${2:-"old-raw old-zstd aligned-raw default"}
 mkdir -p "$W"
 cd "$W"
 TAR=${LODE_TOOLS:-$HOME/.cache/lode-tools}/debian-bookworm-minbase-python3.tar
@@ -87,6 +88,7 @@ flags() { # flags MODE: the build flags of MODE
     old-zstd) echo --align=false --compress zstd ;;
     aligned-raw) echo --align --compress none ;;
     aligned-zstd) echo --align --compress zstd ;;
+    default) echo ;; # lode build's defaults (aligned, zstd since issue #22)
     *) echo "unknown mode $1" >&2; exit 1 ;;
   esac
 }
