@@ -35,8 +35,14 @@ type buildOptions struct {
 	timeout      time.Duration
 }
 
+// defaultBuildOptions are lode build's flag defaults, also what lode demo
+// builds with.
+func defaultBuildOptions() buildOptions {
+	return buildOptions{chunkSize: chunk.DefaultSize, compress: compressionName(build.DefaultCompression), align: build.DefaultAlign}
+}
+
 func newBuildCmd() *cobra.Command {
-	var o buildOptions
+	o := defaultBuildOptions()
 	learn := true
 	cmd := &cobra.Command{
 		Use:   "build SOURCE --name NAME",
@@ -68,13 +74,13 @@ SOURCE is one of:
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.name, "name", "", "image name (required)")
-	f.IntVar(&o.chunkSize, "chunk-size", chunk.DefaultSize, "chunk size in bytes (multiple of 4096)")
+	f.IntVar(&o.chunkSize, "chunk-size", o.chunkSize, "chunk size in bytes (multiple of 4096)")
 	f.StringVar(&o.saltDomain, "salt-domain", "", "placement domain mixed into the convergent-encryption salt (images dedup only within one domain)")
 	f.IntVar(&o.uploads, "uploads", 0, "concurrent seal+upload workers (default 4×CPUs)")
 	f.StringVar(&o.tempDir, "tmp", "", "directory for the staged ext4 image (default $TMPDIR)")
 	f.StringVar(&o.keepImage, "keep-image", "", "also write the built ext4 image to this path")
 	f.BoolVar(&o.allowDevices, "allow-devices", false, "keep device nodes (by default those under /dev are dropped with a notice and others refused)")
-	f.BoolVar(&o.force, "force", false, "rebuild a docker:// source even if NAME already holds an image of the same manifest digest (needed for --align or --allow-devices to take effect then)")
+	f.BoolVar(&o.force, "force", false, "rebuild a docker:// source even if NAME already holds an image of the same manifest digest (needed for --align/--align=false or --allow-devices to take effect then)")
 	f.StringVar(&o.remote.Platform, "platform", "", "os/arch[/variant] to pick from an image index (default linux/"+runtime.GOARCH+")")
 	f.StringVar(&o.remote.CAFile, "registry-ca", "", "PEM file of a CA to trust for registries, beside the system roots")
 	f.StringSliceVar(&o.remote.Insecure, "insecure-registry", nil, "HOST[:PORT] of a registry that may be reached over plain HTTP (repeatable)")
@@ -82,8 +88,8 @@ SOURCE is one of:
 	f.IntVar(&o.remote.Jobs, "registry-jobs", 3, "layers downloaded at once")
 	f.StringVar(&o.remote.AuthFile, "authfile", "", "credentials file (containers-auth.json, as skopeo login --authfile) tried first")
 	f.BoolVar(&o.noSetuid, "no-setuid", false, "refuse setuid/setgid files")
-	f.StringVar(&o.compress, "compress", "none", "compress each chunk before encryption: none or zstd (recorded in the manifest)")
-	f.BoolVar(&o.align, "align", false, "chunk-aligned layout: start every file of at least one chunk on a chunk boundary, so identical large files give identical chunks wherever they sit (more dedup when a base layer changes or layers are reordered)")
+	f.StringVar(&o.compress, "compress", o.compress, "compress each chunk before encryption: zstd or none (recorded in the manifest; none is the default of images built before 2026-12)")
+	f.BoolVar(&o.align, "align", o.align, "chunk-aligned layout: start every file of at least one chunk on a chunk boundary, so identical large files give identical chunks wherever they sit (dedup survives a base layer file changing size or reordered layers); --align=false packs file data in stream order, the layout of images built before 2026-12")
 	f.DurationVar(&o.timeout, "build-timeout", build.DefaultTimeout, "abort (and write no image pointer) a build that runs longer than this after choosing its root; must equal lode gc --build-timeout")
 	f.StringSliceVar(&o.startFiles, "start-file", nil, "a program starts of the image run, beside its entrypoint: its ELF closure joins the start set prefetched at every start (repeatable)")
 	f.BoolVar(&o.noStartSet, "no-start-set", false, "store no build-time start set (metadata + entrypoint's ELF closure) as the image's prefetch hints")

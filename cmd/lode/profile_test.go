@@ -135,23 +135,27 @@ func TestRunHeatmap(t *testing.T) {
 func TestInspectHeatmapAndCompress(t *testing.T) {
 	c := newCLI(t)
 	c.buildSample(t)
-	if err := c.execLode(t, "build", sample(t), "--name", "demo-zstd", "--compress", "zstd"); err != nil {
-		t.Fatalf("build --compress zstd = %v\n%s", err, c.stderr.String())
+	// The sample is built with the defaults (zstd, aligned); demo-raw is
+	// the same source with raw chunks.
+	if err := c.execLode(t, "build", sample(t), "--name", "demo-raw", "--compress", "none"); err != nil {
+		t.Fatalf("build --compress none = %v\n%s", err, c.stderr.String())
 	}
 	if err := c.execLode(t, "build", sample(t), "--name", "bad", "--compress", "lz4"); err == nil || !strings.Contains(err.Error(), `"lz4"`) {
 		t.Errorf("build --compress lz4 = %v, want an error naming it", err)
 	}
 	st, _ := openStore(context.Background())
 	kr, _ := openKeyring()
-	m, _, err := catalog.Resolve(context.Background(), st, kr, "default", "demo-zstd")
-	if err != nil || m.Compression != manifest.CompressionZstd {
-		t.Fatalf("Resolve(demo-zstd) = compression %v, %v; want zstd", m, err)
+	for name, want := range map[string]uint8{"demo": manifest.CompressionZstd, "demo-raw": manifest.CompressionNone} {
+		m, _, err := catalog.Resolve(context.Background(), st, kr, "default", name)
+		if err != nil || m.Compression != want {
+			t.Fatalf("Resolve(%s) = %v, %v; want compression %d", name, m, err, want)
+		}
 	}
 	for _, tc := range []struct{ image, shared string }{
-		// demo and demo-zstd share nothing (another salt); demo and its
+		// demo and demo-raw share nothing (another salt); demo and its
 		// twin share every stored chunk.
 		{"demo", `shared with other images: 0 `},
-		{"demo-zstd", `shared with other images: 0 `},
+		{"demo-raw", `shared with other images: 0 `},
 	} {
 		svg := filepath.Join(t.TempDir(), tc.image+".svg")
 		if err := c.execLode(t, "inspect", tc.image, "--heatmap", svg); err != nil {
