@@ -431,6 +431,21 @@ type job struct {
 // sealAndUpload seals every non-hole chunk and uploads the ones the root
 // lacks, filling m.Names and m.Keys.
 func sealAndUpload(ctx context.Context, st store.Store, s *chunk.Sealer, salt []byte, img io.ReaderAt, size int64, m *manifest.Manifest, res *Result, o Options) error {
+	// A store that can batch (file) gets every new chunk staged and made
+	// durable with one sync at the end instead of one per chunk.
+	put := func(ctx context.Context, key string, ct []byte) (bool, error) { return putIfMissing(ctx, st, key, ct) }
+	var batch store.Batch
+	if b, ok := st.(store.Batcher); ok {
+		batch = b.NewBatch()
+		defer batch.Abort() // after Commit, a no-op
+		put = func(ctx context.Context, key string, ct []byte) (bool, error) {
+			err := batch.PutIfAbsent(ctx, key, ct)
+			if errors.Is(err, store.ErrExists) {
+				return false, nil
+			}
+			return err == nil, err
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	jobs := make(chan job, o.Uploads)
 	bufs := sync.Pool{New: func() any { b := make([]byte, 0, o.ChunkSize+chunk.Overhead); return &b }}
@@ -466,7 +481,7 @@ func sealAndUpload(ctx context.Context, st store.Store, s *chunk.Sealer, salt []
 				if _, dup := seen.LoadOrStore(ref.Name, struct{}{}); dup {
 					dedup.Add(1)
 				} else {
-					uploaded, err := putIfMissing(gctx, st, store.ChunkKey(store.RootID(m.Root), ref.Name), ct)
+					uploaded, err := put(gctx, store.ChunkKey(store.RootID(m.Root), ref.Name), ct)
 					if err != nil {
 						return fmt.Errorf("uploading chunk %d (%s): %w", j.i, ref.Name, err)
 					}
@@ -504,6 +519,11 @@ func sealAndUpload(ctx context.Context, st store.Store, s *chunk.Sealer, salt []
 	})
 	if err := g.Wait(); err != nil {
 		return err
+	}
+	if batch != nil {
+		if err := batch.Commit(ctx); err != nil {
+			return fmt.Errorf("storing the chunks of %s/%s: %w", o.Tenant, o.Name, err)
+		}
 	}
 	res.Holes = int(holes.Load())
 	res.New = int(newChunks.Load())
