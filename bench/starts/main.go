@@ -46,6 +46,7 @@ type config struct {
 	Nodes    int
 	Port     int
 	Lode     string
+	NodeCPUs string // taskset CPU list for node processes ("" = unpinned)
 	NodeMiB  int64
 	Seed     uint64
 
@@ -92,6 +93,7 @@ func main() {
 	f.IntVar(&c.Nodes, "nodes", 5, "cache nodes on 127.0.0.2..")
 	f.IntVar(&c.Port, "port", 7531, "port of every cache node")
 	f.StringVar(&c.Lode, "lode", "", "lode binary: run nodes as `lode cache serve` processes (default: in-process nodes)")
+	f.StringVar(&c.NodeCPUs, "node-cpus", "", "pin the node processes to these CPUs (a taskset list, e.g. 1); run the generator under taskset -c 0 so that it measures the worker alone")
 	f.Int64Var(&c.NodeMiB, "node-mem", 0, "memory per node, MiB (0: room for twice the stored shards)")
 	f.Uint64Var(&c.Seed, "seed", 1, "random seed")
 	f.IntVar(&c.Bases, "bases", 4, "base layers")
@@ -143,6 +145,9 @@ func main() {
 	}
 	if c.Scenario != "sweep" {
 		c.Rates = []float64{*rate}
+	}
+	if c.NodeCPUs != "" && c.Lode == "" {
+		fail(fmt.Errorf("-node-cpus pins node processes: give -lode too"))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
