@@ -297,6 +297,8 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	}
 	res.InputBytes = fs.Bytes
 	res.Pulled = im.Pulled()
+	// A rootfs tar's digest is known once the flatten read it.
+	res.SourceDigest, res.Source = im.Digest(), im.Source()
 	if res.DroppedDevices = fs.DroppedDevices; fs.DroppedDevices > 0 {
 		o.Log.Info("dropped device nodes under /dev (runtimes mount their own; --allow-devices keeps them)",
 			"image", o.Tenant+"/"+o.Name, "count", fs.DroppedDevices)
