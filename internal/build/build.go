@@ -9,12 +9,9 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/chunk"
@@ -131,7 +128,10 @@ type Result struct {
 	Dedup      int   // chunks already in the root or repeated within the image
 	// StartChunks is the size of the build-time start set (manifest.Hints).
 	StartChunks int
-	Duration    time.Duration
+	// Early counts the chunks sealed while the image was still being
+	// written (stagedImage), not after it.
+	Early    int
+	Duration time.Duration
 }
 
 // SharedShare is the share of non-hole chunks that were not uploaded.
@@ -140,6 +140,15 @@ func (r Result) SharedShare() float64 {
 		return float64(r.Dedup) / float64(d)
 	}
 	return 0
+}
+
+// chunkSalt is the salt of o's chunks in root.
+func chunkSalt(root store.RootID, o Options) []byte {
+	salt := Salt(root, o.SaltDomain)
+	if o.Compression == manifest.CompressionZstd {
+		salt = ZstdSalt(salt)
+	}
+	return salt
 }
 
 // Salt returns the salt of chunks built into root within domain.
@@ -270,15 +279,49 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		img.Close()
 		os.Remove(img.Name())
 	}()
+	simg := newStagedImage(img, o.ChunkSize)
+
+	// When the store has an active root, the chunks' salt is known before
+	// the flatten, and chunks are sealed and stored while the image is
+	// written (stagedImage). A store without one gets its first root only
+	// once the flatten succeeded, so a failed first build leaves nothing;
+	// that build seals after the flatten.
+	resolved := o.Now()
+	root, rerr := store.ActiveRoot(ctx, st, false, resolved)
+	if rerr != nil && !errors.Is(rerr, store.ErrNoActiveRoot) {
+		return res, rerr
+	}
+	var cs *chunkSealer
+	specDone := make(chan struct{})
+	if rerr == nil {
+		if cs, err = newChunkSealer(ctx, st, sealer, chunkSalt(root, o), root, simg, o); err != nil {
+			return res, err
+		}
+		defer cs.release()
+		go func() { defer close(specDone); cs.speculate() }()
+	} else {
+		close(specDone)
+	}
 
 	o.Log.Info("flattening", "source", o.Source, "layers", im.Layers(), "image", o.Tenant+"/"+o.Name)
 	o.Progress.Phase("flatten", -1)
-	fs, err := flattenToExt4(ctx, im, img, o)
+	fctx := ctx
+	if cs != nil {
+		fctx = cs.gctx // a failed chunk upload stops the flatten
+	}
+	fs, err := flattenToExt4(fctx, im, simg, o)
+	simg.close()
+	<-specDone
+	if err != nil && cs != nil && cs.err() != nil {
+		err = cs.err() // the worker's error, not the cancel it caused
+	}
 	if err != nil {
 		return res, err
 	}
 	res.InputBytes = fs.Bytes
 	res.Pulled = im.Pulled()
+	// A rootfs tar's digest is known once the flatten read it.
+	res.SourceDigest, res.Source = im.Digest(), im.Source()
 	if res.DroppedDevices = fs.DroppedDevices; fs.DroppedDevices > 0 {
 		o.Log.Info("dropped device nodes under /dev (runtimes mount their own; --allow-devices keeps them)",
 			"image", o.Tenant+"/"+o.Name, "count", fs.DroppedDevices)
@@ -294,10 +337,15 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		res.StartChunks = len(hints)
 	}
 
-	resolved := o.Now()
-	root, err := store.ActiveRoot(ctx, st, true, resolved)
-	if err != nil {
-		return res, err
+	if cs == nil {
+		resolved = o.Now()
+		if root, err = store.ActiveRoot(ctx, st, true, resolved); err != nil {
+			return res, err
+		}
+		if cs, err = newChunkSealer(ctx, st, sealer, chunkSalt(root, o), root, simg, o); err != nil {
+			return res, err
+		}
+		defer cs.release()
 	}
 	res.Root = root
 
@@ -316,18 +364,14 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		DiffIDs:           res.Source.DiffIDs,
 	}
 	n := chunk.Count(size, o.ChunkSize)
-	m.Names = make([]chunk.Name, n)
-	m.Keys = make([]chunk.Key, n)
 	o.Log.Info("chunking", "image", o.Tenant+"/"+o.Name, "bytes", size, "chunks", n, "root", root)
 	o.Progress.Phase("upload", size)
-	salt := Salt(root, o.SaltDomain)
-	if o.Compression == manifest.CompressionZstd {
-		salt = ZstdSalt(salt)
-	}
-	if err := sealAndUpload(ctx, st, sealer, salt, img, size, m, &res, o); err != nil {
+	if err := cs.finish(size, m, &res); err != nil {
 		return res, err
 	}
 	res.Chunks = n
+	res.Early = int(cs.specOK.Load())
+	o.Log.Info("sealed", "image", o.Tenant+"/"+o.Name, "chunks", n, "during_flatten", res.Early)
 
 	if o.KeepImage != "" {
 		if err := copyFile(img, o.KeepImage); err != nil {
@@ -413,7 +457,7 @@ func checkCommit(ctx context.Context, st store.Store, root store.RootID, resolve
 	return nil
 }
 
-func flattenToExt4(ctx context.Context, im *oci.Image, img *os.File, o Options) (oci.FlattenStats, error) {
+func flattenToExt4(ctx context.Context, im *oci.Image, img ext4img.Output, o Options) (oci.FlattenStats, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
@@ -450,95 +494,6 @@ func (p *progressWriter) Write(b []byte) (int, error) {
 	n, err := p.w.Write(b)
 	p.p.Add(int64(n))
 	return n, err
-}
-
-type job struct {
-	i     int
-	plain []byte
-}
-
-// sealAndUpload seals every non-hole chunk and uploads the ones the root
-// lacks, filling m.Names and m.Keys.
-func sealAndUpload(ctx context.Context, st store.Store, s *chunk.Sealer, salt []byte, img io.ReaderAt, size int64, m *manifest.Manifest, res *Result, o Options) error {
-	g, gctx := errgroup.WithContext(ctx)
-	jobs := make(chan job, o.Uploads)
-	bufs := sync.Pool{New: func() any { b := make([]byte, 0, o.ChunkSize+chunk.Overhead); return &b }}
-	var seen sync.Map // chunk.Name → struct{}: first writer uploads, repeats dedup
-	var holes, newChunks, dedup atomic.Int64
-	var newBytes atomic.Int64
-	var enc *zstd.Encoder
-	if m.Compression == manifest.CompressionZstd {
-		var err error
-		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstdLevel), zstd.WithEncoderCRC(false),
-			zstd.WithEncoderConcurrency(o.Uploads))
-		if err != nil {
-			return fmt.Errorf("starting zstd encoder: %w", err)
-		}
-		defer enc.Close()
-	}
-
-	for w := 0; w < o.Uploads; w++ {
-		g.Go(func() error {
-			var frame []byte
-			for j := range jobs {
-				cb := bufs.Get().(*[]byte)
-				sealed := j.plain
-				if enc != nil {
-					frame = enc.EncodeAll(j.plain, frame[:0])
-					sealed = frame
-				}
-				ref, ct, err := s.Seal(sealed, salt, *cb)
-				if err != nil {
-					return fmt.Errorf("sealing chunk %d: %w", j.i, err)
-				}
-				m.Names[j.i], m.Keys[j.i] = ref.Name, ref.Key
-				if _, dup := seen.LoadOrStore(ref.Name, struct{}{}); dup {
-					dedup.Add(1)
-				} else {
-					uploaded, err := putIfMissing(gctx, st, store.ChunkKey(store.RootID(m.Root), ref.Name), ct)
-					if err != nil {
-						return fmt.Errorf("uploading chunk %d (%s): %w", j.i, ref.Name, err)
-					}
-					if uploaded {
-						newChunks.Add(1)
-						newBytes.Add(int64(len(ct)))
-					} else {
-						dedup.Add(1)
-					}
-				}
-				*cb = ct[:0]
-				bufs.Put(cb)
-				o.Progress.Add(int64(len(j.plain)))
-			}
-			return nil
-		})
-	}
-	g.Go(func() error {
-		defer close(jobs)
-		return chunk.Cut(gctx, img, size, o.ChunkSize, func(i int, piece []byte, hole bool) error {
-			if hole {
-				holes.Add(1)
-				o.Progress.Add(int64(len(piece)))
-				return nil // the zero Name and Key already mark a hole
-			}
-			p := make([]byte, len(piece))
-			copy(p, piece)
-			select {
-			case jobs <- job{i: i, plain: p}:
-				return nil
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-		})
-	})
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	res.Holes = int(holes.Load())
-	res.New = int(newChunks.Load())
-	res.NewBytes = newBytes.Load()
-	res.Dedup = int(dedup.Load())
-	return nil
 }
 
 // putIfMissing uploads ct under key unless the store has it. It reports
