@@ -1,33 +1,99 @@
 #!/usr/bin/env bash
-# Benchmark of `lode build` (issue #2), all measured in one run on this machine:
-#   1. build throughput of a real Debian root filesystem (debootstrap minbase +
-#      python3) packed by umoci as an OCI image, against the baseline of
-#      `mkfs.ext4 -d` of the same tree followed by `sha256sum` of the result;
-#   2. the share of 512 KiB chunks deduplicated between
-#      (a) the image and the same image plus one extra layer,
-#      (b) the image and the same image with one small base-layer file changed.
-# Usage: bench/build.sh [WORKDIR]   (default /var/cache/lode-bench; needs root,
-# debootstrap, umoci, e2fsprogs; the Debian tree is made once and reused).
+# Benchmark of `lode build` (issues #2, #22), measured in one run on this
+# machine: build time of a real Debian root filesystem (debootstrap minbase +
+# python3, the tar lodetest.DebianRootfs caches) against the baseline of
+# `mkfs.ext4 -d` of the same tree followed by `sha256sum` of the result.
+# ROUNDS rounds (default 5) interleave the baseline and lode's four build
+# configurations (raw or zstd chunks, default or --align layout), page caches
+# dropped before every timed step; the table gives medians and the ratio
+# baseline / lode of the medians. lode builds into a fresh file store that
+# already has its root (a store's first build creates the root only after its
+# flatten and so seals after it; every later build seals during it).
+# DEDUP=1 also packs OCI images with umoci and reports the shared-chunk
+# counts of issue #2 (an added layer, one small file changed).
+# Usage: bench/build.sh [WORKDIR]   (default /var/cache/lode-bench; root,
+# e2fsprogs, bc, the cached tar; umoci for DEDUP=1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 W=${1:-/var/cache/lode-bench}
+ROUNDS=${ROUNDS:-5}
+TAR=${LODE_DEBIAN_TAR:-$HOME/.cache/lode-tools/debian-bookworm-minbase-python3.tar}
 mkdir -p "$W"
 cd "$W"
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
-if [ ! -x debian/usr/bin/python3 ]; then
-  mirror=$(grep -hoE 'https?://[^ ]+' /etc/apt/sources.list.d/* /etc/apt/sources.list 2>/dev/null | head -1)
-  echo "making the Debian tree with debootstrap from $mirror"
-  rm -rf debian
-  debootstrap --variant=minbase --include=python3 bookworm debian "$mirror" >debootstrap.log
+if [ ! -f "$TAR" ]; then
+  echo "no $TAR: run a test that uses lodetest.DebianRootfs (LODE_TEST_NO_SKIP=1 go test -run Debian ./internal/oci/) or set LODE_DEBIAN_TAR" >&2
+  exit 1
 fi
-# Container images carry an empty /dev (the runtime mounts one); debootstrap
-# leaves device nodes there, which lode build refuses by default.
+if [ ! -x debian/usr/bin/python3 ]; then
+  rm -rf debian && mkdir debian
+  tar -xf "$TAR" -C debian
+fi
+# Container images carry an empty /dev (the runtime mounts one).
 find debian/dev -mindepth 1 -delete
 (cd "$here" && go build -o "$W/lode" ./cmd/lode)
 LODE="$W/lode"
+export LODE_HOME="$W/home"
+rm -rf "$LODE_HOME"
+"$LODE" keys create >/dev/null
+: > seed.tar
 
+tree_bytes=$(du -sb debian | cut -f1)
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load $(cut -d' ' -f1-3 /proc/loadavg); commit $(cd "$here" && git rev-parse --short HEAD)"
+echo "# tree: debian minbase + python3, $((tree_bytes/1000000)) MB; lode reads rootfs:$TAR"
+
+configs=("raw" "zstd" "align" "align+zstd")
+flags() {
+  case $1 in
+    raw) ;;
+    zstd) echo "--compress zstd" ;;
+    align) echo "--align" ;;
+    align+zstd) echo "--align --compress zstd" ;;
+  esac
+}
+declare -A times
+size=$(( tree_bytes * 14 / 10 / 1048576 + 64 ))M
+for r in $(seq "$ROUNDS"); do
+  drop
+  rm -f base.ext4
+  t0=$(now)
+  mkfs.ext4 -q -F -d debian base.ext4 "$size" >/dev/null 2>&1
+  sha256sum base.ext4 >/dev/null
+  t1=$(now)
+  b=$(secs "$t0" "$t1")
+  times[base]+="$b "
+  for c in "${configs[@]}"; do
+    rm -rf store
+    "$LODE" build "rootfs:$W/seed.tar" --name seed --store "file://$W/store" >/dev/null 2>&1
+    drop
+    t0=$(now)
+    # shellcheck disable=SC2046
+    "$LODE" build "rootfs:$TAR" --name base --store "file://$W/store" $(flags "$c") >"build-$c.txt" 2>/dev/null
+    t1=$(now)
+    l=$(secs "$t0" "$t1")
+    times[$c]+="$l "
+    b+=" $c $l"
+  done
+  echo "# round $r: base $b; load $(cut -d' ' -f1 /proc/loadavg)"
+done
+base_med=$(echo "${times[base]}" | tr ' ' '\n' | grep . | median)
+echo "# load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "| build | median s ($ROUNDS rounds) | all rounds s | baseline / lode |"
+echo "|---|---|---|---|"
+printf "| mkfs.ext4 -d + sha256sum (baseline) | %.2f | %s | 1 |\n" "$base_med" "${times[base]}"
+for c in "${configs[@]}"; do
+  m=$(echo "${times[$c]}" | tr ' ' '\n' | grep . | median)
+  printf "| lode build (%s) | %.2f | %s | %.2f× |\n" "$c" "$m" "${times[$c]}" "$(echo "$base_med / $m" | bc -l)"
+done
+echo
+for c in "${configs[@]}"; do echo "$c: $(head -1 "build-$c.txt")"; done
+
+[ "${DEDUP:-0}" = 1 ] || exit 0
 if [ ! -f oci/index.json ]; then
   echo "packing OCI images with umoci"
   rm -rf oci b1 b2 b3
@@ -50,44 +116,11 @@ if [ ! -f oci/index.json ]; then
   umoci repack --image oci:changed b3
   rm -rf b1 b2 b3
 fi
-
-tree_bytes=$(du -sb debian | cut -f1)
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
-echo "tree: debian minbase + python3, $((tree_bytes/1000000)) MB"
-
-# Baseline: mkfs.ext4 -d + sha256sum, same tree, same run.
-sync; echo 3 > /proc/sys/vm/drop_caches
-rm -f base.ext4
-size=$(( tree_bytes * 14 / 10 / 1048576 + 64 ))M
-t0=$(now)
-mkfs.ext4 -q -F -d debian base.ext4 "$size"
-sha256sum base.ext4 >/dev/null
-t1=$(now)
-base_s=$(secs "$t0" "$t1")
-base_img=$(stat -c %s base.ext4)
-
-# lode build of the same tree from the OCI image, into a fresh store.
-export LODE_HOME="$W/home"
-rm -rf "$LODE_HOME"
-"$LODE" keys create >/dev/null
-sync; echo 3 > /proc/sys/vm/drop_caches
-t0=$(now)
-"$LODE" build oci:oci:base --name base --store "file://$W/store-a" > build-base.txt
-t1=$(now)
-lode_s=$(secs "$t0" "$t1")
-cat build-base.txt
-lode_img=$("$LODE" inspect base --store "file://$W/store-a" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["image_size"])')
-
+rm -rf store-a store-b
+"$LODE" build oci:oci:base --name base --store "file://$W/store-a" >/dev/null
 "$LODE" build oci:oci:plus --name plus --store "file://$W/store-a" >/dev/null
 "$LODE" build oci:oci:base --name base --store "file://$W/store-b" >/dev/null
 "$LODE" build oci:oci:changed --name changed --store "file://$W/store-b" >/dev/null
 share() { "$LODE" inspect base --store "file://$W/$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.1f%% (%d of %d distinct chunks)" % (100*d["shared"]/d["distinct"], d["shared"], d["distinct"]))'; }
-echo
-echo "| measure | lode | baseline (mkfs.ext4 -d + sha256sum) | ratio |"
-echo "|---|---|---|---|"
-printf "| seconds | %.2f | %.2f | %.2f× faster |\n" "$lode_s" "$base_s" "$(echo "$base_s / $lode_s" | bc -l)"
-printf "| MB/s of tree bytes | %.0f | %.0f | |\n" "$(echo "$tree_bytes/1000000/$lode_s" | bc -l)" "$(echo "$tree_bytes/1000000/$base_s" | bc -l)"
-printf "| image bytes | %d | %d | |\n" "$lode_img" "$base_img"
-echo
 echo "(a) base chunks shared with base + one extra layer: $(share store-a)"
 echo "(b) base chunks shared with base with one small file changed: $(share store-b)"

@@ -3,23 +3,28 @@
 # generator against 5 `lode cache serve` processes on 127.0.0.2..6 and a file
 # origin, latencies injected per tier from the paper. Scenarios:
 #   sweep          one worker, rising start rates: the highest steady rate (loading starts p99 ≤ 2× p50; docs/decisions/20261123-start-latency-classes.md)
+#   pinned         the sweep with the worker (the generator process) on CPU 0 and
+#                  the cache nodes (and an s3 origin) on CPU 1 (taskset), so that
+#                  the worker's own cost is measured: its rates are PINNED_SWEEP
 #   steady         W workers, warm fleet, CPU profile of the generator (pprof top)
 #   empty-fleet    every node restarted empty at once (and again with the
 #                  jittered second look at the fleet, SECOND_LOOK)
 #   node-restart   one node restarted empty
 #   origin-errors  fleet emptied, 5% of origin requests fail
 #   origin-stall   fleet emptied, the origin answers nothing for 10 s
-# Usage: bench/starts.sh [all|sweep|steady|storm|faults] [WORKDIR]
+# Usage: bench/starts.sh [all|sweep|pinned|steady|storm|faults] [WORKDIR]
 # Environment: ORIGIN (file, or s3 for a bucket on versitygw), W (workers, 4), RATE (starts/s per worker, 5), ORIGIN_RATE
 # (origin requests/s per worker, 25), SWEEP (rates, 5,10,15,20,30,40),
 # SECOND_LOOK (100ms; empty to skip that run), MAX_RATE (40: the one-worker
-# storm at the highest rate it sustains).
+# storm at the highest rate it sustains), PINNED_SWEEP (10,20,30,40,50,60,80),
+# WORKER_CPU (0), NODE_CPUS (1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 what=${1:-all}
 WD=${2:-/var/tmp/lode-bench/starts}
 W=${W:-4}; RATE=${RATE:-5}; ORIGIN_RATE=${ORIGIN_RATE:-25}; SWEEP=${SWEEP:-5,10,15,20,30,40}
 SECOND_LOOK=${SECOND_LOOK-100ms}; MAX_RATE=${MAX_RATE:-40}
+PINNED_SWEEP=${PINNED_SWEEP:-10,20,30,40,50,60,80}; WORKER_CPU=${WORKER_CPU:-0}; NODE_CPUS=${NODE_CPUS:-1}
 mkdir -p "$WD"
 cd "$here"
 
@@ -42,8 +47,9 @@ if [[ ${ORIGIN:-file} == s3 ]]; then
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   export AWS_ACCESS_KEY_ID=lodebench AWS_SECRET_ACCESS_KEY=lodebenchsecret0123456789 AWS_REGION=us-east-1
   rm -rf "$WD/gw" && mkdir -p "$WD/gw"
+  pin=(); [[ $what == pinned ]] && pin=(taskset -c "$NODE_CPUS")
   ROOT_ACCESS_KEY=$AWS_ACCESS_KEY_ID ROOT_SECRET_KEY=$AWS_SECRET_ACCESS_KEY \
-    "$VGW" --quiet --port "127.0.0.1:$PORT" posix "$WD/gw" >"$WD/gw.log" 2>&1 &
+    "${pin[@]}" "$VGW" --quiet --port "127.0.0.1:$PORT" posix "$WD/gw" >"$WD/gw.log" 2>&1 &
   GW=$!
   trap 'kill $GW 2>/dev/null; wait $GW 2>/dev/null; rm -rf "$WD/gw"' EXIT
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.05; done
@@ -60,6 +66,11 @@ echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(grep -m1 'model name
 if [[ $what == all || $what == sweep ]]; then
   echo; echo "## sweep: one worker, offered start rates $SWEEP"
   fresh; "${B[@]}" -scenario=sweep -workers=1 -rates="$SWEEP" -warm=8s -step=40s
+fi
+
+if [[ $what == all || $what == pinned ]]; then
+  echo; echo "## pinned sweep: one worker on CPU $WORKER_CPU (GOMAXPROCS 1), 5 nodes${ORIGIN:+ and the $ORIGIN origin} on CPU $NODE_CPUS, offered start rates $PINNED_SWEEP"
+  fresh; taskset -c "$WORKER_CPU" "${B[@]}" -node-cpus="$NODE_CPUS" -scenario=sweep -workers=1 -rates="$PINNED_SWEEP" -warm=8s -step=40s
 fi
 
 if [[ $what == all || $what == steady ]]; then

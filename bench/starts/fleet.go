@@ -21,6 +21,7 @@ import (
 // replaces a node with an empty one on the same address.
 type fleet struct {
 	lode  string // binary; "" for in-process nodes
+	cpus  string // taskset CPU list for node processes; "" = not pinned
 	mem   int64
 	addrs []string
 
@@ -32,8 +33,8 @@ type fleet struct {
 	logDir string
 }
 
-func startFleet(ctx context.Context, n int, basePort int, memBytes int64, lode, logDir string) (*fleet, error) {
-	f := &fleet{lode: lode, mem: memBytes, procs: make([]*exec.Cmd, n), cancel: make([]context.CancelFunc, n),
+func startFleet(ctx context.Context, n int, basePort int, memBytes int64, lode, cpus, logDir string) (*fleet, error) {
+	f := &fleet{lode: lode, cpus: cpus, mem: memBytes, procs: make([]*exec.Cmd, n), cancel: make([]context.CancelFunc, n),
 		done: make([]chan struct{}, n), hwm: make([]int64, n), logDir: logDir}
 	for i := range n {
 		f.addrs = append(f.addrs, net.JoinHostPort(fmt.Sprintf("127.0.0.%d", 2+i), strconv.Itoa(basePort)))
@@ -62,7 +63,12 @@ func (f *fleet) start(ctx context.Context, i int) error {
 		if err != nil {
 			return err
 		}
-		cmd := exec.Command(f.lode, "cache", "serve", "--listen", addr, "--mem", strconv.FormatInt(f.mem, 10))
+		args := []string{f.lode, "cache", "serve", "--listen", addr, "--mem", strconv.FormatInt(f.mem, 10)}
+		if f.cpus != "" {
+			// taskset before exec: every thread of the node inherits it.
+			args = append([]string{"taskset", "-c", f.cpus}, args...)
+		}
+		cmd := exec.Command(args[0], args[1:]...)
 		cmd.Stdout, cmd.Stderr = log, log
 		if err := cmd.Start(); err != nil {
 			log.Close()

@@ -46,6 +46,7 @@ type config struct {
 	Nodes    int
 	Port     int
 	Lode     string
+	NodeCPUs string // taskset CPU list for node processes ("" = unpinned)
 	NodeMiB  int64
 	Seed     uint64
 
@@ -92,6 +93,7 @@ func main() {
 	f.IntVar(&c.Nodes, "nodes", 5, "cache nodes on 127.0.0.2..")
 	f.IntVar(&c.Port, "port", 7531, "port of every cache node")
 	f.StringVar(&c.Lode, "lode", "", "lode binary: run nodes as `lode cache serve` processes (default: in-process nodes)")
+	f.StringVar(&c.NodeCPUs, "node-cpus", "", "pin the node processes to these CPUs (a taskset list, e.g. 1); run the generator under taskset -c 0 so that it measures the worker alone")
 	f.Int64Var(&c.NodeMiB, "node-mem", 0, "memory per node, MiB (0: room for twice the stored shards)")
 	f.Uint64Var(&c.Seed, "seed", 1, "random seed")
 	f.IntVar(&c.Bases, "bases", 4, "base layers")
@@ -143,6 +145,9 @@ func main() {
 	}
 	if c.Scenario != "sweep" {
 		c.Rates = []float64{*rate}
+	}
+	if c.NodeCPUs != "" && c.Lode == "" {
+		fail(fmt.Errorf("-node-cpus pins node processes: give -lode too"))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -211,13 +216,16 @@ func (r *runner) sweep(ctx context.Context) error {
 	defer r.halt(c.FetchTimeout + 5*time.Second)
 	time.Sleep(c.Warm)
 	fmt.Println()
-	fmt.Println("| offered starts/s per worker | starts/s | rejected | failed | p50 / p99 / p99.9 ms, all starts | p99/p50, all | L1-only starts: n, p50 / p99 ms, p99/p50 | loading starts (fleet or origin): n, p50 / p99 ms, p99/p50 | steady | fleet req/s | origin req/s | hits mem / fleet / origin % |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| offered starts/s per worker | starts/s | rejected | failed | p50 / p99 / p99.9 ms, all starts | p99/p50, all | L1-only starts: n, p50 / p99 ms, p99/p50 | loading starts (fleet or origin): n, p50 / p99 ms, p99/p50 | steady | fleet req/s | origin req/s | hits mem / fleet / origin % | worker CPU: % of a core, ms per start |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	sustained, broken := 0.0, false
 	for _, rate := range c.Rates {
 		r.setRate(rate)
 		from := r.tl.since() + 2*time.Second
-		time.Sleep(c.Step)
+		time.Sleep(2 * time.Second)
+		cpu0, t0 := cpuTime(), time.Now()
+		time.Sleep(c.Step - 2*time.Second)
+		cpu, wall := cpuTime()-cpu0, time.Since(t0)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -229,15 +237,30 @@ func (r *runner) sweep(ctx context.Context) error {
 		case !ok && !strings.HasPrefix(verdict, "unknown"):
 			broken = true // an unknown step (too few loading starts) neither counts nor ends the run
 		}
-		fmt.Printf("| %.0f | %.1f | %d | %d | %s / %s / %s | %.2f | %s | %s | %s | %.0f | %.1f | %.1f / %.1f / %.2f |\n",
+		perStart := 0.0
+		if w.starts > 0 {
+			perStart = float64(cpu.Microseconds()) / 1000 / float64(w.starts)
+		}
+		fmt.Printf("| %.0f | %.1f | %d | %d | %s / %s / %s | %.2f | %s | %s | %s | %.0f | %.1f | %.1f / %.1f / %.2f | %.0f%%, %.2f |\n",
 			rate, w.rate(w.starts), w.rejected, w.failed, ms(w.p50), ms(w.p99), ms(w.p999), ratio(w.p99, w.p50),
 			fmtClass(w.warm), fmtClass(w.cold), verdict,
-			w.rate(w.requests[tierFleet]), w.rate(w.requests[tierOrigin]), w.share(w.mem), w.share(w.fleet), w.share(w.origin))
+			w.rate(w.requests[tierFleet]), w.rate(w.requests[tierOrigin]), w.share(w.mem), w.share(w.fleet), w.share(w.origin),
+			100*cpu.Seconds()/wall.Seconds(), perStart)
 	}
 	fmt.Printf("\nsustained: %.0f starts/s per worker (the highest offered rate up to which every step is steady: no refusal or failure; "+
 		"starts that loaded chunks, p99 ≤ 2× p50 (≥ %d of them); starts from L1 alone, p99 ≤ that p50)\n", sustained, minClass)
 	r.footer()
 	return nil
+}
+
+// cpuTime is the CPU time (user + system) this process has used: the
+// worker's (the generator's) own cost, whatever else the host runs.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func (r *runner) scenario(ctx context.Context) error {

@@ -84,7 +84,7 @@ func setup(ctx context.Context, c config, work string) (*runner, error) {
 	if nodeMem == 0 { // twice the shards of everything stored, spread over the nodes
 		nodeMem = 2*ims.bytes*5/4/int64(c.Nodes) + 16<<20
 	}
-	fl, err := startFleet(ctx, c.Nodes, c.Port, nodeMem, c.Lode, work)
+	fl, err := startFleet(ctx, c.Nodes, c.Port, nodeMem, c.Lode, c.NodeCPUs, work)
 	if err != nil {
 		return nil, err
 	}

@@ -13,9 +13,11 @@ import (
 	"github.com/lode-dev/lode/internal/build"
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/oci"
+	"github.com/lode-dev/lode/internal/profile"
 )
 
 type buildOptions struct {
+	noLearn      bool // --learn-profile=false: workers never learn the image's profile (internal/profile)
 	name         string
 	chunkSize    int
 	saltDomain   string
@@ -27,6 +29,8 @@ type buildOptions struct {
 	compress     string
 	align        bool
 	force        bool
+	startFiles   []string
+	noStartSet   bool
 	remote       oci.RemoteOptions
 	timeout      time.Duration
 }
@@ -39,6 +43,7 @@ func defaultBuildOptions() buildOptions {
 
 func newBuildCmd() *cobra.Command {
 	o := defaultBuildOptions()
+	learn := true
 	cmd := &cobra.Command{
 		Use:   "build SOURCE --name NAME",
 		Short: "Build an image into deduplicated, encrypted chunks in the store",
@@ -63,6 +68,7 @@ SOURCE is one of:
   lode build rootfs:rootfs.tar.gz --name base --tenant team-a --store s3://bucket/lode`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o.noLearn = !learn
 			return runBuild(cmd.Context(), o, args[0], stdout)
 		},
 	}
@@ -85,6 +91,9 @@ SOURCE is one of:
 	f.StringVar(&o.compress, "compress", o.compress, "compress each chunk before encryption: zstd or none (recorded in the manifest; none is the default of images built before 2026-12)")
 	f.BoolVar(&o.align, "align", o.align, "chunk-aligned layout: start every file of at least one chunk on a chunk boundary, so identical large files give identical chunks wherever they sit (dedup survives a base layer file changing size or reordered layers); --align=false packs file data in stream order, the layout of images built before 2026-12")
 	f.DurationVar(&o.timeout, "build-timeout", build.DefaultTimeout, "abort (and write no image pointer) a build that runs longer than this after choosing its root; must equal lode gc --build-timeout")
+	f.StringSliceVar(&o.startFiles, "start-file", nil, "a program starts of the image run, beside its entrypoint: its ELF closure joins the start set prefetched at every start (repeatable)")
+	f.BoolVar(&o.noStartSet, "no-start-set", false, "store no build-time start set (metadata + entrypoint's ELF closure) as the image's prefetch hints")
+	f.BoolVar(&learn, "learn-profile", true, "let workers learn this image's startup profile from its first starts (false: they never record them; docs/operations.md)")
 	cmd.MarkFlagRequired("name")
 	return cmd
 }
@@ -115,6 +124,7 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 		ChunkSize: o.chunkSize, SaltDomain: o.saltDomain, Uploads: o.uploads,
 		TempDir: o.tempDir, KeepImage: o.keepImage, Flatten: fo,
 		Log: logger, Timeout: o.timeout,
+		StartFiles: o.startFiles, NoStartSet: o.noStartSet,
 	}
 	if o.align {
 		bo.Ext4.Align = int64(o.chunkSize)
@@ -134,6 +144,11 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 	res, err := build.Build(ctx, st, kr, secret, bo)
 	if err != nil {
 		return fmt.Errorf("building %s from %s: %w", o.name, source, err)
+	}
+	if o.noLearn {
+		if err := profile.DisableLearning(ctx, st, res.Root, res.ManifestID); err != nil {
+			return err
+		}
 	}
 	if res.DroppedDevices > 0 && !res.Unchanged {
 		fmt.Fprintf(stderr, "notice: dropped %d device nodes under /dev (container runtimes mount their own /dev; --allow-devices keeps them)\n", res.DroppedDevices)

@@ -19,7 +19,8 @@ import (
 )
 
 // TestRunRecordThenPrefetch: a run with --record stores the start's read
-// order in the manifest (a new manifest, same root and creation time); a
+// order in the manifest in place of the build-time start set (a new
+// manifest, same root and creation time); a
 // cold run afterwards prefetches those chunks, and --no-prefetch does not.
 func TestRunRecordThenPrefetch(t *testing.T) {
 	requireMount(t)
@@ -28,8 +29,8 @@ func TestRunRecordThenPrefetch(t *testing.T) {
 	c.buildSample(t)
 	ctx := context.Background()
 	st, kr, before, p0 := resolveDemo(t)
-	if len(before.Hints) != 0 {
-		t.Fatalf("the fresh build has %d hints, want none", len(before.Hints))
+	if len(before.Hints) == 0 || before.Hints[0] != 0 {
+		t.Fatalf("the fresh build has hints %v, want its build-time start set (the superblock's chunk first)", before.Hints)
 	}
 	opts := runOptions{runtime: "runc", network: "host", stateDir: filepath.Join(c.home, "mounts"), worker: c.workerOpts()}
 

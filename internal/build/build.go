@@ -9,12 +9,9 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/chunk"
@@ -65,6 +62,12 @@ type Options struct {
 	// the manifest does not record (Flatten, Ext4.Align) need Force to take
 	// effect on an unchanged source.
 	Force bool
+	// StartFiles are programs a start of the image runs, beside its
+	// entrypoint (or cmd, or /bin/sh when it has neither): their files and
+	// ELF closures join the build-time start set (ext4img.StartSet) stored
+	// as the manifest's hints. NoStartSet stores no hints.
+	StartFiles []string
+	NoStartSet bool
 
 	Log      *slog.Logger
 	Progress Progress // may be nil
@@ -123,7 +126,12 @@ type Result struct {
 	New        int   // chunks uploaded by this build
 	NewBytes   int64 // ciphertext bytes uploaded
 	Dedup      int   // chunks already in the root or repeated within the image
-	Duration   time.Duration
+	// StartChunks is the size of the build-time start set (manifest.Hints).
+	StartChunks int
+	// Early counts the chunks sealed while the image was still being
+	// written (stagedImage), not after it.
+	Early    int
+	Duration time.Duration
 }
 
 // SharedShare is the share of non-hole chunks that were not uploaded.
@@ -132,6 +140,15 @@ func (r Result) SharedShare() float64 {
 		return float64(r.Dedup) / float64(d)
 	}
 	return 0
+}
+
+// chunkSalt is the salt of o's chunks in root.
+func chunkSalt(root store.RootID, o Options) []byte {
+	salt := Salt(root, o.SaltDomain)
+	if o.Compression == manifest.CompressionZstd {
+		salt = ZstdSalt(salt)
+	}
+	return salt
 }
 
 // Salt returns the salt of chunks built into root within domain.
@@ -262,15 +279,49 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		img.Close()
 		os.Remove(img.Name())
 	}()
+	simg := newStagedImage(img, o.ChunkSize)
+
+	// When the store has an active root, the chunks' salt is known before
+	// the flatten, and chunks are sealed and stored while the image is
+	// written (stagedImage). A store without one gets its first root only
+	// once the flatten succeeded, so a failed first build leaves nothing;
+	// that build seals after the flatten.
+	resolved := o.Now()
+	root, rerr := store.ActiveRoot(ctx, st, false, resolved)
+	if rerr != nil && !errors.Is(rerr, store.ErrNoActiveRoot) {
+		return res, rerr
+	}
+	var cs *chunkSealer
+	specDone := make(chan struct{})
+	if rerr == nil {
+		if cs, err = newChunkSealer(ctx, st, sealer, chunkSalt(root, o), root, simg, o); err != nil {
+			return res, err
+		}
+		defer cs.release()
+		go func() { defer close(specDone); cs.speculate() }()
+	} else {
+		close(specDone)
+	}
 
 	o.Log.Info("flattening", "source", o.Source, "layers", im.Layers(), "image", o.Tenant+"/"+o.Name)
 	o.Progress.Phase("flatten", -1)
-	fs, err := flattenToExt4(ctx, im, img, o)
+	fctx := ctx
+	if cs != nil {
+		fctx = cs.gctx // a failed chunk upload stops the flatten
+	}
+	fs, err := flattenToExt4(fctx, im, simg, o)
+	simg.close()
+	<-specDone
+	if err != nil && cs != nil && cs.err() != nil {
+		err = cs.err() // the worker's error, not the cancel it caused
+	}
 	if err != nil {
 		return res, err
 	}
 	res.InputBytes = fs.Bytes
 	res.Pulled = im.Pulled()
+	// A rootfs tar's digest is known once the flatten read it.
+	res.SourceDigest, res.Source = im.Digest(), im.Source()
 	if res.DroppedDevices = fs.DroppedDevices; fs.DroppedDevices > 0 {
 		o.Log.Info("dropped device nodes under /dev (runtimes mount their own; --allow-devices keeps them)",
 			"image", o.Tenant+"/"+o.Name, "count", fs.DroppedDevices)
@@ -280,11 +331,21 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		return res, fmt.Errorf("sizing staged image: %w", err)
 	}
 	res.ImageSize = size
+	var hints []uint32
+	if !o.NoStartSet {
+		hints = startSet(img, size, res.Config, o)
+		res.StartChunks = len(hints)
+	}
 
-	resolved := o.Now()
-	root, err := store.ActiveRoot(ctx, st, true, resolved)
-	if err != nil {
-		return res, err
+	if cs == nil {
+		resolved = o.Now()
+		if root, err = store.ActiveRoot(ctx, st, true, resolved); err != nil {
+			return res, err
+		}
+		if cs, err = newChunkSealer(ctx, st, sealer, chunkSalt(root, o), root, simg, o); err != nil {
+			return res, err
+		}
+		defer cs.release()
 	}
 	res.Root = root
 
@@ -296,24 +357,21 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		FSType:       ext4img.FSType,
 		SourceDigest: res.SourceDigest,
 		Config:       res.Config,
+		Hints:        hints,
 
 		SourceRef:         res.Source.Ref,
 		SourceIndexDigest: res.Source.IndexDigest,
 		DiffIDs:           res.Source.DiffIDs,
 	}
 	n := chunk.Count(size, o.ChunkSize)
-	m.Names = make([]chunk.Name, n)
-	m.Keys = make([]chunk.Key, n)
 	o.Log.Info("chunking", "image", o.Tenant+"/"+o.Name, "bytes", size, "chunks", n, "root", root)
 	o.Progress.Phase("upload", size)
-	salt := Salt(root, o.SaltDomain)
-	if o.Compression == manifest.CompressionZstd {
-		salt = ZstdSalt(salt)
-	}
-	if err := sealAndUpload(ctx, st, sealer, salt, img, size, m, &res, o); err != nil {
+	if err := cs.finish(size, m, &res); err != nil {
 		return res, err
 	}
 	res.Chunks = n
+	res.Early = int(cs.specOK.Load())
+	o.Log.Info("sealed", "image", o.Tenant+"/"+o.Name, "chunks", n, "during_flatten", res.Early)
 
 	if o.KeepImage != "" {
 		if err := copyFile(img, o.KeepImage); err != nil {
@@ -399,7 +457,7 @@ func checkCommit(ctx context.Context, st store.Store, root store.RootID, resolve
 	return nil
 }
 
-func flattenToExt4(ctx context.Context, im *oci.Image, img *os.File, o Options) (oci.FlattenStats, error) {
+func flattenToExt4(ctx context.Context, im *oci.Image, img ext4img.Output, o Options) (oci.FlattenStats, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
@@ -438,95 +496,6 @@ func (p *progressWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-type job struct {
-	i     int
-	plain []byte
-}
-
-// sealAndUpload seals every non-hole chunk and uploads the ones the root
-// lacks, filling m.Names and m.Keys.
-func sealAndUpload(ctx context.Context, st store.Store, s *chunk.Sealer, salt []byte, img io.ReaderAt, size int64, m *manifest.Manifest, res *Result, o Options) error {
-	g, gctx := errgroup.WithContext(ctx)
-	jobs := make(chan job, o.Uploads)
-	bufs := sync.Pool{New: func() any { b := make([]byte, 0, o.ChunkSize+chunk.Overhead); return &b }}
-	var seen sync.Map // chunk.Name → struct{}: first writer uploads, repeats dedup
-	var holes, newChunks, dedup atomic.Int64
-	var newBytes atomic.Int64
-	var enc *zstd.Encoder
-	if m.Compression == manifest.CompressionZstd {
-		var err error
-		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstdLevel), zstd.WithEncoderCRC(false),
-			zstd.WithEncoderConcurrency(o.Uploads))
-		if err != nil {
-			return fmt.Errorf("starting zstd encoder: %w", err)
-		}
-		defer enc.Close()
-	}
-
-	for w := 0; w < o.Uploads; w++ {
-		g.Go(func() error {
-			var frame []byte
-			for j := range jobs {
-				cb := bufs.Get().(*[]byte)
-				sealed := j.plain
-				if enc != nil {
-					frame = enc.EncodeAll(j.plain, frame[:0])
-					sealed = frame
-				}
-				ref, ct, err := s.Seal(sealed, salt, *cb)
-				if err != nil {
-					return fmt.Errorf("sealing chunk %d: %w", j.i, err)
-				}
-				m.Names[j.i], m.Keys[j.i] = ref.Name, ref.Key
-				if _, dup := seen.LoadOrStore(ref.Name, struct{}{}); dup {
-					dedup.Add(1)
-				} else {
-					uploaded, err := putIfMissing(gctx, st, store.ChunkKey(store.RootID(m.Root), ref.Name), ct)
-					if err != nil {
-						return fmt.Errorf("uploading chunk %d (%s): %w", j.i, ref.Name, err)
-					}
-					if uploaded {
-						newChunks.Add(1)
-						newBytes.Add(int64(len(ct)))
-					} else {
-						dedup.Add(1)
-					}
-				}
-				*cb = ct[:0]
-				bufs.Put(cb)
-				o.Progress.Add(int64(len(j.plain)))
-			}
-			return nil
-		})
-	}
-	g.Go(func() error {
-		defer close(jobs)
-		return chunk.Cut(gctx, img, size, o.ChunkSize, func(i int, piece []byte, hole bool) error {
-			if hole {
-				holes.Add(1)
-				o.Progress.Add(int64(len(piece)))
-				return nil // the zero Name and Key already mark a hole
-			}
-			p := make([]byte, len(piece))
-			copy(p, piece)
-			select {
-			case jobs <- job{i: i, plain: p}:
-				return nil
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-		})
-	})
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	res.Holes = int(holes.Load())
-	res.New = int(newChunks.Load())
-	res.NewBytes = newBytes.Load()
-	res.Dedup = int(dedup.Load())
-	return nil
-}
-
 // putIfMissing uploads ct under key unless the store has it. It reports
 // whether this call stored it.
 func putIfMissing(ctx context.Context, st store.Store, key string, ct []byte) (bool, error) {
@@ -558,3 +527,41 @@ type nopProgress struct{}
 
 func (nopProgress) Phase(string, int64) {}
 func (nopProgress) Add(int64)           {}
+
+// startData are files a start reads whole besides its programs, when the
+// image has them: the user database internal/run resolves the user through,
+// and what glibc reads as a dynamic program starts (the time zone, the
+// C.UTF-8 locale's character classes, the iconv module cache). Measured on
+// the python3 start (docs/coldstart.md): each was a fetch in series.
+var startData = []string{
+	"/etc/passwd", "/etc/group", "/etc/localtime",
+	"/usr/lib/locale/C.utf8/LC_CTYPE", "/usr/lib/locale/C.UTF-8/LC_CTYPE",
+	"/usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache", "/usr/lib/aarch64-linux-gnu/gconv/gconv-modules.cache",
+}
+
+// startSet computes the build-time start set of the staged image: its
+// metadata and the ELF closure of the entrypoint (or cmd, or /bin/sh) and
+// o.StartFiles, as chunk indexes for manifest.Hints. A failure costs only
+// the hints: it is logged, never fatal.
+func startSet(img io.ReaderAt, size int64, c manifest.Config, o Options) []uint32 {
+	var files []string
+	switch {
+	case len(c.Entrypoint) > 0:
+		files = append(files, c.Entrypoint[0])
+	case len(c.Cmd) > 0:
+		files = append(files, c.Cmd[0])
+	case len(o.StartFiles) == 0:
+		files = append(files, "/bin/sh")
+	}
+	files = append(files, o.StartFiles...)
+	rs, notes, err := ext4img.StartSet(img, ext4img.StartSetOptions{Files: files, Env: c.Env,
+		Data: startData})
+	if err != nil {
+		o.Log.Warn("no build-time start set", "image", o.Tenant+"/"+o.Name, "err", err)
+		return nil
+	}
+	for _, n := range notes {
+		o.Log.Info("start set", "image", o.Tenant+"/"+o.Name, "note", n)
+	}
+	return ext4img.Chunks(rs, int64(o.ChunkSize), size)
+}

@@ -884,18 +884,57 @@ func rootfsTar(tb testing.TB, size int) string {
 	return p
 }
 
+// BenchmarkBuild builds a 64 MiB rootfs: into a store without a root
+// (chunks sealed after the flatten), into one with a root (sealed while the
+// image is written), and into a file store with a root (one batch, one
+// sync), raw and zstd.
 func BenchmarkBuild(b *testing.B) {
 	const size = 64 << 20
 	src := "rootfs:" + rootfsTar(b, size)
 	kr := newKeyring(b)
 	tmp := b.TempDir()
-	b.SetBytes(size)
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := build.Build(context.Background(), mem.New(), kr, kr.StoreSecret(), build.Options{Source: src, Tenant: tenant, Name: "bench", TempDir: tmp}); err != nil {
-			b.Fatal(err)
-		}
+	for _, bc := range []struct {
+		name  string
+		store func(b *testing.B) store.Store
+		comp  uint8
+	}{
+		{"mem-fresh", func(*testing.B) store.Store { return mem.New() }, manifest.CompressionNone},
+		{"mem-root", memWithRoot, manifest.CompressionNone},
+		{"file-root", fileWithRoot, manifest.CompressionNone},
+		{"file-root-zstd", fileWithRoot, manifest.CompressionZstd},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(size)
+			b.ReportAllocs()
+			for b.Loop() {
+				b.StopTimer()
+				st := bc.store(b)
+				b.StartTimer()
+				if _, err := build.Build(context.Background(), st, kr, kr.StoreSecret(), build.Options{Source: src, Tenant: tenant, Name: "bench", TempDir: tmp, Compression: bc.comp}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
+}
+
+func memWithRoot(b *testing.B) store.Store {
+	st := mem.New()
+	if _, err := store.CreateRoot(context.Background(), st, 1, time.Now()); err != nil {
+		b.Fatal(err)
+	}
+	return st
+}
+
+func fileWithRoot(b *testing.B) store.Store {
+	st, err := file.New(filepath.Join(b.TempDir(), "store"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := store.CreateRoot(context.Background(), st, 1, time.Now()); err != nil {
+		b.Fatal(err)
+	}
+	return st
 }
 
 // onUpload runs f when the build's upload phase starts (after it resolved

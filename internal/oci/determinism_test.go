@@ -13,8 +13,9 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )

@@ -25,9 +25,14 @@ import (
 // so every read of a layer goes through a layerStream that hashes the raw and the uncompressed bytes and
 // compares them with the expected digests when the stream has been read to its end.
 type layer struct {
-	index    int
-	digest   string                        // for messages: blob digest (layout), diff ID (docker-archive), file digest (rootfs)
-	wantRaw  string                        // digest of the bytes open returns; "" = not checked
+	index   int
+	digest  string // for messages: blob digest (layout), diff ID (docker-archive), file digest (rootfs)
+	wantRaw string // digest of the bytes open returns; "" = not checked
+	// learnRaw, when set and wantRaw is "", makes the first read that
+	// reaches the end hash the raw bytes as SHA-256 and take that digest
+	// as wantRaw (and digest), passing it to learnRaw: later reads are
+	// checked against it (rootfs files, whose digest nothing states).
+	learnRaw func(digest string)
 	wantDiff string                        // digest of the uncompressed tar; "" = not checked
 	open     func() (io.ReadCloser, error) // raw bytes: gzip, zstd or plain tar (detected by magic)
 	// openCtx, when set, is used instead of open (registry layers, whose
@@ -103,6 +108,8 @@ func (l *layer) openStream(ctx context.Context) (*layerStream, error) {
 		if s.rawHash, err = newHash(l.wantRaw); err != nil {
 			return nil, l.errorf(ErrUnsupported, nil, "%v", err)
 		}
+	} else if l.learnRaw != nil {
+		s.rawHash = sha256.New()
 	}
 	if l.wantDiff != "" {
 		if s.diffHash, err = newHash(l.wantDiff); err != nil {
@@ -177,7 +184,11 @@ func (s *layerStream) finish(last string) error {
 	if _, err := io.Copy(io.Discard, s.rawBuf); err != nil {
 		return s.l.errorf(ErrCorrupt, err, "reading layer after its tar")
 	}
-	if s.rawHash != nil {
+	if s.rawHash != nil && s.l.wantRaw == "" {
+		d := "sha256:" + hex.EncodeToString(s.rawHash.Sum(nil))
+		s.l.wantRaw, s.l.digest = d, d
+		s.l.learnRaw(d)
+	} else if s.rawHash != nil {
 		if got := digestString(s.l.wantRaw, s.rawHash); got != s.l.wantRaw {
 			return s.l.errorf(ErrCorrupt, nil, "digest mismatch: blob has %s, want %s", got, s.l.wantRaw)
 		}
@@ -195,7 +206,7 @@ func (s *layerStream) finish(last string) error {
 // read), that is the cause, and the decompressor's or archive/tar's
 // complaint only its symptom.
 func (s *layerStream) explain(err error) error {
-	if s.rawHash == nil {
+	if s.rawHash == nil || s.l.wantRaw == "" { // nothing to compare with yet (learnRaw)
 		return err
 	}
 	if _, derr := io.Copy(io.Discard, s.rawBuf); derr != nil {

@@ -76,7 +76,7 @@ func (im *Image) Config() Config { return im.config }
 
 // Digest returns "sha256:…" of the image manifest (OCI layout), of the image config (docker-archive: the
 // image ID, because a docker-archive holds no manifest and computing one means compressing every layer),
-// or of the file (rootfs).
+// or of the file (rootfs: known once Flatten has read it; "" before).
 func (im *Image) Digest() string { return im.digest }
 
 // Layers returns the number of layers.
@@ -361,32 +361,27 @@ func (im *Image) setConfig(img v1.Image) error {
 }
 
 // openRootfs opens a plain tar of a root filesystem as a one-layer image with an empty config.
-// Its digest is the file's SHA-256, computed here and checked again on every read.
+// Its digest is the file's SHA-256: Flatten's first pass over the file computes it (until then Digest
+// returns ""), and every later read is checked against it. Hashing the file here instead would read
+// and hash it once more, the most of a build's work that cannot run alongside anything else.
 func openRootfs(ctx context.Context, file string) (*Image, error) {
-	f, err := os.Open(file)
-	if err != nil {
+	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	fi, err := f.Stat()
+	fi, err := os.Stat(file)
 	if err != nil {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%w: rootfs %s is not a regular file", ErrUnsupported, file)
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, ctxReader{ctx, f}); err != nil {
-		return nil, fmt.Errorf("hashing %s: %w", file, err)
-	}
-	d := "sha256:" + hex.EncodeToString(h.Sum(nil))
-	return &Image{
-		digest: d,
-		layers: []*layer{{
-			index: 0, digest: d, wantRaw: d,
-			open: func() (io.ReadCloser, error) { return os.Open(file) },
-		}},
-	}, nil
+	im := &Image{}
+	im.layers = []*layer{{
+		index:    0,
+		learnRaw: func(d string) { im.digest = d },
+		open:     func() (io.ReadCloser, error) { return os.Open(file) },
+	}}
+	return im, nil
 }
 
 // ctxReader stops reading once ctx is done.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,6 +87,9 @@ func TestRootfsCompression(t *testing.T) {
 	}
 	im, err := Open(context.Background(), "rootfs:"+writeFile(t, raw))
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Flatten(context.Background(), im, io.Discard, DefaultFlattenOptions()); err != nil {
 		t.Fatal(err)
 	}
 	if im.Digest() != sha256Digest(raw) || im.Layers() != 1 || !cmp.Equal(im.Config(), Config{}) {

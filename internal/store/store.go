@@ -69,3 +69,26 @@ type Store interface {
 	// "s3://bucket/prefix").
 	String() string
 }
+
+// Batcher is implemented by stores that can write many new objects with one
+// sync instead of one per object (file: one syncfs(2) for the whole batch).
+// A batch's objects become visible only at Commit, after their bytes are
+// durable; Abort (or a failed Commit) leaves none of the objects that were
+// not yet linked, so a failed build still stores nothing visible.
+type Batcher interface {
+	NewBatch() Batch
+}
+
+// Batch is a set of PutIfAbsent writes made durable and visible together.
+// PutIfAbsent is safe for concurrent use; Commit and Abort are called once,
+// after every PutIfAbsent returned.
+type Batch interface {
+	// PutIfAbsent stages key; it returns ErrExists when key is present now.
+	// A key that appears between the call and Commit is left as it is (the
+	// objects are content-addressed, so either copy is the object).
+	PutIfAbsent(ctx context.Context, key string, data []byte) error
+	// Commit makes every staged object durable and then visible.
+	Commit(ctx context.Context) error
+	// Abort drops every staged object that Commit did not make visible.
+	Abort()
+}
