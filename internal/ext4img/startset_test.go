@@ -27,7 +27,7 @@ var debianImage struct {
 
 // debianExt4 builds the Debian bookworm minbase+python3 rootfs into ext4,
 // once per test binary.
-func debianExt4(t *testing.T) string {
+func debianExt4(t testing.TB) string {
 	t.Helper()
 	tarball := lodetest.DebianRootfs(t)
 	debianImage.once.Do(func() {
@@ -69,7 +69,7 @@ func buildRootfs(tarball, out string) error {
 
 // debugfsBlocks lists the blocks of path's inode (no symlink followed), as
 // e2fsprogs' debugfs reads them.
-func debugfsBlocks(t *testing.T, img, path string) []int64 {
+func debugfsBlocks(t testing.TB, img, path string) []int64 {
 	t.Helper()
 	out, err := exec.Command("debugfs", "-R", "blocks "+path, img).Output()
 	if err != nil {
@@ -263,5 +263,21 @@ func TestChunks(t *testing.T) {
 	want := []uint32{0, 3, 1}
 	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
 		t.Errorf("Chunks = %v, want %v (first-touch order, each once, nothing past the image)", got, want)
+	}
+}
+
+// BenchmarkStartSet is the cost StartSet adds to a build of the Debian
+// image: a walk of every directory and the python3 closure.
+func BenchmarkStartSet(b *testing.B) {
+	img := debianExt4(b)
+	f, err := os.Open(img)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	for b.Loop() {
+		if _, _, err := ext4img.StartSet(f, ext4img.StartSetOptions{Files: []string{"python3"}}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

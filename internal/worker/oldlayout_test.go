@@ -35,6 +35,10 @@ func TestOpenOldLayoutImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// git keeps no file modes but the executable bit; a keyring must be 0600.
+	if err := os.Chmod(filepath.Join(dir, "keyring.json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	kr, err := manifest.LoadFileKeyring(filepath.Join(dir, "keyring.json"))
 	if err != nil {
 		t.Fatal(err)
