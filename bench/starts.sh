@@ -5,7 +5,8 @@
 #   sweep          one worker, rising start rates: the highest steady rate (loading starts p99 ≤ 2× p50; docs/decisions/20261123-start-latency-classes.md)
 #   pinned         the sweep with the worker (the generator process) on CPU 0 and
 #                  the cache nodes (and an s3 origin) on CPU 1 (taskset), so that
-#                  the worker's own cost is measured: its rates are PINNED_SWEEP
+#                  the worker's own cost is measured: its rates are PINNED_SWEEP, with
+#                  lode agent's default --max-starts 64 (the other scenarios keep 16)
 #   steady         W workers, warm fleet, CPU profile of the generator (pprof top)
 #   empty-fleet    every node restarted empty at once (and again with the
 #                  jittered second look at the fleet, SECOND_LOOK)
@@ -71,7 +72,7 @@ fi
 
 if [[ $what == all || $what == pinned ]]; then
   echo; echo "## pinned sweep: one worker on CPU $WORKER_CPU (GOMAXPROCS 1), 5 nodes${ORIGIN:+ and the $ORIGIN origin} on CPU $NODE_CPUS, nice $PINNED_NICE, offered start rates $PINNED_SWEEP"
-  fresh; nice -n "$PINNED_NICE" taskset -c "$WORKER_CPU" "${B[@]}" -node-cpus="$NODE_CPUS" -scenario=sweep -workers=1 -rates="$PINNED_SWEEP" -warm=8s -step=40s
+  fresh; nice -n "$PINNED_NICE" taskset -c "$WORKER_CPU" "${B[@]}" -node-cpus="$NODE_CPUS" -max-starts=64 -scenario=sweep -workers=1 -rates="$PINNED_SWEEP" -warm=8s -step=40s
 fi
 
 if [[ $what == all || $what == steady ]]; then
