@@ -13,9 +13,11 @@ import (
 	"github.com/lode-dev/lode/internal/build"
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/oci"
+	"github.com/lode-dev/lode/internal/profile"
 )
 
 type buildOptions struct {
+	noLearn      bool // --learn-profile=false: workers never learn the image's profile (internal/profile)
 	name         string
 	chunkSize    int
 	saltDomain   string
@@ -27,12 +29,21 @@ type buildOptions struct {
 	compress     string
 	align        bool
 	force        bool
+	startFiles   []string
+	noStartSet   bool
 	remote       oci.RemoteOptions
 	timeout      time.Duration
 }
 
+// defaultBuildOptions are lode build's flag defaults, also what lode demo
+// builds with.
+func defaultBuildOptions() buildOptions {
+	return buildOptions{chunkSize: chunk.DefaultSize, compress: compressionName(build.DefaultCompression), align: build.DefaultAlign}
+}
+
 func newBuildCmd() *cobra.Command {
-	var o buildOptions
+	o := defaultBuildOptions()
+	learn := true
 	cmd := &cobra.Command{
 		Use:   "build SOURCE --name NAME",
 		Short: "Build an image into deduplicated, encrypted chunks in the store",
@@ -57,18 +68,19 @@ SOURCE is one of:
   lode build rootfs:rootfs.tar.gz --name base --tenant team-a --store s3://bucket/lode`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o.noLearn = !learn
 			return runBuild(cmd.Context(), o, args[0], stdout)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.name, "name", "", "image name (required)")
-	f.IntVar(&o.chunkSize, "chunk-size", chunk.DefaultSize, "chunk size in bytes (multiple of 4096)")
+	f.IntVar(&o.chunkSize, "chunk-size", o.chunkSize, "chunk size in bytes (multiple of 4096)")
 	f.StringVar(&o.saltDomain, "salt-domain", "", "placement domain mixed into the convergent-encryption salt (images dedup only within one domain)")
 	f.IntVar(&o.uploads, "uploads", 0, "concurrent seal+upload workers (default 4×CPUs)")
 	f.StringVar(&o.tempDir, "tmp", "", "directory for the staged ext4 image (default $TMPDIR)")
 	f.StringVar(&o.keepImage, "keep-image", "", "also write the built ext4 image to this path")
 	f.BoolVar(&o.allowDevices, "allow-devices", false, "keep device nodes (by default those under /dev are dropped with a notice and others refused)")
-	f.BoolVar(&o.force, "force", false, "rebuild a docker:// source even if NAME already holds an image of the same manifest digest (needed for --align or --allow-devices to take effect then)")
+	f.BoolVar(&o.force, "force", false, "rebuild a docker:// source even if NAME already holds an image of the same manifest digest (needed for --align/--align=false or --allow-devices to take effect then)")
 	f.StringVar(&o.remote.Platform, "platform", "", "os/arch[/variant] to pick from an image index (default linux/"+runtime.GOARCH+")")
 	f.StringVar(&o.remote.CAFile, "registry-ca", "", "PEM file of a CA to trust for registries, beside the system roots")
 	f.StringSliceVar(&o.remote.Insecure, "insecure-registry", nil, "HOST[:PORT] of a registry that may be reached over plain HTTP (repeatable)")
@@ -76,9 +88,12 @@ SOURCE is one of:
 	f.IntVar(&o.remote.Jobs, "registry-jobs", 3, "layers downloaded at once")
 	f.StringVar(&o.remote.AuthFile, "authfile", "", "credentials file (containers-auth.json, as skopeo login --authfile) tried first")
 	f.BoolVar(&o.noSetuid, "no-setuid", false, "refuse setuid/setgid files")
-	f.StringVar(&o.compress, "compress", "none", "compress each chunk before encryption: none or zstd (recorded in the manifest)")
-	f.BoolVar(&o.align, "align", false, "chunk-aligned layout: start every file of at least one chunk on a chunk boundary, so identical large files give identical chunks wherever they sit (more dedup when a base layer changes or layers are reordered)")
+	f.StringVar(&o.compress, "compress", o.compress, "compress each chunk before encryption: zstd or none (recorded in the manifest; none is the default of images built before 2026-12)")
+	f.BoolVar(&o.align, "align", o.align, "chunk-aligned layout: start every file of at least one chunk on a chunk boundary, so identical large files give identical chunks wherever they sit (dedup survives a base layer file changing size or reordered layers); --align=false packs file data in stream order, the layout of images built before 2026-12")
 	f.DurationVar(&o.timeout, "build-timeout", build.DefaultTimeout, "abort (and write no image pointer) a build that runs longer than this after choosing its root; must equal lode gc --build-timeout")
+	f.StringSliceVar(&o.startFiles, "start-file", nil, "a program starts of the image run, beside its entrypoint: its ELF closure joins the start set prefetched at every start (repeatable)")
+	f.BoolVar(&o.noStartSet, "no-start-set", false, "store no build-time start set (metadata + entrypoint's ELF closure) as the image's prefetch hints")
+	f.BoolVar(&learn, "learn-profile", true, "let workers learn this image's startup profile from its first starts (false: they never record them; docs/operations.md)")
 	cmd.MarkFlagRequired("name")
 	return cmd
 }
@@ -109,6 +124,7 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 		ChunkSize: o.chunkSize, SaltDomain: o.saltDomain, Uploads: o.uploads,
 		TempDir: o.tempDir, KeepImage: o.keepImage, Flatten: fo,
 		Log: logger, Timeout: o.timeout,
+		StartFiles: o.startFiles, NoStartSet: o.noStartSet,
 	}
 	if o.align {
 		bo.Ext4.Align = int64(o.chunkSize)
@@ -128,6 +144,11 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 	res, err := build.Build(ctx, st, kr, secret, bo)
 	if err != nil {
 		return fmt.Errorf("building %s from %s: %w", o.name, source, err)
+	}
+	if o.noLearn {
+		if err := profile.DisableLearning(ctx, st, res.Root, res.ManifestID); err != nil {
+			return err
+		}
 	}
 	if res.DroppedDevices > 0 && !res.Unchanged {
 		fmt.Fprintf(stderr, "notice: dropped %d device nodes under /dev (container runtimes mount their own /dev; --allow-devices keeps them)\n", res.DroppedDevices)

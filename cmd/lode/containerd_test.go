@@ -245,6 +245,30 @@ func (e *containerdEnv) snapshots(t *testing.T) []snapshotter.SnapshotStatus {
 	return nil
 }
 
+// waitRemoved waits (20 s at most) until, after the removal named by what,
+// containerd lists no snapshot, the agent serves no mount and the
+// snapshotter's mounts/ directory (and snapshots/, with snapshotDirs) is
+// empty.
+func (e *containerdEnv) waitRemoved(t *testing.T, what string, snapshotDirs bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		sns, st := e.snapshots(t), e.agent.status(t)
+		ents, _ := os.ReadDir(filepath.Join(e.snRoot, "mounts"))
+		var snaps []os.DirEntry
+		if snapshotDirs {
+			snaps, _ = os.ReadDir(filepath.Join(e.snRoot, "snapshots"))
+		}
+		if len(sns) == 0 && len(st.Mounts) == 0 && len(ents) == 0 && len(snaps) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: snapshots %+v, %d agent mounts, mounts/ %v, snapshots/ %v", what, sns, len(st.Mounts), ents, snaps)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func (e *containerdEnv) kinds(t *testing.T) map[string]string {
 	t.Helper()
 	out := map[string]string{}
@@ -370,19 +394,7 @@ func TestContainerdGoClient(t *testing.T) {
 
 	// Removal: containerd's GC removes the snapshots; the mount goes.
 	e.ctr(t, "image", "rm", "--sync", appRef, otherRef)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		sns, st := e.snapshots(t), e.agent.status(t)
-		ents, _ := os.ReadDir(filepath.Join(e.snRoot, "mounts"))
-		snaps, _ := os.ReadDir(filepath.Join(e.snRoot, "snapshots"))
-		if len(sns) == 0 && len(st.Mounts) == 0 && len(ents) == 0 && len(snaps) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after image rm: %d snapshots, %d agent mounts, mounts/ %v, snapshots/ %v", len(sns), len(st.Mounts), ents, snaps)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	e.waitRemoved(t, "image rm", true)
 	// lode doctor finds nothing to clean: no stale mount, loop device,
 	// socket or state file.
 	before := e.c.stdout.String()
@@ -468,18 +480,7 @@ func TestContainerdCRI(t *testing.T) {
 	e.crictl(t, "stopp", podID)
 	e.crictl(t, "rmp", podID)
 	e.crictl(t, "rmi", appRef, e.registry+"/pause:1")
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		sns, st := e.snapshots(t), e.agent.status(t)
-		ents, _ := os.ReadDir(filepath.Join(e.snRoot, "mounts"))
-		if len(sns) == 0 && len(st.Mounts) == 0 && len(ents) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after crictl rmi: snapshots %+v, %d agent mounts, mounts/ %v", sns, len(st.Mounts), ents)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	e.waitRemoved(t, "crictl rmi", false)
 }
 
 // TestContainerdTakeover: a new agent takes the running one over (an
@@ -538,18 +539,7 @@ func TestContainerdTakeover(t *testing.T) {
 	e.ctr(t, "task", "rm", "reader")
 	e.ctr(t, "container", "rm", "reader")
 	e.ctr(t, "image", "rm", "--sync", appRef)
-	deadline = time.Now().Add(20 * time.Second)
-	for {
-		sns, st := e.snapshots(t), e.agent.status(t)
-		ents, _ := os.ReadDir(filepath.Join(e.snRoot, "mounts"))
-		if len(sns) == 0 && len(st.Mounts) == 0 && len(ents) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after image rm: snapshots %+v, %d agent mounts, mounts/ %v", sns, len(st.Mounts), ents)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	e.waitRemoved(t, "image rm", false)
 }
 
 // TestContainerdSharedBaseUnknownFirst is the other order of

@@ -89,7 +89,9 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(out, "== lode build %s --name %s\n", src, demoImage)
-		if err := runBuild(ctx, buildOptions{name: demoImage, chunkSize: 512 << 10, keepImage: o.keepImage}, src, out); err != nil {
+		bo := defaultBuildOptions()
+		bo.name, bo.keepImage = demoImage, o.keepImage
+		if err := runBuild(ctx, bo, src, out); err != nil {
 			return err
 		}
 	} else if lerr != nil {

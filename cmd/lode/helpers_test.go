@@ -199,7 +199,9 @@ func (c *cli) buildSample(t *testing.T) string {
 		var out bytes.Buffer
 		err := runKeysCreate(&out)
 		if err == nil {
-			err = runBuild(context.Background(), buildOptions{name: "demo", chunkSize: 512 << 10, keepImage: filepath.Join(home, "demo.ext4")}, src, &out)
+			bo := defaultBuildOptions()
+			bo.name, bo.keepImage = "demo", filepath.Join(home, "demo.ext4")
+			err = runBuild(context.Background(), bo, src, &out)
 		}
 		global = saved
 		if err != nil {

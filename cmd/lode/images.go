@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lode-dev/lode/internal/catalog"
+	"github.com/lode-dev/lode/internal/profile"
 )
 
 func newImagesCmd() *cobra.Command {
@@ -80,5 +81,6 @@ func runInspect(ctx context.Context, name string, asJSON bool, out io.Writer) er
 	if err != nil {
 		return err
 	}
-	return catalog.WriteInspection(out, global.tenant, name, m, p, sh, asJSON)
+	lp := profile.Summarize(ctx, st, profile.Image{Root: p.Root, ID: p.Manifest, M: m})
+	return catalog.WriteInspection(out, global.tenant, name, m, p, sh, lp, asJSON)
 }

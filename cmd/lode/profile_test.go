@@ -19,7 +19,8 @@ import (
 )
 
 // TestRunRecordThenPrefetch: a run with --record stores the start's read
-// order in the manifest (a new manifest, same root and creation time); a
+// order in the manifest in place of the build-time start set (a new
+// manifest, same root and creation time); a
 // cold run afterwards prefetches those chunks, and --no-prefetch does not.
 func TestRunRecordThenPrefetch(t *testing.T) {
 	requireMount(t)
@@ -28,8 +29,8 @@ func TestRunRecordThenPrefetch(t *testing.T) {
 	c.buildSample(t)
 	ctx := context.Background()
 	st, kr, before, p0 := resolveDemo(t)
-	if len(before.Hints) != 0 {
-		t.Fatalf("the fresh build has %d hints, want none", len(before.Hints))
+	if len(before.Hints) == 0 || before.Hints[0] != 0 {
+		t.Fatalf("the fresh build has hints %v, want its build-time start set (the superblock's chunk first)", before.Hints)
 	}
 	opts := runOptions{runtime: "runc", network: "host", stateDir: filepath.Join(c.home, "mounts"), worker: c.workerOpts()}
 
@@ -134,23 +135,27 @@ func TestRunHeatmap(t *testing.T) {
 func TestInspectHeatmapAndCompress(t *testing.T) {
 	c := newCLI(t)
 	c.buildSample(t)
-	if err := c.execLode(t, "build", sample(t), "--name", "demo-zstd", "--compress", "zstd"); err != nil {
-		t.Fatalf("build --compress zstd = %v\n%s", err, c.stderr.String())
+	// The sample is built with the defaults (zstd, aligned); demo-raw is
+	// the same source with raw chunks.
+	if err := c.execLode(t, "build", sample(t), "--name", "demo-raw", "--compress", "none"); err != nil {
+		t.Fatalf("build --compress none = %v\n%s", err, c.stderr.String())
 	}
 	if err := c.execLode(t, "build", sample(t), "--name", "bad", "--compress", "lz4"); err == nil || !strings.Contains(err.Error(), `"lz4"`) {
 		t.Errorf("build --compress lz4 = %v, want an error naming it", err)
 	}
 	st, _ := openStore(context.Background())
 	kr, _ := openKeyring()
-	m, _, err := catalog.Resolve(context.Background(), st, kr, "default", "demo-zstd")
-	if err != nil || m.Compression != manifest.CompressionZstd {
-		t.Fatalf("Resolve(demo-zstd) = compression %v, %v; want zstd", m, err)
+	for name, want := range map[string]uint8{"demo": manifest.CompressionZstd, "demo-raw": manifest.CompressionNone} {
+		m, _, err := catalog.Resolve(context.Background(), st, kr, "default", name)
+		if err != nil || m.Compression != want {
+			t.Fatalf("Resolve(%s) = %v, %v; want compression %d", name, m, err, want)
+		}
 	}
 	for _, tc := range []struct{ image, shared string }{
-		// demo and demo-zstd share nothing (another salt); demo and its
+		// demo and demo-raw share nothing (another salt); demo and its
 		// twin share every stored chunk.
 		{"demo", `shared with other images: 0 `},
-		{"demo-zstd", `shared with other images: 0 `},
+		{"demo-raw", `shared with other images: 0 `},
 	} {
 		svg := filepath.Join(t.TempDir(), tc.image+".svg")
 		if err := c.execLode(t, "inspect", tc.image, "--heatmap", svg); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -31,6 +32,8 @@ func bindWorker(f *pflag.FlagSet, o *worker.Options) {
 	f.StringVar(&o.FleetTLS.Cert, "fleet-tls-cert", "", "this worker's certificate for mutual TLS with the fleet (`lode cache certs --worker NAME`)")
 	f.StringVar(&o.FleetTLS.Key, "fleet-tls-key", "", "the --fleet-tls-cert key")
 	f.StringVar(&o.FleetTLS.CA, "fleet-tls-ca", "", "the fleet CA that nodes' certificates must chain to")
+	f.StringVar(&o.Trace, "trace", os.Getenv("LODE_TRACE"), "write a fetch trace to this file: a JSON line per chunk fetch and per read (default $LODE_TRACE; analyse it with go run ./bench/serial FILE)")
+	f.BoolVar(&o.LearnProfile, "learn-profile", true, "record what each start of an image reads and publish it through the store as the image's learned startup profile, which later cold starts on every worker prefetch (false: only use profiles, never record)")
 	f.BoolVar(&o.AllowStoreSecret, "allow-store-secret", false, "run although the keyring holds the store secret (a builder's keyring); give workers one from `lode keys export`")
 }
 

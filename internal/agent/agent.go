@@ -11,6 +11,7 @@ import (
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/store"
+	"github.com/lode-dev/lode/internal/trace"
 )
 
 // Config configures an Agent. The zero value of each field selects the
@@ -41,6 +42,9 @@ type Config struct {
 	Metrics *Metrics
 	// Now is the clock for latency measurements (default time.Now).
 	Now func() time.Time
+	// Trace, if not nil, records every fetch and every read (internal/trace,
+	// lode ... --trace FILE).
+	Trace *trace.Recorder
 }
 
 // DefaultConfig returns a Config with every default filled in and read-ahead
@@ -118,6 +122,18 @@ type call struct {
 	waiters  int
 	credited []*Image
 	noMem    bool // a background fill's fetch: keep it out of the memory cache unless a reader joins
+
+	tr *callTrace // nil unless the agent traces (Config.Trace)
+}
+
+// callTrace is what the fetch trace records of a call. waited is guarded
+// by Agent.mu; started is written before done is closed.
+type callTrace struct {
+	id             uint64
+	cause          trace.Cause
+	off, len       int64
+	asked, started int64
+	waited         []uint64
 }
 
 // New returns an Agent with c's defaults applied.
@@ -221,7 +237,9 @@ func NewImage(name string, m *manifest.Manifest, c Config) (*Image, error) {
 // noMem marks a fetch started here as a background fill's: its plaintext is
 // not put in the memory cache (so a fill does not flush the hot set) unless a
 // demand reader joins it before it finishes.
-func (a *Agent) join(ref chunk.Ref, size int, im *Image, prefetch, noMem bool) (c *call, plain []byte, full bool) {
+//
+// cause says why, for the fetch trace (Config.Trace).
+func (a *Agent) join(ref chunk.Ref, size int, im *Image, prefetch, noMem bool, cause trace.Cause, rt *readTrace) (c *call, plain []byte, full bool) {
 	zstd := im.m.Compression == manifest.CompressionZstd
 	key := cacheRef(ref, zstd)
 	a.mu.Lock()
@@ -235,6 +253,9 @@ func (a *Agent) join(ref chunk.Ref, size int, im *Image, prefetch, noMem bool) (
 		}
 		c.waiters++
 		c.noMem = false
+		if c.tr != nil && rt != nil {
+			c.tr.waited = append(c.tr.waited, rt.id)
+		}
 		return c, nil, false
 	}
 	if a.cfg.Mem != nil {
@@ -256,6 +277,18 @@ func (a *Agent) join(ref chunk.Ref, size int, im *Image, prefetch, noMem bool) (
 	c = &call{ref: ref, key: key, zstd: zstd, size: size, image: im.name, start: !prefetch && im.starting.Load(),
 		tier: -1, done: make(chan struct{}), waiters: 1, noMem: noMem}
 	c.ctx, c.cancel = context.WithTimeout(a.ctx, a.cfg.FetchTimeout)
+	if tr := a.cfg.Trace; tr != nil {
+		c.tr = &callTrace{id: tr.NextID(), cause: cause, asked: tr.Now()}
+		if rt != nil {
+			c.tr.off, c.tr.len = rt.off, rt.len
+			if !prefetch {
+				c.tr.waited = []uint64{rt.id}
+			}
+		}
+		if prefetch {
+			c.tr.started = c.tr.asked // it holds its slot already
+		}
+	}
 	a.calls[key] = c
 	a.wg.Add(1)
 	go a.run(c, prefetch)
@@ -319,6 +352,9 @@ func (a *Agent) run(c *call, holding bool) {
 			a.finish(c)
 			return
 		}
+		if c.tr != nil {
+			c.tr.started = a.cfg.Trace.Now()
+		}
 	}
 	bp := a.buffer(c.size + chunk.Overhead + zstdSlack)
 	ct := a.fetchSafe(c, *bp)
@@ -356,8 +392,26 @@ func (a *Agent) finish(c *call) {
 	if a.calls[c.key] == c {
 		delete(a.calls, c.key)
 	}
+	if c.tr != nil {
+		// Before done: a reader that returns has its fetches in the trace.
+		a.traceFetch(c, c.tr.waited)
+	}
 	close(c.done)
 	a.mu.Unlock()
+}
+
+// traceFetch records c, complete, in the fetch trace.
+func (a *Agent) traceFetch(c *call, waited []uint64) {
+	tr := a.cfg.Trace
+	e := trace.Event{Kind: trace.KindFetch, ID: c.tr.id, Image: c.image, Chunk: c.tr.cause.Chunk,
+		Why: c.tr.cause.Why, Read: c.tr.cause.Read, Hint: c.tr.cause.Hint, Off: c.tr.off, Len: c.tr.len,
+		Asked: c.tr.asked, Started: c.tr.started, Done: tr.Now(), Waited: waited}
+	if c.err != nil {
+		e.Err = c.err.Error()
+	} else if c.tier >= 0 {
+		e.Tier, e.Bytes = a.tiers[c.tier].t.Name(), c.ctLen
+	}
+	tr.Emit(e)
 }
 
 // fetch tries the tiers in order and sets c's result. It returns the

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/trace"
 )
 
 // benchImage is 32 chunks of the default 512 KiB, no holes.
@@ -67,7 +68,13 @@ func BenchmarkReadAt_Seq128K(b *testing.B) {
 
 // BenchmarkReadAt_ColdChunk reads whole 512 KiB chunks that are on the disk
 // tier only (no memory cache): file read, verify, decrypt.
-func BenchmarkReadAt_ColdChunk(b *testing.B) {
+func BenchmarkReadAt_ColdChunk(b *testing.B) { coldChunkBench(b, nil) }
+
+// BenchmarkReadAt_ColdChunkTraced is BenchmarkReadAt_ColdChunk with the
+// fetch trace on (written to io.Discard): its cost per fetch and read.
+func BenchmarkReadAt_ColdChunkTraced(b *testing.B) { coldChunkBench(b, trace.New(io.Discard)) }
+
+func coldChunkBench(b *testing.B, tr *trace.Recorder) {
 	ti := benchImage(b)
 	d, err := NewDiskCache(b.TempDir(), 1<<30, nil)
 	if err != nil {
@@ -78,7 +85,7 @@ func BenchmarkReadAt_ColdChunk(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	im, err := NewImage("bench/app", ti.m, Config{Tiers: []Tier{d}})
+	im, err := NewImage("bench/app", ti.m, Config{Tiers: []Tier{d}, Trace: tr})
 	if err != nil {
 		b.Fatal(err)
 	}

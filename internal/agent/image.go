@@ -12,6 +12,7 @@ import (
 
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/trace"
 )
 
 // Image is a read-only view of one image's filesystem bytes, assembled from
@@ -29,6 +30,7 @@ type Image struct {
 	raMu   sync.Mutex
 	closed bool
 	raNext int          // first chunk read-ahead has not yet considered
+	raSet  bitmap       // chunks read-ahead fetched
 	last   atomic.Int64 // last chunk a reader touched; -2 before any
 	run    atomic.Int64 // reads in a row that moved the stream on
 	ctx    context.Context
@@ -85,6 +87,7 @@ func newImage(a *Agent, owns bool, name string, m *manifest.Manifest) (*Image, e
 	im.ctx, im.cancel = context.WithCancel(context.Background())
 	n := len(m.Names)
 	im.st.read = newBitmap(n)
+	im.raSet = newBitmap(n)
 	im.st.tiers = make([]tierCounts, len(a.tiers))
 	for i := range im.st.tiers {
 		im.st.tiers[i].seen = newBitmap(n)
@@ -163,10 +166,16 @@ func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (n int, err er
 	defer im.demandActive.Add(-1)
 	n = int(end - off)
 	first, last := int(off/im.cs), int((end-1)/im.cs)
+	var rt *readTrace
+	if tr := im.a.cfg.Trace; tr != nil {
+		rt = &readTrace{id: tr.NextID(), off: off, len: int64(n), asked: tr.Now()}
+		defer im.traceRead(rt, first, last)
+	}
+	var fromMem bool
 	if first == last {
-		err = im.readChunk(ctx, first, p[:n], int(off-int64(first)*im.cs))
+		fromMem, err = im.readChunk(ctx, first, p[:n], int(off-int64(first)*im.cs), rt)
 	} else {
-		err = im.readSpan(ctx, p[:n], off, first, last)
+		fromMem, err = im.readSpan(ctx, p[:n], off, first, last, rt)
 	}
 	if err != nil {
 		return 0, err
@@ -176,27 +185,44 @@ func (im *Image) ReadAt(ctx context.Context, p []byte, off int64) (n int, err er
 	if h := im.readHook.Load(); h != nil {
 		(*h)(first, last)
 	}
-	im.readAhead(first, last)
+	im.readAhead(first, last, fromMem, rt)
 	if eof {
 		return n, io.EOF
 	}
 	return n, nil
 }
 
-// readChunk fills dst from chunk i starting at within.
-func (im *Image) readChunk(ctx context.Context, i int, dst []byte, within int) error {
-	plain, c, err := im.start(i)
+// readTrace is what the fetch trace records of one read (nil when the
+// agent does not trace).
+type readTrace struct {
+	id       uint64
+	off, len int64
+	asked    int64
+	waited   []uint64 // fetches the read blocked on
+}
+
+// traceRead records the read rt of chunks first..last, complete.
+func (im *Image) traceRead(rt *readTrace, first, last int) {
+	tr := im.a.cfg.Trace
+	tr.Emit(trace.Event{Kind: trace.KindRead, ID: rt.id, Image: im.name, Chunk: first, Off: rt.off, Len: rt.len,
+		First: first, Last: last, Asked: rt.asked, Done: tr.Now(), Waited: rt.waited})
+}
+
+// readChunk fills dst from chunk i starting at within. fromMem reports
+// that the memory cache served it (not a hole, not a fetch).
+func (im *Image) readChunk(ctx context.Context, i int, dst []byte, within int, rt *readTrace) (fromMem bool, err error) {
+	plain, c, err := im.start(i, rt)
 	if err != nil || plain != nil || c == nil {
 		if err == nil {
 			copyChunk(dst, plain, within)
 		}
-		return err
+		return plain != nil, err
 	}
 	if err := im.finish(ctx, i, c); err != nil {
-		return err
+		return false, err
 	}
 	copyChunk(dst, c.plain, within)
-	return nil
+	return false, nil
 }
 
 // copyChunk copies plain[within:] into dst, or zeros for a hole (nil plain).
@@ -210,25 +236,29 @@ func copyChunk(dst, plain []byte, within int) {
 
 // readSpan fills p (which starts at off) from chunks first..last: cached
 // chunks and holes at once, then it starts every missing chunk's fetch
-// before waiting for any, so they run in parallel.
-func (im *Image) readSpan(ctx context.Context, p []byte, off int64, first, last int) error {
+// before waiting for any, so they run in parallel. fromMem reports that the
+// memory cache served every chunk.
+func (im *Image) readSpan(ctx context.Context, p []byte, off int64, first, last int, rt *readTrace) (fromMem bool, err error) {
+	fromMem = true
 	var buf [8]pending
 	waits := buf[:0]
 	for i := first; i <= last; i++ {
 		cStart := int64(i) * im.cs
 		lo, hi := max(cStart, off), min(cStart+int64(im.chunkLen(i)), off+int64(len(p)))
 		dst, within := p[lo-off:hi-off], int(lo-cStart)
-		plain, c, err := im.start(i)
+		plain, c, err := im.start(i, rt)
 		if err != nil {
 			for _, w := range waits {
 				im.a.leave(w.c)
 			}
-			return err
+			return false, err
 		}
 		if c == nil {
+			fromMem = fromMem && plain != nil
 			copyChunk(dst, plain, within)
 			continue
 		}
+		fromMem = false
 		waits = append(waits, pending{i, c, dst, within})
 	}
 	for k, w := range waits {
@@ -236,11 +266,11 @@ func (im *Image) readSpan(ctx context.Context, p []byte, off int64, first, last 
 			for _, r := range waits[k+1:] {
 				im.a.leave(r.c)
 			}
-			return err
+			return false, err
 		}
 		copyChunk(w.dst, w.c.plain, w.within)
 	}
-	return nil
+	return fromMem, nil
 }
 
 // pending is a chunk of a span read whose fetch is in flight.
@@ -252,8 +282,9 @@ type pending struct {
 }
 
 // start begins reading chunk i: a hole returns (nil, nil, nil), a memory
-// hit its plaintext, a miss the fetch to wait for.
-func (im *Image) start(i int) ([]byte, *call, error) {
+// hit its plaintext, a miss the fetch to wait for. rt is the read's trace
+// (nil when not tracing).
+func (im *Image) start(i int, rt *readTrace) ([]byte, *call, error) {
 	if im.st.read.set(i) {
 		im.st.distinctChunks.Add(1)
 		if !im.m.Names[i].IsZero() {
@@ -290,7 +321,11 @@ func (im *Image) start(i int) ([]byte, *call, error) {
 		}
 		inc(a.memM.miss)
 	}
-	c, plain, _ := a.join(ref, im.chunkLen(i), im, false, false)
+	var cause trace.Cause
+	if rt != nil {
+		cause = trace.Cause{Chunk: i, Why: trace.WhyRead, Read: rt.id}
+	}
+	c, plain, _ := a.join(ref, im.chunkLen(i), im, false, false, cause, rt)
 	if plain != nil {
 		if err := im.checkLen(i, ref, plain); err != nil {
 			return nil, nil, err
@@ -300,6 +335,9 @@ func (im *Image) start(i int) ([]byte, *call, error) {
 	}
 	if c == nil {
 		return nil, nil, im.fail(i, fmt.Errorf("%w: %w", ErrIO, ErrClosed))
+	}
+	if rt != nil && c.tr != nil {
+		rt.waited = append(rt.waited, c.tr.id)
 	}
 	return nil, c, nil
 }
@@ -378,7 +416,15 @@ func (im *Image) credit(c *call, i int) {
 // previous read, starts fetching the next ReadAhead chunks that are neither
 // holes, cached, nor in flight. It never waits for a fetch slot: when none is
 // free it stops and tries again on the next sequential read.
-func (im *Image) readAhead(first, last int) {
+//
+// A read that the memory cache served whole (fromMem) moves a stream on
+// only if read-ahead fetched one of its chunks: a read of chunks something else put
+// in the cache — the start set or a profile the worker prefetched, another
+// image's reads — says nothing about what comes after them. (Measured on a
+// cold python3 start with the build-time start set: every read-ahead chunk
+// was past the end of a prefetched file, 4–6 MiB fetched for nothing;
+// docs/coldstart.md.)
+func (im *Image) readAhead(first, last int, fromMem bool, rt *readTrace) {
 	ra := im.a.cfg.ReadAhead
 	// The kernel sends a sequential stream as several concurrent requests
 	// (loop device, FUSE, overlayfs), so they arrive slightly out of order: a
@@ -412,7 +458,7 @@ func (im *Image) readAhead(first, last int) {
 	// Like the kernel's, read-ahead starts on the second read in a row that
 	// moves the stream on: one step to a neighbouring chunk is as likely a
 	// scattered read (a VM's boot walking metadata) as the start of a stream.
-	if int64(last) <= prev || im.run.Add(1) < 2 {
+	if int64(last) <= prev || (fromMem && !im.raOwns(first, last)) || im.run.Add(1) < 2 {
 		return
 	}
 	im.raMu.Lock()
@@ -430,11 +476,16 @@ func (im *Image) readAhead(first, last int) {
 	for j := start; j <= stop; j++ {
 		ref := im.m.Ref(j)
 		if !ref.IsHole() && (im.a.cfg.Mem == nil || !im.a.cfg.Mem.Contains(cacheRef(ref, im.zstd))) {
-			c, _, full := im.a.join(ref, im.chunkLen(j), im, true, false)
+			var cause trace.Cause
+			if rt != nil {
+				cause = trace.Cause{Chunk: j, Why: trace.WhyReadAhead, Read: rt.id}
+			}
+			c, _, full := im.a.join(ref, im.chunkLen(j), im, true, false, cause, nil)
 			if full {
 				return
 			}
 			if c != nil {
+				im.raSet.set(j)
 				im.st.readAheads.Add(1)
 				inc(im.a.am.readAhead)
 				im.wg.Add(1)
@@ -443,6 +494,16 @@ func (im *Image) readAhead(first, last int) {
 		}
 		im.raNext = j + 1
 	}
+}
+
+// raOwns reports whether read-ahead fetched any of chunks first..last.
+func (im *Image) raOwns(first, last int) bool {
+	for i := first; i <= last; i++ {
+		if im.raSet.has(i) {
+			return true
+		}
+	}
+	return false
 }
 
 // prefetch waits for read-ahead fetch c of chunk j; Close cancels it.
@@ -628,7 +689,7 @@ func (im *Image) prefetchList(ctx context.Context, idx []uint32, parallel int, f
 	defer wg.Wait()
 	started := 0
 	const retry = 500 * time.Microsecond
-	for _, u := range idx {
+	for k, u := range idx {
 		j := int(u)
 		if j >= len(im.m.Names) {
 			continue
@@ -647,7 +708,11 @@ func (im *Image) prefetchList(ctx context.Context, idx []uint32, parallel int, f
 				<-slots
 				break
 			}
-			c, _, full := im.a.join(ref, im.chunkLen(j), im, true, keeps && !im.nearReader(j))
+			cause := trace.Cause{Chunk: j, Why: trace.WhyPrefetch, Hint: k}
+			if fill {
+				cause.Why = trace.WhyFill
+			}
+			c, _, full := im.a.join(ref, im.chunkLen(j), im, true, keeps && !im.nearReader(j), cause, nil)
 			if c != nil {
 				started++
 				if !fill {

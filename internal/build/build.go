@@ -29,7 +29,8 @@ type Options struct {
 
 	ChunkSize  int    // default chunk.DefaultSize
 	SaltDomain string // optional placement domain mixed into the salt
-	// Compression is manifest.CompressionNone (default) or
+	// Compression is manifest.CompressionNone (the zero value; lode build
+	// defaults to DefaultCompression) or
 	// manifest.CompressionZstd: every non-hole chunk is then sealed as one
 	// zstd frame of its bytes (zstdLevel, no checksum: GCM authenticates),
 	// whether or not that is smaller, under a salt of its own (ZstdSalt).
@@ -61,11 +62,28 @@ type Options struct {
 	// the manifest does not record (Flatten, Ext4.Align) need Force to take
 	// effect on an unchanged source.
 	Force bool
+	// StartFiles are programs a start of the image runs, beside its
+	// entrypoint (or cmd, or /bin/sh when it has neither): their files and
+	// ELF closures join the build-time start set (ext4img.StartSet) stored
+	// as the manifest's hints. NoStartSet stores no hints.
+	StartFiles []string
+	NoStartSet bool
 
 	Log      *slog.Logger
 	Progress Progress // may be nil
 	Now      func() time.Time
 }
+
+// lode build's defaults (docs/decisions/20261203-build-defaults.md): zstd
+// chunks and the chunk-aligned layout (Ext4.Align = the chunk size), which
+// keep chunks shared when an early file changes size or layers are
+// reordered and store no more than the old layout. Options' zero values
+// are the old layout and raw chunks (lode build --align=false --compress
+// none); images of either kind read the same way.
+const (
+	DefaultCompression = manifest.CompressionZstd
+	DefaultAlign       = true
+)
 
 // DefaultTimeout is Options.Timeout's default, gc.DefaultConfig's BuildTimeout.
 const DefaultTimeout = time.Hour
@@ -108,6 +126,8 @@ type Result struct {
 	New        int   // chunks uploaded by this build
 	NewBytes   int64 // ciphertext bytes uploaded
 	Dedup      int   // chunks already in the root or repeated within the image
+	// StartChunks is the size of the build-time start set (manifest.Hints).
+	StartChunks int
 	// Early counts the chunks sealed while the image was still being
 	// written (stagedImage), not after it.
 	Early    int
@@ -157,10 +177,13 @@ func ZstdSalt(salt []byte) []byte {
 // zstdLevel is the one compression level of zstd chunks. It is part of
 // their convergence: the same bytes compressed at another level (or by
 // another version of the encoder, if its output changes) get other names,
-// so every builder of one store must use the same. SpeedDefault (zstd level
-// 3) compresses a 512 KiB chunk in about a millisecond and decompresses it in
-// well under one.
-const zstdLevel = zstd.SpeedDefault
+// so every builder of one store must use the same. SpeedFastest (about zstd
+// level 1) since zstd became lode build's default (issue #22,
+// docs/decisions/20261203-build-defaults.md): on the Debian rootfs it
+// compressed 2.2× faster than SpeedDefault (level 3, the level before) for
+// 5% more bytes. Chunks of images built at level 3 read the same; they no
+// longer dedup with new builds.
+const zstdLevel = zstd.SpeedFastest
 
 func (o *Options) setDefaults() error {
 	if o.Compression != manifest.CompressionNone && o.Compression != manifest.CompressionZstd {
@@ -308,6 +331,11 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		return res, fmt.Errorf("sizing staged image: %w", err)
 	}
 	res.ImageSize = size
+	var hints []uint32
+	if !o.NoStartSet {
+		hints = startSet(img, size, res.Config, o)
+		res.StartChunks = len(hints)
+	}
 
 	if cs == nil {
 		resolved = o.Now()
@@ -329,6 +357,7 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		FSType:       ext4img.FSType,
 		SourceDigest: res.SourceDigest,
 		Config:       res.Config,
+		Hints:        hints,
 
 		SourceRef:         res.Source.Ref,
 		SourceIndexDigest: res.Source.IndexDigest,
@@ -498,3 +527,41 @@ type nopProgress struct{}
 
 func (nopProgress) Phase(string, int64) {}
 func (nopProgress) Add(int64)           {}
+
+// startData are files a start reads whole besides its programs, when the
+// image has them: the user database internal/run resolves the user through,
+// and what glibc reads as a dynamic program starts (the time zone, the
+// C.UTF-8 locale's character classes, the iconv module cache). Measured on
+// the python3 start (docs/coldstart.md): each was a fetch in series.
+var startData = []string{
+	"/etc/passwd", "/etc/group", "/etc/localtime",
+	"/usr/lib/locale/C.utf8/LC_CTYPE", "/usr/lib/locale/C.UTF-8/LC_CTYPE",
+	"/usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache", "/usr/lib/aarch64-linux-gnu/gconv/gconv-modules.cache",
+}
+
+// startSet computes the build-time start set of the staged image: its
+// metadata and the ELF closure of the entrypoint (or cmd, or /bin/sh) and
+// o.StartFiles, as chunk indexes for manifest.Hints. A failure costs only
+// the hints: it is logged, never fatal.
+func startSet(img io.ReaderAt, size int64, c manifest.Config, o Options) []uint32 {
+	var files []string
+	switch {
+	case len(c.Entrypoint) > 0:
+		files = append(files, c.Entrypoint[0])
+	case len(c.Cmd) > 0:
+		files = append(files, c.Cmd[0])
+	case len(o.StartFiles) == 0:
+		files = append(files, "/bin/sh")
+	}
+	files = append(files, o.StartFiles...)
+	rs, notes, err := ext4img.StartSet(img, ext4img.StartSetOptions{Files: files, Env: c.Env,
+		Data: startData})
+	if err != nil {
+		o.Log.Warn("no build-time start set", "image", o.Tenant+"/"+o.Name, "err", err)
+		return nil
+	}
+	for _, n := range notes {
+		o.Log.Info("start set", "image", o.Tenant+"/"+o.Name, "note", n)
+	}
+	return ext4img.Chunks(rs, int64(o.ChunkSize), size)
+}

@@ -44,11 +44,19 @@ func Resolve(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, n
 	if err != nil {
 		return nil, p, err
 	}
-	if p.Deleted {
-		return nil, p, fmt.Errorf("image %s of tenant %s was deleted: %w", name, tenant, ErrNoImage)
-	}
-	m, err := openManifest(ctx, st, kr, tenant, name, p)
+	m, err := ResolvePointer(ctx, st, kr, tenant, name, p)
 	return m, p, err
+}
+
+// ResolvePointer is the second half of Resolve: the opened manifest that
+// pointer p (from Lookup) of tenant's image name names. A caller that reads
+// something else by the pointer's manifest id (a learned profile, worker.Open)
+// does so while this reads the manifest.
+func ResolvePointer(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name string, p store.Pointer) (*manifest.Manifest, error) {
+	if p.Deleted {
+		return nil, fmt.Errorf("image %s of tenant %s was deleted: %w", name, tenant, ErrNoImage)
+	}
+	return openManifest(ctx, st, kr, tenant, name, p)
 }
 
 // openManifest reads the manifest p names, checks it hashes to its id and

@@ -12,6 +12,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/profile"
 	"github.com/lode-dev/lode/internal/store"
 )
 
@@ -64,12 +65,16 @@ type Inspection struct {
 	WorkingDir     string    `json:"workdir"`
 	User           string    `json:"user"`
 	Env            []string  `json:"env"`
+	// StartSet is the build's start set (manifest hints) in chunks;
+	// LearnedProfile the learned startup profile (internal/profile).
+	StartSet       int             `json:"start_set_chunks"`
+	LearnedProfile profile.Summary `json:"learned_profile"`
 }
 
 // WriteInspection writes what `lode inspect` shows of tenant's image name
 // (manifest m under pointer p, sharing sh) to w: a labelled table, or with
 // asJSON an indented Inspection.
-func WriteInspection(w io.Writer, tenant, name string, m *manifest.Manifest, p store.Pointer, sh Sharing, asJSON bool) error {
+func WriteInspection(w io.Writer, tenant, name string, m *manifest.Manifest, p store.Pointer, sh Sharing, lp profile.Summary, asJSON bool) error {
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
@@ -80,6 +85,7 @@ func WriteInspection(w io.Writer, tenant, name string, m *manifest.Manifest, p s
 			Chunks: sh.Chunks, Holes: sh.Holes, Distinct: sh.Distinct, Shared: sh.Shared, Unique: sh.Unique,
 			OtherManifests: sh.OtherImages, Entrypoint: m.Config.Entrypoint, Cmd: m.Config.Cmd,
 			WorkingDir: m.Config.WorkingDir, User: m.Config.User, Env: m.Config.Env,
+			StartSet: len(m.Hints), LearnedProfile: lp,
 		})
 	}
 	pct := func(a, b int) float64 {
@@ -112,6 +118,8 @@ func WriteInspection(w io.Writer, tenant, name string, m *manifest.Manifest, p s
 	fmt.Fprintf(tw, "workdir:\t%s\n", m.Config.WorkingDir)
 	fmt.Fprintf(tw, "user:\t%s\n", m.Config.User)
 	fmt.Fprintf(tw, "env:\t%s\n", strings.Join(m.Config.Env, " "))
+	fmt.Fprintf(tw, "start set (build):\t%d chunks\n", len(m.Hints))
+	fmt.Fprintf(tw, "learned profile:\t%s\n", lp.Text(time.Now()))
 	return tw.Flush()
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/profile"
 	"github.com/lode-dev/lode/internal/store"
 )
 
@@ -351,6 +352,15 @@ func (r *run) copyImage(ctx context.Context, from, to store.RootID, e catalog.En
 		r.rep.BytesCopied += int64(len(sealed))
 	} else if !errors.Is(err, store.ErrExists) {
 		return fmt.Errorf("storing manifest %s: %w", tkey, err)
+	}
+	// The manifest's learned startup profiles (internal/profile) stay valid
+	// under the same manifest id: copy them too. They are an optimization,
+	// learned again if lost, so a failure does not stop the copy.
+	if n, b, err := profile.CopyForward(ctx, r.st, from, to, p.Manifest); err != nil {
+		r.act("learned profile of image %s/%s not copied forward (%v); workers will learn it again", e.Tenant, e.Name, err)
+	} else {
+		r.rep.ObjectsCopied += n
+		r.rep.BytesCopied += b
 	}
 
 	// Repoint only if nobody changed the pointer since the scan: a build

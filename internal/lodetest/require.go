@@ -62,3 +62,7 @@ func Require(t testing.TB, reqs ...Requirement) {
 		}
 	}
 }
+
+// Holds turns a check the test already ran into a Requirement: it fails
+// with err (for example, no kernel found) and holds when err is nil.
+func Holds(err error) Requirement { return func() error { return err } }

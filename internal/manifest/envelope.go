@@ -198,6 +198,9 @@ func OpenImage(ctx context.Context, sealed []byte, tenant, image string, kr Keyr
 	if err := decodeSecret(secret, m); err != nil {
 		return nil, fmt.Errorf("opening manifest of tenant %q: %w", tenant, err)
 	}
+	if err := m.deriveSubkeys(dataKey); err != nil {
+		return nil, err
+	}
 	return m, nil
 }
 

@@ -1,9 +1,14 @@
 package manifest
 
 import (
+	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"weak"
 
 	"github.com/lode-dev/lode/internal/chunk"
 )
@@ -76,6 +81,65 @@ type Manifest struct {
 	Config Config
 	// Hints lists chunk indexes in the order a start read them (may be empty).
 	Hints []uint32
+}
+
+// SubKey derives a 32-byte key for purpose (e.g. "profile v1") from the
+// data key the manifest was sealed with: HKDF-SHA256 of a secret Open
+// derived from the data key, with purpose in the info. Objects that belong
+// to this manifest and only its tenant may read (internal/profile's learned
+// startup profiles) are sealed under such keys, so a worker that can open
+// the manifest can seal and open them without any store secret. ok is false
+// unless m is a manifest Open returned (not a built one, nor a copy of *m).
+//
+// The secret is kept beside the manifest (subkeyRoots), not in a field, so
+// that comparing manifests (go-cmp, reflect.DeepEqual) is unaffected.
+func (m *Manifest) SubKey(purpose string) (key []byte, ok bool) {
+	subkeyRoots.Lock()
+	root := subkeyRoots.m[weak.Make(m)]
+	subkeyRoots.Unlock()
+	if root == nil {
+		return nil, false
+	}
+	k, err := hkdf.Expand(sha256.New, root[:], "lode manifest subkey: "+purpose, keySize)
+	if err != nil {
+		return nil, false
+	}
+	return k, true
+}
+
+// subkeyRoots holds the subkey root of every opened manifest still alive,
+// by weak pointer; a cleanup removes (and clears) it when the manifest is
+// collected.
+var subkeyRoots struct {
+	sync.Mutex
+	m map[weak.Pointer[Manifest]]*[keySize]byte
+}
+
+// deriveSubkeys keeps m's subkey root, derived from its data key.
+func (m *Manifest) deriveSubkeys(dataKey []byte) error {
+	k, err := hkdf.Extract(sha256.New, dataKey, []byte("lode manifest subkeys v1"))
+	if err != nil {
+		return fmt.Errorf("deriving manifest subkeys: %w", err)
+	}
+	root := new([keySize]byte)
+	copy(root[:], k)
+	clear(k)
+	wp := weak.Make(m)
+	subkeyRoots.Lock()
+	if subkeyRoots.m == nil {
+		subkeyRoots.m = make(map[weak.Pointer[Manifest]]*[keySize]byte)
+	}
+	subkeyRoots.m[wp] = root
+	subkeyRoots.Unlock()
+	runtime.AddCleanup(m, func(wp weak.Pointer[Manifest]) {
+		subkeyRoots.Lock()
+		if r := subkeyRoots.m[wp]; r != nil {
+			clear(r[:])
+			delete(subkeyRoots.m, wp)
+		}
+		subkeyRoots.Unlock()
+	}, wp)
+	return nil
 }
 
 // Ref returns the chunk reference of chunk i.

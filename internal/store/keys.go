@@ -13,6 +13,8 @@ import (
 //	roots/<root>/STATE                 the root's lifecycle state
 //	roots/<root>/chunks/<name>         ciphertext of one chunk
 //	roots/<root>/manifests/<id>        a sealed manifest
+//	roots/<root>/profiles/<id>/...     learned startup profiles of manifest id
+//	                                   (internal/profile: merged, starts/<n>)
 //	images/<tenant>/<image-name>       pointer: the image's current root and manifest id
 //
 // Every key is built here and nowhere else.
@@ -45,6 +47,10 @@ func ManifestsPrefix(r RootID) string { return RootPrefix(r) + "manifests/" }
 
 // ManifestKey is the key of manifest id in root r.
 func ManifestKey(r RootID, id string) string { return ManifestsPrefix(r) + id }
+
+// ProfilesPrefix is the prefix of the learned startup profiles of manifest
+// id in root r (internal/profile names the objects below it).
+func ProfilesPrefix(r RootID, id string) string { return RootPrefix(r) + "profiles/" + id + "/" }
 
 // ImagesPrefix is the prefix of every image pointer of tenant.
 func ImagesPrefix(tenant string) string { return imagesPrefix + tenant + "/" }

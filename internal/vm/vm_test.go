@@ -19,12 +19,7 @@ func requireVM(t *testing.T) Kernel {
 	t.Helper()
 	lodetest.Require(t, lodetest.Tool("qemu-system-x86_64"), lodetest.Tool("mkfs.ext4"), lodetest.Tool("busybox"))
 	k, err := FindKernel(DefaultKernelGlob, "/lib/modules")
-	if err != nil {
-		if lodetest.NoSkip() {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	lodetest.Require(t, lodetest.Holds(err))
 	return k
 }
 

@@ -295,40 +295,46 @@ func (d *Daemon) watchMount(s *served) {
 }
 
 func (d *Daemon) mountImage(ctx context.Context, req MountRequest, dir string) (*served, error) {
-	release, err := d.admit.Acquire(ctx, req.Tenant+"/"+req.Image)
-	if err != nil {
-		return nil, err
-	}
-	held := false
-	defer func() {
-		if !held {
-			release()
+	return d.startServed(ctx, req.Tenant, req.Image, func(s *served) error {
+		if req.Source != "" && s.m.SourceDigest != req.Source {
+			return &codedError{http.StatusConflict, fmt.Errorf("image %s records source %q, not %q: %w", s.name(), s.m.SourceDigest, req.Source, ErrSourceMismatch)}
 		}
-	}()
-	s, err := d.open(ctx, req.Tenant, req.Image)
+		s.dir = dir
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("creating mount point %s: %w", dir, err)
+		}
+		mo := fuse.MountOptions{StateDir: d.o.StateDir}
+		mo.Log = d.base
+		m, err := fuse.MountImage(ctx, dir, s.im, mo)
+		if err != nil {
+			return fmt.Errorf("mounting %s at %s: %w", s.name(), dir, err)
+		}
+		s.mount = m
+		return nil
+	})
+}
+
+// startServed is the start of a mount or an export: it takes an admission
+// slot, opens the image, marks it starting and runs start on it. On
+// success the slot is held through the start's first reads (the start
+// gate); on failure the image is closed and the slot released.
+func (d *Daemon) startServed(ctx context.Context, tenant, image string, start func(*served) error) (*served, error) {
+	release, err := d.admit.Acquire(ctx, tenant+"/"+image)
 	if err != nil {
 		return nil, err
 	}
-	if req.Source != "" && s.m.SourceDigest != req.Source {
-		s.close()
-		return nil, &codedError{http.StatusConflict, fmt.Errorf("image %s records source %q, not %q: %w", s.name(), s.m.SourceDigest, req.Source, ErrSourceMismatch)}
+	s, err := d.open(ctx, tenant, image)
+	if err != nil {
+		release()
+		return nil, err
 	}
 	d.markStarting(s.im)
-	s.dir = dir
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := start(s); err != nil {
 		s.close()
-		return nil, fmt.Errorf("creating mount point %s: %w", dir, err)
+		release()
+		return nil, err
 	}
-	mo := fuse.MountOptions{StateDir: d.o.StateDir}
-	mo.Log = d.base
-	m, err := fuse.MountImage(ctx, dir, s.im, mo)
-	if err != nil {
-		s.close()
-		return nil, fmt.Errorf("mounting %s at %s: %w", s.name(), dir, err)
-	}
-	s.mount = m
-	d.startGate().Hold(release, s.im, nil) // the slot lasts through the start's first reads
-	held = true
+	d.startGate().Hold(release, s.im, nil)
 	return s, nil
 }
 
@@ -412,56 +418,39 @@ func (d *Daemon) startExport(ctx context.Context, req ExportRequest) (*served, e
 	if !nbd.IsLoopback(req.Listen) {
 		return nil, fmt.Errorf("exporting on %s: the agent exports only on unix sockets and loopback; for a network export run lode serve-nbd with --tls-cert, --tls-key and --tls-ca: %w", req.Listen, nbd.ErrUnauthenticated)
 	}
-	release, err := d.admit.Acquire(ctx, req.Tenant+"/"+req.Image)
-	if err != nil {
-		return nil, err
-	}
-	held := false
-	defer func() {
-		if !held {
-			release()
+	return d.startServed(ctx, req.Tenant, req.Image, func(s *served) error {
+		s.listen, s.export, s.overlay = req.Listen, req.Export, req.Overlay
+		if s.export == "" {
+			s.export = req.Image
 		}
-	}()
-	s, err := d.open(ctx, req.Tenant, req.Image)
-	if err != nil {
-		return nil, err
-	}
-	d.markStarting(s.im)
-	s.listen, s.export, s.overlay = req.Listen, req.Export, req.Overlay
-	if s.export == "" {
-		s.export = req.Image
-	}
-	var dev blockdev.Device = s.im
-	if req.Overlay != "" {
-		ov, err := blockdev.NewOverlay(s.im, req.Overlay)
+		var dev blockdev.Device = s.im
+		if req.Overlay != "" {
+			ov, err := blockdev.NewOverlay(s.im, req.Overlay)
+			if err != nil {
+				return fmt.Errorf("opening overlay %s: %w", req.Overlay, err)
+			}
+			s.ov, dev = ov, ov
+		}
+		l, err := Listen(req.Listen)
 		if err != nil {
-			s.close()
-			return nil, fmt.Errorf("opening overlay %s: %w", req.Overlay, err)
+			return fmt.Errorf("listening on %s: %w", req.Listen, err)
 		}
-		s.ov, dev = ov, ov
-	}
-	l, err := Listen(req.Listen)
-	if err != nil {
-		s.close()
-		return nil, fmt.Errorf("listening on %s: %w", req.Listen, err)
-	}
-	c := nbd.DefaultConfig()
-	c.Log = d.base
-	srv := nbd.NewServer(map[string]nbd.Export{s.export: {Device: dev, Description: s.name()}}, c)
-	nctx, cancel := context.WithCancel(context.Background())
-	s.stopNBD, s.nbdDone = cancel, make(chan struct{})
-	go func() {
-		defer close(s.nbdDone)
-		if err := srv.Serve(nctx, l); err != nil {
-			d.log.Error("NBD export stopped", slog.String("image", s.name()), slog.String("listen", s.listen), slog.Any("err", err))
-		}
-		if p, ok := strings.CutPrefix(s.listen, "unix:"); ok {
-			os.Remove(p)
-		}
-	}()
-	d.startGate().Hold(release, s.im, nil) // the slot lasts through the client's first reads
-	held = true
-	return s, nil
+		c := nbd.DefaultConfig()
+		c.Log = d.base
+		srv := nbd.NewServer(map[string]nbd.Export{s.export: {Device: dev, Description: s.name()}}, c)
+		nctx, cancel := context.WithCancel(context.Background())
+		s.stopNBD, s.nbdDone = cancel, make(chan struct{})
+		go func() {
+			defer close(s.nbdDone)
+			if err := srv.Serve(nctx, l); err != nil {
+				d.log.Error("NBD export stopped", slog.String("image", s.name()), slog.String("listen", s.listen), slog.Any("err", err))
+			}
+			if p, ok := strings.CutPrefix(s.listen, "unix:"); ok {
+				os.Remove(p)
+			}
+		}()
+		return nil
+	})
 }
 
 func (d *Daemon) deleteExport(w http.ResponseWriter, r *http.Request) {

@@ -22,6 +22,7 @@ import (
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/metrics"
+	"github.com/lode-dev/lode/internal/profile"
 	"github.com/lode-dev/lode/internal/store"
 )
 
@@ -111,6 +112,7 @@ type served struct {
 	manifestID    string
 	im            *agent.Image
 	watch         *RootWatch // the GC alarm on reads from an expired root
+	learn         *learner   // the learned startup profile (learn.go)
 	since         time.Time
 
 	mu     sync.Mutex
@@ -156,6 +158,7 @@ func (s *served) close() error {
 		if s.im != nil {
 			errs = append(errs, s.im.Close())
 		}
+		s.learn.Wait()
 		if s.watch != nil {
 			s.watch.Close()
 		}
@@ -422,6 +425,14 @@ func (d *Daemon) open(ctx context.Context, tenant, image string) (*served, error
 		return nil, fmt.Errorf("opening image %s: %w", s.name(), err)
 	}
 	s.im = im
+	s.learn = startLearner(d.st, p, m, im, s.name(), d.o.Worker.LearnProfile, fetchProfile(d.st, p), profile.NewMetrics(d.reg), d.log)
+	// The learned profile, then the build-time start set (or a recorded
+	// profile); ends when the image closes.
+	parallel := max(1, d.o.Worker.Fetches)
+	if onLocalDisk(d.st) {
+		parallel = min(parallel, localPrefetch)
+	}
+	go s.learn.prefetch(context.Background(), im, m.Hints, parallel, d.log, s.name())
 	s.watch = NewRootWatch(ctx, d.st, tenant, image, m, p.Root, d.log, d.expiredReads)
 	s.watch.Attach(im)
 	d.o.Fill.Start(context.Background(), im, nil, d.base) // ends when the image closes

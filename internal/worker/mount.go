@@ -32,6 +32,7 @@ func (w *Image) Mount(ctx context.Context, dir, stateDir string, parallel int, f
 	if err != nil {
 		return nil, fmt.Errorf("mounting %s at %s: %w", w.Name, dir, err)
 	}
+	w.Trace.Mark("mounted")
 	fill.Start(ctx, w.Image, nil, w.log)
 	return m, nil
 }
@@ -107,6 +108,7 @@ func (w *Image) Run(ctx context.Context, o RunOptions, start time.Time) (RunRepo
 	}
 	defer m.Close()
 	rep.Mounted = time.Since(start)
+	w.Trace.Mark("mounted")
 
 	ro := run.Options{
 		Lower:      lower,
@@ -122,12 +124,13 @@ func (w *Image) Run(ctx context.Context, o RunOptions, start time.Time) (RunRepo
 		Stdout:     o.Stdout,
 		Stderr:     o.Stderr,
 		Log:        w.log,
-		Now:        execClock(execd),
+		Now:        execClock(execd, func() { w.Trace.Mark("exec") }),
 	}
 	if o.Keep {
 		ro.StateDir = filepath.Join(o.Base, filepath.Base(work)+"-bundle")
 	}
 	res, err := run.Run(ctx, ro)
+	w.Trace.Mark("exit")
 	if !res.Started.IsZero() {
 		rep.FirstExec = res.Started.Sub(start)
 	}
@@ -161,9 +164,9 @@ func readAll(ctx context.Context, d interface {
 }
 
 // execClock is run.Options.Now that closes execd at its second call: the
-// container's exec (run.Run reads the clock before starting the container
+// container's exec, and calls onExec then (run.Run reads the clock before starting the container
 // and when it has started).
-func execClock(execd chan struct{}) func() time.Time {
+func execClock(execd chan struct{}, onExec func()) func() time.Time {
 	var mu sync.Mutex
 	n := 0
 	return func() time.Time {
@@ -171,6 +174,7 @@ func execClock(execd chan struct{}) func() time.Time {
 		n++
 		if n == 2 {
 			close(execd)
+			onExec()
 		}
 		mu.Unlock()
 		return time.Now()

@@ -39,8 +39,8 @@ func (w *Image) AfterRun(ctx context.Context, o AfterRunOptions) error {
 	if t := o.First.Since(); t > 0 {
 		fmt.Fprintf(errOut, "lode: %s: first output after %v\n", w.Name, t.Round(time.Millisecond))
 	}
-	if n := len(w.Manifest.Hints); n > 0 {
-		fmt.Fprintf(errOut, "  startup profile: %d chunks; %d prefetched\n", n, w.Image.Stats().Prefetches)
+	if learned, n := len(w.learnedNow()), len(w.Manifest.Hints); learned+n > 0 {
+		fmt.Fprintf(errOut, "  startup profile: %d learned + %d build chunks; %d prefetched\n", learned, n, w.Image.Stats().Prefetches)
 	}
 	var errs []error
 	if o.Heatmap != "" {
@@ -48,6 +48,11 @@ func (w *Image) AfterRun(ctx context.Context, o AfterRunOptions) error {
 			errs = append(errs, err)
 		} else {
 			fmt.Fprintf(errOut, "  heatmap of the chunks by tier: %s\n", o.Heatmap)
+		}
+	}
+	if !o.Record && o.RunErr == nil {
+		if err := w.learn.Finish(); err != nil {
+			fmt.Fprintf(errOut, "  learning the startup profile: %v\n", err)
 		}
 	}
 	if o.Record && o.RunErr == nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/lode-dev/lode/internal/agent"
 	"github.com/lode-dev/lode/internal/cachefleet"
 	"github.com/lode-dev/lode/internal/certs"
+	"github.com/lode-dev/lode/internal/trace"
 )
 
 // Options configure a worker's read side: the agent's caches and the tiers
@@ -50,6 +51,16 @@ type Options struct {
 	OriginBurst       int
 	OriginLease       time.Duration
 
+	// Trace, if not empty, is a file to write the fetch trace to
+	// (internal/trace): one JSON line per chunk fetch and per read.
+	Trace string
+
+	// LearnProfile records what each start of an image reads and publishes
+	// it as the image's learned startup profile (internal/profile) while
+	// the profile has fewer than profile.MaxStarts starts
+	// (--learn-profile). Learned profiles are prefetched either way.
+	LearnProfile bool
+
 	// AllowStoreSecret lets Open and NewDaemon run with a keyring that holds
 	// the store secret (a builder's); they refuse one otherwise (keys.go).
 	AllowStoreSecret bool
@@ -75,6 +86,7 @@ type Stack struct {
 	Origin  agent.Tier         // the origin as the agent reads it (limits, retries, leases)
 	Tiers   []agent.Tier       // below memory, in order: disk, fleet, origin
 	Metrics *agent.Metrics     // nil when no registry was given
+	Trace   *trace.Recorder    // the fetch trace; nil without Options.Trace
 
 	closers []func() error
 }
@@ -134,6 +146,15 @@ func NewStack(ctx context.Context, o Options, origin agent.Tier, reg prometheus.
 	if reg != nil {
 		s.Metrics = agent.NewMetrics(reg)
 		c.Metrics = s.Metrics
+	}
+	if o.Trace != "" {
+		tr, err := trace.Create(o.Trace)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.Trace, c.Trace = tr, tr
+		s.closers = append(s.closers, tr.Close)
 	}
 	a, err := agent.New(c)
 	if err != nil {

@@ -30,9 +30,7 @@ func (w *Image) ServeVhost(ctx context.Context, o VhostOptions, ready chan<- str
 	// Count what the guests read from the image (below any overlay), to set
 	// against what the tiers fetched, as lode vm does for its NBD export.
 	counted := vm.Count(w.Image)
-	if len(w.Manifest.Hints) > 0 {
-		go w.Image.Prefetch(ctx, w.Manifest.Hints, o.Fetches)
-	}
+	w.Prefetch(ctx, o.Fetches)
 	var dev blockdev.Device = counted
 	if o.Overlay != "" {
 		ov, err := blockdev.NewOverlay(counted, o.Overlay)

@@ -35,7 +35,7 @@
 // Caching: ext4 already caches every page it reads, so the FUSE file is
 // opened with FOPEN_DIRECT_IO (no second copy in the FUSE file's page cache;
 // Options.PageCache turns it back on). Read size then comes from the loop
-// device's readahead, raised to 4 MiB (MountOptions.ReadAheadKB), and FUSE
+// device's readahead, 512 KiB (MountOptions.ReadAheadKB), and FUSE
 // reads go up to 1 MiB (Options.MaxRead, the kernel's ceiling; max_pages
 // 256), each answered on its own goroutine. BenchmarkWarmSequentialRead compares a
 // sequential read through this stack with a loop mount of a local file.

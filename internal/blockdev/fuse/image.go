@@ -35,9 +35,14 @@ type MountOptions struct {
 	// Data is the filesystem's mount data (default "noload" for ext4: no
 	// journal replay, so nothing is ever written to the read-only image).
 	Data string
-	// ReadAheadKB is the loop device's readahead (default 4096): with a
-	// direct-I/O FUSE file it sets the size of the FUSE reads of a
-	// sequential scan.
+	// ReadAheadKB is the loop device's readahead (default 512, one default
+	// chunk): with a direct-I/O FUSE file it sets the size of the FUSE reads
+	// of a sequential scan, and it is the readahead window of every file of
+	// the ext4 above it. 4096 made a cold python3 start fetch 29 MiB where
+	// 512 fetches 23 MiB, with the same serial fetches and, within noise,
+	// the same warm sequential throughput (BenchmarkWarmSequentialRead;
+	// docs/coldstart.md): the agent's chunk read-ahead already follows
+	// streams.
 	ReadAheadKB int
 	// UnmountTimeout bounds how long Close and Unmount retry a busy
 	// filesystem before detaching it lazily (default 5 s).
@@ -56,7 +61,7 @@ func (o MountOptions) withDefaults() MountOptions {
 		o.Data = "noload"
 	}
 	if o.ReadAheadKB == 0 {
-		o.ReadAheadKB = 4096
+		o.ReadAheadKB = 512
 	}
 	if o.UnmountTimeout <= 0 {
 		o.UnmountTimeout = 5 * time.Second

@@ -45,12 +45,7 @@ func requireVM(t *testing.T) vm.Kernel {
 	t.Helper()
 	lodetest.Require(t, lodetest.Root, lodetest.Tool("qemu-system-x86_64"), lodetest.Tool("mkfs.ext4"), lodetest.Tool("busybox"))
 	k, err := vm.FindKernel(vm.DefaultKernelGlob, "/lib/modules")
-	if err != nil {
-		if lodetest.NoSkip() {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	lodetest.Require(t, lodetest.Holds(err))
 	return k
 }
 
