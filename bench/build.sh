@@ -49,10 +49,10 @@ echo "# tree: debian minbase + python3, $((tree_bytes/1000000)) MB; lode reads r
 configs=("raw" "zstd" "align" "align+zstd")
 flags() {
   case $1 in
-    raw) ;;
-    zstd) echo "--compress zstd" ;;
-    align) echo "--align" ;;
-    align+zstd) echo "--align --compress zstd" ;;
+    raw) echo "--align=false --compress none" ;;
+    zstd) echo "--align=false --compress zstd" ;;
+    align) echo "--align --compress none" ;;
+    align+zstd) echo "--align --compress zstd" ;; # lode build's default since 2026-12
   esac
 }
 declare -A times cpus
