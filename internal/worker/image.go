@@ -55,6 +55,8 @@ func Open(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name
 	// The learned profile is read while the manifest is: no round trip of
 	// its own before the prefetch can start.
 	prof := fetchProfile(st, p)
+	// So is the root's state (the expired-root watch).
+	state := readRootAsync(ctx, st, p.Root)
 	m, err := catalog.ResolvePointer(ctx, st, kr, tenant, name, p)
 	if err != nil {
 		return nil, err
@@ -83,7 +85,7 @@ func Open(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name
 			reads = nil
 		}
 	}
-	w.Watch = NewRootWatch(ctx, st, tenant, name, m, p.Root, log, reads)
+	w.Watch = newRootWatch(st, tenant, name, m, p.Root, log, reads, state)
 	w.Watch.Attach(im)
 	return w, nil
 }
