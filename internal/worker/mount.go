@@ -80,6 +80,7 @@ func (w *Image) Run(ctx context.Context, o RunOptions, start time.Time) (RunRepo
 	}
 	if !o.NoPrefetch {
 		w.Prefetch(ctx, o.Fetches)
+		w.PrefetchStartFiles(ctx, o.Entrypoint, o.Fetches)
 	}
 	execd := make(chan struct{})
 	o.Fill.Start(ctx, w.Image, execd, w.log)
