@@ -49,33 +49,34 @@ echo "# tree: debian minbase + python3, $((tree_bytes/1000000)) MB; lode reads r
 configs=("raw" "zstd" "align" "align+zstd")
 flags() {
   case $1 in
-    raw) ;;
-    zstd) echo "--compress zstd" ;;
-    align) echo "--align" ;;
-    align+zstd) echo "--align --compress zstd" ;;
+    raw) echo "--align=false --compress none" ;;
+    zstd) echo "--align=false --compress zstd" ;;
+    align) echo "--align --compress none" ;;
+    align+zstd) echo "--align --compress zstd" ;; # lode build's default since 2026-12
   esac
 }
-declare -A times
+declare -A times cpus
 size=$(( tree_bytes * 14 / 10 / 1048576 + 64 ))M
 for r in $(seq "$ROUNDS"); do
   drop
   rm -f base.ext4
   t0=$(now)
-  mkfs.ext4 -q -F -d debian base.ext4 "$size" >/dev/null 2>&1
-  sha256sum base.ext4 >/dev/null
+  /usr/bin/time -f "%U %S" -o cpu.txt sh -c "mkfs.ext4 -q -F -d debian base.ext4 $size >/dev/null 2>&1 && sha256sum base.ext4 >/dev/null"
   t1=$(now)
   b=$(secs "$t0" "$t1")
   times[base]+="$b "
+  cpus[base]+="$(awk '{print $1+$2}' cpu.txt) "
   for c in "${configs[@]}"; do
     rm -rf store
     "$LODE" build "rootfs:$W/seed.tar" --name seed --store "file://$W/store" >/dev/null 2>&1
     drop
     t0=$(now)
     # shellcheck disable=SC2046
-    "$LODE" build "rootfs:$TAR" --name base --store "file://$W/store" $(flags "$c") >"build-$c.txt" 2>/dev/null
+    /usr/bin/time -f "%U %S" -o cpu.txt "$LODE" build "rootfs:$TAR" --name base --store "file://$W/store" $(flags "$c") >"build-$c.txt" 2>/dev/null
     t1=$(now)
     l=$(secs "$t0" "$t1")
     times[$c]+="$l "
+    cpus[$c]+="$(awk '{print $1+$2}' cpu.txt) "
     b+=" $c $l"
   done
   echo "# round $r: base $b; load $(cut -d' ' -f1 /proc/loadavg)"
@@ -83,12 +84,14 @@ done
 base_med=$(echo "${times[base]}" | tr ' ' '\n' | grep . | median)
 echo "# load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| build | median s ($ROUNDS rounds) | all rounds s | baseline / lode |"
-echo "|---|---|---|---|"
-printf "| mkfs.ext4 -d + sha256sum (baseline) | %.2f | %s | 1 |\n" "$base_med" "${times[base]}"
+base_cpu=$(echo "${cpus[base]}" | tr ' ' '\n' | grep . | median)
+echo "| build | median s ($ROUNDS rounds) | all rounds s | baseline / lode | median CPU s (user+sys) | baseline / lode, CPU |"
+echo "|---|---|---|---|---|---|"
+printf "| mkfs.ext4 -d + sha256sum (baseline) | %.2f | %s | 1 | %.2f | 1 |\n" "$base_med" "${times[base]}" "$base_cpu"
 for c in "${configs[@]}"; do
   m=$(echo "${times[$c]}" | tr ' ' '\n' | grep . | median)
-  printf "| lode build (%s) | %.2f | %s | %.2f× |\n" "$c" "$m" "${times[$c]}" "$(echo "$base_med / $m" | bc -l)"
+  mc=$(echo "${cpus[$c]}" | tr ' ' '\n' | grep . | median)
+  printf "| lode build (%s) | %.2f | %s | %.2f× | %.2f | %.2f× |\n" "$c" "$m" "${times[$c]}" "$(echo "$base_med / $m" | bc -l)" "$mc" "$(echo "$base_cpu / $mc" | bc -l)"
 done
 echo
 for c in "${configs[@]}"; do echo "$c: $(head -1 "build-$c.txt")"; done

@@ -5,7 +5,8 @@
 #   sweep          one worker, rising start rates: the highest steady rate (loading starts p99 ≤ 2× p50; docs/decisions/20261123-start-latency-classes.md)
 #   pinned         the sweep with the worker (the generator process) on CPU 0 and
 #                  the cache nodes (and an s3 origin) on CPU 1 (taskset), so that
-#                  the worker's own cost is measured: its rates are PINNED_SWEEP
+#                  the worker's own cost is measured: its rates are PINNED_SWEEP, with
+#                  lode agent's default --max-starts 64 (the other scenarios keep 16)
 #   steady         W workers, warm fleet, CPU profile of the generator (pprof top)
 #   empty-fleet    every node restarted empty at once (and again with the
 #                  jittered second look at the fleet, SECOND_LOOK)
@@ -17,14 +18,15 @@
 # (origin requests/s per worker, 25), SWEEP (rates, 5,10,15,20,30,40),
 # SECOND_LOOK (100ms; empty to skip that run), MAX_RATE (40: the one-worker
 # storm at the highest rate it sustains), PINNED_SWEEP (10,20,30,40,50,60,80),
-# WORKER_CPU (0), NODE_CPUS (1).
+# WORKER_CPU (0), NODE_CPUS (1), PINNED_NICE (0; e.g. -10 runs the pinned worker and
+# its nodes ahead of other load on a shared host: they use a fraction of their CPUs).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 what=${1:-all}
 WD=${2:-/var/tmp/lode-bench/starts}
 W=${W:-4}; RATE=${RATE:-5}; ORIGIN_RATE=${ORIGIN_RATE:-25}; SWEEP=${SWEEP:-5,10,15,20,30,40}
 SECOND_LOOK=${SECOND_LOOK-100ms}; MAX_RATE=${MAX_RATE:-40}
-PINNED_SWEEP=${PINNED_SWEEP:-10,20,30,40,50,60,80}; WORKER_CPU=${WORKER_CPU:-0}; NODE_CPUS=${NODE_CPUS:-1}
+PINNED_SWEEP=${PINNED_SWEEP:-10,20,30,40,50,60,80}; WORKER_CPU=${WORKER_CPU:-0}; NODE_CPUS=${NODE_CPUS:-1}; PINNED_NICE=${PINNED_NICE:-0}
 mkdir -p "$WD"
 cd "$here"
 
@@ -69,8 +71,8 @@ if [[ $what == all || $what == sweep ]]; then
 fi
 
 if [[ $what == all || $what == pinned ]]; then
-  echo; echo "## pinned sweep: one worker on CPU $WORKER_CPU (GOMAXPROCS 1), 5 nodes${ORIGIN:+ and the $ORIGIN origin} on CPU $NODE_CPUS, offered start rates $PINNED_SWEEP"
-  fresh; taskset -c "$WORKER_CPU" "${B[@]}" -node-cpus="$NODE_CPUS" -scenario=sweep -workers=1 -rates="$PINNED_SWEEP" -warm=8s -step=40s
+  echo; echo "## pinned sweep: one worker on CPU $WORKER_CPU (GOMAXPROCS 1), 5 nodes${ORIGIN:+ and the $ORIGIN origin} on CPU $NODE_CPUS, nice $PINNED_NICE, offered start rates $PINNED_SWEEP"
+  fresh; nice -n "$PINNED_NICE" taskset -c "$WORKER_CPU" "${B[@]}" -node-cpus="$NODE_CPUS" -max-starts=64 -scenario=sweep -workers=1 -rates="$PINNED_SWEEP" -warm=8s -step=40s
 fi
 
 if [[ $what == all || $what == steady ]]; then

@@ -36,9 +36,9 @@ type buildOptions struct {
 }
 
 // defaultBuildOptions are lode build's flag defaults, also what lode demo
-// builds with.
+// builds with (compress: build.DefaultCompression, TestBuildDefaults).
 func defaultBuildOptions() buildOptions {
-	return buildOptions{chunkSize: chunk.DefaultSize, compress: compressionName(build.DefaultCompression), align: build.DefaultAlign}
+	return buildOptions{chunkSize: chunk.DefaultSize, compress: "zstd", align: build.DefaultAlign}
 }
 
 func newBuildCmd() *cobra.Command {

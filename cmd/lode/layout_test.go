@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lode-dev/lode/internal/build"
 	"github.com/lode-dev/lode/internal/lodetest"
 )
 
@@ -60,5 +61,13 @@ func TestBuildAlign(t *testing.T) {
 	}
 	if blk := firstBlock(old, "/data/model.bin"); blk%128 == 0 {
 		t.Errorf("--align=false: /data/model.bin starts at block %d, on a chunk boundary as in the aligned layout", blk)
+	}
+}
+
+// TestBuildDefaults: lode build's flag defaults are build's.
+func TestBuildDefaults(t *testing.T) {
+	o := defaultBuildOptions()
+	if c, err := compressionFlag(o.compress); err != nil || c != build.DefaultCompression || o.align != build.DefaultAlign {
+		t.Errorf("defaultBuildOptions: --compress %q (%d, %v), --align %v; want %d, %v", o.compress, c, err, o.align, build.DefaultCompression, build.DefaultAlign)
 	}
 }

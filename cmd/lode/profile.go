@@ -20,11 +20,3 @@ func compressionFlag(s string) (uint8, error) {
 	}
 	return 0, fmt.Errorf("--compress %q: want none or zstd", s)
 }
-
-// compressionName is compressionFlag's inverse.
-func compressionName(c uint8) string {
-	if c == manifest.CompressionZstd {
-		return "zstd"
-	}
-	return "none"
-}

@@ -173,6 +173,12 @@ func TestFleetAuthAttacks(t *testing.T) {
 					t.Errorf("%s by %s = %d; want the connection refused", op, a.name, code)
 				}
 			}
+			// The server counts a refused handshake after the client has
+			// seen it fail: wait for the count, not for the client.
+			deadline := time.Now().Add(5 * time.Second)
+			for testutil.ToFloat64(s.tlsRefused) < before+3 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
 			if got := testutil.ToFloat64(s.tlsRefused); got < before+3 {
 				t.Errorf("lode_cachenode_tls_refused_total rose by %v, want 3", got-before)
 			}

@@ -17,7 +17,7 @@ const module = "github.com/lode-dev/lode/"
 // Test-only helpers (storetest, fleettest, imagetest, tiertest, devicetest,
 // lodetest) appear in no row but their own.
 var allowed = map[string][]string{
-	"internal/agent":                {"internal/chunk", "internal/manifest", "internal/metrics", "internal/store"},
+	"internal/agent":                {"internal/chunk", "internal/manifest", "internal/metrics", "internal/store", "internal/trace"},
 	"internal/agent/tiertest":       {"internal/agent", "internal/chunk", "internal/store"},
 	"internal/blockdev":             {},
 	"internal/blockdev/devicetest":  {"internal/blockdev"},
@@ -28,13 +28,13 @@ var allowed = map[string][]string{
 	"internal/cachefleet":           {"internal/chunk", "internal/fleetproto", "internal/metrics", "internal/store"},
 	"internal/cachefleet/fleettest": {"internal/cachenode"},
 	"internal/cachenode":            {"internal/certs", "internal/chunk", "internal/fleetproto", "internal/metrics"},
-	"internal/catalog":              {"internal/chunk", "internal/manifest", "internal/store"},
+	"internal/catalog":              {"internal/chunk", "internal/manifest", "internal/profile", "internal/store"},
 	"internal/certs":                {},
 	"internal/chunk":                {},
 	"internal/demo":                 {},
 	"internal/ext4img":              {},
 	"internal/fleetproto":           {"internal/chunk"},
-	"internal/gc":                   {"internal/catalog", "internal/chunk", "internal/manifest", "internal/store"},
+	"internal/gc":                   {"internal/catalog", "internal/chunk", "internal/manifest", "internal/profile", "internal/store"},
 	"internal/heatmap":              {"internal/chunk", "internal/manifest"},
 	"internal/imagetest":            {"internal/build", "internal/catalog", "internal/manifest", "internal/store", "internal/store/file"},
 	"internal/kms":                  {"internal/manifest"},
@@ -43,6 +43,7 @@ var allowed = map[string][]string{
 	"internal/manifest":             {"internal/chunk"},
 	"internal/metrics":              {},
 	"internal/oci":                  {},
+	"internal/profile":              {"internal/manifest", "internal/store"},
 	"internal/run":                  {"internal/manifest"},
 	"internal/snapshotter":          {"internal/catalog", "internal/store"},
 	"internal/store":                {"internal/chunk"},
@@ -51,8 +52,9 @@ var allowed = map[string][]string{
 	"internal/store/s3":             {"internal/metrics", "internal/store"},
 	"internal/store/storetest":      {"internal/store"},
 	"internal/store/storeurl":       {"internal/store", "internal/store/file", "internal/store/mem", "internal/store/s3"},
+	"internal/trace":                {},
 	"internal/vm":                   {"internal/blockdev"},
-	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/blockdev/vhost", "internal/cachefleet", "internal/catalog", "internal/certs", "internal/heatmap", "internal/manifest", "internal/metrics", "internal/run", "internal/store", "internal/vm"},
+	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/blockdev/vhost", "internal/cachefleet", "internal/catalog", "internal/certs", "internal/heatmap", "internal/manifest", "internal/metrics", "internal/profile", "internal/run", "internal/store", "internal/trace", "internal/vm"},
 }
 
 type pkg struct {

@@ -6,7 +6,9 @@
 // (alarm.go). The collector, builds and the worker daemon use them.
 //
 // Store is the floor every backend provides; Swapper (an atomic
-// compare-and-swap) is optional: file and mem have it, s3 does not.
+// compare-and-swap) is optional: file and mem have it, s3 does not. So is
+// Batcher (many new objects made durable with one sync; file has it, and
+// lode build stores its chunks through it).
 //
 // It implements DESIGN.md, "Object store layout". Backends live in
 // subpackages (store/file, store/s3, store/mem); the conformance suite that

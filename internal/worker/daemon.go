@@ -24,7 +24,6 @@ import (
 	"github.com/lode-dev/lode/internal/metrics"
 	"github.com/lode-dev/lode/internal/profile"
 	"github.com/lode-dev/lode/internal/store"
-	"github.com/lode-dev/lode/internal/store/file"
 )
 
 // DefaultSocket is where the daemon listens and its clients connect.
@@ -430,7 +429,7 @@ func (d *Daemon) open(ctx context.Context, tenant, image string) (*served, error
 	// The learned profile, then the build-time start set (or a recorded
 	// profile); ends when the image closes.
 	parallel := max(1, d.o.Worker.Fetches)
-	if _, local := d.st.(*file.Store); local {
+	if onLocalDisk(d.st) {
 		parallel = min(parallel, localPrefetch)
 		im.SetPrefetchYield(true)
 	}

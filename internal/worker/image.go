@@ -19,7 +19,6 @@ import (
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/profile"
 	"github.com/lode-dev/lode/internal/store"
-	"github.com/lode-dev/lode/internal/store/file"
 )
 
 // Image is one image opened on a stack of its own: what lode mount, run,
@@ -64,7 +63,7 @@ func Open(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name
 		log = slog.New(slog.DiscardHandler)
 	}
 	w := &Image{Manifest: m, Pointer: p, Name: tenant + "/" + name, tenantName: tenant, imageName: name, log: log}
-	_, w.localOrigin = st.(*file.Store)
+	w.localOrigin = onLocalDisk(st)
 	s, err := NewStack(ctx, o, agent.NewOrigin(st, p.Root), reg, log, Parts{})
 	if err != nil {
 		return nil, err
@@ -131,6 +130,12 @@ func (w *Image) LearnedProfile(ctx context.Context) []uint32 { return w.learn.Le
 // 4 by 150–300 ms, 2 by none measurable. Over S3 at 36 ms a request, 24 in
 // flight is what cuts the serial chain.
 const localPrefetch = 2
+
+// onLocalDisk reports whether st is an origin on local disk (store/file).
+func onLocalDisk(st store.Store) bool {
+	l, ok := st.(interface{ LocalDisk() bool })
+	return ok && l.LocalDisk()
+}
 
 // Device is the block device a frontend exports for w: the image itself,
 // or a copy-on-write overlay over it when overlay names a file. It also

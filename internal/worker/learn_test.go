@@ -77,6 +77,7 @@ func TestDaemonLearnsProfile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	s.learn.Learned(ctx) // the profile loads beside the start: wait for it
 	if got := loads(t, d, profile.LoadNone); got != 1 {
 		t.Errorf("loads{none} = %v, want 1", got)
 	}
@@ -94,6 +95,7 @@ func TestDaemonLearnsProfile(t *testing.T) {
 	if got := s2.im.Stats().Prefetches; got != want {
 		t.Errorf("the second agent prefetched %d chunks, want %d", got, want)
 	}
+	s2.learn.Learned(ctx)
 	if got := loads(t, d2, profile.LoadFound); got != 1 {
 		t.Errorf("loads{found} = %v, want 1", got)
 	}

@@ -52,6 +52,11 @@ func writeAll(f *os.File, data []byte) error {
 // Dir returns the store's root directory.
 func (s *Store) Dir() string { return s.root }
 
+// LocalDisk reports that the store is a directory on this machine: its
+// reads are bandwidth-bound, not latency-bound (the worker bounds its
+// prefetch by it).
+func (s *Store) LocalDisk() bool { return true }
+
 func (s *Store) String() string { return "file://" + s.root }
 
 // path checks ctx and key and returns the key's file name.
