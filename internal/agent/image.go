@@ -563,6 +563,9 @@ func (im *Image) SetStarting(on bool) { im.starting.Store(on) }
 // flight go on; the background fill has its own pressure rule (fill.go).
 func (im *Image) SetPrefetchYield(on bool) { im.yield.Store(on) }
 
+// PrefetchYields reports whether Prefetch yields to reads (SetPrefetchYield).
+func (im *Image) PrefetchYields() bool { return im.yield.Load() }
+
 // Close cancels read-ahead and waits for it; reads fail afterwards. An
 // image from NewImage closes its agent too.
 func (im *Image) Close() error {
