@@ -28,7 +28,7 @@
 #   the Go module proxy once (versitygw via .ci/s3.sh, bench/stargz's module).
 #   ONLY=local or ONLY=latency runs one table.
 set -euo pipefail
-usage() { sed -n 's/^# \{0,1\}//; /^Usage:/,/^$/p' "$0" | sed '/^$/d' >&2; exit 2; }
+usage() { sed -n '/^# Usage:/,/^[^#]/ s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 case "${1:-}" in -h | --help) usage ;; esac
 here=$(cd "$(dirname "$0")/.." && pwd)
 W=${1:-/var/cache/lode-bench/coldstart}

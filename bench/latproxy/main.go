@@ -43,26 +43,32 @@ func main() {
 	if err != nil || u.Host == "" {
 		log.Fatalf("latproxy: -target %q: want http://HOST:PORT", *target)
 	}
-	rp := httputil.NewSingleHostReverseProxy(u)
-	rp.Transport = &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute}
 	var rl *reqLog
 	if *logPath != "" {
 		if rl, err = openReqLog(*logPath); err != nil {
 			log.Fatalf("latproxy: -log: %v", err)
 		}
 	}
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := handler(u, *delay, rl)
+	log.Printf("latproxy: %s -> %s, +%v per request", *listen, u, *delay)
+	srv := &http.Server{Addr: *listen, Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	log.Fatal(srv.ListenAndServe())
+}
+
+// handler forwards to target after delay and logs each request to rl (if
+// not nil) once its response has ended.
+func handler(target *url.URL, delay time.Duration, rl *reqLog) http.Handler {
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.Transport = &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		time.Sleep(*delay)
+		time.Sleep(delay)
 		cw := &countingWriter{ResponseWriter: w}
 		rp.ServeHTTP(cw, r)
 		if rl != nil {
 			rl.add(request{Start: start, End: time.Now(), Method: r.Method, Path: r.URL.RequestURI(), Bytes: cw.n, Status: cw.status})
 		}
 	})
-	log.Printf("latproxy: %s -> %s, +%v per request", *listen, u, *delay)
-	srv := &http.Server{Addr: *listen, Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	log.Fatal(srv.ListenAndServe())
 }
 
 // countingWriter counts the response body bytes and keeps the status.

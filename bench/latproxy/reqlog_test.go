@@ -2,8 +2,13 @@ package main
 
 import (
 	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -53,5 +58,62 @@ func TestReqLogRoundTrip(t *testing.T) {
 	}
 	if _, err := parseReqLog(bytes.NewBufferString("1\t2\tGET\n")); err == nil {
 		t.Error("parseReqLog accepted a line of 3 fields")
+	}
+}
+
+// TestHandlerLogs: requests through the proxy reach the server and are logged
+// with their response bytes and status, each ending after it started; three
+// requests one after another make a serial chain of 3.
+func TestHandlerLogs(t *testing.T) {
+	body := strings.Repeat("x", 1000)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/missing" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	u, _ := url.Parse(srv.URL)
+	path := filepath.Join(t.TempDir(), "req.log")
+	rl, err := openReqLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := httptest.NewServer(handler(u, time.Millisecond, rl))
+	defer px.Close()
+	for _, p := range []string{"/a", "/b?x=1", "/missing"} {
+		resp, err := http.Get(px.URL + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	rl.f.Close()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reqs, err := parseReqLog(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reqs) != 3 {
+		t.Fatalf("logged %d requests, want 3:\n%s", len(reqs), data)
+	}
+	want := []struct {
+		path   string
+		bytes  int64
+		status int
+	}{{"/a", 1000, 200}, {"/b?x=1", 1000, 200}, {"/missing", int64(len("404 page not found\n")), 404}}
+	for i, w := range want {
+		r := reqs[i]
+		if r.Method != "GET" || r.Path != w.path || r.Bytes != w.bytes || r.Status != w.status || r.End.Before(r.Start.Add(time.Millisecond)) {
+			t.Errorf("request %d logged as %+v, want GET %s, %d bytes, status %d, at least 1ms long", i, r, w.path, w.bytes, w.status)
+		}
+	}
+	if got := serialCount(reqs); got != 3 {
+		t.Errorf("serialCount of three requests one after another = %d, want 3", got)
 	}
 }
