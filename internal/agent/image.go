@@ -40,6 +40,9 @@ type Image struct {
 	zstd   bool // chunks are zstd frames: memory-cache keys differ (cacheRef)
 	// starting: the image's reads are a container start's (SetStarting).
 	starting atomic.Bool
+	// yield: Prefetch starts no fetch while a read is in progress
+	// (SetPrefetchYield).
+	yield atomic.Bool
 	// readHook, if set, is told of every read (SetReadHook).
 	readHook atomic.Pointer[func(first, last int)]
 
@@ -526,6 +529,21 @@ func (im *Image) SetReadHook(f func(first, last int)) {
 	im.readHook.Store(&f)
 }
 
+// waitReads waits, polling every poll, until no read of the image is in
+// progress (SetPrefetchYield) or ctx ends.
+func (im *Image) waitReads(ctx context.Context, poll time.Duration) error {
+	for im.demandActive.Load() > 0 {
+		t := time.NewTimer(poll)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
 // SetStarting marks the image's reads as a container start's (on) or as a
 // running container's (off, the default). While on, the image's demand
 // fetches may use at most three quarters of the agent's fetch slots
@@ -534,6 +552,19 @@ func (im *Image) SetReadHook(f func(first, last int)) {
 // (issue #12). A fetch already joined by a running image's reader keeps the
 // class it started with.
 func (im *Image) SetStarting(on bool) { im.starting.Store(on) }
+
+// SetPrefetchYield makes Prefetch yield to the image's own reads (on): it
+// starts its next fetch only when no read of the image is in progress, so
+// a read that missed the caches is never queued behind prefetch fetches for
+// the origin's bandwidth and the CPU that opens chunks. For an origin on
+// local disk (the worker sets it), where a fetch costs bandwidth and CPU
+// rather than a round trip; over a remote store the prefetch's parallelism
+// is what cuts the serial chain, and it must not wait. Fetches already in
+// flight go on; the background fill has its own pressure rule (fill.go).
+func (im *Image) SetPrefetchYield(on bool) { im.yield.Store(on) }
+
+// PrefetchYields reports whether Prefetch yields to reads (SetPrefetchYield).
+func (im *Image) PrefetchYields() bool { return im.yield.Load() }
 
 // Close cancels read-ahead and waits for it; reads fail afterwards. An
 // image from NewImage closes its agent too.
@@ -702,6 +733,12 @@ func (im *Image) prefetchList(ctx context.Context, idx []uint32, parallel int, f
 		case slots <- struct{}{}:
 		case <-ctx.Done():
 			return started, ctx.Err()
+		}
+		if !fill && im.yield.Load() {
+			if err := im.waitReads(ctx, retry); err != nil {
+				<-slots
+				return started, err
+			}
 		}
 		for {
 			if im.a.cfg.Mem != nil && im.a.cfg.Mem.Contains(cacheRef(ref, im.zstd)) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -192,7 +193,7 @@ func newChunkSealer(ctx context.Context, st store.Store, s *chunk.Sealer, salt [
 	c.frames.New = func() any { b := make([]byte, 0, o.ChunkSize+chunk.Overhead); return &b }
 	if o.Compression == manifest.CompressionZstd {
 		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstdLevel), zstd.WithEncoderCRC(false),
-			zstd.WithEncoderConcurrency(o.Uploads))
+			zstd.WithEncoderConcurrency(min(o.Uploads, runtime.GOMAXPROCS(0))))
 		if err != nil {
 			return nil, fmt.Errorf("starting zstd encoder: %w", err)
 		}

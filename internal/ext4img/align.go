@@ -2,6 +2,7 @@ package ext4img
 
 import (
 	"archive/tar"
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -263,13 +264,21 @@ func paxXattrs(hdr *tar.Header) map[string]string {
 
 var zeroBlock [blockSize]byte
 
+// alignStreamBuf is the size of alignStream's read and write buffers. Both
+// ends are pipes: unbuffered, every 512-byte tar header and every 4 KiB
+// padding block was one hand-off between goroutines, and io.Copy allocated
+// a 32 KiB buffer per file (together ~10% of an aligned build's CPU).
+const alignStreamBuf = 1 << 20
+
 // alignStream copies the tar stream in to w, inserting before each large
 // regular file the padding file that starts its data on the boundary. It
 // returns how many padding files it wrote.
 func alignStream(ctx context.Context, in io.Reader, w io.Writer, o Options) (int, error) {
 	l := newAlignedLayout(o)
-	tr := tar.NewReader(in)
-	tw := tar.NewWriter(w)
+	tr := tar.NewReader(bufio.NewReaderSize(in, alignStreamBuf))
+	bw := bufio.NewWriterSize(w, alignStreamBuf)
+	tw := tar.NewWriter(bw)
+	buf := make([]byte, 256<<10)
 	for {
 		if err := ctx.Err(); err != nil {
 			return 0, err
@@ -315,11 +324,14 @@ func alignStream(ctx context.Context, in io.Reader, w io.Writer, o Options) (int
 		if err := tw.WriteHeader(hdr); err != nil {
 			return 0, fmt.Errorf("%s: %w", hdr.Name, err)
 		}
-		if _, err := io.Copy(tw, tr); err != nil {
+		if _, err := io.CopyBuffer(tw, tr, buf); err != nil {
 			return 0, fmt.Errorf("%s: %w", hdr.Name, err)
 		}
 	}
 	if err := tw.Close(); err != nil {
+		return 0, err
+	}
+	if err := bw.Flush(); err != nil {
 		return 0, err
 	}
 	return l.pads, nil

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -239,17 +240,22 @@ func BenchmarkBuild(b *testing.B) {
 	}
 	tb := tarOf(b, es)
 	path := filepath.Join(b.TempDir(), "img")
-	b.SetBytes(int64(total))
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		f, err := os.Create(path)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := ext4img.Build(context.Background(), bytes.NewReader(tb), f, ext4img.DefaultOptions()); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
+	for _, align := range []int64{0, 512 << 10} {
+		b.Run(fmt.Sprintf("align=%d", align), func(b *testing.B) {
+			o := ext4img.DefaultOptions()
+			o.Align = align
+			b.SetBytes(int64(total))
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				f, err := os.Create(path)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := ext4img.Build(context.Background(), bytes.NewReader(tb), f, o); err != nil {
+					b.Fatal(err)
+				}
+				f.Close()
+			}
+		})
 	}
 }

@@ -104,6 +104,12 @@ func (l *layer) openStream(ctx context.Context) (*layerStream, error) {
 	}
 	s := &layerStream{l: l}
 	var err error
+	opened := false
+	defer func() {
+		if !opened {
+			s.stopHashes()
+		}
+	}()
 	if l.wantRaw != "" {
 		if s.rawHash, err = newHash(l.wantRaw); err != nil {
 			return nil, l.errorf(ErrUnsupported, nil, "%v", err)
@@ -128,6 +134,7 @@ func (l *layer) openStream(ctx context.Context) (*layerStream, error) {
 	s.raw = rc
 	var r io.Reader = rc
 	if s.rawHash != nil {
+		s.rawHash = newAsyncHash(s.rawHash)
 		r = io.TeeReader(r, s.rawHash)
 	}
 	s.rawBuf = getReader(r)
@@ -161,9 +168,11 @@ func (l *layer) openStream(ctx context.Context) (*layerStream, error) {
 	}
 	s.tar = s.dec
 	if s.diffHash != nil {
+		s.diffHash = newAsyncHash(s.diffHash)
 		s.tar = io.TeeReader(s.dec, s.diffHash)
 	}
 	s.tarTee = s.tar
+	opened = true
 	return s, nil
 }
 
@@ -222,7 +231,17 @@ func (s *layerStream) explain(err error) error {
 	return err
 }
 
+// stopHashes ends the goroutines of the stream's hashes.
+func (s *layerStream) stopHashes() {
+	for _, h := range []hash.Hash{s.rawHash, s.diffHash} {
+		if a, ok := h.(*asyncHash); ok {
+			a.stop()
+		}
+	}
+}
+
 func (s *layerStream) Close() error {
+	s.stopHashes()
 	if s.decClose != nil {
 		s.decClose()
 	}

@@ -20,9 +20,6 @@ func MountInBackground(args []string, logDir, name, dir, mounted string, out io.
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return err
-	}
 	logPath := filepath.Join(logDir, "mount-"+strings.ReplaceAll(strings.Trim(dir, "/"), "/", "_")+".log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {

@@ -431,6 +431,7 @@ func (d *Daemon) open(ctx context.Context, tenant, image string) (*served, error
 	parallel := max(1, d.o.Worker.Fetches)
 	if onLocalDisk(d.st) {
 		parallel = min(parallel, localPrefetch)
+		im.SetPrefetchYield(true)
 	}
 	go s.learn.prefetch(context.Background(), im, m.Hints, parallel, d.log, s.name())
 	s.watch = NewRootWatch(ctx, d.st, tenant, image, m, p.Root, d.log, d.expiredReads)

@@ -109,10 +109,12 @@ func (w *Image) Close() error {
 // Prefetch fetches, in the background with parallel fetches, the image's
 // learned startup profile (loaded at open; internal/profile) and then its
 // build start set (the manifest's hints) not already in it: profile.Merge.
-// At most localPrefetch run at once over an origin on local disk.
+// Over an origin on local disk at most localPrefetch run at once, and the
+// prefetch yields to the image's reads (agent.Image.SetPrefetchYield).
 func (w *Image) Prefetch(ctx context.Context, parallel int) {
 	if w.localOrigin {
 		parallel = min(parallel, localPrefetch)
+		w.Image.SetPrefetchYield(true)
 	}
 	go w.learn.prefetch(ctx, w.Image, w.Manifest.Hints, parallel, w.log, w.Name)
 }
