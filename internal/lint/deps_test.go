@@ -54,7 +54,7 @@ var allowed = map[string][]string{
 	"internal/store/storeurl":       {"internal/store", "internal/store/file", "internal/store/mem", "internal/store/s3"},
 	"internal/trace":                {},
 	"internal/vm":                   {"internal/blockdev"},
-	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/blockdev/vhost", "internal/cachefleet", "internal/catalog", "internal/certs", "internal/heatmap", "internal/manifest", "internal/metrics", "internal/profile", "internal/run", "internal/store", "internal/trace", "internal/vm"},
+	"internal/worker":               {"internal/agent", "internal/blockdev", "internal/blockdev/fuse", "internal/blockdev/nbd", "internal/blockdev/vhost", "internal/cachefleet", "internal/catalog", "internal/certs", "internal/ext4img", "internal/heatmap", "internal/manifest", "internal/metrics", "internal/profile", "internal/run", "internal/store", "internal/trace", "internal/vm"},
 }
 
 type pkg struct {
