@@ -89,10 +89,12 @@ type extent struct{ logical, start, len uint32 }
 
 // extents lists an inode's extents (a tree of any depth).
 func (f *fsys) extents(node []byte) ([]extent, error) {
-	return f.extentNode(node[inodeBlockArray:inodeBlockArray+60], 0)
+	return f.extentNode(node[inodeBlockArray:inodeBlockArray+60], 0, nil)
 }
 
-func (f *fsys) extentNode(b []byte, depth int) ([]extent, error) {
+// extentNode lists the data extents under an extent node; index, if not
+// nil, is told every index (non-leaf) block the walk reads.
+func (f *fsys) extentNode(b []byte, depth int, index func(blk uint32)) ([]extent, error) {
 	if len(b) < 12 || le.Uint16(b) != extentMagic || depth > 5 {
 		return nil, errors.New("bad extent header")
 	}
@@ -111,11 +113,15 @@ func (f *fsys) extentNode(b []byte, depth int) ([]extent, error) {
 			out = append(out, extent{logical: le.Uint32(e), start: le.Uint32(e[8:]), len: n})
 			continue
 		}
+		leaf := le.Uint32(e[4:])
+		if index != nil {
+			index(leaf)
+		}
 		blk := make([]byte, blockSize)
-		if _, err := f.rw.ReadAt(blk, int64(le.Uint32(e[4:]))*blockSize); err != nil {
+		if _, err := f.rw.ReadAt(blk, int64(leaf)*blockSize); err != nil {
 			return nil, err
 		}
-		sub, err := f.extentNode(blk, depth+1)
+		sub, err := f.extentNode(blk, depth+1, index)
 		if err != nil {
 			return nil, err
 		}

@@ -178,7 +178,7 @@ func (s *startSet) fileBlocks(node []byte, max int64, what string) error {
 	if le.Uint32(node[inodeFlags:])&flagExtents == 0 {
 		return nil // inline data or a fast symlink: all in the inode
 	}
-	exts, err := s.extentTree(node[inodeBlockArray:inodeBlockArray+60], 0, what)
+	exts, err := s.f.extentNode(node[inodeBlockArray:inodeBlockArray+60], 0, func(blk uint32) { s.add(blk, 1, what) })
 	if err != nil {
 		return err
 	}
@@ -190,42 +190,6 @@ func (s *startSet) fileBlocks(node []byte, max int64, what string) error {
 		s.add(e.start, uint32(min(int64(e.len), limit-int64(e.logical))), what)
 	}
 	return nil
-}
-
-// extentTree lists the data extents under an extent node, adding its index
-// blocks to the set.
-func (s *startSet) extentTree(b []byte, depth int, what string) ([]extent, error) {
-	if len(b) < 12 || le.Uint16(b) != extentMagic || depth > 5 {
-		return nil, errors.New("bad extent header")
-	}
-	entries, d := int(le.Uint16(b[2:])), le.Uint16(b[6:])
-	if 12+12*entries > len(b) {
-		return nil, errors.New("bad extent header")
-	}
-	var out []extent
-	for i := range entries {
-		e := b[12+12*i:]
-		if d == 0 {
-			n := uint32(le.Uint16(e[4:]))
-			if n > 32768 {
-				n -= 32768
-			}
-			out = append(out, extent{logical: le.Uint32(e), start: le.Uint32(e[8:]), len: n})
-			continue
-		}
-		leaf := le.Uint32(e[4:])
-		s.add(leaf, 1, what)
-		blk := make([]byte, blockSize)
-		if _, err := s.f.rw.ReadAt(blk, int64(leaf)*blockSize); err != nil {
-			return nil, err
-		}
-		sub, err := s.extentTree(blk, depth+1, what)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, sub...)
-	}
-	return out, nil
 }
 
 // contents reads up to max bytes of an inode's data.
