@@ -428,11 +428,7 @@ func (d *Daemon) open(ctx context.Context, tenant, image string) (*served, error
 	s.learn = startLearner(d.st, p, m, im, s.name(), d.o.Worker.LearnProfile, fetchProfile(d.st, p), profile.NewMetrics(d.reg), d.log)
 	// The learned profile, then the build-time start set (or a recorded
 	// profile); ends when the image closes.
-	parallel := max(1, d.o.Worker.Fetches)
-	if onLocalDisk(d.st) {
-		parallel = min(parallel, localPrefetch)
-		im.SetPrefetchYield(true)
-	}
+	parallel := prefetchFor(im, onLocalDisk(d.st), d.o.Worker.Fetches)
 	go s.learn.prefetch(context.Background(), im, m.Hints, parallel, d.log, s.name())
 	s.watch = NewRootWatch(ctx, d.st, tenant, image, m, p.Root, d.log, d.expiredReads)
 	s.watch.Attach(im)

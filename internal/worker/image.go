@@ -112,10 +112,7 @@ func (w *Image) Close() error {
 // Over an origin on local disk at most localPrefetch run at once, and the
 // prefetch yields to the image's reads (agent.Image.SetPrefetchYield).
 func (w *Image) Prefetch(ctx context.Context, parallel int) {
-	if w.localOrigin {
-		parallel = min(parallel, localPrefetch)
-		w.Image.SetPrefetchYield(true)
-	}
+	parallel = prefetchFor(w.Image, w.localOrigin, parallel)
 	go w.learn.prefetch(ctx, w.Image, w.Manifest.Hints, parallel, w.log, w.Name)
 }
 
@@ -132,6 +129,18 @@ func (w *Image) LearnedProfile(ctx context.Context) []uint32 { return w.learn.Le
 // 4 by 150–300 ms, 2 by none measurable. Over S3 at 36 ms a request, 24 in
 // flight is what cuts the serial chain.
 const localPrefetch = 2
+
+// prefetchFor is the parallelism of im's prefetches: parallel (at least 1),
+// and over an origin on local disk at most localPrefetch, yielding to the
+// image's reads.
+func prefetchFor(im *agent.Image, local bool, parallel int) int {
+	parallel = max(1, parallel)
+	if local {
+		parallel = min(parallel, localPrefetch)
+		im.SetPrefetchYield(true)
+	}
+	return parallel
+}
 
 // onLocalDisk reports whether st is an origin on local disk (store/file).
 func onLocalDisk(st store.Store) bool {

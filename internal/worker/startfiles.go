@@ -22,10 +22,7 @@ func (w *Image) PrefetchStartFiles(ctx context.Context, files []string, parallel
 	if len(files) == 0 || files[0] == "" {
 		return
 	}
-	if w.localOrigin {
-		parallel = min(parallel, localPrefetch)
-	}
-	go w.prefetchStartFiles(ctx, files, max(1, parallel))
+	go w.prefetchStartFiles(ctx, files, prefetchFor(w.Image, w.localOrigin, parallel))
 }
 
 func (w *Image) prefetchStartFiles(ctx context.Context, files []string, parallel int) {
