@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -89,7 +91,7 @@ func ParseURL(raw string, getenv func(string) string) (Config, error) {
 		return c, fmt.Errorf("parsing store URL: %w", err)
 	}
 	if u.User != nil {
-		return c, fmt.Errorf("parsing store URL %q: credentials in the URL are not accepted; use %s and %s", redact(u), EnvAccessKey, EnvSecretKey)
+		return c, fmt.Errorf("parsing store URL %q: credentials in the URL are not accepted; use %s and %s", redactAll(u), EnvAccessKey, EnvSecretKey)
 	}
 	if u.Scheme != "s3" {
 		return c, fmt.Errorf("parsing store URL: scheme is %q, want s3", u.Scheme)
@@ -108,8 +110,9 @@ func ParseURL(raw string, getenv func(string) string) (Config, error) {
 	c.CredentialsFile = getenv(EnvCredentialsFile)
 	c.Profile = getenv(EnvProfile)
 	var errs []error
-	for k, vs := range u.Query() {
-		v := vs[len(vs)-1]
+	q := u.Query()
+	for _, k := range slices.Sorted(maps.Keys(q)) { // errors in a stable order
+		v := q[k][len(q[k])-1]
 		switch k {
 		case "endpoint":
 			c.Endpoint = v
@@ -135,7 +138,7 @@ func ParseURL(raw string, getenv func(string) string) (Config, error) {
 		}
 	}
 	if len(errs) > 0 {
-		return c, fmt.Errorf("parsing store URL %q: %w", raw, errors.Join(errs...))
+		return c, fmt.Errorf("parsing store URL %q: %w", redact(u), errors.Join(errs...))
 	}
 	return c, nil
 }
@@ -149,10 +152,21 @@ func first(vs ...string) string {
 	return ""
 }
 
+// redact is u for an error: without userinfo and fragment (the store never
+// uses a fragment, so one holds nothing but what a user mistyped there).
 func redact(u *url.URL) string {
 	v := *u
 	v.User = nil
+	v.Fragment, v.RawFragment = "", ""
 	return v.String()
+}
+
+// redactAll is u without anything the parser may have mistaken for
+// something else when userinfo is present: scheme, host and path only. A URL
+// that carries credentials is refused, and its query or fragment may be where
+// a mistyped secret ended up.
+func redactAll(u *url.URL) string {
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
 }
 
 // endpoint splits c.Endpoint into minio-go's host[:port] and TLS flag.
