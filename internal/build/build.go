@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -271,16 +272,6 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	c := im.Config()
 	res.Config = manifest.Config{Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User}
 
-	img, err := os.CreateTemp(o.TempDir, "lode-build-*.ext4")
-	if err != nil {
-		return res, fmt.Errorf("staging image: %w", err)
-	}
-	defer func() {
-		img.Close()
-		os.Remove(img.Name())
-	}()
-	simg := newStagedImage(img, o.ChunkSize)
-
 	// When the store has an active root, the chunks' salt is known before
 	// the flatten, and chunks are sealed and stored while the image is
 	// written (stagedImage). A store without one gets its first root only
@@ -291,33 +282,27 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	if rerr != nil && !errors.Is(rerr, store.ErrNoActiveRoot) {
 		return res, rerr
 	}
-	var cs *chunkSealer
-	specDone := make(chan struct{})
+	var withRoot *store.RootID
 	if rerr == nil {
-		if cs, err = newChunkSealer(ctx, st, sealer, chunkSalt(root, o), root, simg, o); err != nil {
-			return res, err
-		}
-		defer cs.release()
-		go func() { defer close(specDone); cs.speculate() }()
-	} else {
-		close(specDone)
+		withRoot = &root
 	}
-
 	o.Log.Info("flattening", "source", o.Source, "layers", im.Layers(), "image", o.Tenant+"/"+o.Name)
-	o.Progress.Phase("flatten", -1)
-	fctx := ctx
-	if cs != nil {
-		fctx = cs.gctx // a failed chunk upload stops the flatten
+	// A single-layer image is first flattened in one read (oci.FlattenOnce);
+	// one whose layer is not in stream order, or that fails, is staged
+	// again and flattened in two.
+	stg, fs, err := flattenAttempt(ctx, im, st, sealer, withRoot, im.Layers() == 1, o)
+	if errors.Is(err, oci.ErrTwoPasses) {
+		o.Log.Info("flattening again in two passes", "image", o.Tenant+"/"+o.Name)
+		stg.discard()
+		stg, fs, err = flattenAttempt(ctx, im, st, sealer, withRoot, false, o)
 	}
-	fs, err := flattenToExt4(fctx, im, simg, o)
-	simg.close()
-	<-specDone
-	if err != nil && cs != nil && cs.err() != nil {
-		err = cs.err() // the worker's error, not the cancel it caused
+	if stg != nil {
+		defer stg.discard()
 	}
 	if err != nil {
 		return res, err
 	}
+	img, simg, cs := stg.img, stg.simg, stg.cs
 	res.InputBytes = fs.Bytes
 	res.Pulled = im.Pulled()
 	// A rootfs tar's digest is known once the flatten read it.
@@ -345,7 +330,7 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		if cs, err = newChunkSealer(ctx, st, sealer, chunkSalt(root, o), root, simg, o); err != nil {
 			return res, err
 		}
-		defer cs.release()
+		stg.cs = cs // released by stg.discard
 	}
 	res.Root = root
 
@@ -435,8 +420,6 @@ func unchanged(ctx context.Context, st store.Store, res *Result, o Options) (boo
 	return true, nil
 }
 
-// flattenToExt4 runs the flattener and the ext4 writer concurrently over a
-// pipe.
 // checkCommit is the check before the pointer write (Options.Timeout): the
 // build is younger than its timeout, counted from when it resolved root, and
 // root is still active. Together with the collector's settle time this keeps
@@ -457,7 +440,64 @@ func checkCommit(ctx context.Context, st store.Store, root store.RootID, resolve
 	return nil
 }
 
-func flattenToExt4(ctx context.Context, im *oci.Image, img ext4img.Output, o Options) (oci.FlattenStats, error) {
+// staging is one attempt at the image: the staged file and, when the
+// store has an active root, the sealer that seals its chunks as they are
+// written.
+type staging struct {
+	img      *os.File
+	simg     *stagedImage
+	cs       *chunkSealer
+	specDone chan struct{}
+	once     sync.Once
+}
+
+// discard stops the sealer (aborting every chunk it staged and did not
+// commit) and removes the staged file. Idempotent.
+func (s *staging) discard() {
+	s.once.Do(func() {
+		s.simg.close()
+		<-s.specDone
+		if s.cs != nil {
+			s.cs.release()
+		}
+		s.img.Close()
+		os.Remove(s.img.Name())
+	})
+}
+
+// flattenAttempt stages a fresh image and flattens im into it, in one read
+// (once) or two, sealing chunks during the flatten when root is known. On
+// error the staging, when not nil, must still be discarded.
+func flattenAttempt(ctx context.Context, im *oci.Image, st store.Store, sealer *chunk.Sealer, root *store.RootID, once bool, o Options) (*staging, oci.FlattenStats, error) {
+	img, err := os.CreateTemp(o.TempDir, "lode-build-*.ext4")
+	if err != nil {
+		return nil, oci.FlattenStats{}, fmt.Errorf("staging image: %w", err)
+	}
+	s := &staging{img: img, simg: newStagedImage(img, o.ChunkSize), specDone: make(chan struct{})}
+	fctx := ctx
+	if root != nil {
+		if s.cs, err = newChunkSealer(ctx, st, sealer, chunkSalt(*root, o), *root, s.simg, o); err != nil {
+			close(s.specDone)
+			return s, oci.FlattenStats{}, err
+		}
+		go func() { defer close(s.specDone); s.cs.speculate() }()
+		fctx = s.cs.gctx // a failed chunk upload stops the flatten
+	} else {
+		close(s.specDone)
+	}
+	o.Progress.Phase("flatten", -1)
+	fs, err := flattenToExt4(fctx, im, s.simg, once, o)
+	s.simg.close()
+	<-s.specDone
+	if err != nil && s.cs != nil && s.cs.err() != nil {
+		err = s.cs.err() // the worker's error, not the cancel it caused
+	}
+	return s, fs, err
+}
+
+// flattenToExt4 runs the flattener (oci.FlattenOnce when once, else
+// oci.Flatten) and the ext4 writer concurrently over a pipe.
+func flattenToExt4(ctx context.Context, im *oci.Image, img ext4img.Output, once bool, o Options) (oci.FlattenStats, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
@@ -466,7 +506,11 @@ func flattenToExt4(ctx context.Context, im *oci.Image, img ext4img.Output, o Opt
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		fs, ferr = oci.Flatten(ctx, im, &progressWriter{w: pw, p: o.Progress}, o.Flatten)
+		flatten := oci.Flatten
+		if once {
+			flatten = oci.FlattenOnce
+		}
+		fs, ferr = flatten(ctx, im, &progressWriter{w: pw, p: o.Progress}, o.Flatten)
 		pw.CloseWithError(ferr)
 	}()
 	_, berr := ext4img.Build(ctx, pr, img, o.Ext4)

@@ -601,12 +601,71 @@ var (
 	copyBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 )
 
-// emit is pass 2: stream every layer again, base first, writing what plan decided.
-func (f *flattener) emit(ctx context.Context, w io.Writer) error {
+// tarOut writes the flattened stream: PAX headers and content through a pooled 1 MiB buffer, counting
+// what it writes in stats.
+type tarOut struct {
+	bw    *bufio.Writer
+	tw    *tar.Writer
+	bp    *[]byte
+	stats *FlattenStats
+}
+
+func newTarOut(w io.Writer, stats *FlattenStats) *tarOut {
 	bw := writerPool.Get().(*bufio.Writer)
 	bw.Reset(w)
-	defer func() { bw.Reset(nil); writerPool.Put(bw) }()
-	tw := tar.NewWriter(bw)
+	return &tarOut{bw: bw, tw: tar.NewWriter(bw), bp: copyBufPool.Get().(*[]byte), stats: stats}
+}
+
+// release returns the buffers to their pools.
+func (t *tarOut) release() {
+	t.bw.Reset(nil)
+	writerPool.Put(t.bw)
+	copyBufPool.Put(t.bp)
+}
+
+// write writes one entry, with h.Size bytes of content for a regular file.
+func (t *tarOut) write(h *tar.Header, content io.Reader) error {
+	if err := t.tw.WriteHeader(h); err != nil {
+		return fmt.Errorf("writing %q: %w", h.Name, err)
+	}
+	t.stats.Entries++
+	switch h.Typeflag {
+	case tar.TypeReg:
+		t.stats.Files++
+		if h.Size > 0 {
+			n, err := io.CopyBuffer(t.tw, io.LimitReader(readSide{content}, h.Size), *t.bp)
+			t.stats.Bytes += n
+			if err != nil {
+				return err
+			}
+			if n != h.Size {
+				return io.ErrUnexpectedEOF
+			}
+		}
+	case tar.TypeDir:
+		t.stats.Dirs++
+	case tar.TypeSymlink:
+		t.stats.Symlinks++
+	case tar.TypeLink:
+		t.stats.Hardlinks++
+	}
+	return nil
+}
+
+// close writes the tar trailer and flushes.
+func (t *tarOut) close() error {
+	if err := t.tw.Close(); err != nil {
+		return fmt.Errorf("writing tar trailer: %w", err)
+	}
+	return t.bw.Flush()
+}
+
+// emit is pass 2: stream every layer again, base first, writing what plan decided.
+func (f *flattener) emit(ctx context.Context, w io.Writer) error {
+	out := newTarOut(w, &f.stats)
+	defer out.release()
+	write := out.write
+	buf := *out.bp
 	var spoolFile *os.File
 	var spoolOff int64
 	defer func() {
@@ -614,36 +673,6 @@ func (f *flattener) emit(ctx context.Context, w io.Writer) error {
 			spoolFile.Close()
 		}
 	}()
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
-	buf := *bp
-	write := func(h *tar.Header, content io.Reader) error {
-		if err := tw.WriteHeader(h); err != nil {
-			return fmt.Errorf("writing %q: %w", h.Name, err)
-		}
-		f.stats.Entries++
-		switch h.Typeflag {
-		case tar.TypeReg:
-			f.stats.Files++
-			if h.Size > 0 {
-				n, err := io.CopyBuffer(tw, io.LimitReader(readSide{content}, h.Size), buf)
-				f.stats.Bytes += n
-				if err != nil {
-					return err
-				}
-				if n != h.Size {
-					return io.ErrUnexpectedEOF
-				}
-			}
-		case tar.TypeDir:
-			f.stats.Dirs++
-		case tar.TypeSymlink:
-			f.stats.Symlinks++
-		case tar.TypeLink:
-			f.stats.Hardlinks++
-		}
-		return nil
-	}
 	for _, l := range f.im.layers {
 		if err := f.emitLayer(ctx, l, write, func(ino *inode, h *tar.Header, tr io.Reader) error {
 			ino.spool.hdr = outHeader(h, outType(h))
@@ -669,10 +698,7 @@ func (f *flattener) emit(ctx context.Context, w io.Writer) error {
 			return err
 		}
 	}
-	if err := tw.Close(); err != nil {
-		return fmt.Errorf("writing tar trailer: %w", err)
-	}
-	return bw.Flush()
+	return out.close()
 }
 
 func (f *flattener) emitLayer(ctx context.Context, l *layer,
