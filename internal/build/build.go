@@ -495,30 +495,19 @@ func flattenAttempt(ctx context.Context, im *oci.Image, st store.Store, sealer *
 	return s, fs, err
 }
 
-// flattenToExt4 runs the flattener (oci.FlattenOnce when once, else
-// oci.Flatten) and the ext4 writer concurrently over a pipe.
+// flattenToExt4 runs the flattener (oci.FlattenOnceInto when once, else
+// oci.FlattenInto) as the producer of the ext4 writer's entries.
 func flattenToExt4(ctx context.Context, im *oci.Image, img ext4img.Output, once bool, o Options) (oci.FlattenStats, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pr, pw := io.Pipe()
+	flatten := oci.FlattenInto
+	if once {
+		flatten = oci.FlattenOnceInto
+	}
 	var fs oci.FlattenStats
 	var ferr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		flatten := oci.Flatten
-		if once {
-			flatten = oci.FlattenOnce
-		}
-		fs, ferr = flatten(ctx, im, &progressWriter{w: pw, p: o.Progress}, o.Flatten)
-		pw.CloseWithError(ferr)
-	}()
-	_, berr := ext4img.Build(ctx, pr, img, o.Ext4)
-	if berr != nil {
-		cancel()
-		pr.CloseWithError(berr)
-	}
-	<-done
+	_, berr := ext4img.BuildEntries(ctx, img, o.Ext4, func(ew ext4img.EntryWriter) error {
+		fs, ferr = flatten(ctx, im, &progressEntries{EntryWriter: ew, p: o.Progress}, o.Flatten)
+		return ferr
+	})
 	// The flattener's error names the entry that failed; prefer it.
 	if ferr != nil {
 		return fs, ferr
@@ -529,13 +518,14 @@ func flattenToExt4(ctx context.Context, im *oci.Image, img ext4img.Output, once 
 	return fs, nil
 }
 
-type progressWriter struct {
-	w io.Writer
+// progressEntries reports the content bytes written as flatten progress.
+type progressEntries struct {
+	ext4img.EntryWriter
 	p Progress
 }
 
-func (p *progressWriter) Write(b []byte) (int, error) {
-	n, err := p.w.Write(b)
+func (p *progressEntries) Write(b []byte) (int, error) {
+	n, err := p.EntryWriter.Write(b)
 	p.p.Add(int64(n))
 	return n, err
 }

@@ -75,6 +75,19 @@ type FlattenStats struct {
 // for headers, once to copy) and verifies each layer's digests on both reads. On error, w holds a
 // partial stream that must be discarded.
 func Flatten(ctx context.Context, im *Image, w io.Writer, o FlattenOptions) (FlattenStats, error) {
+	out := newTarOut(w)
+	defer out.release()
+	return flattenTo(ctx, im, out, o)
+}
+
+// FlattenInto is Flatten writing entries to ew, whose owner writes the end of the archive.
+func FlattenInto(ctx context.Context, im *Image, ew EntryWriter, o FlattenOptions) (FlattenStats, error) {
+	out := newEntryOut(ew)
+	defer out.release()
+	return flattenTo(ctx, im, out, o)
+}
+
+func flattenTo(ctx context.Context, im *Image, out *tarOut, o FlattenOptions) (FlattenStats, error) {
 	o.withDefaults()
 	f := &flattener{o: o, im: im, root: &node{children: map[string]*node{}}}
 	defer func() {
@@ -88,7 +101,8 @@ func Flatten(ctx context.Context, im *Image, w io.Writer, o FlattenOptions) (Fla
 		}
 	}
 	f.plan()
-	if err := f.emit(ctx, w); err != nil {
+	out.stats = &f.stats
+	if err := f.emit(ctx, out); err != nil {
 		return f.stats, fmt.Errorf("flattening %s: %w", im, err)
 	}
 	return f.stats, nil
@@ -601,31 +615,46 @@ var (
 	copyBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 )
 
-// tarOut writes the flattened stream: PAX headers and content through a pooled 1 MiB buffer, counting
-// what it writes in stats.
-type tarOut struct {
-	bw    *bufio.Writer
-	tw    *tar.Writer
-	bp    *[]byte
-	stats *FlattenStats
+// EntryWriter receives the flattened stream as entries: a tar.Writer's WriteHeader and Write
+// (ext4img.BuildEntries' writer). FlattenInto writes through one instead of an io.Writer.
+type EntryWriter interface {
+	WriteHeader(hdr *tar.Header) error
+	io.Writer
 }
 
-func newTarOut(w io.Writer, stats *FlattenStats) *tarOut {
+// tarOut writes the flattened stream's entries, content through a pooled 1 MiB buffer, counting what it
+// writes in stats: to an EntryWriter, or as PAX tar through a pooled 1 MiB buffer to an io.Writer.
+type tarOut struct {
+	ew    EntryWriter
+	bw    *bufio.Writer // nil for an EntryWriter
+	tw    *tar.Writer
+	bp    *[]byte
+	stats *FlattenStats // the flattener's
+}
+
+func newTarOut(w io.Writer) *tarOut {
 	bw := writerPool.Get().(*bufio.Writer)
 	bw.Reset(w)
-	return &tarOut{bw: bw, tw: tar.NewWriter(bw), bp: copyBufPool.Get().(*[]byte), stats: stats}
+	tw := tar.NewWriter(bw)
+	return &tarOut{ew: tw, bw: bw, tw: tw, bp: copyBufPool.Get().(*[]byte)}
+}
+
+func newEntryOut(ew EntryWriter) *tarOut {
+	return &tarOut{ew: ew, bp: copyBufPool.Get().(*[]byte)}
 }
 
 // release returns the buffers to their pools.
 func (t *tarOut) release() {
-	t.bw.Reset(nil)
-	writerPool.Put(t.bw)
+	if t.bw != nil {
+		t.bw.Reset(nil)
+		writerPool.Put(t.bw)
+	}
 	copyBufPool.Put(t.bp)
 }
 
 // write writes one entry, with h.Size bytes of content for a regular file.
 func (t *tarOut) write(h *tar.Header, content io.Reader) error {
-	if err := t.tw.WriteHeader(h); err != nil {
+	if err := t.ew.WriteHeader(h); err != nil {
 		return fmt.Errorf("writing %q: %w", h.Name, err)
 	}
 	t.stats.Entries++
@@ -633,7 +662,7 @@ func (t *tarOut) write(h *tar.Header, content io.Reader) error {
 	case tar.TypeReg:
 		t.stats.Files++
 		if h.Size > 0 {
-			n, err := io.CopyBuffer(t.tw, io.LimitReader(readSide{content}, h.Size), *t.bp)
+			n, err := io.CopyBuffer(t.ew, io.LimitReader(readSide{content}, h.Size), *t.bp)
 			t.stats.Bytes += n
 			if err != nil {
 				return err
@@ -652,8 +681,11 @@ func (t *tarOut) write(h *tar.Header, content io.Reader) error {
 	return nil
 }
 
-// close writes the tar trailer and flushes.
+// close writes the tar trailer and flushes (an EntryWriter's owner closes it).
 func (t *tarOut) close() error {
+	if t.tw == nil {
+		return nil
+	}
 	if err := t.tw.Close(); err != nil {
 		return fmt.Errorf("writing tar trailer: %w", err)
 	}
@@ -661,9 +693,7 @@ func (t *tarOut) close() error {
 }
 
 // emit is pass 2: stream every layer again, base first, writing what plan decided.
-func (f *flattener) emit(ctx context.Context, w io.Writer) error {
-	out := newTarOut(w, &f.stats)
-	defer out.release()
+func (f *flattener) emit(ctx context.Context, out *tarOut) error {
 	write := out.write
 	buf := *out.bp
 	var spoolFile *os.File

@@ -135,7 +135,34 @@ func flatten(t testing.TB, source string, o FlattenOptions) ([]byte, FlattenStat
 	var out bytes.Buffer
 	st, err := Flatten(ctx, im, &out, o)
 	checkOnce(t, source, o, out.Bytes(), st, err)
+	checkInto(t, source, o, out.Bytes(), st, err)
 	return out.Bytes(), st, err
+}
+
+// checkInto checks that FlattenInto through a tar.Writer writes what Flatten wrote.
+func checkInto(t testing.TB, source string, o FlattenOptions, want []byte, wantStats FlattenStats, wantErr error) {
+	t.Helper()
+	ctx := context.Background()
+	im, err := Open(ctx, source)
+	if err != nil {
+		t.Fatalf("Open(%s) = %v", source, err)
+	}
+	defer im.Close()
+	var out bytes.Buffer
+	tw := tar.NewWriter(&out)
+	st, err := FlattenInto(ctx, im, tw, o)
+	if (err == nil) != (wantErr == nil) {
+		t.Fatalf("FlattenInto(%s) = %v, Flatten %v", source, err, wantErr)
+	}
+	if err != nil {
+		return
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.Bytes(), want) || st != wantStats {
+		t.Errorf("FlattenInto(%s) wrote %d bytes %+v, Flatten %d bytes %+v", source, out.Len(), st, len(want), wantStats)
+	}
 }
 
 // checkOnce checks FlattenOnce against Flatten's result on the same source: it must write the same

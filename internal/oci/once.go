@@ -35,26 +35,42 @@ var ErrTwoPasses = errors.New("image needs the two-pass flatten")
 // read, so there is no second read to compare. As with Flatten, the output of a failed call must be
 // discarded: the caller stores nothing before FlattenOnce returned nil.
 func FlattenOnce(ctx context.Context, im *Image, w io.Writer, o FlattenOptions) (FlattenStats, error) {
+	rw := &recordingWriter{w: w}
+	out := newTarOut(rw)
+	defer out.release()
+	return flattenOnce(ctx, im, out, &rw.err, o)
+}
+
+// FlattenOnceInto is FlattenOnce writing entries to ew, whose owner writes the end of the archive.
+func FlattenOnceInto(ctx context.Context, im *Image, ew EntryWriter, o FlattenOptions) (FlattenStats, error) {
+	re := &recordingEntries{ew: ew}
+	out := newEntryOut(re)
+	defer out.release()
+	return flattenOnce(ctx, im, out, &re.err, o)
+}
+
+// flattenOnce runs FlattenOnce; *werr is the first error of the output.
+func flattenOnce(ctx context.Context, im *Image, out *tarOut, werr *error, o FlattenOptions) (FlattenStats, error) {
 	if len(im.layers) != 1 || im.layers[0].alwaysSpool || im.layers[0].spool != nil {
 		return FlattenStats{}, ErrTwoPasses
 	}
 	o.withDefaults()
 	f := &flattener{o: o, im: im, root: &node{children: map[string]*node{}}}
-	rw := &recordingWriter{w: w}
-	err := f.once(ctx, im.layers[0], rw)
+	out.stats = &f.stats
+	err := f.once(ctx, im.layers[0], out)
 	switch {
 	case err == nil:
 		return f.stats, nil
 	case ctx.Err() != nil:
 		return f.stats, ctx.Err()
-	case rw.err != nil:
+	case *werr != nil:
 		return f.stats, fmt.Errorf("flattening %s: %w", im, err)
 	}
 	return FlattenStats{}, ErrTwoPasses
 }
 
-// recordingWriter keeps the first error of its writer, so that FlattenOnce tells a failed output (returned)
-// from a failed input (ErrTwoPasses).
+// recordingWriter and recordingEntries keep the first error of their output, so that FlattenOnce tells a
+// failed output (returned) from a failed input (ErrTwoPasses).
 type recordingWriter struct {
 	w   io.Writer
 	err error
@@ -68,18 +84,37 @@ func (r *recordingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+type recordingEntries struct {
+	ew  EntryWriter
+	err error
+}
+
+func (r *recordingEntries) WriteHeader(h *tar.Header) error {
+	err := r.ew.WriteHeader(h)
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+	return err
+}
+
+func (r *recordingEntries) Write(p []byte) (int, error) {
+	n, err := r.ew.Write(p)
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+	return n, err
+}
+
 // errNotInOrder stops once: the layer needs Flatten's plan.
 var errNotInOrder = errors.New("layer not in stream order")
 
 // once reads layer l once, applying each entry to the tree as scan does and writing it as emit would.
-func (f *flattener) once(ctx context.Context, l *layer, w io.Writer) error {
+func (f *flattener) once(ctx context.Context, l *layer, out *tarOut) error {
 	s, err := l.openStream(ctx)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	out := newTarOut(w, &f.stats)
-	defer out.release()
 	tr := tar.NewReader(s.tar)
 	last := ""
 	for idx := 0; ; idx++ {
