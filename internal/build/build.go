@@ -351,6 +351,11 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	n := chunk.Count(size, o.ChunkSize)
 	o.Log.Info("chunking", "image", o.Tenant+"/"+o.Name, "bytes", size, "chunks", n, "root", root)
 	o.Progress.Phase("upload", size)
+	if o.KeepImage != "" {
+		if err := copyFile(img, o.KeepImage); err != nil {
+			return res, err
+		}
+	}
 	if err := cs.finish(size, m, &res); err != nil {
 		return res, err
 	}
@@ -358,11 +363,6 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	res.Early = int(cs.specOK.Load())
 	o.Log.Info("sealed", "image", o.Tenant+"/"+o.Name, "chunks", n, "during_flatten", res.Early)
 
-	if o.KeepImage != "" {
-		if err := copyFile(img, o.KeepImage); err != nil {
-			return res, err
-		}
-	}
 
 	sealed, err := manifest.SealImage(ctx, m, o.Tenant, o.Name, kr)
 	if err != nil {

@@ -380,6 +380,13 @@ func (c *chunkSealer) finish(size int64, m *manifest.Manifest, res *Result) erro
 		return err
 	}
 	if c.batch != nil {
+		// Every chunk is read: empty the staged image first, so that its
+		// dirty pages are dropped, not written back by the commit's syncfs
+		// when it sits on the store's filesystem (issue #22: 0.15-0.2 s of
+		// the default build's wall time writing 232 MiB to be deleted).
+		if err := c.img.f.Truncate(0); err != nil {
+			return fmt.Errorf("emptying the staged image: %w", err)
+		}
 		if err := c.batch.Commit(c.ctx); err != nil {
 			return fmt.Errorf("storing the chunks of %s/%s: %w", c.o.Tenant, c.o.Name, err)
 		}
