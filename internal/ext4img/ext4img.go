@@ -2,7 +2,6 @@ package ext4img
 
 import (
 	"archive/tar"
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -80,7 +79,17 @@ func Build(ctx context.Context, flat io.Reader, w Output, o Options) (Stats, err
 	} else {
 		pads <- alignResult{}
 	}
-	return convert(ctx, in, pr, w, o, pads)
+	var r pipeReader
+	if pr != nil {
+		r = pr
+	}
+	return convert(ctx, in, r, w, o, pads)
+}
+
+// pipeReader is the reading end of io.Pipe or bufPipe.
+type pipeReader interface {
+	io.Reader
+	CloseWithError(err error) error
 }
 
 // EntryWriter is what BuildEntries' producer writes the flattened tree
@@ -103,11 +112,12 @@ func BuildEntries(ctx context.Context, w Output, o Options, produce func(ew Entr
 	if err := checkAlign(o); err != nil {
 		return Stats{}, err
 	}
-	pr, pw := io.Pipe()
+	// The stream goes through bufPipe's buffers, so that the producer
+	// writes the next megabyte while tar2ext4 converts the last.
+	pipe := newBufPipe()
 	pads := make(chan alignResult, 1)
 	go func() {
-		bw := bufio.NewWriterSize(pw, alignStreamBuf)
-		tw := tar.NewWriter(bw)
+		tw := tar.NewWriter(pipe)
 		var ew EntryWriter = tw
 		var a *aligner
 		if o.Align != 0 {
@@ -118,17 +128,14 @@ func BuildEntries(ctx context.Context, w Output, o Options, produce func(ew Entr
 		if err == nil {
 			err = tw.Close()
 		}
-		if err == nil {
-			err = bw.Flush()
-		}
-		pw.CloseWithError(err)
+		pipe.CloseWrite(err)
 		n := 0
 		if a != nil {
 			n = a.l.pads
 		}
 		pads <- alignResult{n, err}
 	}()
-	return convert(ctx, &ctxReader{ctx: ctx, r: pr}, pr, w, o, pads)
+	return convert(ctx, &ctxReader{ctx: ctx, r: pipe}, pipe, w, o, pads)
 }
 
 func checkAlign(o Options) error {
@@ -141,7 +148,7 @@ func checkAlign(o Options) error {
 // convert runs tar2ext4 over in, whose writer (when pr is set, the other
 // end of pr) reports on pads, then edits the image: the inode bitmap's
 // padding and, with Align, the padding files' removal.
-func convert(ctx context.Context, in io.Reader, pr *io.PipeReader, w Output, o Options, pads chan alignResult) (Stats, error) {
+func convert(ctx context.Context, in io.Reader, pr pipeReader, w Output, o Options, pads chan alignResult) (Stats, error) {
 	opts := []tar2ext4.Option{tar2ext4.MaximumDiskSize(maxDiskSize)}
 	if o.InlineData {
 		opts = append(opts, tar2ext4.InlineData)
