@@ -363,7 +363,6 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	res.Early = int(cs.specOK.Load())
 	o.Log.Info("sealed", "image", o.Tenant+"/"+o.Name, "chunks", n, "during_flatten", res.Early)
 
-
 	sealed, err := manifest.SealImage(ctx, m, o.Tenant, o.Name, kr)
 	if err != nil {
 		return res, fmt.Errorf("sealing manifest of %s/%s: %w", o.Tenant, o.Name, err)
