@@ -289,8 +289,14 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	o.Log.Info("flattening", "source", o.Source, "layers", im.Layers(), "image", o.Tenant+"/"+o.Name)
 	// A single-layer image is first flattened in one read (oci.FlattenOnce);
 	// one whose layer is not in stream order, or that fails, is staged
-	// again and flattened in two.
-	stg, fs, err := flattenAttempt(ctx, im, st, sealer, withRoot, im.Layers() == 1, o)
+	// again and flattened in two. A layer with a stated digest is checked
+	// only at the end of that one read, so it is read once only when no
+	// chunk of it can be stored before: no root yet (sealed after the
+	// flatten), or a store that batches (nothing visible before Commit).
+	// A rootfs tar states none (its digest is learned).
+	_, batches := st.(store.Batcher)
+	once := im.Layers() == 1 && (im.Digest() == "" || withRoot == nil || batches)
+	stg, fs, err := flattenAttempt(ctx, im, st, sealer, withRoot, once, o)
 	if errors.Is(err, oci.ErrTwoPasses) {
 		o.Log.Info("flattening again in two passes", "image", o.Tenant+"/"+o.Name)
 		stg.discard()
