@@ -129,8 +129,10 @@ type Result struct {
 	Dedup      int   // chunks already in the root or repeated within the image
 	// StartChunks is the size of the build-time start set (manifest.Hints).
 	StartChunks int
-	// Early counts the chunks sealed while the image was still being
-	// written (stagedImage), not after it.
+	// Early counts the chunks sealed speculatively (stagedImage): as the
+	// image was written, or once it was complete, each chunk written in
+	// full; the others (rewritten after their seal, partly written) are
+	// sealed after the flatten.
 	Early    int
 	Duration time.Duration
 }
@@ -460,7 +462,7 @@ type staging struct {
 // commit) and removes the staged file. Idempotent.
 func (s *staging) discard() {
 	s.once.Do(func() {
-		s.simg.close()
+		s.simg.abort()
 		<-s.specDone
 		if s.cs != nil {
 			s.cs.release()
@@ -492,7 +494,11 @@ func flattenAttempt(ctx context.Context, im *oci.Image, st store.Store, sealer *
 	}
 	o.Progress.Phase("flatten", -1)
 	fs, err := flattenToExt4(fctx, im, s.simg, once, o)
-	s.simg.close()
+	if err != nil {
+		s.simg.abort()
+	} else {
+		s.simg.close()
+	}
 	<-s.specDone
 	if err != nil && s.cs != nil && s.cs.err() != nil {
 		err = s.cs.err() // the worker's error, not the cancel it caused
