@@ -26,9 +26,11 @@ var ErrTwoPasses = errors.New("image needs the two-pass flatten")
 // follows its target (which Flatten requires too). Then Flatten's plan emits every entry as read, at its
 // own position, hard links naming their target's first path, whiteouts (no-ops in a base layer) and
 // implied directories left out, which is what FlattenOnce does as it reads. When the layer turns out not
-// to be in stream order, FlattenOnce stops with ErrTwoPasses. It does so on every other error too except
-// the context's and the writer's (returned as they are): the two-pass flatten then reports the error, so
-// errors stay those of Flatten, which reads every header before writing.
+// to be in stream order, FlattenOnce stops with ErrTwoPasses. It does so on every other error of the input
+// too (reading, checking, classifying an entry): the two-pass flatten then reports it, so that those
+// errors stay Flatten's, which reads every header before writing. The context's error and the writer's
+// are returned as they are (a writer that fails on an entry may do so before Flatten would have found an
+// input error further on).
 //
 // Verification is unchanged: the layer's digests are checked when its stream ends (FlattenOnce returns
 // ErrTwoPasses on a mismatch, and Flatten reports it); a rootfs file's digest is learned from this one
