@@ -128,6 +128,9 @@ func xattrLen(name, value string) int {
 // the block. It returns what stays in the inode and whether the block is
 // used.
 func xattrsInBlock(node *simInode, inlineFile bool, size int64, xattrs map[string]string) (map[string]string, bool) {
+	if len(xattrs) == 0 && (node == nil || len(node.inline) == 0) {
+		return nil, false // no attributes: nothing to place (most entries; this runs for each)
+	}
 	inodeLeft, blockLeft := xattrInodeLeft, xattrBlockLeft
 	if inlineFile {
 		inodeLeft -= xattrLen("system.data", strings.Repeat("\x00", int(max(size-60, 0))))
