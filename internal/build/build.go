@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -128,8 +129,10 @@ type Result struct {
 	Dedup      int   // chunks already in the root or repeated within the image
 	// StartChunks is the size of the build-time start set (manifest.Hints).
 	StartChunks int
-	// Early counts the chunks sealed while the image was still being
-	// written (stagedImage), not after it.
+	// Early counts the chunks sealed speculatively (stagedImage): as the
+	// image was written, or once it was complete, each chunk written in
+	// full; the others (rewritten after their seal, partly written) are
+	// sealed after the flatten.
 	Early    int
 	Duration time.Duration
 }
@@ -271,16 +274,6 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	c := im.Config()
 	res.Config = manifest.Config{Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User}
 
-	img, err := os.CreateTemp(o.TempDir, "lode-build-*.ext4")
-	if err != nil {
-		return res, fmt.Errorf("staging image: %w", err)
-	}
-	defer func() {
-		img.Close()
-		os.Remove(img.Name())
-	}()
-	simg := newStagedImage(img, o.ChunkSize)
-
 	// When the store has an active root, the chunks' salt is known before
 	// the flatten, and chunks are sealed and stored while the image is
 	// written (stagedImage). A store without one gets its first root only
@@ -291,33 +284,33 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	if rerr != nil && !errors.Is(rerr, store.ErrNoActiveRoot) {
 		return res, rerr
 	}
-	var cs *chunkSealer
-	specDone := make(chan struct{})
+	var withRoot *store.RootID
 	if rerr == nil {
-		if cs, err = newChunkSealer(ctx, st, sealer, chunkSalt(root, o), root, simg, o); err != nil {
-			return res, err
-		}
-		defer cs.release()
-		go func() { defer close(specDone); cs.speculate() }()
-	} else {
-		close(specDone)
+		withRoot = &root
 	}
-
 	o.Log.Info("flattening", "source", o.Source, "layers", im.Layers(), "image", o.Tenant+"/"+o.Name)
-	o.Progress.Phase("flatten", -1)
-	fctx := ctx
-	if cs != nil {
-		fctx = cs.gctx // a failed chunk upload stops the flatten
+	// A single-layer image is first flattened in one read (oci.FlattenOnce);
+	// one whose layer is not in stream order, or that fails, is staged
+	// again and flattened in two. A layer with a stated digest is checked
+	// only at the end of that one read, so it is read once only when no
+	// chunk of it can be stored before: no root yet (sealed after the
+	// flatten), or a store that batches (nothing visible before Commit).
+	// A rootfs tar states none (its digest is learned).
+	_, batches := st.(store.Batcher)
+	once := im.Layers() == 1 && (im.Digest() == "" || withRoot == nil || batches)
+	stg, fs, err := flattenAttempt(ctx, im, st, sealer, withRoot, once, o)
+	if errors.Is(err, oci.ErrTwoPasses) {
+		o.Log.Info("flattening again in two passes", "image", o.Tenant+"/"+o.Name)
+		stg.discard()
+		stg, fs, err = flattenAttempt(ctx, im, st, sealer, withRoot, false, o)
 	}
-	fs, err := flattenToExt4(fctx, im, simg, o)
-	simg.close()
-	<-specDone
-	if err != nil && cs != nil && cs.err() != nil {
-		err = cs.err() // the worker's error, not the cancel it caused
+	if stg != nil {
+		defer stg.discard()
 	}
 	if err != nil {
 		return res, err
 	}
+	img, simg, cs := stg.img, stg.simg, stg.cs
 	res.InputBytes = fs.Bytes
 	res.Pulled = im.Pulled()
 	// A rootfs tar's digest is known once the flatten read it.
@@ -345,7 +338,7 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 		if cs, err = newChunkSealer(ctx, st, sealer, chunkSalt(root, o), root, simg, o); err != nil {
 			return res, err
 		}
-		defer cs.release()
+		stg.cs = cs // released by stg.discard
 	}
 	res.Root = root
 
@@ -366,18 +359,17 @@ func Build(ctx context.Context, st store.Store, kr manifest.Keyring, storeSecret
 	n := chunk.Count(size, o.ChunkSize)
 	o.Log.Info("chunking", "image", o.Tenant+"/"+o.Name, "bytes", size, "chunks", n, "root", root)
 	o.Progress.Phase("upload", size)
+	if o.KeepImage != "" {
+		if err := copyFile(img, o.KeepImage); err != nil {
+			return res, err
+		}
+	}
 	if err := cs.finish(size, m, &res); err != nil {
 		return res, err
 	}
 	res.Chunks = n
 	res.Early = int(cs.specOK.Load())
 	o.Log.Info("sealed", "image", o.Tenant+"/"+o.Name, "chunks", n, "during_flatten", res.Early)
-
-	if o.KeepImage != "" {
-		if err := copyFile(img, o.KeepImage); err != nil {
-			return res, err
-		}
-	}
 
 	sealed, err := manifest.SealImage(ctx, m, o.Tenant, o.Name, kr)
 	if err != nil {
@@ -435,8 +427,6 @@ func unchanged(ctx context.Context, st store.Store, res *Result, o Options) (boo
 	return true, nil
 }
 
-// flattenToExt4 runs the flattener and the ext4 writer concurrently over a
-// pipe.
 // checkCommit is the check before the pointer write (Options.Timeout): the
 // build is younger than its timeout, counted from when it resolved root, and
 // root is still active. Together with the collector's settle time this keeps
@@ -457,24 +447,78 @@ func checkCommit(ctx context.Context, st store.Store, root store.RootID, resolve
 	return nil
 }
 
-func flattenToExt4(ctx context.Context, im *oci.Image, img ext4img.Output, o Options) (oci.FlattenStats, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pr, pw := io.Pipe()
+// staging is one attempt at the image: the staged file and, when the
+// store has an active root, the sealer that seals its chunks as they are
+// written.
+type staging struct {
+	img      *os.File
+	simg     *stagedImage
+	cs       *chunkSealer
+	specDone chan struct{}
+	once     sync.Once
+}
+
+// discard stops the sealer (aborting every chunk it staged and did not
+// commit) and removes the staged file. Idempotent.
+func (s *staging) discard() {
+	s.once.Do(func() {
+		s.simg.abort()
+		<-s.specDone
+		if s.cs != nil {
+			s.cs.release()
+		}
+		s.img.Close()
+		os.Remove(s.img.Name())
+	})
+}
+
+// flattenAttempt stages a fresh image and flattens im into it, in one read
+// (once) or two, sealing chunks during the flatten when root is known. On
+// error the staging, when not nil, must still be discarded.
+func flattenAttempt(ctx context.Context, im *oci.Image, st store.Store, sealer *chunk.Sealer, root *store.RootID, once bool, o Options) (*staging, oci.FlattenStats, error) {
+	img, err := os.CreateTemp(o.TempDir, "lode-build-*.ext4")
+	if err != nil {
+		return nil, oci.FlattenStats{}, fmt.Errorf("staging image: %w", err)
+	}
+	s := &staging{img: img, simg: newStagedImage(img, o.ChunkSize), specDone: make(chan struct{})}
+	fctx := ctx
+	if root != nil {
+		if s.cs, err = newChunkSealer(ctx, st, sealer, chunkSalt(*root, o), *root, s.simg, o); err != nil {
+			close(s.specDone)
+			return s, oci.FlattenStats{}, err
+		}
+		go func() { defer close(s.specDone); s.cs.speculate() }()
+		fctx = s.cs.gctx // a failed chunk upload stops the flatten
+	} else {
+		close(s.specDone)
+	}
+	o.Progress.Phase("flatten", -1)
+	fs, err := flattenToExt4(fctx, im, s.simg, once, o)
+	if err != nil {
+		s.simg.abort()
+	} else {
+		s.simg.close()
+	}
+	<-s.specDone
+	if err != nil && s.cs != nil && s.cs.err() != nil {
+		err = s.cs.err() // the worker's error, not the cancel it caused
+	}
+	return s, fs, err
+}
+
+// flattenToExt4 runs the flattener (oci.FlattenOnceInto when once, else
+// oci.FlattenInto) as the producer of the ext4 writer's entries.
+func flattenToExt4(ctx context.Context, im *oci.Image, img ext4img.Output, once bool, o Options) (oci.FlattenStats, error) {
+	flatten := oci.FlattenInto
+	if once {
+		flatten = oci.FlattenOnceInto
+	}
 	var fs oci.FlattenStats
 	var ferr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		fs, ferr = oci.Flatten(ctx, im, &progressWriter{w: pw, p: o.Progress}, o.Flatten)
-		pw.CloseWithError(ferr)
-	}()
-	_, berr := ext4img.Build(ctx, pr, img, o.Ext4)
-	if berr != nil {
-		cancel()
-		pr.CloseWithError(berr)
-	}
-	<-done
+	_, berr := ext4img.BuildEntries(ctx, img, o.Ext4, func(ew ext4img.EntryWriter) error {
+		fs, ferr = flatten(ctx, im, &progressEntries{EntryWriter: ew, p: o.Progress}, o.Flatten)
+		return ferr
+	})
 	// The flattener's error names the entry that failed; prefer it.
 	if ferr != nil {
 		return fs, ferr
@@ -485,13 +529,14 @@ func flattenToExt4(ctx context.Context, im *oci.Image, img ext4img.Output, o Opt
 	return fs, nil
 }
 
-type progressWriter struct {
-	w io.Writer
+// progressEntries reports the content bytes written as flatten progress.
+type progressEntries struct {
+	ext4img.EntryWriter
 	p Progress
 }
 
-func (p *progressWriter) Write(b []byte) (int, error) {
-	n, err := p.w.Write(b)
+func (p *progressEntries) Write(b []byte) (int, error) {
+	n, err := p.EntryWriter.Write(b)
 	p.p.Add(int64(n))
 	return n, err
 }

@@ -40,7 +40,8 @@ type stagedImage struct {
 	high    int64 // end of the furthest write
 	gen     []int64
 	covered []int64
-	closing bool // no further speculative seals
+	closed  bool // complete: speculation seals what is left of it, then stops
+	aborted bool // no further speculative seals
 }
 
 func newStagedImage(f *os.File, chunkSize int) *stagedImage {
@@ -105,22 +106,34 @@ func (s *stagedImage) Seek(off int64, whence int) (int64, error) {
 	return n, err
 }
 
-// close ends speculative sealing.
+// close marks the image complete: speculation goes on through the chunks
+// written in full, whose bytes are now final, and then stops. Whether a
+// chunk is sealed by speculation or by finish no longer depends on how
+// fast the writer was.
 func (s *stagedImage) close() {
 	s.mu.Lock()
-	s.closing = true
+	s.closed = true
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
+// abort ends speculative sealing (a failed or discarded image).
+func (s *stagedImage) abort() {
+	s.mu.Lock()
+	s.closed, s.aborted = true, true
 	s.cond.Broadcast()
 	s.mu.Unlock()
 }
 
 // await waits until chunk i is complete (every byte written, the writer
 // past it) and returns its gen; skip when the writer passed it without
-// writing all of it (it is finished at the end); done once closed.
+// writing all of it (it is finished at the end); done once aborted, or
+// closed and past the last chunk written in full.
 func (s *stagedImage) await(i int) (gen int64, skip, done bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
-		if s.closing {
+		if s.aborted {
 			return 0, false, true
 		}
 		end := int64(i+1) * s.cs
@@ -129,6 +142,9 @@ func (s *stagedImage) await(i int) (gen int64, skip, done bool) {
 				return s.gen[i], false, false
 			}
 			return 0, true, false
+		}
+		if s.closed {
+			return 0, false, true
 		}
 		s.cond.Wait()
 	}
@@ -380,6 +396,13 @@ func (c *chunkSealer) finish(size int64, m *manifest.Manifest, res *Result) erro
 		return err
 	}
 	if c.batch != nil {
+		// Every chunk is read: empty the staged image first, so that its
+		// dirty pages are dropped, not written back by the commit's syncfs
+		// when it sits on the store's filesystem (issue #22: 0.15-0.2 s of
+		// the default build's wall time writing 232 MiB to be deleted).
+		if err := c.img.f.Truncate(0); err != nil {
+			return fmt.Errorf("emptying the staged image: %w", err)
+		}
 		if err := c.batch.Commit(c.ctx); err != nil {
 			return fmt.Errorf("storing the chunks of %s/%s: %w", c.o.Tenant, c.o.Name, err)
 		}

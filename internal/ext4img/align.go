@@ -128,6 +128,9 @@ func xattrLen(name, value string) int {
 // the block. It returns what stays in the inode and whether the block is
 // used.
 func xattrsInBlock(node *simInode, inlineFile bool, size int64, xattrs map[string]string) (map[string]string, bool) {
+	if len(xattrs) == 0 && (node == nil || len(node.inline) == 0) {
+		return nil, false // no attributes: nothing to place (most entries; this runs for each)
+	}
 	inodeLeft, blockLeft := xattrInodeLeft, xattrBlockLeft
 	if inlineFile {
 		inodeLeft -= xattrLen("system.data", strings.Repeat("\x00", int(max(size-60, 0))))
@@ -270,14 +273,65 @@ var zeroBlock [blockSize]byte
 // a 32 KiB buffer per file (together ~10% of an aligned build's CPU).
 const alignStreamBuf = 1 << 20
 
+// aligner writes entries through a tar.Writer, inserting before each large
+// regular file the padding file that starts its data on the boundary.
+type aligner struct {
+	l  *alignedLayout
+	tw *tar.Writer
+}
+
+func newAligner(tw *tar.Writer, o Options) *aligner { return &aligner{l: newAlignedLayout(o), tw: tw} }
+
+// WriteHeader writes hdr, after its padding file if it needs one.
+func (a *aligner) WriteHeader(hdr *tar.Header) error {
+	l := a.l
+	name := cleanName(hdr.Name)
+	if strings.HasPrefix(name, padDir+"/"+padPrefix) {
+		return fmt.Errorf("%s: %w", hdr.Name, ErrReservedName)
+	}
+	l.makeParents(name)
+	xattrs := paxXattrs(hdr)
+	if pad := l.padBefore(name, hdr, xattrs); pad > 0 {
+		l.pads++
+		ph := &tar.Header{
+			Typeflag: tar.TypeReg, Name: fmt.Sprintf("%s/%s%06d", padDir, padPrefix, l.pads),
+			Mode: 0o600, Size: pad * blockSize, ModTime: time.Unix(0, 0), Format: tar.FormatPAX,
+		}
+		if err := a.tw.WriteHeader(ph); err != nil {
+			return err
+		}
+		for range pad {
+			if _, err := a.tw.Write(zeroBlock[:]); err != nil {
+				return err
+			}
+		}
+		l.create(cleanName(ph.Name), ph, nil)
+	}
+	if hdr.Typeflag == tar.TypeLink {
+		if n := l.nodes[cleanName(hdr.Linkname)]; n != nil {
+			n.links++
+			l.nodes[name] = n
+		}
+	} else {
+		l.create(name, hdr, xattrs)
+	}
+	if err := a.tw.WriteHeader(hdr); err != nil {
+		return fmt.Errorf("%s: %w", hdr.Name, err)
+	}
+	return nil
+}
+
+// Write writes the current entry's content.
+func (a *aligner) Write(p []byte) (int, error) { return a.tw.Write(p) }
+
 // alignStream copies the tar stream in to w, inserting before each large
-// regular file the padding file that starts its data on the boundary. It
-// returns how many padding files it wrote.
+// regular file the padding file that starts its data on the boundary
+// (aligner). It returns how many padding files it wrote.
 func alignStream(ctx context.Context, in io.Reader, w io.Writer, o Options) (int, error) {
-	l := newAlignedLayout(o)
 	tr := tar.NewReader(bufio.NewReaderSize(in, alignStreamBuf))
 	bw := bufio.NewWriterSize(w, alignStreamBuf)
 	tw := tar.NewWriter(bw)
+	a := newAligner(tw, o)
 	buf := make([]byte, 256<<10)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -290,39 +344,9 @@ func alignStream(ctx context.Context, in io.Reader, w io.Writer, o Options) (int
 		if err != nil {
 			return 0, fmt.Errorf("reading the flattened stream: %w", err)
 		}
-		name := cleanName(hdr.Name)
-		if strings.HasPrefix(name, padDir+"/"+padPrefix) {
-			return 0, fmt.Errorf("%s: %w", hdr.Name, ErrReservedName)
-		}
-		l.makeParents(name)
-		xattrs := paxXattrs(hdr)
-		if pad := l.padBefore(name, hdr, xattrs); pad > 0 {
-			l.pads++
-			ph := &tar.Header{
-				Typeflag: tar.TypeReg, Name: fmt.Sprintf("%s/%s%06d", padDir, padPrefix, l.pads),
-				Mode: 0o600, Size: pad * blockSize, ModTime: time.Unix(0, 0), Format: tar.FormatPAX,
-			}
-			if err := tw.WriteHeader(ph); err != nil {
-				return 0, err
-			}
-			for range pad {
-				if _, err := tw.Write(zeroBlock[:]); err != nil {
-					return 0, err
-				}
-			}
-			l.create(cleanName(ph.Name), ph, nil)
-		}
-		if hdr.Typeflag == tar.TypeLink {
-			if n := l.nodes[cleanName(hdr.Linkname)]; n != nil {
-				n.links++
-				l.nodes[name] = n
-			}
-		} else {
-			l.create(name, hdr, xattrs)
-		}
 		hdr.Format = tar.FormatPAX
-		if err := tw.WriteHeader(hdr); err != nil {
-			return 0, fmt.Errorf("%s: %w", hdr.Name, err)
+		if err := a.WriteHeader(hdr); err != nil {
+			return 0, err
 		}
 		if _, err := io.CopyBuffer(tw, tr, buf); err != nil {
 			return 0, fmt.Errorf("%s: %w", hdr.Name, err)
@@ -334,5 +358,5 @@ func alignStream(ctx context.Context, in io.Reader, w io.Writer, o Options) (int
 	if err := bw.Flush(); err != nil {
 		return 0, err
 	}
-	return l.pads, nil
+	return a.l.pads, nil
 }

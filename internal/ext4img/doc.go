@@ -12,6 +12,9 @@
 // later byte off the chunk grid and destroy deduplication between an image and
 // the same image plus a layer.
 //
+// BuildEntries takes the entries from a producer (lode build's flattener) instead of a stream, through a
+// buffered pipe (pipe.go) so that producer and tar2ext4 run at once.
+//
 // Options.Align adds the chunk-aligned layout (align.go, pads.go): tar2ext4
 // offers no control of block placement, so the stream is rewritten on its
 // way in with a zero-filled padding file before each large file, sized by

@@ -1,6 +1,7 @@
 package ext4img
 
 import (
+	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
@@ -57,19 +58,15 @@ type Output interface {
 // relative names, whiteouts already applied) and writes an ext4 image to w.
 // Cancelling ctx aborts the build at the next read of the stream.
 func Build(ctx context.Context, flat io.Reader, w Output, o Options) (Stats, error) {
-	opts := []tar2ext4.Option{tar2ext4.MaximumDiskSize(maxDiskSize)}
-	if o.InlineData {
-		opts = append(opts, tar2ext4.InlineData)
+	if err := checkAlign(o); err != nil {
+		return Stats{}, err
 	}
-	var in io.Reader = &ctxReader{ctx: ctx, r: flat}
+	in := io.Reader(&ctxReader{ctx: ctx, r: flat})
 	// With Align, alignStream rewrites the stream on its way to tar2ext4,
 	// inserting the padding files (align.go).
 	var pr *io.PipeReader
 	pads := make(chan alignResult, 1)
 	if o.Align != 0 {
-		if o.Align < blockSize || o.Align%blockSize != 0 {
-			return Stats{}, fmt.Errorf("aligning files to %d bytes: not a multiple of %d", o.Align, blockSize)
-		}
 		var pw *io.PipeWriter
 		pr, pw = io.Pipe()
 		src := in
@@ -82,10 +79,86 @@ func Build(ctx context.Context, flat io.Reader, w Output, o Options) (Stats, err
 	} else {
 		pads <- alignResult{}
 	}
+	var r pipeReader
+	if pr != nil {
+		r = pr
+	}
+	return convert(ctx, in, r, w, o, pads)
+}
+
+// pipeReader is the reading end of io.Pipe or bufPipe.
+type pipeReader interface {
+	io.Reader
+	CloseWithError(err error) error
+}
+
+// EntryWriter is what BuildEntries' producer writes the flattened tree
+// through: a tar.Writer's WriteHeader and Write (internal/oci.FlattenInto).
+type EntryWriter interface {
+	WriteHeader(hdr *tar.Header) error
+	io.Writer
+}
+
+// BuildEntries is Build for a producer that writes the flattened tree's
+// entries itself (safe, relative names, whiteouts applied, as Build wants):
+// the stream tar2ext4 reads is written from them, and with Align the padding
+// files are inserted as the entries are written, so the stream is not
+// parsed and written a second time as Build's alignStream does (issue #22:
+// that rewrite was a whole tar parse and write of the default build). The
+// image is the one Build writes from the same entries (TestBuildEntries).
+// produce must not retain ew; its error is returned as it is, and ends the
+// build.
+func BuildEntries(ctx context.Context, w Output, o Options, produce func(ew EntryWriter) error) (Stats, error) {
+	if err := checkAlign(o); err != nil {
+		return Stats{}, err
+	}
+	// The stream goes through bufPipe's buffers, so that the producer
+	// writes the next megabyte while tar2ext4 converts the last.
+	pipe := newBufPipe()
+	pads := make(chan alignResult, 1)
+	go func() {
+		tw := tar.NewWriter(pipe)
+		var ew EntryWriter = tw
+		var a *aligner
+		if o.Align != 0 {
+			a = newAligner(tw, o)
+			ew = a
+		}
+		err := produce(ew)
+		if err == nil {
+			err = tw.Close()
+		}
+		pipe.CloseWrite(err)
+		n := 0
+		if a != nil {
+			n = a.l.pads
+		}
+		pads <- alignResult{n, err}
+	}()
+	return convert(ctx, &ctxReader{ctx: ctx, r: pipe}, pipe, w, o, pads)
+}
+
+func checkAlign(o Options) error {
+	if o.Align != 0 && (o.Align < blockSize || o.Align%blockSize != 0) {
+		return fmt.Errorf("aligning files to %d bytes: not a multiple of %d", o.Align, blockSize)
+	}
+	return nil
+}
+
+// convert runs tar2ext4 over in, whose writer (when pr is set, the other
+// end of pr) reports on pads, then edits the image: the inode bitmap's
+// padding and, with Align, the padding files' removal.
+func convert(ctx context.Context, in io.Reader, pr pipeReader, w Output, o Options, pads chan alignResult) (Stats, error) {
+	opts := []tar2ext4.Option{tar2ext4.MaximumDiskSize(maxDiskSize)}
+	if o.InlineData {
+		opts = append(opts, tar2ext4.InlineData)
+	}
 	cerr := tar2ext4.ConvertTarToExt4(in, w, opts...)
 	if pr != nil {
 		if cerr != nil {
-			pr.Close() // stop the rewriter wherever it is
+			// Stop the writer wherever it is, with the reason: a producer
+			// (BuildEntries) reports it naming the entry it was writing.
+			pr.CloseWithError(fmt.Errorf("writing ext4 image: %w", cerr))
 		} else {
 			_, _ = io.Copy(io.Discard, pr) // whatever follows the end of the archive
 		}

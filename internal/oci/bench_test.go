@@ -72,3 +72,29 @@ func BenchmarkFlatten(b *testing.B) {
 type countWriter struct{ n int64 }
 
 func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+// BenchmarkFlattenRootfs flattens one 32 MiB rootfs tar (the base layer of benchLayers) in two passes
+// (Flatten) and in one (FlattenOnce, what lode build does first for a single-layer image).
+func BenchmarkFlattenRootfs(b *testing.B) {
+	base := benchLayers(b)[0]
+	src := "rootfs:" + writeFile(b, base)
+	for _, bc := range []struct {
+		name    string
+		flatten func(context.Context, *Image, io.Writer, FlattenOptions) (FlattenStats, error)
+	}{{"two-pass", Flatten}, {"once", FlattenOnce}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(base)))
+			b.ReportAllocs()
+			for b.Loop() {
+				im, err := Open(context.Background(), src)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := bc.flatten(context.Background(), im, io.Discard, DefaultFlattenOptions()); err != nil {
+					b.Fatal(err)
+				}
+				im.Close()
+			}
+		})
+	}
+}

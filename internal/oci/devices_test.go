@@ -2,7 +2,8 @@ package oci
 
 import (
 	"archive/tar"
-	"io"
+	"bytes"
+	"crypto/sha256"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -77,11 +78,29 @@ func TestDebootstrapRootfsFlattens(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer im.Close()
-	st, err := Flatten(t.Context(), im, io.Discard, DefaultFlattenOptions())
+	two := sha256.New()
+	st, err := Flatten(t.Context(), im, two, DefaultFlattenOptions())
 	if err != nil {
 		t.Fatalf("Flatten(%s) = %v", src, err)
 	}
 	if st.DroppedDevices != 8 || st.Files < 5000 || st.Hardlinks == 0 {
 		t.Errorf("Flatten(%s) = %+v, want 8 dropped device nodes, > 5000 files and some hard links", src, st)
+	}
+	// A tar written from a tree takes one pass (what lode build does first), to the same bytes.
+	im2, err := Open(t.Context(), src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im2.Close()
+	one := sha256.New()
+	st2, err := FlattenOnce(t.Context(), im2, one, DefaultFlattenOptions())
+	if err != nil {
+		t.Fatalf("FlattenOnce(%s) = %v, want one pass", src, err)
+	}
+	if st2 != st || !bytes.Equal(one.Sum(nil), two.Sum(nil)) {
+		t.Errorf("FlattenOnce(%s) wrote other bytes (%+v) than Flatten (%+v)", src, st2, st)
+	}
+	if im2.Digest() != im.Digest() {
+		t.Errorf("digest learned in one pass %s, in two %s", im2.Digest(), im.Digest())
 	}
 }

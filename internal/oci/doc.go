@@ -43,7 +43,9 @@
 // once, at its first (lowest) position, with the attributes of its topmost declaration. A directory that is
 // only implied by deeper paths and never declared is not written: tar2ext4 creates it (with the root's
 // attributes). The root is written as "." (if some layer declares it) so that its attributes are kept.
-// Whiteouts and aufs metadata (.wh..wh.*) are never written. The output is PAX: mode (with setuid bits),
+// Whiteouts and aufs metadata (.wh..wh.*) are never written. FlattenOnce writes the same stream for a
+// single-layer image in one read when its tar is in stream order (no path twice, no directory after its
+// children, hard links after their targets), and otherwise answers ErrTwoPasses (once.go). The output is PAX: mode (with setuid bits),
 // numeric uid/gid, mtime/atime/ctime to the nanosecond, symlink targets verbatim, device numbers and
 // SCHILY.xattr.* records; user and group names and other PAX records are dropped. Same input, same bytes.
 //

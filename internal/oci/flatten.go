@@ -75,6 +75,19 @@ type FlattenStats struct {
 // for headers, once to copy) and verifies each layer's digests on both reads. On error, w holds a
 // partial stream that must be discarded.
 func Flatten(ctx context.Context, im *Image, w io.Writer, o FlattenOptions) (FlattenStats, error) {
+	out := newTarOut(w)
+	defer out.release()
+	return flattenTo(ctx, im, out, o)
+}
+
+// FlattenInto is Flatten writing entries to ew, whose owner writes the end of the archive.
+func FlattenInto(ctx context.Context, im *Image, ew EntryWriter, o FlattenOptions) (FlattenStats, error) {
+	out := newEntryOut(ew)
+	defer out.release()
+	return flattenTo(ctx, im, out, o)
+}
+
+func flattenTo(ctx context.Context, im *Image, out *tarOut, o FlattenOptions) (FlattenStats, error) {
 	o.withDefaults()
 	f := &flattener{o: o, im: im, root: &node{children: map[string]*node{}}}
 	defer func() {
@@ -88,7 +101,8 @@ func Flatten(ctx context.Context, im *Image, w io.Writer, o FlattenOptions) (Fla
 		}
 	}
 	f.plan()
-	if err := f.emit(ctx, w); err != nil {
+	out.stats = &f.stats
+	if err := f.emit(ctx, out); err != nil {
 		return f.stats, fmt.Errorf("flattening %s: %w", im, err)
 	}
 	return f.stats, nil
@@ -601,12 +615,87 @@ var (
 	copyBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 )
 
-// emit is pass 2: stream every layer again, base first, writing what plan decided.
-func (f *flattener) emit(ctx context.Context, w io.Writer) error {
+// EntryWriter receives the flattened stream as entries: a tar.Writer's WriteHeader and Write
+// (ext4img.BuildEntries' writer). FlattenInto writes through one instead of an io.Writer.
+type EntryWriter interface {
+	WriteHeader(hdr *tar.Header) error
+	io.Writer
+}
+
+// tarOut writes the flattened stream's entries, content through a pooled 1 MiB buffer, counting what it
+// writes in stats: to an EntryWriter, or as PAX tar through a pooled 1 MiB buffer to an io.Writer.
+type tarOut struct {
+	ew    EntryWriter
+	bw    *bufio.Writer // nil for an EntryWriter
+	tw    *tar.Writer
+	bp    *[]byte
+	stats *FlattenStats // the flattener's
+}
+
+func newTarOut(w io.Writer) *tarOut {
 	bw := writerPool.Get().(*bufio.Writer)
 	bw.Reset(w)
-	defer func() { bw.Reset(nil); writerPool.Put(bw) }()
 	tw := tar.NewWriter(bw)
+	return &tarOut{ew: tw, bw: bw, tw: tw, bp: copyBufPool.Get().(*[]byte)}
+}
+
+func newEntryOut(ew EntryWriter) *tarOut {
+	return &tarOut{ew: ew, bp: copyBufPool.Get().(*[]byte)}
+}
+
+// release returns the buffers to their pools.
+func (t *tarOut) release() {
+	if t.bw != nil {
+		t.bw.Reset(nil)
+		writerPool.Put(t.bw)
+	}
+	copyBufPool.Put(t.bp)
+}
+
+// write writes one entry, with h.Size bytes of content for a regular file.
+func (t *tarOut) write(h *tar.Header, content io.Reader) error {
+	if err := t.ew.WriteHeader(h); err != nil {
+		return fmt.Errorf("writing %q: %w", h.Name, err)
+	}
+	t.stats.Entries++
+	switch h.Typeflag {
+	case tar.TypeReg:
+		t.stats.Files++
+		if h.Size > 0 {
+			n, err := io.CopyBuffer(t.ew, io.LimitReader(readSide{content}, h.Size), *t.bp)
+			t.stats.Bytes += n
+			if err != nil {
+				return err
+			}
+			if n != h.Size {
+				return io.ErrUnexpectedEOF
+			}
+		}
+	case tar.TypeDir:
+		t.stats.Dirs++
+	case tar.TypeSymlink:
+		t.stats.Symlinks++
+	case tar.TypeLink:
+		t.stats.Hardlinks++
+	}
+	return nil
+}
+
+// close writes the tar trailer and flushes (an EntryWriter's owner closes it).
+func (t *tarOut) close() error {
+	if t.tw == nil {
+		return nil
+	}
+	if err := t.tw.Close(); err != nil {
+		return fmt.Errorf("writing tar trailer: %w", err)
+	}
+	return t.bw.Flush()
+}
+
+// emit is pass 2: stream every layer again, base first, writing what plan decided.
+func (f *flattener) emit(ctx context.Context, out *tarOut) error {
+	write := out.write
+	buf := *out.bp
 	var spoolFile *os.File
 	var spoolOff int64
 	defer func() {
@@ -614,36 +703,6 @@ func (f *flattener) emit(ctx context.Context, w io.Writer) error {
 			spoolFile.Close()
 		}
 	}()
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
-	buf := *bp
-	write := func(h *tar.Header, content io.Reader) error {
-		if err := tw.WriteHeader(h); err != nil {
-			return fmt.Errorf("writing %q: %w", h.Name, err)
-		}
-		f.stats.Entries++
-		switch h.Typeflag {
-		case tar.TypeReg:
-			f.stats.Files++
-			if h.Size > 0 {
-				n, err := io.CopyBuffer(tw, io.LimitReader(readSide{content}, h.Size), buf)
-				f.stats.Bytes += n
-				if err != nil {
-					return err
-				}
-				if n != h.Size {
-					return io.ErrUnexpectedEOF
-				}
-			}
-		case tar.TypeDir:
-			f.stats.Dirs++
-		case tar.TypeSymlink:
-			f.stats.Symlinks++
-		case tar.TypeLink:
-			f.stats.Hardlinks++
-		}
-		return nil
-	}
 	for _, l := range f.im.layers {
 		if err := f.emitLayer(ctx, l, write, func(ino *inode, h *tar.Header, tr io.Reader) error {
 			ino.spool.hdr = outHeader(h, outType(h))
@@ -669,10 +728,7 @@ func (f *flattener) emit(ctx context.Context, w io.Writer) error {
 			return err
 		}
 	}
-	if err := tw.Close(); err != nil {
-		return fmt.Errorf("writing tar trailer: %w", err)
-	}
-	return bw.Flush()
+	return out.close()
 }
 
 func (f *flattener) emitLayer(ctx context.Context, l *layer,

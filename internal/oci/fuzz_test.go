@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path"
@@ -49,7 +50,20 @@ func FuzzFlatten(f *testing.F) {
 		o.MaxFileSize = 1 << 20
 		o.TempDir = dir
 		var out bytes.Buffer
-		if _, err := Flatten(context.Background(), im, &out, o); err != nil {
+		st, err := Flatten(context.Background(), im, &out, o)
+		// FlattenOnce writes the same, or answers ErrTwoPasses.
+		var once bytes.Buffer
+		ost, oerr := FlattenOnce(context.Background(), fuzzImage(data), &once, o)
+		switch {
+		case errors.Is(oerr, ErrTwoPasses):
+		case oerr != nil:
+			t.Fatalf("FlattenOnce = %v, want nil or ErrTwoPasses (Flatten: %v)", oerr, err)
+		case err != nil:
+			t.Fatalf("FlattenOnce succeeded where Flatten failed: %v", err)
+		case !bytes.Equal(once.Bytes(), out.Bytes()) || ost != st:
+			t.Fatalf("FlattenOnce wrote %d bytes %+v, Flatten %d bytes %+v", once.Len(), ost, out.Len(), st)
+		}
+		if err != nil {
 			return
 		}
 		checkFlattened(t, out.Bytes())

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -133,7 +134,58 @@ func flatten(t testing.TB, source string, o FlattenOptions) ([]byte, FlattenStat
 	defer im.Close()
 	var out bytes.Buffer
 	st, err := Flatten(ctx, im, &out, o)
+	checkOnce(t, source, o, out.Bytes(), st, err)
+	checkInto(t, source, o, out.Bytes(), st, err)
 	return out.Bytes(), st, err
+}
+
+// checkInto checks that FlattenInto through a tar.Writer writes what Flatten wrote.
+func checkInto(t testing.TB, source string, o FlattenOptions, want []byte, wantStats FlattenStats, wantErr error) {
+	t.Helper()
+	ctx := context.Background()
+	im, err := Open(ctx, source)
+	if err != nil {
+		t.Fatalf("Open(%s) = %v", source, err)
+	}
+	defer im.Close()
+	var out bytes.Buffer
+	tw := tar.NewWriter(&out)
+	st, err := FlattenInto(ctx, im, tw, o)
+	if (err == nil) != (wantErr == nil) {
+		t.Fatalf("FlattenInto(%s) = %v, Flatten %v", source, err, wantErr)
+	}
+	if err != nil {
+		return
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.Bytes(), want) || st != wantStats {
+		t.Errorf("FlattenInto(%s) wrote %d bytes %+v, Flatten %d bytes %+v", source, out.Len(), st, len(want), wantStats)
+	}
+}
+
+// checkOnce checks FlattenOnce against Flatten's result on the same source: it must write the same
+// bytes and stats, or answer ErrTwoPasses; it never succeeds where Flatten fails.
+func checkOnce(t testing.TB, source string, o FlattenOptions, want []byte, wantStats FlattenStats, wantErr error) {
+	t.Helper()
+	ctx := context.Background()
+	im, err := Open(ctx, source)
+	if err != nil {
+		t.Fatalf("Open(%s) = %v", source, err)
+	}
+	defer im.Close()
+	var out bytes.Buffer
+	st, err := FlattenOnce(ctx, im, &out, o)
+	switch {
+	case errors.Is(err, ErrTwoPasses):
+	case err != nil:
+		t.Errorf("FlattenOnce(%s) = %v, want nil or ErrTwoPasses (Flatten: %v)", source, err, wantErr)
+	case wantErr != nil:
+		t.Errorf("FlattenOnce(%s) succeeded where Flatten failed: %v", source, wantErr)
+	case !bytes.Equal(out.Bytes(), want) || st != wantStats:
+		t.Errorf("FlattenOnce(%s) wrote %d bytes %+v, Flatten %d bytes %+v", source, out.Len(), st, len(want), wantStats)
+	}
 }
 
 // listTar renders a tar as one line per entry:
