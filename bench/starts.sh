@@ -19,7 +19,9 @@
 # SECOND_LOOK (100ms; empty to skip that run), MAX_RATE (40: the one-worker
 # storm at the highest rate it sustains), PINNED_SWEEP (10,20,30,40,50,60,80),
 # WORKER_CPU (0), NODE_CPUS (1), PINNED_NICE (0; e.g. -10 runs the pinned worker and
-# its nodes ahead of other load on a shared host: they use a fraction of their CPUs).
+# its nodes ahead of other load on a shared host: they use a fraction of their CPUs;
+# set on the run's own autogroup too), SAMPLES (pinned: a CSV file for every start,
+# the scheduling probe and every fleet fetch; bench/starts -samples).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 what=${1:-all}
@@ -72,7 +74,16 @@ fi
 
 if [[ $what == all || $what == pinned ]]; then
   echo; echo "## pinned sweep: one worker on CPU $WORKER_CPU (GOMAXPROCS 1), 5 nodes${ORIGIN:+ and the $ORIGIN origin} on CPU $NODE_CPUS, nice $PINNED_NICE, offered start rates $PINNED_SWEEP"
-  fresh; nice -n "$PINNED_NICE" taskset -c "$WORKER_CPU" "${B[@]}" -node-cpus="$NODE_CPUS" -max-starts=64 -scenario=sweep -workers=1 -rates="$PINNED_SWEEP" -warm=8s -step=40s
+  # With kernel autogroups (sched_autogroup_enabled), nice orders tasks only
+  # within a session: the pinned run gets a session of its own (setsid) and
+  # PINNED_NICE is set on its autogroup, or it would share each CPU equally
+  # with every other session's work whatever its nice.
+  fresh
+  setsid nice -n "$PINNED_NICE" taskset -c "$WORKER_CPU" "${B[@]}" -node-cpus="$NODE_CPUS" -max-starts=64 -scenario=sweep -workers=1 \
+    -rates="$PINNED_SWEEP" -warm=8s -step=40s ${SAMPLES:+-samples="$SAMPLES"} &
+  gen=$!
+  if [[ -w /proc/$gen/autogroup && $PINNED_NICE != 0 ]]; then echo "$PINNED_NICE" >"/proc/$gen/autogroup" || true; fi
+  wait $gen
 fi
 
 if [[ $what == all || $what == steady ]]; then

@@ -154,6 +154,82 @@ func (f *fleet) restart(ctx context.Context, idx ...int) error {
 	return nil
 }
 
+// cpuTime returns the CPU time (user + system) the node processes now
+// running have used (0 for in-process nodes): read before and after a
+// sweep step, the fleet's share of its CPUs.
+func (f *fleet) cpuTime() time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var sum time.Duration
+	for _, cmd := range f.procs {
+		if cmd != nil {
+			sum += procCPU(cmd.Process.Pid)
+		}
+	}
+	return sum
+}
+
+// procCPU is utime + stime of process pid from /proc/PID/stat (0 if
+// unreadable), at the kernel's USER_HZ of 100.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command (which may hold spaces) start after ")".
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	fs := strings.Fields(string(b[i+1:]))
+	if len(fs) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(fs[11], 10, 64)  // field 14, utime
+	st, _ := strconv.ParseInt(fs[12], 10, 64) // field 15, stime
+	return time.Duration(u+st) * 10 * time.Millisecond
+}
+
+// runDelay is the time the threads of process pid (0 for self) have spent
+// runnable but waiting for a CPU (the second field of
+// /proc/PID/task/*/schedstat): the CPU the host did not give it when it
+// wanted it. Threads that have exited are not counted.
+func runDelay(pid int) time.Duration {
+	dir := "/proc/self/task"
+	if pid > 0 {
+		dir = fmt.Sprintf("/proc/%d/task", pid)
+	}
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/schedstat")
+		if err != nil {
+			continue
+		}
+		if fs := strings.Fields(string(b)); len(fs) >= 2 {
+			ns, _ := strconv.ParseInt(fs[1], 10, 64)
+			sum += time.Duration(ns)
+		}
+	}
+	return sum
+}
+
+// runDelay sums runDelay over the node processes now running.
+func (f *fleet) runDelay() time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var sum time.Duration
+	for _, cmd := range f.procs {
+		if cmd != nil {
+			sum += runDelay(cmd.Process.Pid)
+		}
+	}
+	return sum
+}
+
 // peakRSS returns each node's peak resident set so far (processes only).
 func (f *fleet) peakRSS() []int64 {
 	f.mu.Lock()

@@ -27,7 +27,8 @@ const benchRoot = store.RootID("bench")
 // of them in the base, base chunks drawn with Zipf popularity so images on
 // one base share the hot ones). Only chunks in some start set are sealed
 // and stored; the others get names no tier holds (read-ahead is off, so
-// nothing reads them).
+// nothing reads them). Each manifest's Hints is its start set, in read order,
+// as `lode build` records it.
 type images struct {
 	manifests []*manifest.Manifest
 	sets      [][]int // start set of each image: chunk indexes
@@ -120,6 +121,9 @@ func buildImages(ctx context.Context, c config, st store.Store) (*images, error)
 	ims.bytes = int64(len(ids)) * int64(c.ChunkSize)
 	for img := range nImages {
 		m := &manifest.Manifest{Root: string(benchRoot), ChunkSize: c.ChunkSize, ImageSize: int64(c.Chunks) * int64(c.ChunkSize), FSType: "ext4"}
+		for _, i := range ims.sets[img] { // the build's start set, in read order
+			m.Hints = append(m.Hints, uint32(i))
+		}
 		for i := range c.Chunks {
 			id := layerOf(img, i)
 			ref, ok := refOf[id]

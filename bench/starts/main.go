@@ -18,7 +18,9 @@
 // emptied and 5% of origin requests fail), origin-stall (fleet emptied and
 // the origin answers nothing for -stall).
 //
-// A start is: Admission.Acquire, Agent.Open, read the image's start set
+// A start is: Admission.Acquire, Agent.Open, the prefetch lode agent starts
+// at open (worker.PrefetchAtOpen: the manifest's start set, -max-fetches in
+// parallel; -prefetch-at-open=false leaves it out), read the image's start set
 // (a fixed ReadFrac of its chunks, mostly base-layer chunks) in -streams
 // parallel streams; the product's agent.StartGate then releases the slot once
 // the reads have been quiet for 250 ms, and the image is closed. Running
@@ -33,6 +35,8 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
@@ -54,6 +58,7 @@ type config struct {
 	BaseFrac, ReadFrac, ReadBase      float64
 	ZipfS                             float64
 	Streams                           int
+	PrefetchAtOpen                    bool
 
 	Rates                     []float64 // starts/s per worker
 	Warm, Before, After, Step time.Duration
@@ -105,6 +110,7 @@ func main() {
 	f.Float64Var(&c.ReadBase, "read-base", 0.8, "share of a start's chunks in the base layer")
 	f.Float64Var(&c.ZipfS, "zipf", 1.1, "Zipf exponent of image popularity and of chunk popularity in a base")
 	f.IntVar(&c.Streams, "streams", 4, "parallel read streams in one start")
+	f.BoolVar(&c.PrefetchAtOpen, "prefetch-at-open", true, "prefetch the start set (manifest.Hints) at open, as lode agent does (worker.PrefetchAtOpen, -max-fetches in parallel)")
 	f.StringVar(&rates, "rates", "10,20,40,60", "sweep: starts/s per worker, one step each")
 	rate := f.Float64("rate", 20, "starts/s per worker (not sweep)")
 	f.DurationVar(&c.Warm, "warm", 8*time.Second, "warm-up at the first rate, not measured")
@@ -134,7 +140,7 @@ func main() {
 	f.Float64Var(&c.ErrRate, "error-rate", 0.05, "origin-errors: share of origin requests that fail")
 	f.DurationVar(&c.Stall, "stall", 10*time.Second, "origin-stall: how long the origin answers nothing")
 	f.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the measured part here")
-	f.StringVar(&c.Samples, "samples", "", "write every successful start (completed at, latency, chunks from memory / fleet / origin) to this CSV file")
+	f.StringVar(&c.Samples, "samples", "", "write every successful start (completed at, latency, chunks from memory / fleet / origin) to this CSV file, and the scheduling probe's wake-ups (at, ms late) to FILE without .csv + .probes.csv, each fleet fetch (at, real and injected ms) to .fleet.csv")
 	f.StringVar(&c.Store, "store", "", "origin store URL: file:///DIR or s3://BUCKET/PREFIX?endpoint=… (credentials from AWS_*; docs/s3.md); default a file store in the work directory")
 	f.StringVar(&c.Work, "work", "", "work directory (default a temporary one, removed)")
 	flag.Parse()
@@ -214,22 +220,28 @@ func (r *runner) sweep(ctx context.Context) error {
 	r.tl.t0 = time.Now()
 	r.run(ctx)
 	defer r.halt(c.FetchTimeout + 5*time.Second)
+	go r.tl.runProbe(&r.stop)
 	time.Sleep(c.Warm)
 	fmt.Println()
-	fmt.Println("| offered starts/s per worker | starts/s | rejected | failed | p50 / p99 / p99.9 ms, all starts | p99/p50, all | L1-only starts: n, p50 / p99 ms, p99/p50 | loading starts (fleet or origin): n, p50 / p99 ms, p99/p50 | steady | fleet req/s | origin req/s | hits mem / fleet / origin % | worker CPU: % of a core, ms per start |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| offered starts/s per worker | starts/s | rejected | failed | p50 / p99 / p99.9 ms, all starts | p99/p50, all | L1-only starts: n, p50 / p99 ms, p99/p50 | loading starts (fleet or origin): n, p50 / p99 ms, p99/p50 | steady | fleet req/s | origin req/s | hits mem / fleet / origin % | worker CPU: % of a core, ms per start | worker GC: cycles, CPU ms, pause ms | nodes' CPU: % of a core | fleet: shard GETs not sent (node busy), chunk misses | waiting for a CPU, ms/s: worker / nodes | probe: 10 ms sleep late p50 / p99 ms |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	sustained, broken := 0.0, false
 	for _, rate := range c.Rates {
 		r.setRate(rate)
 		from := r.tl.since() + 2*time.Second
 		time.Sleep(2 * time.Second)
-		cpu0, t0 := cpuTime(), time.Now()
+		busy0, miss0 := r.counter("lode_fleet_shard_requests_total", "result", "busy"), r.counter("lode_fleet_fetches_total", "result", "miss")
+		wd0, nd0 := runDelay(0), r.fl.runDelay()
+		cpu0, node0, gc0, t0 := cpuTime(), r.fl.cpuTime(), readGC(), time.Now()
 		time.Sleep(c.Step - 2*time.Second)
-		cpu, wall := cpuTime()-cpu0, time.Since(t0)
+		cpu, node, gc, wall := cpuTime()-cpu0, r.fl.cpuTime()-node0, readGC().sub(gc0), time.Since(t0)
+		wd, nd := runDelay(0)-wd0, r.fl.runDelay()-nd0
+		busy, miss := r.counter("lode_fleet_shard_requests_total", "result", "busy")-busy0, r.counter("lode_fleet_fetches_total", "result", "miss")-miss0
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		w := r.tl.window(from, r.tl.since())
+		late50, late99 := r.tl.probeLate(from, r.tl.since())
 		verdict, ok := steadyVerdict(w)
 		switch {
 		case ok && !broken:
@@ -241,11 +253,12 @@ func (r *runner) sweep(ctx context.Context) error {
 		if w.starts > 0 {
 			perStart = float64(cpu.Microseconds()) / 1000 / float64(w.starts)
 		}
-		fmt.Printf("| %.0f | %.1f | %d | %d | %s / %s / %s | %.2f | %s | %s | %s | %.0f | %.1f | %.1f / %.1f / %.2f | %.0f%%, %.2f |\n",
+		fmt.Printf("| %.0f | %.1f | %d | %d | %s / %s / %s | %.2f | %s | %s | %s | %.0f | %.1f | %.1f / %.1f / %.2f | %.0f%%, %.2f | %d, %.0f, %.1f | %.0f%% | %.0f, %.0f | %.0f / %.0f | %s / %s |\n",
 			rate, w.rate(w.starts), w.rejected, w.failed, ms(w.p50), ms(w.p99), ms(w.p999), ratio(w.p99, w.p50),
 			fmtClass(w.warm), fmtClass(w.cold), verdict,
 			w.rate(w.requests[tierFleet]), w.rate(w.requests[tierOrigin]), w.share(w.mem), w.share(w.fleet), w.share(w.origin),
-			100*cpu.Seconds()/wall.Seconds(), perStart)
+			100*cpu.Seconds()/wall.Seconds(), perStart, gc.cycles, float64(gc.cpu)/1e6, float64(gc.pause)/1e6,
+			100*node.Seconds()/wall.Seconds(), busy, miss, float64(wd.Milliseconds())/wall.Seconds(), float64(nd.Milliseconds())/wall.Seconds(), ms(late50), ms(late99))
 	}
 	fmt.Printf("\nsustained: %.0f starts/s per worker (the highest offered rate up to which every step is steady: no refusal or failure; "+
 		"starts that loaded chunks, p99 ≤ 2× p50 (≥ %d of them); starts from L1 alone, p99 ≤ that p50)\n", sustained, minClass)
@@ -261,6 +274,31 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// gcStats is the generator's garbage collection so far: cycles, the CPU
+// the collector used (runtime/metrics /cpu/classes/gc/total, an estimate
+// that includes mark assists) and stop-the-world pause time.
+type gcStats struct {
+	cycles     int64
+	cpu, pause time.Duration
+}
+
+func readGC() gcStats {
+	ms := []metrics.Sample{{Name: "/cpu/classes/gc/total:cpu-seconds"}}
+	metrics.Read(ms)
+	var s gcStats
+	if ms[0].Value.Kind() == metrics.KindFloat64 {
+		s.cpu = time.Duration(ms[0].Value.Float64() * 1e9)
+	}
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	s.cycles, s.pause = int64(m.NumGC), time.Duration(m.PauseTotalNs)
+	return s
+}
+
+func (s gcStats) sub(o gcStats) gcStats {
+	return gcStats{cycles: s.cycles - o.cycles, cpu: s.cpu - o.cpu, pause: s.pause - o.pause}
 }
 
 func (r *runner) scenario(ctx context.Context) error {

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -35,7 +33,6 @@ type worker struct {
 	adm     *agent.Admission
 	reg     *prometheus.Registry
 	client  *cachefleet.Client
-	tr      *http.Transport
 	mem     *agent.MemCache
 	origin  agent.Tier     // the origin as the agent reads it (limits, leases)
 	running []*agent.Image // one per image: the running containers' view
@@ -119,18 +116,13 @@ func nodeKind(lode string) string {
 
 func (r *runner) newWorker(w int) (*worker, error) {
 	c := r.c
-	// The transport is ours only so that idle connections can be closed
-	// before counting goroutines; it mirrors the client's default.
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: 128,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-		ReadBufferSize:      64 << 10,
-		WriteBufferSize:     64 << 10,
+	opts := lodeworker.Options{
+		MemBytes: c.L1MiB << 20, FetchTimeout: c.FetchTimeout, Fetches: c.Fetches, Fleet: r.fl.urls(),
+		FleetConcurrency: c.FleetConc, OriginConcurrency: c.OriginConc, OriginAttempts: c.OriginAttempts,
+		OriginRate: c.OriginRate, OriginBurst: c.OriginBurst, OriginLease: c.Lease,
 	}
-	client, err := cachefleet.NewClient(cachefleet.ClientConfig{Nodes: r.fl.urls(), Transport: tr})
+	reg := prometheus.NewRegistry()
+	client, err := opts.FleetClient(reg, nil) // the client lode agent builds, wrapped below
 	if err != nil {
 		return nil, err
 	}
@@ -144,13 +136,8 @@ func (r *runner) newWorker(w int) (*worker, error) {
 			return &secondLook{Tier: t, fleet: client, jitter: c.SecondLook, saved: &r.saved}
 		}
 	}
-	reg := prometheus.NewRegistry()
-	stack, err := lodeworker.NewStack(context.Background(), lodeworker.Options{
-		MemBytes: c.L1MiB << 20, FetchTimeout: c.FetchTimeout, Fetches: c.Fetches,
-		FleetConcurrency: c.FleetConc, OriginConcurrency: c.OriginConc, OriginAttempts: c.OriginAttempts,
-		OriginRate: c.OriginRate, OriginBurst: c.OriginBurst, OriginLease: c.Lease,
-	}, &counted{Tier: r.fault, tl: r.tl, kind: tierOrigin, worker: w, track: r.track}, reg, nil, lodeworker.Parts{
-		Fleet:      &counted{Tier: &delayed{Tier: client, lat: fitLatency(c.FleetMedian, c.FleetP999)}, tl: r.tl, kind: tierFleet, worker: w},
+	stack, err := lodeworker.NewStack(context.Background(), opts, &counted{Tier: r.fault, tl: r.tl, kind: tierOrigin, worker: w, track: r.track}, reg, nil, lodeworker.Parts{
+		Fleet:      &counted{Tier: &delayed{Tier: client, lat: fitLatency(c.FleetMedian, c.FleetP999), tl: r.tl}, tl: r.tl, kind: tierFleet, worker: w},
 		WrapOrigin: wrap,
 	})
 	if err != nil {
@@ -158,7 +145,7 @@ func (r *runner) newWorker(w int) (*worker, error) {
 		return nil, err
 	}
 	a, mem, originTier, m := stack.Agent, stack.Mem, stack.Origin, stack.Metrics
-	wk := &worker{id: w, a: a, adm: agent.NewAdmission(c.MaxStarts, c.StartWait, m), reg: reg, client: client, tr: tr, mem: mem, origin: originTier}
+	wk := &worker{id: w, a: a, adm: agent.NewAdmission(c.MaxStarts, c.StartWait, m), reg: reg, client: client, mem: mem, origin: originTier}
 	for i, mf := range r.ims.manifests {
 		im, err := a.Open(fmt.Sprintf("w%d/running/img%d", w, i), mf)
 		if err != nil {
@@ -259,8 +246,9 @@ func (r *runner) generate(ctx context.Context, w *worker) {
 	}
 }
 
-// start is one container start: admission, open, read the start set in
-// Streams parallel streams; the slot is released by the product's start gate
+// start is one container start: admission, open, the product's prefetch of
+// the start set at open (worker.PrefetchAtOpen, unless -prefetch-at-open=false),
+// read the start set in Streams parallel streams; the slot is released by the product's start gate
 // (agent.StartGate) once the reads have been quiet for 250 ms, then the
 // image closes.
 func (r *runner) start(ctx context.Context, w *worker, img int, arrived time.Time) {
@@ -293,6 +281,12 @@ func (r *runner) start(ctx context.Context, w *worker, img int, arrived time.Tim
 		im.Close()
 	}()
 	im.SetStarting(true) // as lode agent marks a new mount (--start-window)
+	if r.c.PrefetchAtOpen {
+		// What lode agent does when it opens an image: prefetch the start
+		// set (manifest.Hints) in parallel, in the background. The origin
+		// is modelled as remote (injected latency), so no local-disk yield.
+		lodeworker.PrefetchAtOpen(ctx, im, r.ims.manifests[img].Hints, false, r.c.Fetches)
+	}
 	set := r.ims.sets[img]
 	cs := int64(r.c.ChunkSize)
 	var next atomic.Int64
@@ -387,6 +381,30 @@ func (r *runner) waitQuiet(limit time.Duration) {
 	for deadline := time.Now().Add(limit); r.active.Load() > 0 && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// counter sums, over all workers, the counter name's series whose label
+// label has value value ("" label: all series).
+func (r *runner) counter(name, label, value string) float64 {
+	var sum float64
+	for _, w := range r.wks {
+		mfs, _ := w.reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				ok := label == ""
+				for _, lp := range m.GetLabel() {
+					ok = ok || lp.GetName() == label && lp.GetValue() == value
+				}
+				if ok {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
 }
 
 func (r *runner) rejectedMetric() float64 {

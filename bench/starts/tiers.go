@@ -56,6 +56,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 type delayed struct {
 	agent.Tier
 	lat latency
+	tl  *timeline // if set, every call's real and drawn latency is recorded
 }
 
 // Unwrap passes the tier's bytes through unchanged (agent.Wrapper), so the
@@ -66,7 +67,11 @@ func (d *delayed) Fetch(ctx context.Context, n chunk.Name, dst []byte) ([]byte, 
 	want := d.lat.sample()
 	t0 := time.Now()
 	b, err := d.Tier.Fetch(ctx, n, dst)
-	if serr := sleep(ctx, want-time.Since(t0)); serr != nil && err == nil {
+	real := time.Since(t0)
+	if d.tl != nil {
+		d.tl.fetched(fetchTime{at: d.tl.since(), real: real, drawn: want})
+	}
+	if serr := sleep(ctx, want-real); serr != nil && err == nil {
 		return nil, fmt.Errorf("fetching chunk %s from %s: %w", n, d.Tier.Name(), serr)
 	}
 	return b, err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,54 @@ type timeline struct {
 
 	mu   sync.Mutex
 	lats []sample // successful starts
+
+	probeMu sync.Mutex
+	probes  []probe     // the scheduling probe's wake-ups
+	fetches []fetchTime // fleet fetches, under probeMu
+}
+
+// fetchTime is one fleet Fetch: when it returned (since t0), how long the
+// real call took (the fleet client: nodes, network, rebuild, verify) and the
+// latency drawn for it (the call is padded to the larger).
+type fetchTime struct{ at, real, drawn time.Duration }
+
+func (tl *timeline) fetched(f fetchTime) {
+	tl.probeMu.Lock()
+	tl.fetches = append(tl.fetches, f)
+	tl.probeMu.Unlock()
+}
+
+// probe is one wake-up of the scheduling probe: at (since t0), how much
+// later than asked a 10 ms sleep returned.
+type probe struct{ at, late time.Duration }
+
+// runProbe sleeps 10 ms at a time until stop and records how late each
+// sleep ends: the delay a goroutine that becomes runnable has before it
+// runs (the host's CPU contention, the Go scheduler, timers), without I/O
+// or work of its own.
+func (tl *timeline) runProbe(stop *atomic.Bool) {
+	const d = 10 * time.Millisecond
+	for !stop.Load() {
+		t0 := time.Now()
+		time.Sleep(d)
+		late := time.Since(t0) - d
+		tl.probeMu.Lock()
+		tl.probes = append(tl.probes, probe{at: tl.since(), late: late})
+		tl.probeMu.Unlock()
+	}
+}
+
+// probeLate returns the p50 and p99 lateness of probe wake-ups in [from, to).
+func (tl *timeline) probeLate(from, to time.Duration) (p50, p99 time.Duration) {
+	var ds []time.Duration
+	tl.probeMu.Lock()
+	for _, p := range tl.probes {
+		if p.at >= from && p.at < to {
+			ds = append(ds, p.late)
+		}
+	}
+	tl.probeMu.Unlock()
+	return quantile(ds, 0.5), quantile(ds, 0.99)
 }
 
 type sample struct {
@@ -211,6 +260,52 @@ func (tl *timeline) writeSamples(path string) error {
 	if err := w.Flush(); err != nil {
 		f.Close()
 		return fmt.Errorf("writing samples to %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := tl.writeProbes(strings.TrimSuffix(path, ".csv") + ".probes.csv"); err != nil {
+		return err
+	}
+	return tl.writeFetches(strings.TrimSuffix(path, ".csv") + ".fleet.csv")
+}
+
+// writeFetches writes the fleet fetches' times to path as CSV.
+func (tl *timeline) writeFetches(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	fmt.Fprintln(w, "at_s,real_ms,drawn_ms")
+	tl.probeMu.Lock()
+	for _, x := range tl.fetches {
+		fmt.Fprintf(w, "%.4f,%.3f,%.3f\n", x.at.Seconds(), float64(x.real)/1e6, float64(x.drawn)/1e6)
+	}
+	tl.probeMu.Unlock()
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return fmt.Errorf("writing fleet fetch times to %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// writeProbes writes the scheduling probe's wake-ups to path as CSV.
+func (tl *timeline) writeProbes(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	fmt.Fprintln(w, "at_s,late_ms")
+	tl.probeMu.Lock()
+	for _, p := range tl.probes {
+		fmt.Fprintf(w, "%.4f,%.3f\n", p.at.Seconds(), float64(p.late)/1e6)
+	}
+	tl.probeMu.Unlock()
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return fmt.Errorf("writing probes to %s: %w", path, err)
 	}
 	return f.Close()
 }

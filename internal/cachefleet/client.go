@@ -55,9 +55,13 @@ type ClientConfig struct {
 	// background, so its keep-alive connection is reused instead of closed.
 	Linger time.Duration
 	// MaxWaiting caps, per node, the shard requests still waiting for
-	// response headers (default 16). While a node is at the cap, Fetch
-	// skips it and counts it as failed: a stalled node (SIGSTOP, a hung
-	// disk) then costs a counter check per Fetch, not a new connection.
+	// response headers (default DefaultMaxWaiting). While a node is at the
+	// cap, Fetch skips it and counts it as failed: a stalled node (SIGSTOP,
+	// a hung disk) then costs a counter check per Fetch, not a new
+	// connection. Every Fetch asks each placed node once, so a healthy node
+	// has one request waiting per Fetch in flight: the cap must be at least
+	// the caller's concurrent Fetch calls, or a burst of them (a start's
+	// prefetch) finds healthy nodes "busy", misses, and reads the origin.
 	MaxWaiting int
 	// ResolveInterval is how often DNS names are re-resolved (default 30 s).
 	ResolveInterval time.Duration
@@ -76,6 +80,9 @@ type ClientConfig struct {
 	// Metrics defaults to unregistered collectors.
 	Metrics *ClientMetrics
 }
+
+// DefaultMaxWaiting is ClientConfig.MaxWaiting's default.
+const DefaultMaxWaiting = 16
 
 // Validate reports every problem with c at once (after defaults).
 func (c ClientConfig) Validate() error {
@@ -108,7 +115,7 @@ func (c *ClientConfig) applyDefaults() {
 		c.Linger = time.Second
 	}
 	if c.MaxWaiting == 0 {
-		c.MaxWaiting = 16
+		c.MaxWaiting = DefaultMaxWaiting
 	}
 	if c.FillTimeout == 0 {
 		c.FillTimeout = 10 * time.Second

@@ -428,8 +428,7 @@ func (d *Daemon) open(ctx context.Context, tenant, image string) (*served, error
 	s.learn = startLearner(d.st, p, m, im, s.name(), d.o.Worker.LearnProfile, fetchProfile(d.st, p), profile.NewMetrics(d.reg), d.log)
 	// The learned profile, then the build-time start set (or a recorded
 	// profile); ends when the image closes.
-	parallel := prefetchFor(im, onLocalDisk(d.st), d.o.Worker.Fetches)
-	go s.learn.prefetch(context.Background(), im, m.Hints, parallel, d.log, s.name())
+	s.learn.startPrefetch(context.Background(), im, m.Hints, onLocalDisk(d.st), d.o.Worker.Fetches, d.log, s.name())
 	s.watch = NewRootWatch(ctx, d.st, tenant, image, m, p.Root, d.log, d.expiredReads)
 	s.watch.Attach(im)
 	d.o.Fill.Start(context.Background(), im, nil, d.base) // ends when the image closes

@@ -112,8 +112,19 @@ func (w *Image) Close() error {
 // Over an origin on local disk at most localPrefetch run at once, and the
 // prefetch yields to the image's reads (agent.Image.SetPrefetchYield).
 func (w *Image) Prefetch(ctx context.Context, parallel int) {
-	parallel = prefetchFor(w.Image, w.localOrigin, parallel)
-	go w.learn.prefetch(ctx, w.Image, w.Manifest.Hints, parallel, w.log, w.Name)
+	w.learn.startPrefetch(ctx, w.Image, w.Manifest.Hints, w.localOrigin, parallel, w.log, w.Name)
+}
+
+// PrefetchAtOpen starts, in the background, the prefetch a worker gives
+// every image it opens (Image.Prefetch, lode agent's mounts and exports),
+// for an image opened on a bare agent without a learned profile: its build
+// start set (hints, manifest.Hints) with prefetchFor's parallelism and
+// yield rule (local: the origin is on local disk). bench/starts calls it so
+// that its starts do at open what the product does. It ends when the image
+// closes (Close waits for it) or ctx ends.
+func PrefetchAtOpen(ctx context.Context, im *agent.Image, hints []uint32, local bool, parallel int) {
+	var l *learner // none: Learned is nil, so the order is the hints'
+	l.startPrefetch(ctx, im, hints, local, parallel, slog.New(slog.DiscardHandler), "")
 }
 
 // LearnedProfile waits for the image's learned startup profile to load and

@@ -189,6 +189,13 @@ func (l *learner) Wait() {
 	}
 }
 
+// startPrefetch is the prefetch of every opened image: prefetch, in its
+// own goroutine, with prefetchFor's parallelism and yield rule.
+func (l *learner) startPrefetch(ctx context.Context, im *agent.Image, hints []uint32, local bool, parallel int, log *slog.Logger, name string) {
+	parallel = prefetchFor(im, local, parallel)
+	go l.prefetch(ctx, im, hints, parallel, log, name)
+}
+
 // prefetch fetches the learned profile, then the build's start set not in
 // it (profile.Merge), with parallel fetches, and returns the fetches
 // started.

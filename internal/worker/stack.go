@@ -112,18 +112,7 @@ func NewStack(ctx context.Context, o Options, origin agent.Tier, reg prometheus.
 	}
 	fleet := p.Fleet
 	if fleet == nil && len(o.Fleet) > 0 {
-		c := cachefleet.ClientConfig{Nodes: o.Fleet, M: o.FleetM, K: o.FleetK, Log: log}
-		if o.FleetTLS != (certs.Files{}) {
-			r, err := certs.NewReloader(o.FleetTLS)
-			if err != nil {
-				return nil, fmt.Errorf("fleet TLS: %w", err)
-			}
-			c.TLS = r.ClientConfig(certs.RoleNode, "")
-		}
-		if reg != nil {
-			c.Metrics = cachefleet.NewClientMetrics(reg)
-		}
-		cl, err := cachefleet.NewClient(c)
+		cl, err := o.FleetClient(reg, log)
 		if err != nil {
 			return nil, err
 		}
@@ -190,6 +179,29 @@ func (o Options) ProtectOrigin(origin agent.Tier, fleet agent.LeaseFleet, wrap f
 		return agent.Coordinate(t, fleet, o.OriginLease)
 	}
 	return t
+}
+
+// FleetClient returns the fleet client of o.Fleet that NewStack builds
+// (bench/starts builds its own with it, to wrap it): coded FleetM of FleetK,
+// mutual TLS with FleetTLS, metrics on reg when not nil, and room for every
+// fetch the agent runs at once (o.Fetches) to wait on each node: a start's
+// prefetch sends that many at once, and with cachefleet's default cap of
+// 16 healthy nodes were skipped as busy, fleet hits became misses and the
+// start read the origin (docs/benchmarks.md, issue #22).
+func (o Options) FleetClient(reg prometheus.Registerer, log *slog.Logger) (*cachefleet.Client, error) {
+	c := cachefleet.ClientConfig{Nodes: o.Fleet, M: o.FleetM, K: o.FleetK, Log: log,
+		MaxWaiting: max(cachefleet.DefaultMaxWaiting, o.Fetches)}
+	if o.FleetTLS != (certs.Files{}) {
+		r, err := certs.NewReloader(o.FleetTLS)
+		if err != nil {
+			return nil, fmt.Errorf("fleet TLS: %w", err)
+		}
+		c.TLS = r.ClientConfig(certs.RoleNode, "")
+	}
+	if reg != nil {
+		c.Metrics = cachefleet.NewClientMetrics(reg)
+	}
+	return cachefleet.NewClient(c)
 }
 
 // leaseFleet finds the fleet client among the cache tiers (through

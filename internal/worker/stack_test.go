@@ -1,12 +1,18 @@
 package worker
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/lode-dev/lode/internal/agent"
+	"github.com/lode-dev/lode/internal/cachefleet/fleettest"
 	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/store"
 	"github.com/lode-dev/lode/internal/store/mem"
@@ -67,5 +73,64 @@ func TestNewStack(t *testing.T) {
 				t.Errorf("stack without an agent or a memory cache")
 			}
 		})
+	}
+}
+
+// FleetClient leaves room on every node for each fetch the agent runs at
+// once: --max-fetches concurrent fetches against a fleet with one slow node
+// (paused: it answers nothing until resumed) skip none of its requests as
+// busy, where cachefleet's default cap (16) would skip the rest.
+func TestFleetClientRoomForEveryFetch(t *testing.T) {
+	f := fleettest.Start(t, 5, fleettest.Options{})
+	reg := prometheus.NewRegistry()
+	const fetches = 32
+	cl, err := Options{Fleet: f.URLs(), Fetches: fetches}.FleetClient(reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ct := bytes.Repeat([]byte("lode"), 1000)
+	n := chunk.Name(sha256.Sum256(ct))
+	ctx := context.Background()
+	if err := cl.Fill(ctx, n, ct); err != nil {
+		t.Fatal(err)
+	}
+	f.Pause(0)
+	defer f.Resume(0)
+	var wg sync.WaitGroup
+	errs := make(chan error, fetches)
+	for range fetches {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := cl.Fetch(ctx, n, nil); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("fetch with one slow node: %v", err)
+	}
+	var busy float64
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "lode_fleet_shard_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "result" && lp.GetValue() == "busy" {
+					busy += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if busy != 0 {
+		t.Errorf("%d concurrent fetches (Fetches = %d) skipped %v requests as busy, want 0", fetches, fetches, busy)
 	}
 }
