@@ -42,7 +42,7 @@ Needs root, /dev/fuse and loop devices. After a crash, "lode umount DIR" or
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.background {
-				return mountInBackground(cmd.Context(), args[0], args[1])
+				return mountInBackground(cmd.Context(), o, args[0], args[1])
 			}
 			return runMount(cmd.Context(), o, args[0], args[1])
 		},
@@ -83,7 +83,14 @@ func runMount(ctx context.Context, o mountOptions, name, dir string) error {
 		}
 		defer stop()
 	}
-	m, err := w.Mount(ctx, dir, o.stateDir, o.worker.Fetches, o.fill)
+	var m *fuse.ImageMount
+	if c, cerr := worker.AdoptConn(); cerr != nil {
+		return cerr
+	} else if c != nil { // the server of lode mount --background
+		m, err = w.AdoptMount(ctx, c, o.stateDir, o.worker.Fetches, o.fill)
+	} else {
+		m, err = w.Mount(ctx, dir, o.stateDir, o.worker.Fetches, o.fill)
+	}
 	if err != nil {
 		return err
 	}
@@ -104,16 +111,47 @@ func runMount(ctx context.Context, o mountOptions, name, dir string) error {
 	return nil
 }
 
-// mountInBackground wires lode mount --background: the same command line,
-// without the flag, serving from a detached process (worker.MountInBackground).
-func mountInBackground(ctx context.Context, name, dir string) error {
+// mountInBackground wires lode mount --background: start the same command
+// line, without the flag, as the detached server, mount here meanwhile and
+// hand the mount over (worker.StartBackground). This side reads the image
+// only to mount it: no disk cache, trace, profile learning or metrics (the
+// server's).
+func mountInBackground(ctx context.Context, o mountOptions, name, dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if err := o.fill.Check(); err != nil {
+		return err
+	}
 	var args []string
 	for _, a := range os.Args[1:] {
 		if a != "--background" && a != "-d" && a != "--background=true" {
 			args = append(args, a)
 		}
 	}
-	return worker.MountInBackground(args, filepath.Join(global.home, "logs"), name, dir, mountedLine, stdout)
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	bg, err := worker.StartBackground(self, args, filepath.Join(global.home, "logs"), name, dir)
+	if err != nil {
+		return err
+	}
+	po := o.worker
+	po.DiskBytes, po.Trace, po.LearnProfile = 0, "", false
+	w, err := openImage(ctx, po, name, nil)
+	if err != nil {
+		return bg.Abort(err)
+	}
+	defer w.Close()
+	m, err := bg.Serve(ctx, w, o.stateDir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s%s at %s (%d bytes, loop %s)\n", mountedLine, w.Name, dir, w.Image.Size(), m.Loop())
+	fmt.Fprintf(stdout, "serving from pid %d; logs in %s\n", bg.Pid(), bg.LogPath())
+	return nil
 }
 
 func newUmountCmd() *cobra.Command {
