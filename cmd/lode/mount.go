@@ -83,14 +83,7 @@ func runMount(ctx context.Context, o mountOptions, name, dir string) error {
 		}
 		defer stop()
 	}
-	var m *fuse.ImageMount
-	if c, cerr := worker.AdoptConn(); cerr != nil {
-		return cerr
-	} else if c != nil { // the server of lode mount --background
-		m, err = w.AdoptMount(ctx, c, o.stateDir, o.worker.Fetches, o.fill)
-	} else {
-		m, err = w.Mount(ctx, dir, o.stateDir, o.worker.Fetches, o.fill)
-	}
+	m, err := w.MountOrAdopt(ctx, dir, o.stateDir, o.worker.Fetches, o.fill)
 	if err != nil {
 		return err
 	}
@@ -111,11 +104,9 @@ func runMount(ctx context.Context, o mountOptions, name, dir string) error {
 	return nil
 }
 
-// mountInBackground wires lode mount --background: start the same command
-// line, without the flag, as the detached server, mount here meanwhile and
-// hand the mount over (worker.StartBackground). This side reads the image
-// only to mount it: no disk cache, trace, profile learning or metrics (the
-// server's).
+// mountInBackground wires lode mount --background: the same command line,
+// without the flag, as the detached server; mount here meanwhile and hand
+// the mount over (worker.StartBackground, worker.Options.ForParent).
 func mountInBackground(ctx context.Context, o mountOptions, name, dir string) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
@@ -124,23 +115,11 @@ func mountInBackground(ctx context.Context, o mountOptions, name, dir string) er
 	if err := o.fill.Check(); err != nil {
 		return err
 	}
-	var args []string
-	for _, a := range os.Args[1:] {
-		if a != "--background" && a != "-d" && a != "--background=true" {
-			args = append(args, a)
-		}
-	}
-	self, err := os.Executable()
+	bg, err := worker.StartBackground(os.Args[1:], filepath.Join(global.home, "logs"), name, dir)
 	if err != nil {
 		return err
 	}
-	bg, err := worker.StartBackground(self, args, filepath.Join(global.home, "logs"), name, dir)
-	if err != nil {
-		return err
-	}
-	po := o.worker
-	po.DiskBytes, po.Trace, po.LearnProfile = 0, "", false
-	w, err := openImage(ctx, po, name, nil)
+	w, err := openImage(ctx, o.worker.ForParent(), name, nil)
 	if err != nil {
 		return bg.Abort(err)
 	}
@@ -149,8 +128,7 @@ func mountInBackground(ctx context.Context, o mountOptions, name, dir string) er
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s%s at %s (%d bytes, loop %s)\n", mountedLine, w.Name, dir, w.Image.Size(), m.Loop())
-	fmt.Fprintf(stdout, "serving from pid %d; logs in %s\n", bg.Pid(), bg.LogPath())
+	fmt.Fprintf(stdout, "%s%s at %s (%d bytes, loop %s)\nserving from pid %d; logs in %s\n", mountedLine, w.Name, dir, w.Image.Size(), m.Loop(), bg.Pid(), bg.LogPath())
 	return nil
 }
 

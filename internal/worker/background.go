@@ -42,10 +42,38 @@ type Background struct {
 	dir     string
 }
 
-// StartBackground runs prog with args (lode mount without --background) as
-// a detached process (its own session), logging to a file in logDir, with
-// one end of a socket pair as the connection AdoptConn returns there.
-func StartBackground(prog string, args []string, logDir, name, dir string) (*Background, error) {
+// StartBackground runs this program again with args (lode mount's command
+// line) less --background as a detached process (its own session), logging
+// to a file in logDir, with one end of a socket pair as the connection
+// AdoptConn returns there.
+func StartBackground(args []string, logDir, name, dir string) (*Background, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return startBackground(self, withoutBackground(args), logDir, name, dir)
+}
+
+// withoutBackground is args less the --background flag.
+func withoutBackground(args []string) []string {
+	var out []string
+	for _, a := range args {
+		if a != "--background" && a != "-d" && a != "--background=true" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// ForParent is o for the parent of a background mount, which reads the
+// image only to mount it: no disk cache, trace or profile learning (the
+// server's).
+func (o Options) ForParent() Options {
+	o.DiskBytes, o.Trace, o.LearnProfile = 0, "", false
+	return o
+}
+
+func startBackground(prog string, args []string, logDir, name, dir string) (*Background, error) {
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -154,6 +182,19 @@ func AdoptConn() (*net.UnixConn, error) {
 		return nil, fmt.Errorf("%s=%d: not a unix socket", adoptEnv, fd)
 	}
 	return uc, nil
+}
+
+// MountOrAdopt is lode mount's mount: Mount, or AdoptMount when this
+// process is the server of a background mount (AdoptConn).
+func (w *Image) MountOrAdopt(ctx context.Context, dir, stateDir string, parallel int, fill FillOptions) (*fuse.ImageMount, error) {
+	c, err := AdoptConn()
+	if err != nil {
+		return nil, err
+	}
+	if c != nil {
+		return w.AdoptMount(ctx, c, stateDir, parallel, fill)
+	}
+	return w.Mount(ctx, dir, stateDir, parallel, fill)
 }
 
 // AdoptMount is the background server's side of lode mount: it starts the

@@ -32,14 +32,12 @@ func TestBackgroundMountHandsOver(t *testing.T) {
 	stateDir, dir := filepath.Join(home, "mounts"), filepath.Join(home, "mnt")
 	os.Setenv(bgEnv, strings.Join([]string{w.Dir, stateDir, home}, "|"))
 	defer os.Unsetenv(bgEnv)
-	bg, err := StartBackground(os.Args[0], []string{"-test.run=^TestBackgroundServerHelper$", "-test.v"}, filepath.Join(home, "logs"), "demo", dir)
+	bg, err := startBackground(os.Args[0], withoutBackground([]string{"-test.run=^TestBackgroundServerHelper$", "--background", "-test.v"}), filepath.Join(home, "logs"), "demo", dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	o := testOptions(home)
-	o.DiskBytes = 0
-	im, err := Open(ctx, w.St, w.Kr, "default", "demo", o, nil, nil)
+	im, err := Open(ctx, w.St, w.Kr, "default", "demo", testOptions(home).ForParent(), nil, nil)
 	if err != nil {
 		t.Fatal(bg.Abort(err))
 	}
