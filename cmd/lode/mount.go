@@ -42,7 +42,7 @@ Needs root, /dev/fuse and loop devices. After a crash, "lode umount DIR" or
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.background {
-				return mountInBackground(cmd.Context(), args[0], args[1])
+				return mountInBackground(cmd.Context(), o, args[0], args[1])
 			}
 			return runMount(cmd.Context(), o, args[0], args[1])
 		},
@@ -83,7 +83,7 @@ func runMount(ctx context.Context, o mountOptions, name, dir string) error {
 		}
 		defer stop()
 	}
-	m, err := w.Mount(ctx, dir, o.stateDir, o.worker.Fetches, o.fill)
+	m, err := w.MountOrAdopt(ctx, dir, o.stateDir, o.worker.Fetches, o.fill)
 	if err != nil {
 		return err
 	}
@@ -105,15 +105,31 @@ func runMount(ctx context.Context, o mountOptions, name, dir string) error {
 }
 
 // mountInBackground wires lode mount --background: the same command line,
-// without the flag, serving from a detached process (worker.MountInBackground).
-func mountInBackground(ctx context.Context, name, dir string) error {
-	var args []string
-	for _, a := range os.Args[1:] {
-		if a != "--background" && a != "-d" && a != "--background=true" {
-			args = append(args, a)
-		}
+// without the flag, as the detached server; mount here meanwhile and hand
+// the mount over (worker.StartBackground, worker.Options.ForParent).
+func mountInBackground(ctx context.Context, o mountOptions, name, dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
 	}
-	return worker.MountInBackground(args, filepath.Join(global.home, "logs"), name, dir, mountedLine, stdout)
+	if err := o.fill.Check(); err != nil {
+		return err
+	}
+	bg, err := worker.StartBackground(os.Args[1:], filepath.Join(global.home, "logs"), name, dir)
+	if err != nil {
+		return err
+	}
+	w, err := openImage(ctx, o.worker.ForParent(), name, nil)
+	if err != nil {
+		return bg.Abort(err)
+	}
+	defer w.Close()
+	m, err := bg.Serve(ctx, w, o.stateDir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s%s at %s (%d bytes, loop %s)\nserving from pid %d; logs in %s\n", mountedLine, w.Name, dir, w.Image.Size(), m.Loop(), bg.Pid(), bg.LogPath())
+	return nil
 }
 
 func newUmountCmd() *cobra.Command {

@@ -85,7 +85,7 @@ type Agent struct {
 	calls  map[chunk.Ref]*call
 	closed bool
 
-	bufs sync.Pool // *[]byte ciphertext buffers
+	bufs freeList // ciphertext buffers, one per fetch in flight
 
 	deg degradedState // per-image degraded reasons (degraded.go)
 }
@@ -178,6 +178,7 @@ func New(c Config) (*Agent, error) {
 		memM:    c.Metrics.forTier("mem"),
 		am:      c.Metrics.agent(),
 		sem:     make(chan struct{}, c.MaxConcurrentFetches),
+		bufs:    make(freeList, c.MaxConcurrentFetches),
 		fillSem: make(chan struct{}, c.MaxConcurrentFetches),
 		calls:   make(map[chunk.Ref]*call),
 	}
@@ -366,15 +367,11 @@ func (a *Agent) run(c *call, holding bool) {
 	if ct != nil {
 		*bp = ct[:0]
 	}
-	a.bufs.Put(bp)
+	a.bufs.put(bp)
 }
 
 func (a *Agent) buffer(n int) *[]byte {
-	if bp, ok := a.bufs.Get().(*[]byte); ok && cap(*bp) >= n {
-		return bp
-	}
-	b := make([]byte, 0, n)
-	return &b
+	return a.bufs.get(n)
 }
 
 // finish publishes c's result and removes it from the table.

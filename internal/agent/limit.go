@@ -267,3 +267,18 @@ func transient(ctx context.Context, err error) bool {
 	return ctx.Err() == nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, chunk.ErrCorrupt) &&
 		!errors.Is(err, ErrThrottled) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
+
+type noFill struct{ Tier }
+
+// NoFill returns t without write-backs: its Fill keeps nothing, its Fetch
+// serves what it already holds. The worker wraps the disk cache in it when
+// the origin is itself a directory on this machine's disk (store/file): a
+// second copy there buys no latency, and writing it competes with the
+// start's reads for the same disk and CPU.
+func NoFill(t Tier) Tier { return noFill{t} }
+
+// Unwrap returns the wrapped tier (Wrapper).
+func (n noFill) Unwrap() Tier { return n.Tier }
+
+// Fill implements Tier: it keeps nothing.
+func (noFill) Fill(context.Context, chunk.Name, []byte) error { return nil }

@@ -23,8 +23,9 @@ var decoder = sync.OnceValues(func() (*zstd.Decoder, error) {
 	return zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(chunk.MaxSize))
 })
 
-// frames recycles buffers for a chunk's sealed (compressed) plaintext.
-var frames = sync.Pool{New: func() any { return new([]byte) }}
+// frames recycles buffers for a chunk's sealed (compressed) plaintext,
+// one per chunk being opened at once.
+var frames = make(freeList, 16)
 
 // openChunk verifies and decrypts ct, the ciphertext of c's chunk, and
 // decompresses it when the image's chunks are zstd frames. The plaintext is
@@ -35,10 +36,10 @@ func openChunk(c *call, ct []byte, verified bool) ([]byte, error) {
 		open = chunk.OpenVerified // the tier hashed ct to its name (NameVerifier)
 	}
 	if !c.zstd {
-		return open(c.ref, ct, make([]byte, 0, c.size))
+		return open(c.ref, ct, newPlain(c.size))
 	}
-	fp := frames.Get().(*[]byte)
-	defer frames.Put(fp)
+	fp := frames.get(c.size + zstdSlack)
+	defer frames.put(fp)
 	frame, err := open(c.ref, ct, (*fp)[:0])
 	if err != nil {
 		return nil, err
@@ -48,7 +49,7 @@ func openChunk(c *call, ct []byte, verified bool) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decompressing chunk %s: %w", c.ref.Name, err)
 	}
-	plain, err := d.DecodeAll(frame, make([]byte, 0, c.size))
+	plain, err := d.DecodeAll(frame, newPlain(c.size))
 	if err != nil {
 		return nil, &chunk.CorruptError{Name: c.ref.Name, Reason: fmt.Sprintf("decompressing zstd frame: %v", err)}
 	}

@@ -300,7 +300,7 @@ func NewDaemon(ctx context.Context, c DaemonConfig) (*Daemon, error) {
 	d.resolve = catalog.NewResolver(c.Store, c.Keyring, catalog.ResolverConfig{
 		PointerTTL: c.ResolveTTL, MaxStale: c.ResolveStale, ManifestBytes: c.ManifestCache, Log: d.log,
 	})
-	stack, err := NewStack(ctx, c.Worker, d.origins, reg, c.Log, Parts{})
+	stack, err := NewStack(ctx, c.Worker, d.origins, reg, c.Log, Parts{LocalOrigin: onLocalDisk(d.st)})
 	if err != nil {
 		return nil, err
 	}

@@ -66,7 +66,7 @@ func Open(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name
 	}
 	w := &Image{Manifest: m, Pointer: p, Name: tenant + "/" + name, tenantName: tenant, imageName: name, log: log}
 	w.localOrigin = onLocalDisk(st)
-	s, err := NewStack(ctx, o, agent.NewOrigin(st, p.Root), reg, log, Parts{})
+	s, err := NewStack(ctx, o, agent.NewOrigin(st, p.Root), reg, log, Parts{LocalOrigin: onLocalDisk(st)})
 	if err != nil {
 		return nil, err
 	}

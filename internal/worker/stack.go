@@ -74,6 +74,11 @@ type Parts struct {
 	Fleet agent.Tier
 	// WrapOrigin, if set, wraps the limited origin inside the leases.
 	WrapOrigin func(agent.Tier) agent.Tier
+	// LocalOrigin: the origin is a store on this machine's disk
+	// (onLocalDisk). The disk cache then serves what it holds but is not
+	// filled from the origin (agent.NoFill): it would be a second copy on
+	// the same disk, written while the start reads.
+	LocalOrigin bool
 }
 
 // Stack is a worker's chunk reader: one agent over memory, disk, fleet and
@@ -108,7 +113,11 @@ func NewStack(ctx context.Context, o Options, origin agent.Tier, reg prometheus.
 			return nil, err
 		}
 		s.Disk = dc
-		s.Tiers = append(s.Tiers, dc)
+		if p.LocalOrigin {
+			s.Tiers = append(s.Tiers, agent.NoFill(dc))
+		} else {
+			s.Tiers = append(s.Tiers, dc)
+		}
 	}
 	fleet := p.Fleet
 	if fleet == nil && len(o.Fleet) > 0 {

@@ -69,7 +69,6 @@ type session struct {
 	readerErr  error         // why it returned (nil: stopped for a handover)
 	ended      chan struct{} // closed when the connection has ended (readerErr set)
 
-	bufs sync.Pool // READ reply buffers of MaxRead bytes
 }
 
 // newSession serves fd, which it owns from here on (close closes it).
@@ -88,8 +87,6 @@ func newSession(fd int, name string, d blockdev.Device, o Options) (*session, er
 		inflight: map[uint64]context.CancelFunc{},
 	}
 	s.rctx, s.rcancel = context.WithCancel(context.Background())
-	max := o.MaxRead
-	s.bufs.New = func() any { b := make([]byte, max); return &b }
 	return s, nil
 }
 
@@ -338,6 +335,37 @@ func (s *session) doReaddir(r request) {
 	s.reply(r.unique, b)
 }
 
+// readBufList keeps READ reply buffers between requests, for every session
+// of the process. Unlike a sync.Pool it is not emptied by a garbage
+// collection: a cold start grows the heap fast, the collector runs every
+// few reads, and a pool refilled after each hands out a fresh 1 MiB buffer
+// whose pages all fault in again (a quarter of the agent's page faults in
+// a cold start, docs/coldstart.md). Bounded: at most cap buffers are kept.
+type readBufList chan *[]byte
+
+var readBufs = make(readBufList, 8)
+
+// get returns a buffer of at least n bytes, reused or new.
+func (l readBufList) get(n int) *[]byte {
+	select {
+	case bp := <-l:
+		if len(*bp) >= n {
+			return bp
+		}
+	default:
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+// put keeps bp for reuse, or drops it when the list is full.
+func (l readBufList) put(bp *[]byte) {
+	select {
+	case l <- bp:
+	default:
+	}
+}
+
 // startRead answers a READ on its own goroutine, with a context that an
 // INTERRUPT of the request or cancelReads ends.
 func (s *session) startRead(r request) {
@@ -369,8 +397,8 @@ func (s *session) doRead(ctx context.Context, r request) {
 	if n > s.size-r.offset {
 		n = s.size - r.offset
 	}
-	bp := s.bufs.Get().(*[]byte)
-	defer s.bufs.Put(bp)
+	bp := readBufs.get(s.o.MaxRead)
+	defer readBufs.put(bp)
 	dest := *bp
 	if int64(len(dest)) < n {
 		dest = make([]byte, n)

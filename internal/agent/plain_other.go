@@ -1,0 +1,5 @@
+//go:build !linux
+
+package agent
+
+func prefault([]byte) bool { return false }
