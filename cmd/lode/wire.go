@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/kms"
@@ -16,7 +17,11 @@ import (
 // wire.go is the one place that composes backends and tiers.
 
 func openStore(ctx context.Context) (store.Store, error) {
-	st, err := storeurl.Open(ctx, global.storeLocation(), logger)
+	return openStoreWith(ctx, storeurl.Open)
+}
+
+func openStoreWith(ctx context.Context, open func(context.Context, string, *slog.Logger) (store.Store, error)) (store.Store, error) {
+	st, err := open(ctx, global.storeLocation(), logger)
 	if err != nil {
 		return nil, fmt.Errorf("opening store %s: %w", global.storeLocation(), err)
 	}
@@ -38,7 +43,8 @@ func openKeyring() (*manifest.FileKeyring, error) {
 // resolveImage opens the store and keyring and resolves the tenant's image
 // name: what every one-shot command that reads an image does first.
 func resolveImage(ctx context.Context, name string) (store.Store, *manifest.Manifest, store.Pointer, error) {
-	st, err := openStore(ctx)
+	st, err := openStoreWith(ctx, storeurl.OpenLazy) // the bucket check beside the first GET
+
 	if err != nil {
 		return nil, nil, store.Pointer{}, err
 	}

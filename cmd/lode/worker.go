@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
+	"github.com/lode-dev/lode/internal/store/storeurl"
 	"github.com/lode-dev/lode/internal/worker"
 )
 
@@ -55,7 +56,7 @@ func workerDefaults(o worker.Options) worker.Options {
 
 // openImage opens the tenant's image name on a stack of its own.
 func openImage(ctx context.Context, o worker.Options, name string, reg prometheus.Registerer) (*worker.Image, error) {
-	st, err := openStore(ctx)
+	st, err := openStoreWith(ctx, storeurl.OpenLazy) // the bucket check beside the manifest's GET, not before it
 	if err != nil {
 		return nil, err
 	}

@@ -53,6 +53,12 @@ type Config struct {
 	DialTimeout time.Duration
 	// Log receives warnings (nil: discarded).
 	Log *slog.Logger
+	// CheckLater runs New's bucket and credentials check beside the first
+	// requests instead of before New returns: a start that reads an image
+	// then does not pay the check's round trip before its first GET. A
+	// request that fails while the check failed returns the check's error
+	// (ErrNoSuchBucket, ErrAccessDenied, ErrUnreachable).
+	CheckLater bool
 	// Metrics receives per-request counts and latencies (nil: none).
 	Metrics *Metrics
 }

@@ -185,6 +185,17 @@ func TestOpenErrors(t *testing.T) {
 			if diff := cmp.Diff(tc.wantRequests, requests(t, reg)); diff != "" {
 				t.Errorf("HTTP requests mismatch (-want +got):\n%s", diff)
 			}
+
+			// CheckLater: New returns at once, and the first request that
+			// fails reports the check's error, with the same sentinel.
+			c.CheckLater = true
+			c.Metrics = s3.NewMetrics(prometheus.NewRegistry())
+			s, err = s3.New(ctx, c)
+			if err != nil {
+				t.Fatalf("s3.New with CheckLater = %v, want the check deferred", err)
+			}
+			_, err = s.Get(ctx, "roots/r/manifests/m", nil)
+			wantErr(t, "Get after s3.New with CheckLater", err, tc.want, "s3://"+c.Bucket, c.Endpoint, "roots/r/manifests/m")
 		})
 	}
 }
@@ -383,5 +394,35 @@ func TestMetrics(t *testing.T) {
 	}
 	if r := requests(t, reg); r["PUT 200"] != 1 || r["PUT 412"] != 1 || r["HEAD 404"] != 1 {
 		t.Errorf("HTTP requests = %v, want PUT 200, PUT 412 and HEAD 404 once each", r)
+	}
+}
+
+// TestCheckLaterGoodStore: with CheckLater a good store serves its first
+// requests without waiting for the check, and the check still runs (one
+// HEAD of the bucket).
+func TestCheckLaterGoodStore(t *testing.T) {
+	srv := lodetest.S3Server(t)
+	c := config(srv)
+	c.CheckLater = true
+	reg := prometheus.NewRegistry()
+	c.Metrics = s3.NewMetrics(reg)
+	s, err := s3.New(t.Context(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "roots/r/chunks/later"
+	if err := s.Put(t.Context(), key, []byte("data")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(t.Context(), key, nil)
+	if err != nil || string(got) != "data" {
+		t.Fatalf("Get = %q, %v; want data", got, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for requests(t, reg)["HEAD 200"] != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("HTTP requests = %v, want one HEAD 200 (the bucket check)", requests(t, reg))
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -46,6 +46,10 @@ type Store struct {
 	// noConditionalPut is set once the server answered If-None-Match with
 	// 501 NotImplemented.
 	noConditionalPut atomic.Bool
+	// checked is closed when the open check (Config.CheckLater) has
+	// ended, with its error in checkErr; nil when New checked.
+	checked  chan struct{}
+	checkErr error
 }
 
 var _ store.Store = (*Store)(nil)
@@ -129,6 +133,23 @@ func New(ctx context.Context, c Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening %s at %s: %w", s.name, s.endpoint, err)
 	}
+	if c.CheckLater {
+		s.checked = make(chan struct{})
+		go func() {
+			defer close(s.checked)
+			s.checkErr = s.checkBucket(context.WithoutCancel(ctx))
+		}()
+		return s, nil
+	}
+	if err := s.checkBucket(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// checkBucket is New's check: the bucket exists and the credentials are
+// accepted.
+func (s *Store) checkBucket(ctx context.Context) error {
 	ok, err := s.c.BucketExists(ctx, s.bucket)
 	if err == nil && !ok {
 		// A HEAD answer has no body, so a 404 may hide another cause
@@ -143,9 +164,24 @@ func New(ctx context.Context, c Config) (*Store, error) {
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("opening %s at %s: %w", s.name, s.endpoint, classify(err))
+		return fmt.Errorf("opening %s at %s: %w", s.name, s.endpoint, classify(err))
 	}
-	return s, nil
+	return nil
+}
+
+// openErr is the open check's error when it ran in the background
+// (Config.CheckLater) and failed; it waits for the check, which started
+// before any request that could fail.
+func (s *Store) openErr(ctx context.Context) error {
+	if s.checked == nil {
+		return nil
+	}
+	select {
+	case <-s.checked:
+		return s.checkErr
+	case <-ctx.Done():
+		return nil
+	}
 }
 
 func (s *Store) String() string { return s.name }
@@ -210,7 +246,18 @@ func (s *Store) check(ctx context.Context, verb, key string) error {
 // fail wraps err from an operation on key with everything needed to find
 // the object: key, bucket and prefix, endpoint.
 func (s *Store) fail(verb, key string, err error) error {
+	if oe := s.openErr(context.Background()); oe != nil {
+		return fmt.Errorf("%s %s: %w", verb, key, oe)
+	}
 	return fmt.Errorf("%s %s in %s at %s: %w", verb, key, s.name, s.endpoint, classify(err))
+}
+
+// failList is fail for a listing of prefix.
+func (s *Store) failList(verb, prefix string, err error) error {
+	if oe := s.openErr(context.Background()); oe != nil {
+		return fmt.Errorf("%s %q: %w", verb, prefix, oe)
+	}
+	return fmt.Errorf("%s %q in %s at %s: %w", verb, prefix, s.name, s.endpoint, classify(err))
 }
 
 // Get reads the whole of key in one GET.
@@ -474,7 +521,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(key string, siz
 			return fmt.Errorf("listing %q in %s: %w", prefix, s.name, err)
 		}
 		if obj.Err != nil {
-			return fmt.Errorf("listing %q in %s at %s: %w", prefix, s.name, s.endpoint, classify(obj.Err))
+			return s.failList("listing", prefix, obj.Err)
 		}
 		if err := fn(strings.TrimPrefix(obj.Key, s.prefix), obj.Size); err != nil {
 			return err
@@ -504,7 +551,7 @@ func (s *Store) ListDirs(ctx context.Context, prefix string, fn func(name string
 			return fmt.Errorf("listing directories %q in %s: %w", prefix, s.name, err)
 		}
 		if obj.Err != nil {
-			return fmt.Errorf("listing directories %q in %s at %s: %w", prefix, s.name, s.endpoint, classify(obj.Err))
+			return s.failList("listing directories", prefix, obj.Err)
 		}
 		name, ok := strings.CutSuffix(strings.TrimPrefix(obj.Key, full), "/")
 		if !ok || name == "" {

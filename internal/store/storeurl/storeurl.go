@@ -23,6 +23,19 @@ import (
 // log may be nil. Opening an s3:// store checks the bucket and the
 // credentials (one request).
 func Open(ctx context.Context, raw string, log *slog.Logger) (store.Store, error) {
+	return open(ctx, raw, log, false)
+}
+
+// OpenLazy is Open for a command whose first request should not wait: an
+// s3:// store checks its bucket and credentials beside the first requests
+// (s3.Config.CheckLater), and a request that fails returns the check's
+// error when the check failed. The one-shot commands that read an image
+// (lode run, mount, inspect) open their store this way.
+func OpenLazy(ctx context.Context, raw string, log *slog.Logger) (store.Store, error) {
+	return open(ctx, raw, log, true)
+}
+
+func open(ctx context.Context, raw string, log *slog.Logger, lazy bool) (store.Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -63,6 +76,7 @@ func Open(ctx context.Context, raw string, log *slog.Logger) (store.Store, error
 			return nil, fmt.Errorf("opening store: %w", err)
 		}
 		c.Log = log.With(slog.String("component", "store"))
+		c.CheckLater = lazy
 		return s3.New(ctx, c)
 	case "mem":
 		if rest == "" || strings.ContainsAny(rest, "/?#") {
