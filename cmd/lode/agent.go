@@ -80,6 +80,7 @@ see docs/operations.md.`,
 	f.DurationVar(&o.d.ResolveTTL, "resolve-ttl", time.Second, "how long a start reuses an image's pointer read by an earlier start (a new build or a delete is seen within it); up to --resolve-stale a start uses the pointer it has while one background read refreshes it; negative: read the pointer at every start")
 	f.DurationVar(&o.d.ResolveStale, "resolve-stale", 30*time.Second, "oldest pointer a start uses while refreshing it in the background")
 	f.Int64Var(&o.d.ManifestCache, "manifest-cache-size", 256<<20, "bytes of opened manifests kept for new starts (content-addressed, never stale)")
+	f.Int64Var(&o.d.WarmMemory, "warm-memory", 64<<20, "bytes of chunk buffers written ahead of cold starts, at start and again when starts used them up and the agent is quiet (at most --mem-cache-size; 0 disables): a start then does not pay the first write of new memory (docs/coldstart.md)")
 	f.BoolVar(&o.d.Takeover, "takeover", true, "if another agent serves on --socket, take its mounts and exports over (it then exits 0) instead of failing")
 	f.StringVar(&o.d.AfterTakeover, "after-takeover", "exit", `once taken over by a new agent: "exit" 0 at once, or "wait" for SIGTERM first (for supervisors that restart a process that exits, e.g. a Kubernetes pod being replaced)`)
 	bindWorker(f, &o.d.Worker)

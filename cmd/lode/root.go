@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -21,6 +22,7 @@ type globalOptions struct {
 	logLevel  string
 	logFormat string
 	cpuProf   string
+	execTrace string
 }
 
 var global globalOptions
@@ -91,6 +93,8 @@ tenant is "default". Run "lode demo" for a tour.`,
 	f.StringVar(&global.logFormat, "log-format", envOr("LODE_LOG_FORMAT", "text"), "log format: text or json")
 	f.StringVar(&global.cpuProf, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
 	f.MarkHidden("cpuprofile")
+	f.StringVar(&global.execTrace, "exectrace", "", "write a Go execution trace (go tool trace) to this file")
+	f.MarkHidden("exectrace")
 
 	root.AddCommand(newBuildCmd(), newImagesCmd(), newInspectCmd(), newKeysCmd(), newServeNBDCmd(), newMountCmd(), newUmountCmd(), newRunCmd(), newDemoCmd(), newCacheCmd())
 	for _, add := range extraCommands {
@@ -122,9 +126,19 @@ func setupLogging(cmd *cobra.Command) error {
 	return nil
 }
 
-var profFile *os.File
+var profFile, traceFile *os.File
 
 func startProfile() error {
+	if global.execTrace != "" {
+		f, err := os.Create(global.execTrace)
+		if err != nil {
+			return err
+		}
+		traceFile = f
+		if err := trace.Start(f); err != nil {
+			return fmt.Errorf("starting the execution trace %s: %w", global.execTrace, err)
+		}
+	}
 	if global.cpuProf == "" {
 		return nil
 	}
@@ -137,6 +151,11 @@ func startProfile() error {
 }
 
 func stopProfile() {
+	if traceFile != nil {
+		trace.Stop()
+		traceFile.Close()
+		traceFile = nil
+	}
 	if profFile != nil {
 		pprof.StopCPUProfile()
 		profFile.Close()

@@ -11,7 +11,17 @@ package agent
 // "Where the local time goes"). Mapping the pages in one madvise call
 // (MADV_POPULATE_WRITE, Linux 5.14) costs a fraction of that; where it is
 // refused, the pages fault in as before.
+//
+// A buffer from the warm reserve (Warm), written ahead of time, comes first.
 func newPlain(n int) []byte {
+	if b := takeWarm(n); b != nil {
+		return b
+	}
+	return allocPlain(n)
+}
+
+// allocPlain returns a new empty slice with capacity n, its pages mapped.
+func allocPlain(n int) []byte {
 	b := make([]byte, 0, n)
 	prefault(b[:n])
 	return b

@@ -20,6 +20,7 @@ import (
 	"github.com/lode-dev/lode/internal/blockdev"
 	"github.com/lode-dev/lode/internal/blockdev/fuse"
 	"github.com/lode-dev/lode/internal/catalog"
+	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/metrics"
 	"github.com/lode-dev/lode/internal/profile"
@@ -57,6 +58,10 @@ type DaemonConfig struct {
 	// (catalog.ResolverConfig).
 	ResolveTTL, ResolveStale time.Duration
 	ManifestCache            int64
+	// WarmMemory is the reserve of plaintext buffers the daemon writes
+	// ahead of the starts that need them (agent.Warm), at most the memory
+	// cache's budget; 0 disables it.
+	WarmMemory int64
 	// Worker is the tier stack; Fill the background fill of every image.
 	Worker Options
 	Fill   FillOptions
@@ -220,6 +225,9 @@ func (d *Daemon) Run(ctx context.Context, ready chan<- struct{}) error {
 	go func() { errc <- srv.Serve(l) }()
 	d.restartExports(ctx, exports)
 	go d.refreshLoop(ctx)
+	if w := min(o.WarmMemory, o.Worker.MemBytes); w > 0 {
+		go agent.Warm(ctx, w, chunk.DefaultSize)
+	}
 	d.log.Info("agent serving", slog.String("socket", o.Socket), slog.String("store", d.st.String()),
 		slog.String("metrics", o.MetricsListen))
 	if ready != nil {
@@ -360,6 +368,9 @@ func (d *Daemon) registerMetrics() {
 	d.reg.MustRegister(d.expired, d.expiredReads, d.moved,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lode_agent_mounts", Help: "Images the agent daemon has mounted."}, count(d.mounts)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lode_agent_exports", Help: "NBD exports the agent daemon serves."}, count(d.exports)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lode_agent_warm_buffers", Help: "Plaintext buffers written ahead of the starts that need them (--warm-memory), ready now."}, func() float64 {
+			return float64(agent.WarmBuffers())
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lode_agent_disk_cache_bytes", Help: "Ciphertext bytes held by the disk cache."}, func() float64 {
 			if d.stack.Disk == nil {
 				return 0
