@@ -7,7 +7,8 @@
 #
 #   local table (file store on local disk, no network; mount + chroot exec):
 #     a loop mount of the same ext4 file, one-shot `lode mount --background`,
-#     `lode agent mount` cold (fresh agent and cache) and warm (memory cache
+#     `lode agent mount` cold (fresh agent, its --warm-memory reserve written,
+#     empty cache) and warm (memory cache
 #     warm from the try before), and the same with a recorded profile;
 #   latency table, at each of DELAYS added to every request by bench/latproxy:
 #     `lode run` from an S3 store (versitygw) without and with a profile,
@@ -234,12 +235,25 @@ mount_try() { # mount_try IMAGE: one-shot lode mount, cold cache
   echo "$(((c - a) / 1000)) $(((b - a) / 1000)) $m -"
 }
 AGENT= AGENTM=
+# wait_warm URL: wait (at most 5 s) until the agent's warm reserve
+# (--warm-memory, 64 MiB = 128 buffers by default) is written, as it is on a
+# worker whose agent started before its first start; an agent without the
+# metric (an older binary) does not wait.
+wait_warm() {
+  local n
+  for _ in $(seq 100); do
+    n=$(curl -s "$1" | awk '/^lode_agent_warm_buffers / {print int($2); f=1} END {if (!f) print -1}')
+    [ "$n" -lt 0 ] || [ "$n" -ge 128 ] && return
+    sleep 0.05
+  done
+}
 agent_start() {
   rm -rf "$W/cache" "$W/agent.sock"
   AGENTM=127.0.0.1:$(free_port)
   "$L" --store "$FILE" agent "${WK[@]}" --socket "$W/agent.sock" --cache-dir "$W/cache" --state-dir "$W/agent-state" --metrics-listen "$AGENTM" 2>>"$W/err.log" &
   AGENT=$!; started $!
   wait_sock "$W/agent.sock"; wait_http "http://$AGENTM/metrics"
+  wait_warm "http://$AGENTM/metrics"
 }
 agent_try() { # agent_try IMAGE: lode agent mount into the running agent
   drop
