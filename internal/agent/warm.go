@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync/atomic"
 	"time"
+
+	"github.com/lode-dev/lode/internal/chunk"
 )
 
 // The warm reserve: plaintext buffers whose pages were written once before
@@ -128,4 +130,25 @@ func WarmBuffers() int {
 		return len(r.ready)
 	}
 	return 0
+}
+
+// warmBuffersKept bounds how many recycled buffers of each free list
+// WarmFetchBuffers writes ahead: a start's first fetches find them, and
+// later ones recycle what the first returned.
+const warmBuffersKept = 8
+
+// WarmFetchBuffers writes the buffers the read path recycles between
+// fetches (the ciphertext of each fetch in flight, the zstd frame of each
+// chunk being opened) for chunks of chunkSize, up to warmBuffersKept of
+// each, so that an agent's first cold start does not write them for the
+// first time either. The daemon calls it once at start, with Warm.
+func (a *Agent) WarmFetchBuffers(chunkSize int) {
+	n := chunkSize + chunk.Overhead + zstdSlack
+	for _, l := range []freeList{a.bufs, frames} {
+		for i := 0; i < min(cap(l), warmBuffersKept) && len(l) < cap(l); i++ {
+			b := allocPlain(n)
+			touch(b[:n])
+			l.put(&b)
+		}
+	}
 }

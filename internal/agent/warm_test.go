@@ -174,3 +174,33 @@ func BenchmarkOpenZstdColdMemory(b *testing.B) {
 		})
 	}
 }
+
+func TestWarmFetchBuffers(t *testing.T) {
+	ti := stdImage(t)
+	a, err := New(Config{Mem: NewMemCache(1 << 20), Tiers: []Tier{NewOrigin(ti.st, testRoot)}, MaxConcurrentFetches: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for len(frames) > 0 { // other tests' leftovers
+		<-frames
+	}
+	const size = 64 << 10
+	a.WarmFetchBuffers(size)
+	want := size + chunk.Overhead + zstdSlack
+	for _, l := range []struct {
+		name string
+		l    freeList
+		n    int
+	}{{"ciphertext buffers", a.bufs, min(4, warmBuffersKept)}, {"zstd frames", frames, min(cap(frames), warmBuffersKept)}} {
+		if len(l.l) != l.n {
+			t.Errorf("%s: %d written ahead, want %d", l.name, len(l.l), l.n)
+		}
+		for len(l.l) > 0 {
+			bp := <-l.l
+			if len(*bp) != 0 || cap(*bp) != want {
+				t.Errorf("%s: buffer len %d cap %d, want 0 and %d", l.name, len(*bp), cap(*bp), want)
+			}
+		}
+	}
+}

@@ -226,7 +226,11 @@ func (d *Daemon) Run(ctx context.Context, ready chan<- struct{}) error {
 	d.restartExports(ctx, exports)
 	go d.refreshLoop(ctx)
 	if w := min(o.WarmMemory, o.Worker.MemBytes); w > 0 {
-		go agent.Warm(ctx, w, chunk.DefaultSize)
+		go func() {
+			d.stack.Agent.WarmFetchBuffers(chunk.DefaultSize)
+			fuse.WarmReadBuffers(8, 0)
+			agent.Warm(ctx, w, chunk.DefaultSize)
+		}()
 	}
 	d.log.Info("agent serving", slog.String("socket", o.Socket), slog.String("store", d.st.String()),
 		slog.String("metrics", o.MetricsListen))

@@ -28,3 +28,30 @@ func TestReadBuffersSurviveGC(t *testing.T) {
 		t.Errorf("get(128 KiB) = %d bytes", len(*e))
 	}
 }
+
+func TestWarmReadBuffers(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		n, maxRead    int
+		wantN, wantSz int
+	}{
+		{"three of 16 KiB", 3, 16 << 10, 3, 16 << 10},
+		{"default size", 1, 0, 1, 1 << 20},
+		{"more than the list keeps", cap(readBufs) + 5, 4096, cap(readBufs), 4096},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for len(readBufs) > 0 {
+				<-readBufs
+			}
+			WarmReadBuffers(tc.n, tc.maxRead)
+			if len(readBufs) != tc.wantN {
+				t.Fatalf("%d buffers written ahead, want %d", len(readBufs), tc.wantN)
+			}
+			for len(readBufs) > 0 {
+				if bp := <-readBufs; len(*bp) != tc.wantSz {
+					t.Fatalf("buffer of %d bytes, want %d", len(*bp), tc.wantSz)
+				}
+			}
+		})
+	}
+}
