@@ -8,8 +8,9 @@
 #   local table (file store on local disk, no network; mount + chroot exec):
 #     a loop mount of the same ext4 file, one-shot `lode mount --background`,
 #     `lode agent mount` cold (fresh agent, its --warm-memory reserve written,
-#     empty cache) and warm (memory cache
-#     warm from the try before), and the same with a recorded profile;
+#     empty cache) and warm (memory cache warm from the try before), the same
+#     with a recorded profile, and the cold mount asked for on the agent's
+#     API with curl (no lode client process);
 #   latency table, at each of DELAYS added to every request by bench/latproxy:
 #     `lode run` from an S3 store (versitygw) without and with a profile,
 #     containerd 1.6 with its overlayfs snapshotter (full pull), with the
@@ -270,6 +271,24 @@ agent_try() { # agent_try IMAGE: lode agent mount into the running agent
   read -r b0 r0 <<<"$m0"; read -r b1 r1 <<<"$m1"
   echo "$(((c - a) / 1000)) $(((b - a) / 1000)) $((b1 - b0)) $((r1 - r0)) -"
 }
+# agent_api_try IMAGE: the same mount as agent_try, asked for on the agent's
+# API (POST /v1/mounts on its socket, as a platform's own orchestrator or the
+# containerd snapshotter asks) with curl instead of a lode process: the
+# agent's own cost without the lode client's process start.
+agent_api_try() {
+  drop
+  local a b c m0 m1
+  m0=$(origin "$AGENTM")
+  a=$(us)
+  curl -sf --unix-socket "$W/agent.sock" -X POST -H 'Content-Type: application/json' \
+    -d "{\"image\":\"$1\",\"dir\":\"$MNT\"}" http://lode/v1/mounts >/dev/null 2>>"$W/err.log"
+  b=$(us)
+  c=$(until42 chroot "$MNT" "${PY[@]}")
+  m1=$(origin "$AGENTM")
+  "$L" agent umount "$MNT" --socket "$W/agent.sock" >/dev/null 2>>"$W/err.log"
+  read -r b0 r0 <<<"$m0"; read -r b1 r1 <<<"$m1"
+  echo "$(((c - a) / 1000)) $(((b - a) / 1000)) $((b1 - b0)) $((r1 - r0)) -"
+}
 # reqs LOG FROM_US UNTIL_US: "bytes requests serial" of the requests started in that window.
 reqs() { "$B/latproxy" summary -log "$1" -from "$(($2 * 1000))" -until "$(($3 * 1000))" | awk '{print $4, $2, $6}'; }
 run_try() { # run_try IMAGE [FLAGS]: lode run from the S3 store, cold cache
@@ -346,6 +365,9 @@ for i in $(seq "$RUNS"); do
   agent_start
   add agentp "$(agent_try "$PROF")"
   stop "$AGENT"
+  agent_start
+  add agentapi "$(agent_api_try deb)"
+  stop "$AGENT"
 done
 lt=$(col loop 1)
 echo
@@ -354,7 +376,7 @@ echo
 echo "| start | mount | mount to output | × loop | bytes read/fetched | × loop bytes | chunk requests |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
 lb=$(col loop 3)
-for row in "loop:loop mount of the ext4 file" "mount:one-shot lode mount" "agent:lode agent mount, cold" "agentw:lode agent mount, warm memory cache" "mountp:one-shot lode mount, $PROFN" "agentp:lode agent mount, cold, $PROFN"; do
+for row in "loop:loop mount of the ext4 file" "mount:one-shot lode mount" "agent:lode agent mount, cold" "agentw:lode agent mount, warm memory cache" "mountp:one-shot lode mount, $PROFN" "agentp:lode agent mount, cold, $PROFN" "agentapi:agent API call (curl), cold"; do
   k=${row%%:*}; n=${row#*:}
   t=$(col "$k" 1); m=$(col "$k" 2); by=$(col "$k" 3); rq=$(col "$k" 4)
   printf '| %s | %s ms | %s ms | %.2f× | %s | %.2f× | %s |\n' "$n" "$m" "$t" "$(echo "$t / $lt" | bc -l)" "$(mib "$by")" "$(echo "$by / $lb" | bc -l)" "$rq"

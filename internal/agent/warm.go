@@ -43,14 +43,18 @@ var reserve atomic.Pointer[warmReserve]
 var warmQuiet = 2 * time.Second
 
 // Warm keeps a reserve of about bytes of plaintext buffers for chunks of
-// chunkSize (a reserve buffer serves only a chunk of exactly that size: the
-// default chunk size covers every chunk but an image's last) and refills
+// chunkSize (0: chunk.DefaultSize; a reserve buffer serves only a chunk of
+// exactly that size, and the default covers every chunk of a default
+// build but an image's last) and refills
 // it after use, until ctx ends. It fills at once, then, whenever starts
 // took buffers, again once none was taken for a while. One reserve serves
 // every agent in the process; a second Warm while one runs returns at once.
 // Warm blocks: run it on its own goroutine.
 func Warm(ctx context.Context, bytes int64, chunkSize int) {
-	if chunkSize <= 0 || bytes < int64(chunkSize) {
+	if chunkSize <= 0 {
+		chunkSize = chunk.DefaultSize
+	}
+	if bytes < int64(chunkSize) {
 		return
 	}
 	n := int(bytes / int64(chunkSize))
@@ -139,10 +143,14 @@ const warmBuffersKept = 8
 
 // WarmFetchBuffers writes the buffers the read path recycles between
 // fetches (the ciphertext of each fetch in flight, the zstd frame of each
-// chunk being opened) for chunks of chunkSize, up to warmBuffersKept of
+// chunk being opened) for chunks of chunkSize (0: chunk.DefaultSize), up
+// to warmBuffersKept of
 // each, so that an agent's first cold start does not write them for the
 // first time either. The daemon calls it once at start, with Warm.
 func (a *Agent) WarmFetchBuffers(chunkSize int) {
+	if chunkSize <= 0 {
+		chunkSize = chunk.DefaultSize
+	}
 	n := chunkSize + chunk.Overhead + zstdSlack
 	for _, l := range []freeList{a.bufs, frames} {
 		for i := 0; i < min(cap(l), warmBuffersKept) && len(l) < cap(l); i++ {

@@ -97,7 +97,7 @@ func TestWarmRefusesTooLittle(t *testing.T) {
 	for _, tc := range []struct {
 		bytes int64
 		size  int
-	}{{0, 1 << 10}, {1 << 10, 0}, {100, 1 << 10}} {
+	}{{0, 1 << 10}, {1 << 10, 0}, {100, 1 << 10}, {-1, 0}} {
 		done := make(chan struct{})
 		go func() { defer close(done); Warm(context.Background(), tc.bytes, tc.size) }()
 		select {

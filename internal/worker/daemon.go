@@ -20,7 +20,6 @@ import (
 	"github.com/lode-dev/lode/internal/blockdev"
 	"github.com/lode-dev/lode/internal/blockdev/fuse"
 	"github.com/lode-dev/lode/internal/catalog"
-	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/metrics"
 	"github.com/lode-dev/lode/internal/profile"
@@ -227,9 +226,9 @@ func (d *Daemon) Run(ctx context.Context, ready chan<- struct{}) error {
 	go d.refreshLoop(ctx)
 	if w := min(o.WarmMemory, o.Worker.MemBytes); w > 0 {
 		go func() {
-			d.stack.Agent.WarmFetchBuffers(chunk.DefaultSize)
+			d.stack.Agent.WarmFetchBuffers(0) // 0: the default chunk size
 			fuse.WarmReadBuffers(8, 0)
-			agent.Warm(ctx, w, chunk.DefaultSize)
+			agent.Warm(ctx, w, 0)
 		}()
 	}
 	d.log.Info("agent serving", slog.String("socket", o.Socket), slog.String("store", d.st.String()),
