@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"slices"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/lode-dev/lode/internal/chunk"
 	"github.com/lode-dev/lode/internal/trace"
 )
 
@@ -18,7 +21,11 @@ func TestTraceRecordsFetchesAndReads(t *testing.T) {
 	ti := stdImage(t)
 	var buf bytes.Buffer
 	tr := trace.New(&buf)
-	im := openImage(t, ti, Config{Mem: NewMemCache(1 << 30), Tiers: []Tier{NewOrigin(ti.st, testRoot)}, Trace: tr})
+	// The two fetches meet before either returns, so that they overlap in
+	// time however the machine schedules them (the trace's chain counts
+	// fetches that started after another ended).
+	origin := &meetTier{Tier: NewOrigin(ti.st, testRoot), n: 2, met: make(chan struct{})}
+	im := openImage(t, ti, Config{Mem: NewMemCache(1 << 30), Tiers: []Tier{origin}, Trace: tr})
 	ctx := context.Background()
 	p := make([]byte, cs)
 	off := int64(cs/2) + 7*int64(cs) // chunks 7 and 8
@@ -98,4 +105,27 @@ func TestReadAheadIgnoresPrefetchedChunks(t *testing.T) {
 			t.Errorf("prefetched %v: chunk 11 fetched %d times after reading 7, 8, 9; want %d", prefetched, got, want)
 		}
 	}
+}
+
+// meetTier holds the first n fetches until all n have started (at most 10
+// s), then serves every fetch from Tier.
+type meetTier struct {
+	Tier
+	n       int64
+	arrived atomic.Int64
+	met     chan struct{}
+}
+
+func (m *meetTier) Fetch(ctx context.Context, name chunk.Name, dst []byte) ([]byte, error) {
+	if a := m.arrived.Add(1); a == m.n {
+		close(m.met)
+	} else if a < m.n {
+		select {
+		case <-m.met:
+		case <-time.After(10 * time.Second):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return m.Tier.Fetch(ctx, name, dst)
 }
