@@ -294,7 +294,7 @@ func NewDaemon(ctx context.Context, c DaemonConfig) (*Daemon, error) {
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
-	LimitMemory(c.Worker.MemBytes, c.Log)
+	LimitMemory(c.Worker.MemBytes+max(min(c.WarmMemory, c.Worker.MemBytes), 0), c.Log) // the warm reserve is resident beside the cache
 	reg := metrics.NewRegistry()
 	d := &Daemon{
 		o: c, st: c.Store, kr: c.Keyring, reg: reg, origins: agent.NewOrigins(c.Store),
