@@ -225,11 +225,18 @@ func (d *Daemon) Run(ctx context.Context, ready chan<- struct{}) error {
 	d.restartExports(ctx, exports)
 	go d.refreshLoop(ctx)
 	if w := min(o.WarmMemory, o.Worker.MemBytes); w > 0 {
+		// Written beside the first requests; stopped with the daemon (the
+		// reserve is the process's, and a daemon taken over leaves it to
+		// nobody).
+		wctx, stopWarm := context.WithCancel(ctx)
+		warmed := make(chan struct{})
 		go func() {
+			defer close(warmed)
 			d.stack.Agent.WarmFetchBuffers(0) // 0: the default chunk size
 			fuse.WarmReadBuffers(8, 0)
-			agent.Warm(ctx, w, 0)
+			agent.Warm(wctx, w, 0)
 		}()
+		defer func() { stopWarm(); <-warmed }()
 	}
 	d.log.Info("agent serving", slog.String("socket", o.Socket), slog.String("store", d.st.String()),
 		slog.String("metrics", o.MetricsListen))

@@ -11,6 +11,7 @@ import (
 
 	"github.com/lode-dev/lode/internal/lodetest"
 
+	"github.com/lode-dev/lode/internal/agent"
 	"github.com/lode-dev/lode/internal/catalog"
 	"github.com/lode-dev/lode/internal/imagetest"
 	"github.com/lode-dev/lode/internal/store"
@@ -150,4 +151,50 @@ func testCounter(t *testing.T, d *Daemon, name string) float64 {
 	}
 	t.Fatalf("no metric %s", name)
 	return 0
+}
+
+// A running daemon writes its warm reserve (--warm-memory, at most the
+// memory cache's budget) and shows it in lode_agent_warm_buffers; once it
+// stops, the reserve is gone. 0 disables it.
+func TestDaemonWarmReserve(t *testing.T) {
+	w := imagetest.NewWorld(t, "default")
+	for _, tc := range []struct {
+		name       string
+		warm, mem  int64
+		wantBuffers float64
+	}{
+		{"4 MiB", 4 << 20, 64 << 20, 8},
+		{"capped by the memory cache", 64 << 20, 2 << 20, 4},
+		{"off", 0, 64 << 20, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			home := t.TempDir()
+			var logBuf syncBuffer
+			c := testDaemonConfig(home, w, &logBuf)
+			c.WarmMemory, c.Worker.MemBytes = tc.warm, tc.mem
+			d, err := NewDaemon(context.Background(), c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			ready, done := make(chan struct{}), make(chan error, 1)
+			go func() { done <- d.Run(ctx, ready) }()
+			<-ready
+			deadline := time.Now().Add(10 * time.Second)
+			for testCounter(t, d, "lode_agent_warm_buffers") < tc.wantBuffers && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			time.Sleep(50 * time.Millisecond) // a reserve larger than asked would show by now
+			if got := testCounter(t, d, "lode_agent_warm_buffers"); got != tc.wantBuffers {
+				t.Errorf("lode_agent_warm_buffers = %v, want %v", got, tc.wantBuffers)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if n := agent.WarmBuffers(); n != 0 {
+				t.Errorf("after the daemon stopped the reserve holds %d buffers", n)
+			}
+		})
+	}
 }
