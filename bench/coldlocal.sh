@@ -68,18 +68,7 @@ cleanup() {
   [ -z "$AGENT" ] || kill "$AGENT" 2>/dev/null
 }
 trap cleanup EXIT
-# wait_warm URL: wait (at most 5 s) until the agent's warm reserve
-# (--warm-memory, 64 MiB = 128 buffers by default) is written, as it is on a
-# worker whose agent started before its first start; an agent without the
-# metric (an older binary) does not wait.
-wait_warm() {
-  local n
-  for _ in $(seq 100); do
-    n=$(curl -s "$1" | awk '/^lode_agent_warm_buffers / {print int($2); f=1} END {if (!f) print -1}')
-    [ "$n" -lt 0 ] || [ "$n" -ge 128 ] && return
-    sleep 0.05
-  done
-}
+. "$(dirname "$0")/coldlib.sh"
 agent_start() { # BIN
   rm -rf "$W/cache" "$W/agent.sock"; AGENTM=127.0.0.1:$(free_port)
   "$1" --store "$FILE" agent "${WK[@]}" --socket "$W/agent.sock" --cache-dir "$W/cache" --state-dir "$W/agent-state" --metrics-listen "$AGENTM" 2>>"$W/err.log" &

@@ -238,18 +238,7 @@ mount_try() { # mount_try IMAGE: one-shot lode mount, cold cache
   echo "$(((c - a) / 1000)) $(((b - a) / 1000)) $m -"
 }
 AGENT= AGENTM=
-# wait_warm URL: wait (at most 5 s) until the agent's warm reserve
-# (--warm-memory, 64 MiB = 128 buffers by default) is written, as it is on a
-# worker whose agent started before its first start; an agent without the
-# metric (an older binary) does not wait.
-wait_warm() {
-  local n
-  for _ in $(seq 100); do
-    n=$(curl -s "$1" | awk '/^lode_agent_warm_buffers / {print int($2); f=1} END {if (!f) print -1}')
-    [ "$n" -lt 0 ] || [ "$n" -ge 128 ] && return
-    sleep 0.05
-  done
-}
+. "$here/bench/coldlib.sh"
 agent_start() {
   rm -rf "$W/cache" "$W/agent.sock"
   AGENTM=127.0.0.1:$(free_port)
@@ -258,30 +247,22 @@ agent_start() {
   wait_sock "$W/agent.sock"; wait_http "http://$AGENTM/metrics"
   wait_warm "http://$AGENTM/metrics"
 }
-agent_try() { # agent_try IMAGE: lode agent mount into the running agent
+# agent_try IMAGE [api]: lode agent mount into the running agent; with "api"
+# the same mount asked for on the agent's API (POST /v1/mounts on its
+# socket, as a platform's orchestrator or the containerd snapshotter asks)
+# with curl instead of a lode process: the agent's own cost without the lode
+# client's process start.
+agent_try() {
   drop
   local a b c m0 m1
   m0=$(origin "$AGENTM")
   a=$(us)
-  "$L" agent mount "$1" "$MNT" --socket "$W/agent.sock" >/dev/null 2>>"$W/err.log"
-  b=$(us)
-  c=$(until42 chroot "$MNT" "${PY[@]}")
-  m1=$(origin "$AGENTM")
-  "$L" agent umount "$MNT" --socket "$W/agent.sock" >/dev/null 2>>"$W/err.log"
-  read -r b0 r0 <<<"$m0"; read -r b1 r1 <<<"$m1"
-  echo "$(((c - a) / 1000)) $(((b - a) / 1000)) $((b1 - b0)) $((r1 - r0)) -"
-}
-# agent_api_try IMAGE: the same mount as agent_try, asked for on the agent's
-# API (POST /v1/mounts on its socket, as a platform's own orchestrator or the
-# containerd snapshotter asks) with curl instead of a lode process: the
-# agent's own cost without the lode client's process start.
-agent_api_try() {
-  drop
-  local a b c m0 m1
-  m0=$(origin "$AGENTM")
-  a=$(us)
-  curl -sf --unix-socket "$W/agent.sock" -X POST -H 'Content-Type: application/json' \
-    -d "{\"image\":\"$1\",\"dir\":\"$MNT\"}" http://lode/v1/mounts >/dev/null 2>>"$W/err.log"
+  if [ "${2:-}" = api ]; then
+    curl -sf --unix-socket "$W/agent.sock" -X POST -H 'Content-Type: application/json' \
+      -d "{\"image\":\"$1\",\"dir\":\"$MNT\"}" http://lode/v1/mounts >/dev/null 2>>"$W/err.log"
+  else
+    "$L" agent mount "$1" "$MNT" --socket "$W/agent.sock" >/dev/null 2>>"$W/err.log"
+  fi
   b=$(us)
   c=$(until42 chroot "$MNT" "${PY[@]}")
   m1=$(origin "$AGENTM")
@@ -366,7 +347,7 @@ for i in $(seq "$RUNS"); do
   add agentp "$(agent_try "$PROF")"
   stop "$AGENT"
   agent_start
-  add agentapi "$(agent_api_try deb)"
+  add agentapi "$(agent_try deb api)"
   stop "$AGENT"
 done
 lt=$(col loop 1)

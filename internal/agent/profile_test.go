@@ -272,13 +272,7 @@ func BenchmarkOpenRaw_512K(b *testing.B) {
 // decrypt and (zstd) decompress, on text-like data that compresses about 3×.
 func benchmarkOpen(b *testing.B, compressed bool) {
 	const size = 512 << 10
-	plain := make([]byte, size)
-	words := []string{"import ", "json", "def ", "return ", "self", ".", "(", ")", ":\n", "    ", "lode ", "chunk ", "0x1f3a ", "# comment\n"}
-	x := uint32(1)
-	for i := 0; i < size; {
-		x = x*1664525 + 1013904223
-		i += copy(plain[i:], words[x>>28%uint32(len(words))])
-	}
+	plain := textLike(size)
 	sealed := plain
 	if compressed {
 		enc, _ := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
@@ -300,4 +294,17 @@ func benchmarkOpen(b *testing.B, compressed bool) {
 		}
 	}
 	b.ReportMetric(float64(len(ct)), "stored-B/chunk")
+}
+
+// textLike is size bytes of source-code-like text that zstd compresses
+// about 3×, the same for every call.
+func textLike(size int) []byte {
+	plain := make([]byte, size)
+	words := []string{"import ", "json", "def ", "return ", "self", ".", "(", ")", ":\n", "    ", "lode ", "chunk ", "0x1f3a ", "# comment\n"}
+	x := uint32(1)
+	for i := 0; i < size; {
+		x = x*1664525 + 1013904223
+		i += copy(plain[i:], words[x>>28%uint32(len(words))])
+	}
+	return plain
 }

@@ -120,13 +120,7 @@ func TestWarmRefusesTooLittle(t *testing.T) {
 // round's new buffers are new memory again.
 func BenchmarkOpenZstdColdMemory(b *testing.B) {
 	const size, round = 512 << 10, 64
-	plain := make([]byte, size)
-	words := []string{"import ", "json", "def ", "return ", "self", ".", "(", ")", ":\n", "    ", "lode ", "chunk ", "0x1f3a ", "# comment\n"}
-	x := uint32(1)
-	for i := 0; i < size; {
-		x = x*1664525 + 1013904223
-		i += copy(plain[i:], words[x>>28%uint32(len(words))])
-	}
+	plain := textLike(size)
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
 	s, _ := chunk.NewSealer(bytes.Repeat([]byte{7}, chunk.SecretSize))
 	ref, ct, err := s.Seal(enc.EncodeAll(plain, nil), []byte("salt"), nil)
