@@ -159,8 +159,8 @@ func testCounter(t *testing.T, d *Daemon, name string) float64 {
 func TestDaemonWarmReserve(t *testing.T) {
 	w := imagetest.NewWorld(t, "default")
 	for _, tc := range []struct {
-		name       string
-		warm, mem  int64
+		name        string
+		warm, mem   int64
 		wantBuffers float64
 	}{
 		{"4 MiB", 4 << 20, 64 << 20, 8},
