@@ -35,7 +35,7 @@ if [ ! -x debian/usr/bin/python3 ]; then
 fi
 # Container images carry an empty /dev (the runtime mounts one).
 find debian/dev -mindepth 1 -delete
-(cd "$here" && go build -o "$W/lode" ./cmd/lode)
+(cd "$here" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$W/lode" ./cmd/lode) # as it ships (docs/operations.md)
 LODE="$W/lode"
 export LODE_HOME="$W/home"
 rm -rf "$LODE_HOME"
