@@ -134,10 +134,11 @@ func startProfile() error {
 		if err != nil {
 			return err
 		}
-		traceFile = f
 		if err := trace.Start(f); err != nil {
+			f.Close()
 			return fmt.Errorf("starting the execution trace %s: %w", global.execTrace, err)
 		}
+		traceFile = f
 	}
 	if global.cpuProf == "" {
 		return nil

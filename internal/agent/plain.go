@@ -46,7 +46,7 @@ func (l freeList) get(n int) *[]byte {
 		}
 	default:
 	}
-	b := newPlain(n)
+	b := allocPlain(n) // not the warm reserve: it is for chunk plaintext
 	return &b
 }
 

@@ -224,10 +224,11 @@ func (d *Daemon) Run(ctx context.Context, ready chan<- struct{}) error {
 	go func() { errc <- srv.Serve(l) }()
 	d.restartExports(ctx, exports)
 	go d.refreshLoop(ctx)
+	stopWarmup := func() {}
 	if w := min(o.WarmMemory, o.Worker.MemBytes); w > 0 {
-		// Written beside the first requests; stopped with the daemon (the
-		// reserve is the process's, and a daemon taken over leaves it to
-		// nobody).
+		// Written beside the first requests; stopped when the daemon stops
+		// or is taken over (the reserve is the process's: a daemon taken
+		// over, waiting for its SIGTERM, must not keep it resident).
 		wctx, stopWarm := context.WithCancel(ctx)
 		warmed := make(chan struct{})
 		go func() {
@@ -236,7 +237,8 @@ func (d *Daemon) Run(ctx context.Context, ready chan<- struct{}) error {
 			fuse.WarmReadBuffers(8, 0)
 			agent.Warm(wctx, w, 0)
 		}()
-		defer func() { stopWarm(); <-warmed }()
+		stopWarmup = func() { stopWarm(); <-warmed }
+		defer stopWarmup()
 	}
 	d.log.Info("agent serving", slog.String("socket", o.Socket), slog.String("store", d.st.String()),
 		slog.String("metrics", o.MetricsListen))
@@ -246,10 +248,12 @@ func (d *Daemon) Run(ctx context.Context, ready chan<- struct{}) error {
 	select {
 	case <-ctx.Done():
 	case <-d.takenOver:
+		stopWarmup()
 		return d.afterTakenOver(ctx)
 	case err := <-errc:
 		if d.apiStopped.Load() {
 			<-d.takenOver
+			stopWarmup()
 			return d.afterTakenOver(ctx)
 		}
 		return fmt.Errorf("serving the control socket %s: %w", o.Socket, err)

@@ -198,3 +198,46 @@ func TestDaemonWarmReserve(t *testing.T) {
 		})
 	}
 }
+
+// A daemon taken over that waits for its signal (--after-takeover=wait)
+// gives its warm reserve up at once, not when it exits.
+func TestDaemonTakenOverDropsWarmReserve(t *testing.T) {
+	w := imagetest.NewWorld(t, "default")
+	home := t.TempDir()
+	var logBuf syncBuffer
+	c := testDaemonConfig(home, w, &logBuf)
+	c.WarmMemory, c.AfterTakeover = 4<<20, "wait"
+	d, err := NewDaemon(context.Background(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready, done := make(chan struct{}), make(chan error, 1)
+	go func() { done <- d.Run(ctx, ready) }()
+	<-ready
+	deadline := time.Now().Add(10 * time.Second)
+	for agent.WarmBuffers() < 8 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := agent.WarmBuffers(); n != 8 {
+		t.Fatalf("warm reserve holds %d buffers, want 8", n)
+	}
+	close(d.takenOver) // what handOver does once the new agent has everything
+	deadline = time.Now().Add(5 * time.Second)
+	for agent.WarmBuffers() != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := agent.WarmBuffers(); n != 0 {
+		t.Errorf("taken over and waiting for a signal, the daemon still holds %d warm buffers", n)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned before its signal: %v", err)
+	default:
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
