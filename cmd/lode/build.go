@@ -12,6 +12,7 @@ import (
 
 	"github.com/lode-dev/lode/internal/build"
 	"github.com/lode-dev/lode/internal/chunk"
+	"github.com/lode-dev/lode/internal/manifest"
 	"github.com/lode-dev/lode/internal/oci"
 	"github.com/lode-dev/lode/internal/profile"
 )
@@ -112,9 +113,9 @@ func runBuild(ctx context.Context, o buildOptions, source string, out io.Writer)
 	if o.noSetuid {
 		fo.AllowSetuid = false
 	}
-	comp, err := compressionFlag(o.compress) // profile.go
+	comp, err := manifest.ParseCompression(o.compress)
 	if err != nil {
-		return err
+		return fmt.Errorf("--compress: %w", err)
 	}
 	o.remote.Progress = build.NewPullProgress(stderr)
 	bo := build.Options{

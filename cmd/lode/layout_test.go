@@ -9,6 +9,7 @@ import (
 
 	"github.com/lode-dev/lode/internal/build"
 	"github.com/lode-dev/lode/internal/lodetest"
+	"github.com/lode-dev/lode/internal/manifest"
 )
 
 // TestBuildAlign checks the default layout, the chunk-aligned one, on the
@@ -67,7 +68,7 @@ func TestBuildAlign(t *testing.T) {
 // TestBuildDefaults: lode build's flag defaults are build's.
 func TestBuildDefaults(t *testing.T) {
 	o := defaultBuildOptions()
-	if c, err := compressionFlag(o.compress); err != nil || c != build.DefaultCompression || o.align != build.DefaultAlign {
+	if c, err := manifest.ParseCompression(o.compress); err != nil || c != build.DefaultCompression || o.align != build.DefaultAlign {
 		t.Errorf("defaultBuildOptions: --compress %q (%d, %v), --align %v; want %d, %v", o.compress, c, err, o.align, build.DefaultCompression, build.DefaultAlign)
 	}
 }

@@ -22,7 +22,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
-	stopProfile() // cobra skips PersistentPostRun when the command fails
+	stopProfiles() // cobra skips PersistentPostRun when the command fails
 	if err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) {

@@ -5,11 +5,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime/pprof"
-	"runtime/trace"
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/lode-dev/lode/internal/metrics"
 )
 
 // globalOptions are the flags every subcommand shares. Each has an
@@ -80,9 +80,11 @@ tenant is "default". Run "lode demo" for a tour.`,
 			if err := setupLogging(cmd); err != nil {
 				return err
 			}
-			return startProfile()
+			var err error
+			stopProfiles, err = metrics.StartProfiles(global.cpuProf, global.execTrace)
+			return err
 		},
-		PersistentPostRun: func(cmd *cobra.Command, args []string) { stopProfile() },
+		PersistentPostRun: func(cmd *cobra.Command, args []string) { stopProfiles() },
 	}
 	f := root.PersistentFlags()
 	f.StringVar(&global.home, "home", defaultHome(), "lode's data directory (env LODE_HOME)")
@@ -126,40 +128,6 @@ func setupLogging(cmd *cobra.Command) error {
 	return nil
 }
 
-var profFile, traceFile *os.File
-
-func startProfile() error {
-	if global.execTrace != "" {
-		f, err := os.Create(global.execTrace)
-		if err != nil {
-			return err
-		}
-		if err := trace.Start(f); err != nil {
-			f.Close()
-			return fmt.Errorf("starting the execution trace %s: %w", global.execTrace, err)
-		}
-		traceFile = f
-	}
-	if global.cpuProf == "" {
-		return nil
-	}
-	f, err := os.Create(global.cpuProf)
-	if err != nil {
-		return err
-	}
-	profFile = f
-	return pprof.StartCPUProfile(f)
-}
-
-func stopProfile() {
-	if traceFile != nil {
-		trace.Stop()
-		traceFile.Close()
-		traceFile = nil
-	}
-	if profFile != nil {
-		pprof.StopCPUProfile()
-		profFile.Close()
-		profFile = nil
-	}
-}
+// stopProfiles ends --cpuprofile and --exectrace (main calls it too: cobra
+// skips PersistentPostRun when a command fails).
+var stopProfiles = func() {}

@@ -48,6 +48,18 @@ const (
 	CompressionZstd = 1
 )
 
+// ParseCompression maps a compression's name ("none" or "", "zstd") to its
+// Manifest.Compression value.
+func ParseCompression(s string) (uint8, error) {
+	switch s {
+	case "", "none":
+		return CompressionNone, nil
+	case "zstd":
+		return CompressionZstd, nil
+	}
+	return 0, fmt.Errorf("compression %q: want none or zstd", s)
+}
+
 // Validate reports the first rule m breaks, wrapping ErrInvalid: lengths
 // consistent (len(Keys) == len(Names) == chunk.Count(ImageSize, ChunkSize)),
 // a valid chunk size, a known FSType and Compression, holes (zero names) with

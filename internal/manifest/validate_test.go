@@ -76,3 +76,16 @@ func TestHoles(t *testing.T) {
 		t.Errorf("Ref(5) = %v, want name %s with its key", r, m.Names[5])
 	}
 }
+
+func TestParseCompression(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want uint8
+		ok   bool
+	}{{"", CompressionNone, true}, {"none", CompressionNone, true}, {"zstd", CompressionZstd, true}, {"gzip", 0, false}, {"ZSTD", 0, false}} {
+		got, err := ParseCompression(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseCompression(%q) = %d, %v; want %d, ok %v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
