@@ -9,8 +9,10 @@ package agent
 // microseconds, so a cold start's 47 chunks took ~6,000 faults, most of
 // the daemon's "zstd" CPU (BenchmarkOpenZstd_512K; docs/coldstart.md,
 // "Where the local time goes"). Mapping the pages in one madvise call
-// (MADV_POPULATE_WRITE, Linux 5.14) costs a fraction of that; where it is
-// refused, the pages fault in as before.
+// (MADV_POPULATE_WRITE, Linux 5.14) saves the fault per page; where it is
+// refused, the pages fault in as before. On a VM with shadow page tables
+// the first access to each page stays expensive even then (docs/coldstart.md,
+// "The third pass"): that is what the warm reserve takes off the start.
 //
 // A buffer from the warm reserve (Warm), written ahead of time, comes first.
 func newPlain(n int) []byte {

@@ -16,9 +16,9 @@ import (
 // page the process has never touched is the expensive part of that: on
 // this project's test machine (a Firecracker guest with shadow page
 // tables) ~7 µs a 4 KiB page even after MADV_POPULATE_WRITE mapped it, so
-// zstd decoding into a new 512 KiB buffer took 1.3–1.5 ms against 0.46 ms
-// into one already written (BenchmarkOpenZstd_512K/warm against /new; on
-// bare metal the first touch costs a page fault, ~1 µs). 47 chunks of a
+// opening a zstd chunk into a new 512 KiB buffer took 1.52 ms against
+// 0.46 ms into one already written (BenchmarkOpenZstdColdMemory, /new
+// against /warm; on bare metal the first touch costs a page fault, ~1 µs). 47 chunks of a
 // cold Python start spent ~45 ms of the daemon's ~150 ms of CPU there.
 // A long-lived agent pays that cost ahead of time instead: Warm writes a
 // reserve of buffers once at start and again whenever starts have used it
@@ -44,12 +44,11 @@ var warmQuiet = 2 * time.Second
 
 // Warm keeps a reserve of about bytes of plaintext buffers for chunks of
 // chunkSize (0: chunk.DefaultSize; a reserve buffer serves only a chunk of
-// exactly that size, and the default covers every chunk of a default
-// build but an image's last) and refills
-// it after use, until ctx ends. It fills at once, then, whenever starts
-// took buffers, again once none was taken for a while. One reserve serves
-// every agent in the process; a second Warm while one runs returns at once.
-// Warm blocks: run it on its own goroutine.
+// exactly that size, which for a default build is every chunk but an
+// image's last) until ctx ends. It fills the reserve at once, then again
+// whenever starts took buffers and none was taken for warmQuiet. One
+// reserve serves every agent in the process; a second Warm while one runs
+// returns at once. Warm blocks: run it on its own goroutine.
 func Warm(ctx context.Context, bytes int64, chunkSize int) {
 	if chunkSize <= 0 {
 		chunkSize = chunk.DefaultSize
@@ -101,7 +100,9 @@ func (r *warmReserve) fill(ctx context.Context) {
 }
 
 // touch writes one byte of every page of b (a new, zeroed buffer: the
-// bytes stay zero).
+// bytes stay zero). After allocPlain's madvise the pages are mapped, but
+// on a shadow-paged VM only this first access makes them cheap to use;
+// mapping first still makes the whole cheaper than faulting page by page.
 func touch(b []byte) {
 	const page = 4096
 	for i := 0; i < len(b); i += page {
@@ -144,9 +145,9 @@ const warmBuffersKept = 8
 // WarmFetchBuffers writes the buffers the read path recycles between
 // fetches (the ciphertext of each fetch in flight, the zstd frame of each
 // chunk being opened) for chunks of chunkSize (0: chunk.DefaultSize), up
-// to warmBuffersKept of
-// each, so that an agent's first cold start does not write them for the
-// first time either. The daemon calls it once at start, with Warm.
+// to warmBuffersKept of each, so that an agent's first cold start does not
+// write them for the first time either. The daemon calls it once at start,
+// with Warm.
 func (a *Agent) WarmFetchBuffers(chunkSize int) {
 	if chunkSize <= 0 {
 		chunkSize = chunk.DefaultSize
