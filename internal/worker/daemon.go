@@ -73,6 +73,10 @@ type DaemonConfig struct {
 	Log     *slog.Logger
 }
 
+// warmBytes is the warm reserve the daemon keeps: WarmMemory, at most the
+// memory cache's budget, 0 when off.
+func (c DaemonConfig) warmBytes() int64 { return max(min(c.WarmMemory, c.Worker.MemBytes), 0) }
+
 // Daemon is a running `lode agent`: one Stack for every image it mounts or
 // exports, its control API over a unix socket (api.go), root checks and GC
 // alarms, the takeover protocol (takeover.go) and the extra services
@@ -225,7 +229,7 @@ func (d *Daemon) Run(ctx context.Context, ready chan<- struct{}) error {
 	d.restartExports(ctx, exports)
 	go d.refreshLoop(ctx)
 	stopWarmup := func() {}
-	if w := min(o.WarmMemory, o.Worker.MemBytes); w > 0 {
+	if w := o.warmBytes(); w > 0 {
 		// Written beside the first requests; stopped when the daemon stops
 		// or is taken over (the reserve is the process's: a daemon taken
 		// over, waiting for its SIGTERM, must not keep it resident).
@@ -305,7 +309,7 @@ func NewDaemon(ctx context.Context, c DaemonConfig) (*Daemon, error) {
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
-	LimitMemory(c.Worker.MemBytes+max(min(c.WarmMemory, c.Worker.MemBytes), 0), c.Log) // the warm reserve is resident beside the cache
+	LimitMemory(c.Worker.MemBytes+c.warmBytes(), c.Log) // the warm reserve is resident beside the cache
 	reg := metrics.NewRegistry()
 	d := &Daemon{
 		o: c, st: c.Store, kr: c.Keyring, reg: reg, origins: agent.NewOrigins(c.Store),
