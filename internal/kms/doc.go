@@ -12,6 +12,14 @@
 // attempts) so that an outage fails new opens fast instead of hanging a
 // container start; images already open do not call KMS at all.
 //
+// Calls are signed with the S3 store's credential chain (minio-go's
+// providers, s3.CredentialChain) plus roles, adapted to the SDK's
+// CredentialsProvider; the SDK's configuration loader
+// (aws-sdk-go-v2/config) is not used: with the STS, SSO and sign-in clients
+// it links, its package initialization cost every lode command ~4.5 ms of
+// its start, whatever the command (docs/coldstart.md). What it read and
+// this does not: ~/.aws/config (region, role_arn profiles).
+//
 // Tests run against local-kms (github.com/nsmithuk/local-kms), a real KMS
 // protocol server that lodetest.KMSServer starts.
 package kms

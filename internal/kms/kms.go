@@ -6,15 +6,17 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/lode-dev/lode/internal/manifest"
+	"github.com/lode-dev/lode/internal/store/s3"
 )
 
 // Config tunes the client. The zero value selects the defaults.
@@ -25,6 +27,8 @@ type Config struct {
 	Timeout time.Duration
 	// Attempts per call (default 2: one retry of a transient error).
 	Attempts int
+	// Credentials sign the calls (default: Chain()).
+	Credentials *credentials.Credentials
 }
 
 // Client is a manifest.KMS over one AWS KMS endpoint. It is safe for
@@ -36,13 +40,44 @@ type Client struct {
 
 var _ manifest.KMS = (*Client)(nil)
 
-// Dial returns a client for the KMS of entry e with the default Config: the
-// AWS SDK's default credential chain and region (environment, shared
-// config, instance role), overridden by e.Region and e.Endpoint. It has the
-// signature manifest.FileKeyring.SetKMS wants.
+// Environment variables the client reads, as the AWS CLI and SDKs name
+// them.
+const (
+	EnvRegion        = "AWS_REGION"
+	EnvDefaultRegion = "AWS_DEFAULT_REGION"
+)
+
+// DefaultRegion is the region of a keyring entry that names none when the
+// environment names none either.
+const DefaultRegion = "us-east-1"
+
+// Chain returns the credentials KMS calls are signed with by default: the
+// S3 store's chain (s3.CredentialChain) with the instance or container
+// role: the AWS_* environment, the shared credentials file
+// ($AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials, in profile
+// $AWS_PROFILE, else "default"; credential_process and SSO entries
+// included), then the EC2 instance role, ECS/EKS container credentials or
+// web identity (IRSA).
+//
+// AWS_EC2_METADATA_DISABLED=true leaves the roles out unless a container
+// or web-identity variable names one, so that a host without keys fails
+// at once instead of waiting for an EC2 metadata endpoint that is not
+// there.
+func Chain() *credentials.Credentials {
+	iam := !strings.EqualFold(os.Getenv("AWS_EC2_METADATA_DISABLED"), "true")
+	for _, v := range []string{"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"} {
+		iam = iam || os.Getenv(v) != ""
+	}
+	return s3.CredentialChain(os.Getenv(s3.EnvCredentialsFile), os.Getenv(s3.EnvProfile), iam)
+}
+
+// Dial returns a client for the KMS of entry e with the default Config. It
+// has the signature manifest.FileKeyring.SetKMS wants.
 func Dial(e manifest.KMSKey) (manifest.KMS, error) { return New(context.Background(), e, Config{}) }
 
-// New returns a client for the KMS of entry e.
+// New returns a client for the KMS of entry e: in e.Region (else
+// $AWS_REGION, $AWS_DEFAULT_REGION, DefaultRegion), at e.Endpoint (else
+// the region's AWS endpoint).
 func New(ctx context.Context, e manifest.KMSKey, c Config) (*Client, error) {
 	if c.Timeout <= 0 {
 		c.Timeout = 5 * time.Second
@@ -50,22 +85,50 @@ func New(ctx context.Context, e manifest.KMSKey, c Config) (*Client, error) {
 	if c.Attempts <= 0 {
 		c.Attempts = 2
 	}
-	opts := []func(*config.LoadOptions) error{config.WithRetryMaxAttempts(c.Attempts)}
-	if e.Region != "" {
-		opts = append(opts, config.WithRegion(e.Region))
-	} else if os.Getenv("AWS_REGION") == "" && os.Getenv("AWS_DEFAULT_REGION") == "" {
-		opts = append(opts, config.WithRegion("us-east-1"))
+	if c.Credentials == nil {
+		c.Credentials = Chain()
 	}
-	ac, err := config.LoadDefaultConfig(ctx, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("loading AWS configuration for KMS key %s: %w", e.KeyID, err)
-	}
-	kc := kms.NewFromConfig(ac, func(o *kms.Options) {
+	region := first(e.Region, os.Getenv(EnvRegion), os.Getenv(EnvDefaultRegion), DefaultRegion)
+	kc := kms.New(kms.Options{
+		Region:           region,
+		Credentials:      aws.NewCredentialsCache(chainProvider{c.Credentials}),
+		RetryMaxAttempts: c.Attempts,
+	}, func(o *kms.Options) {
 		if e.Endpoint != "" {
 			o.BaseEndpoint = aws.String(e.Endpoint)
 		}
 	})
 	return &Client{c: kc, cfg: c}, nil
+}
+
+func first(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// ErrNoCredentials: no source in the chain had keys.
+var ErrNoCredentials = errors.New("no AWS credentials for KMS (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a shared credentials file, or run with an instance, container or web-identity role)")
+
+// chainProvider adapts minio-go's credentials (the chain the S3 store
+// uses) to the AWS SDK's CredentialsProvider. The SDK's own loader
+// (aws-sdk-go-v2/config) is not linked: its package initialization cost
+// every lode command ~4.5 ms of its start (docs/coldstart.md).
+type chainProvider struct{ c *credentials.Credentials }
+
+func (p chainProvider) Retrieve(ctx context.Context) (aws.Credentials, error) {
+	v, err := p.c.GetWithContext(&credentials.CredContext{Context: ctx})
+	if err != nil {
+		return aws.Credentials{}, fmt.Errorf("getting AWS credentials for KMS: %w", err)
+	}
+	if v.AccessKeyID == "" || v.SecretAccessKey == "" {
+		return aws.Credentials{}, ErrNoCredentials
+	}
+	return aws.Credentials{AccessKeyID: v.AccessKeyID, SecretAccessKey: v.SecretAccessKey, SessionToken: v.SessionToken,
+		Source: "lode", CanExpire: !v.Expiration.IsZero(), Expires: v.Expiration}, nil
 }
 
 // GenerateDataKey implements manifest.KMS with an AES_256 data key.

@@ -5,10 +5,16 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/lode-dev/lode/internal/agent"
 	"github.com/lode-dev/lode/internal/chunk"
@@ -240,5 +246,99 @@ func TestKMSOutage(t *testing.T) {
 	}
 	if _, err := manifest.SealImage(ctx, w.m, "acme", "app2", w.kr); !errors.Is(err, manifest.ErrKMSUnavailable) {
 		t.Errorf("SealImage during the outage = %v; want ErrKMSUnavailable", err)
+	}
+}
+
+// signer records the credential scope of every request it forwards to a
+// KMS server: "ACCESS_KEY/DATE/REGION/kms/aws4_request".
+type signer struct {
+	mu     sync.Mutex
+	scopes []string
+}
+
+func (s *signer) last() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.scopes) == 0 {
+		return ""
+	}
+	return s.scopes[len(s.scopes)-1]
+}
+
+func recordingProxy(t *testing.T, target string) (string, *signer) {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &signer{}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		if _, cred, ok := strings.Cut(auth, "Credential="); ok {
+			cred, _, _ = strings.Cut(cred, ",")
+			s.mu.Lock()
+			s.scopes = append(s.scopes, cred)
+			s.mu.Unlock()
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL, s
+}
+
+// TestKMSCredentials: KMS calls are signed with the credential chain the
+// S3 store uses (the environment, then the shared credentials file in
+// $AWS_PROFILE, then roles) and in the entry's region, else $AWS_REGION;
+// with no keys anywhere a call fails at once with ErrNoCredentials.
+func TestKMSCredentials(t *testing.T) {
+	srv := lodetest.StartKMS(t, lodetest.KMSKey{ID: key1, BackingKeys: [][32]byte{material(1)}})
+	proxy, rec := recordingProxy(t, srv.Endpoint)
+	credFile := filepath.Join(t.TempDir(), "credentials")
+	os.WriteFile(credFile, []byte("[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = s1\n\n[work]\naws_access_key_id = AKIDWORK\naws_secret_access_key = s2\n"), 0o600)
+	tests := []struct {
+		name      string
+		env       map[string]string
+		region    string // the keyring entry's
+		wantScope string // prefix before the date, and suffix after it
+		wantErr   error
+	}{
+		{"environment keys, entry region", map[string]string{"AWS_ACCESS_KEY_ID": "AKIDENV", "AWS_SECRET_ACCESS_KEY": "x"}, "eu-west-3", "AKIDENV/ eu-west-3/kms/aws4_request", nil},
+		{"shared file, AWS_PROFILE", map[string]string{"AWS_SHARED_CREDENTIALS_FILE": credFile, "AWS_PROFILE": "work"}, "eu-west-3", "AKIDWORK/ eu-west-3/kms/aws4_request", nil},
+		{"shared file, default profile, AWS_REGION", map[string]string{"AWS_SHARED_CREDENTIALS_FILE": credFile, "AWS_REGION": "ap-south-1"}, "", "AKIDDEFAULT/ ap-south-1/kms/aws4_request", nil},
+		{"environment wins over the file", map[string]string{"AWS_ACCESS_KEY_ID": "AKIDENV", "AWS_SECRET_ACCESS_KEY": "x", "AWS_SHARED_CREDENTIALS_FILE": credFile}, "", "AKIDENV/ us-east-1/kms/aws4_request", nil},
+		{"no keys anywhere", map[string]string{"AWS_SHARED_CREDENTIALS_FILE": filepath.Join(t.TempDir(), "none")}, "eu-west-3", "", kms.ErrNoCredentials},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY", "AWS_SECRET_KEY",
+				"AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+				"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"} {
+				t.Setenv(k, tt.env[k])
+			}
+			t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+			c, err := kms.New(context.Background(), manifest.KMSKey{KeyID: key1, Region: tt.region, Endpoint: proxy}, kms.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			plain, wrapped, err := c.GenerateDataKey(context.Background(), key1, map[string]string{"tenant": "acme"})
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) || !errors.Is(err, manifest.ErrKMSUnavailable) {
+					t.Fatalf("GenerateDataKey = %v; want %v (and ErrKMSUnavailable)", err, tt.wantErr)
+				}
+				if d := time.Since(start); d > 2*time.Second {
+					t.Errorf("failing without keys took %v: it waited for something", d)
+				}
+				return
+			}
+			if err != nil || len(plain) != 32 || len(wrapped) == 0 {
+				t.Fatalf("GenerateDataKey = %d, %d bytes, %v", len(plain), len(wrapped), err)
+			}
+			key, rest, _ := strings.Cut(tt.wantScope, " ")
+			if got := rec.last(); !strings.HasPrefix(got, key) || !strings.HasSuffix(got, rest) {
+				t.Errorf("signed with credential scope %q; want %s<date>/%s", got, key, rest)
+			}
+		})
 	}
 }

@@ -36,6 +36,17 @@ func (c Config) credentialsFile() string {
 	return filepath.Join(home, ".aws", "credentials")
 }
 
+// CredentialChain is the chain an s3 Config without keys signs with, for
+// other AWS clients of the same process (internal/kms signs KMS calls with
+// it): the AWS_* environment, the shared credentials file ("" means
+// $HOME/.aws/credentials; re-read when it changes) in profile ("" means
+// $AWS_PROFILE, else "default"), and with iam the instance or container
+// role (EC2 metadata, ECS/EKS credential endpoints, web identity); its
+// value has no keys when none of them has any.
+func CredentialChain(file, profile string, iam bool) *credentials.Credentials {
+	return Config{CredentialsFile: file, Profile: profile, IAM: iam}.credentials()
+}
+
 // credentials returns what signs c's requests: c's static keys when it has
 // any; else a chain of the AWS_* environment, the shared credentials file
 // (re-read when it changes) and, with c.IAM, the instance or container
