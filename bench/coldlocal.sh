@@ -4,7 +4,8 @@
 # are measured in one run on a loaded machine: per round a loop mount of the
 # ext4 file + chroot, then for each BIN: one-shot `lode mount --background`
 # (image IMG, and PIMG with a recorded profile), `lode agent mount` cold in a
-# fresh agent and warm, and cold with PIMG. Total = command start to the
+# fresh agent and warm, cold with PIMG, and cold asked for on the agent's API
+# with curl (no lode client process). Total = command start to the
 # output "42" of python3 -u -c 'print(6*7)', page cache dropped before each
 # try; bytes = the origin tier's bytes (sealed chunks read from the store)
 # against the sectors the loop device read. Medians; per-try lines in
@@ -75,10 +76,15 @@ agent_start() { # BIN
   AGENT=$!; wait_sock "$W/agent.sock"; wait_http "http://$AGENTM/metrics"
   wait_warm "http://$AGENTM/metrics"
 }
-agent_try() { # BIN IMAGE
+agent_try() { # BIN IMAGE [api]: with "api", the mount is asked for with curl on the agent's API (POST /v1/mounts)
   drop; local a b c m0 m1
   m0=$(origin "$AGENTM"); a=$(us)
-  "$1" agent mount "$2" "$MNT" --socket "$W/agent.sock" >/dev/null 2>>"$W/err.log"
+  if [ "${3:-}" = api ]; then
+    curl -sf --unix-socket "$W/agent.sock" -X POST -H 'Content-Type: application/json' \
+      -d "{\"image\":\"$2\",\"dir\":\"$MNT\"}" http://lode/v1/mounts >/dev/null 2>>"$W/err.log"
+  else
+    "$1" agent mount "$2" "$MNT" --socket "$W/agent.sock" >/dev/null 2>>"$W/err.log"
+  fi
   b=$(us); c=$(until42 chroot "$MNT" "${PY[@]}"); m1=$(origin "$AGENTM")
   "$1" agent umount "$MNT" --socket "$W/agent.sock" >/dev/null 2>>"$W/err.log"
   read -r b0 r0 <<<"$m0"; read -r b1 r1 <<<"$m1"
@@ -97,6 +103,8 @@ for i in $(seq "$RUNS"); do
     echo "agentw$bi $(agent_try "$B" "$IMG")" >>"$W/tries.log"
     stopa; agent_start "$B"
     echo "agentp$bi $(agent_try "$B" "$PIMG")" >>"$W/tries.log"
+    stopa; agent_start "$B"
+    echo "agenta$bi $(agent_try "$B" "$IMG" api)" >>"$W/tries.log"
     stopa
   done
 done
