@@ -209,7 +209,7 @@ func newChunkSealer(ctx context.Context, st store.Store, s *chunk.Sealer, salt [
 	c.frames.New = func() any { b := make([]byte, 0, o.ChunkSize+chunk.Overhead); return &b }
 	if o.Compression == manifest.CompressionZstd {
 		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstdLevel), zstd.WithEncoderCRC(false),
-			zstd.WithEncoderConcurrency(min(o.Uploads, runtime.GOMAXPROCS(0))))
+			zstd.WithEncoderConcurrency(min(o.Uploads, runtime.GOMAXPROCS(0))), zstd.WithWindowSize(zstdWindow(o.ChunkSize)))
 		if err != nil {
 			return nil, fmt.Errorf("starting zstd encoder: %w", err)
 		}
@@ -447,4 +447,17 @@ func (c *chunkSealer) release() {
 	if c.enc != nil {
 		c.enc.Close()
 	}
+}
+
+// zstdWindow is the encoder's window for chunks of cs bytes: the smallest
+// power of two that holds a chunk (zstd's minimum at least). A frame never
+// refers further back than its own chunk, so the frames are the same bytes
+// as with the level's default 8 MiB window (checked on every chunk of the
+// Debian test image), and each encoder's history buffers shrink to match.
+func zstdWindow(cs int) int {
+	w := zstd.MinWindowSize
+	for w < cs && w < zstd.MaxWindowSize {
+		w <<= 1
+	}
+	return w
 }
