@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -239,5 +240,74 @@ func TestDaemonTakenOverDropsWarmReserve(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// stateCounter counts reads of roots' STATE objects.
+type stateCounter struct {
+	store.Store
+	mu    sync.Mutex
+	reads int
+}
+
+func (c *stateCounter) Get(ctx context.Context, key string, dst []byte) ([]byte, error) {
+	if strings.HasSuffix(key, "/STATE") {
+		c.mu.Lock()
+		c.reads++
+		c.mu.Unlock()
+	}
+	return c.Store.Get(ctx, key, dst)
+}
+
+func (c *stateCounter) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reads
+}
+
+// TestDaemonOpenReadsRootStateOnce: opening an image reads its root's
+// state once, for both the expired-root check and the root watch (it was
+// read twice, one read after the other, on every cold mount's path), and
+// an expired root is still reported by that one read.
+func TestDaemonOpenReadsRootStateOnce(t *testing.T) {
+	for _, state := range []store.RootState{store.RootActive, store.RootExpired} {
+		t.Run(string(state), func(t *testing.T) {
+			w := imagetest.NewWorld(t, "default")
+			w.Build(t, "default", "demo", 1, 8, 64<<10)
+			ctx := context.Background()
+			p, err := catalog.Lookup(ctx, w.St, "default", "demo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := store.WriteRoot(ctx, w.St, store.RootInfo{ID: p.Root, State: state, Since: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+			sc := &stateCounter{Store: w.St}
+			home := t.TempDir()
+			var logBuf syncBuffer
+			cfg := testDaemonConfig(home, w, &logBuf)
+			cfg.Store = sc
+			d, err := NewDaemon(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			before := sc.count()
+			s, err := d.open(ctx, "default", "demo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.close()
+			if got := sc.count() - before; got != 1 {
+				t.Errorf("opening the image read its root's STATE %d times, want 1", got)
+			}
+			wantAlarms := 0.0
+			if state == store.RootExpired {
+				wantAlarms = 1
+			}
+			if got := testCounter(t, d, "lode_agent_expired_root_opens_total"); got != wantAlarms {
+				t.Errorf("lode_agent_expired_root_opens_total = %v, want %v", got, wantAlarms)
+			}
+		})
 	}
 }
