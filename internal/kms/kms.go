@@ -45,6 +45,7 @@ var _ manifest.KMS = (*Client)(nil)
 const (
 	EnvRegion        = "AWS_REGION"
 	EnvDefaultRegion = "AWS_DEFAULT_REGION"
+	EnvEndpoint      = "AWS_ENDPOINT_URL_KMS" // the service-specific one only: AWS_ENDPOINT_URL often names the S3 server
 )
 
 // DefaultRegion is the region of a keyring entry that names none when the
@@ -77,7 +78,7 @@ func Dial(e manifest.KMSKey) (manifest.KMS, error) { return New(context.Backgrou
 
 // New returns a client for the KMS of entry e: in e.Region (else
 // $AWS_REGION, $AWS_DEFAULT_REGION, DefaultRegion), at e.Endpoint (else
-// the region's AWS endpoint).
+// $AWS_ENDPOINT_URL_KMS, else the region's AWS endpoint).
 func New(ctx context.Context, e manifest.KMSKey, c Config) (*Client, error) {
 	if c.Timeout <= 0 {
 		c.Timeout = 5 * time.Second
@@ -89,13 +90,14 @@ func New(ctx context.Context, e manifest.KMSKey, c Config) (*Client, error) {
 		c.Credentials = Chain()
 	}
 	region := first(e.Region, os.Getenv(EnvRegion), os.Getenv(EnvDefaultRegion), DefaultRegion)
+	endpoint := first(e.Endpoint, os.Getenv(EnvEndpoint))
 	kc := kms.New(kms.Options{
 		Region:           region,
 		Credentials:      aws.NewCredentialsCache(chainProvider{c.Credentials}),
 		RetryMaxAttempts: c.Attempts,
 	}, func(o *kms.Options) {
-		if e.Endpoint != "" {
-			o.BaseEndpoint = aws.String(e.Endpoint)
+		if endpoint != "" {
+			o.BaseEndpoint = aws.String(endpoint)
 		}
 	})
 	return &Client{c: kc, cfg: c}, nil

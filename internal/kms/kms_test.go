@@ -307,17 +307,23 @@ func TestKMSCredentials(t *testing.T) {
 		{"shared file, AWS_PROFILE", map[string]string{"AWS_SHARED_CREDENTIALS_FILE": credFile, "AWS_PROFILE": "work"}, "eu-west-3", "AKIDWORK/ eu-west-3/kms/aws4_request", nil},
 		{"shared file, default profile, AWS_REGION", map[string]string{"AWS_SHARED_CREDENTIALS_FILE": credFile, "AWS_REGION": "ap-south-1"}, "", "AKIDDEFAULT/ ap-south-1/kms/aws4_request", nil},
 		{"environment wins over the file", map[string]string{"AWS_ACCESS_KEY_ID": "AKIDENV", "AWS_SECRET_ACCESS_KEY": "x", "AWS_SHARED_CREDENTIALS_FILE": credFile}, "", "AKIDENV/ us-east-1/kms/aws4_request", nil},
+		{"endpoint from AWS_ENDPOINT_URL_KMS", map[string]string{"AWS_ACCESS_KEY_ID": "AKIDENV", "AWS_SECRET_ACCESS_KEY": "x", "AWS_ENDPOINT_URL_KMS": "PROXY"}, "eu-west-3", "AKIDENV/ eu-west-3/kms/aws4_request", nil},
 		{"no keys anywhere", map[string]string{"AWS_SHARED_CREDENTIALS_FILE": filepath.Join(t.TempDir(), "none")}, "eu-west-3", "", kms.ErrNoCredentials},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY", "AWS_SECRET_KEY",
 				"AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
-				"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"} {
+				"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ENDPOINT_URL_KMS"} {
 				t.Setenv(k, tt.env[k])
 			}
 			t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-			c, err := kms.New(context.Background(), manifest.KMSKey{KeyID: key1, Region: tt.region, Endpoint: proxy}, kms.Config{})
+			entry := manifest.KMSKey{KeyID: key1, Region: tt.region, Endpoint: proxy}
+			if tt.env["AWS_ENDPOINT_URL_KMS"] != "" {
+				t.Setenv("AWS_ENDPOINT_URL_KMS", proxy)
+				entry.Endpoint = "" // from the environment only
+			}
+			c, err := kms.New(context.Background(), entry, kms.Config{})
 			if err != nil {
 				t.Fatal(err)
 			}
