@@ -93,7 +93,7 @@ func New(ctx context.Context, e manifest.KMSKey, c Config) (*Client, error) {
 	endpoint := first(e.Endpoint, os.Getenv(EnvEndpoint))
 	kc := kms.New(kms.Options{
 		Region:           region,
-		Credentials:      aws.NewCredentialsCache(chainProvider{c.Credentials}),
+		Credentials:      chainProvider{c.Credentials}, // no aws.CredentialsCache: it would keep a rotated file's old keys
 		RetryMaxAttempts: c.Attempts,
 	}, func(o *kms.Options) {
 		if endpoint != "" {
@@ -116,7 +116,10 @@ func first(s ...string) string {
 var ErrNoCredentials = errors.New("no AWS credentials for KMS (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a shared credentials file, or run with an instance, container or web-identity role)")
 
 // chainProvider adapts minio-go's credentials (the chain the S3 store
-// uses) to the AWS SDK's CredentialsProvider. The SDK's own loader
+// uses) to the AWS SDK's CredentialsProvider. The SDK asks it on every
+// call; minio-go's chain caches the keys and reads them again when they
+// expire or the shared credentials file changes, so a rotated file signs
+// the next KMS call, as it does the next S3 request. The SDK's own loader
 // (aws-sdk-go-v2/config) is not linked: its package initialization cost
 // every lode command ~4.5 ms of its start (docs/coldstart.md).
 type chainProvider struct{ c *credentials.Credentials }

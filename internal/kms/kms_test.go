@@ -348,3 +348,42 @@ func TestKMSCredentials(t *testing.T) {
 		})
 	}
 }
+
+// TestKMSCredentialsFileRotation: a long-lived client (the agent's) signs
+// with the shared credentials file's new keys as soon as the file is
+// rewritten, without a restart (docs/operations.md, "Credentials").
+func TestKMSCredentialsFileRotation(t *testing.T) {
+	srv := lodetest.StartKMS(t, lodetest.KMSKey{ID: key1, BackingKeys: [][32]byte{material(1)}})
+	proxy, rec := recordingProxy(t, srv.Endpoint)
+	credFile := filepath.Join(t.TempDir(), "credentials")
+	write := func(key string) {
+		tmp := credFile + ".tmp"
+		if err := os.WriteFile(tmp, []byte("[default]\naws_access_key_id = "+key+"\naws_secret_access_key = s\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, credFile); err != nil { // as a kubelet swaps a mounted Secret
+			t.Fatal(err)
+		}
+	}
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_PROFILE"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", credFile)
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	write("AKIDBEFORE")
+	c, err := kms.New(context.Background(), manifest.KMSKey{KeyID: key1, Region: "eu-west-3", Endpoint: proxy}, kms.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"AKIDBEFORE", "AKIDAFTERROTATION"} {
+		if key != "AKIDBEFORE" {
+			write(key)
+		}
+		if _, _, err := c.GenerateDataKey(context.Background(), key1, map[string]string{"tenant": "acme"}); err != nil {
+			t.Fatal(err)
+		}
+		if got := rec.last(); !strings.HasPrefix(got, key+"/") {
+			t.Errorf("signed with %q; want the file's current key %s", got, key)
+		}
+	}
+}
