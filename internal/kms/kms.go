@@ -56,9 +56,9 @@ const DefaultRegion = "us-east-1"
 // S3 store's chain (s3.CredentialChain) with the instance or container
 // role: the AWS_* environment, the shared credentials file
 // ($AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials, in profile
-// $AWS_PROFILE, else "default"; credential_process and SSO entries
-// included), then the EC2 instance role, ECS/EKS container credentials or
-// web identity (IRSA).
+// $AWS_PROFILE, else "default", which may use credential_process;
+// ~/.aws/config is not read), then the EC2 instance role, ECS/EKS
+// container credentials or web identity (IRSA).
 //
 // AWS_EC2_METADATA_DISABLED=true leaves the roles out unless a container
 // or web-identity variable names one, so that a host without keys fails
