@@ -74,8 +74,12 @@ serve-nbd, serve-vhost, vm) refuse a keyring that holds it unless
 image's data key is then generated and unwrapped by KMS (GenerateDataKey,
 Decrypt) with an encryption context naming tenant and image, and the key never
 reaches a worker's disk. For a tenant already in KMS it rotates: new images use
---key-id, and manifests the previous keys wrapped still open. Credentials come
-from the AWS SDK's default chain (environment, shared config, instance role).`,
+--key-id, and manifests the previous keys wrapped still open. Calls are signed
+with the S3 store's credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, else
+the shared credentials file (AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE), else
+the instance, container or web-identity role; region from --region, else
+AWS_REGION, AWS_DEFAULT_REGION, us-east-1; endpoint from --endpoint, else
+AWS_ENDPOINT_URL_KMS (docs/operations.md, "Credentials").`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kr, err := openKeyring()
