@@ -18,7 +18,7 @@
 // (aws-sdk-go-v2/config) is not used: with the STS, SSO and sign-in clients
 // it links, its package initialization cost every lode command ~4.5 ms of
 // its start, whatever the command (docs/coldstart.md). What it read and
-// this does not: ~/.aws/config (region, role_arn profiles).
+// this does not: ~/.aws/config (region, role_arn and SSO profiles).
 //
 // Tests run against local-kms (github.com/nsmithuk/local-kms), a real KMS
 // protocol server that lodetest.KMSServer starts.

@@ -448,15 +448,19 @@ func (d *Daemon) open(ctx context.Context, tenant, image string) (*served, error
 	// starts, not before them (two serial reads of STATE before: ~2.3 ms of
 	// a cold local mount, a round trip each on S3).
 	state := readRootAsync(ctx, d.st, p.Root)
+	rootState := func() rootRead { // waits for the read; checks the root when due
+		r := <-state
+		if d.rootDue(p.Root) {
+			d.applyRootState(ctx, s.name(), p.Root, r.ri, r.err)
+		}
+		return r
+	}
 	s.roots = []store.RootID{p.Root}
 	s.detach = []func(){d.origins.Attach(p.Root, m)}
 	im, err := d.stack.Agent.Open(s.name(), m)
 	if err != nil {
 		s.detach[0]()
-		if d.rootDue(p.Root) { // an expired root still raises its alarm
-			r := <-state
-			d.applyRootState(ctx, s.name(), p.Root, r.ri, r.err)
-		}
+		rootState() // an expired root still raises its alarm
 		return nil, fmt.Errorf("opening image %s: %w", s.name(), err)
 	}
 	s.im = im
@@ -464,13 +468,7 @@ func (d *Daemon) open(ctx context.Context, tenant, image string) (*served, error
 	// The learned profile, then the build-time start set (or a recorded
 	// profile); ends when the image closes.
 	s.learn.startPrefetch(context.Background(), im, m.Hints, onLocalDisk(d.st), d.o.Worker.Fetches, d.log, s.name())
-	r := <-state
-	if d.rootDue(p.Root) {
-		d.applyRootState(ctx, s.name(), p.Root, r.ri, r.err)
-	}
-	answered := make(chan rootRead, 1)
-	answered <- r
-	s.watch = newRootWatch(d.st, tenant, image, m, p.Root, d.log, d.expiredReads, answered)
+	s.watch = newRootWatch(d.st, tenant, image, m, p.Root, d.log, d.expiredReads, rootState())
 	s.watch.Attach(im)
 	d.o.Fill.Start(context.Background(), im, nil, d.base) // ends when the image closes
 	return s, nil

@@ -85,7 +85,7 @@ func Open(ctx context.Context, st store.Store, kr manifest.Keyring, tenant, name
 			reads = nil
 		}
 	}
-	w.Watch = newRootWatch(st, tenant, name, m, p.Root, log, reads, state)
+	w.Watch = newRootWatch(st, tenant, name, m, p.Root, log, reads, <-state)
 	w.Watch.Attach(im)
 	return w, nil
 }

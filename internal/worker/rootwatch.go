@@ -58,7 +58,7 @@ const (
 // expired root. A failure to read the state is logged, not returned: it
 // must not stop a mount; the state is read again on a later read.
 func NewRootWatch(ctx context.Context, st store.Store, tenant, name string, m *manifest.Manifest, root store.RootID, log *slog.Logger, reads prometheus.Counter) *RootWatch {
-	return newRootWatch(st, tenant, name, m, root, log, reads, readRootAsync(ctx, st, root))
+	return newRootWatch(st, tenant, name, m, root, log, reads, <-readRootAsync(ctx, st, root))
 }
 
 // rootRead is the answer of a read of a root's state.
@@ -80,15 +80,14 @@ func readRootAsync(ctx context.Context, st store.Store, root store.RootID) <-cha
 	return ch
 }
 
-// newRootWatch is NewRootWatch with the state's read already started
-// (readRootAsync); it waits for its answer.
-func newRootWatch(st store.Store, tenant, name string, m *manifest.Manifest, root store.RootID, log *slog.Logger, reads prometheus.Counter, state <-chan rootRead) *RootWatch {
+// newRootWatch is NewRootWatch with the state already read (r: the answer
+// of readRootAsync, started as soon as the pointer named the root).
+func newRootWatch(st store.Store, tenant, name string, m *manifest.Manifest, root store.RootID, log *slog.Logger, reads prometheus.Counter, r rootRead) *RootWatch {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	w := &RootWatch{st: st, tenant: tenant, name: name, m: m, log: log, reads: reads,
 		ttl: StateTTL, every: AlarmEvery, now: time.Now, root: root}
-	r := <-state
 	w.applyState(root, r.ri, r.err)
 	return w
 }
