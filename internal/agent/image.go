@@ -741,6 +741,14 @@ func (im *Image) prefetchList(ctx context.Context, idx []uint32, parallel int, f
 			}
 		}
 		for {
+			// ctx follows the image's context through context.AfterFunc, on
+			// a goroutine of its own: once Close has cancelled the image,
+			// the fetch slots its cancelled fetches give back must not start
+			// another before ctx has caught up.
+			if err := im.ctx.Err(); err != nil {
+				<-slots
+				return started, err
+			}
 			if im.a.cfg.Mem != nil && im.a.cfg.Mem.Contains(cacheRef(ref, im.zstd)) {
 				<-slots
 				break
