@@ -53,14 +53,6 @@ const (
 	AlarmEvery = time.Minute
 )
 
-// NewRootWatch reads root's state and returns a watch of tenant/name's
-// reads (m is its manifest). reads, if not nil, counts chunk reads from an
-// expired root. A failure to read the state is logged, not returned: it
-// must not stop a mount; the state is read again on a later read.
-func NewRootWatch(ctx context.Context, st store.Store, tenant, name string, m *manifest.Manifest, root store.RootID, log *slog.Logger, reads prometheus.Counter) *RootWatch {
-	return newRootWatch(st, tenant, name, m, root, log, reads, <-readRootAsync(ctx, st, root))
-}
-
 // rootRead is the answer of a read of a root's state.
 type rootRead struct {
 	ri  store.RootInfo
@@ -80,8 +72,11 @@ func readRootAsync(ctx context.Context, st store.Store, root store.RootID) <-cha
 	return ch
 }
 
-// newRootWatch is NewRootWatch with the state already read (r: the answer
-// of readRootAsync, started as soon as the pointer named the root).
+// newRootWatch returns a watch of tenant/name's reads (m is its manifest)
+// from r, root's state as readRootAsync read it (started as soon as the
+// pointer named the root). reads, if not nil, counts chunk reads from an
+// expired root. A failure to read the state is logged, not returned: it
+// must not stop a mount; the state is read again on a later read.
 func newRootWatch(st store.Store, tenant, name string, m *manifest.Manifest, root store.RootID, log *slog.Logger, reads prometheus.Counter, r rootRead) *RootWatch {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
