@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -214,26 +213,23 @@ func (e *containerdEnv) ctr(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-// ctrRunWant runs `ctr run ARGS...` and fails the test (naming the
-// container as what) unless it printed want. ctr can exit before it has
-// copied the container's last output (containerd's task I/O: the exit can
-// beat the copy of the output FIFO's tail; seen once under CI load, with
-// "no-ls" lost from the end): an output that is a proper prefix of want is
-// that race, not a wrong result, so the container runs again, under a new
-// ID, at most twice more. Any other output fails at once.
-func (e *containerdEnv) ctrRunWant(t *testing.T, want, what string, args ...string) {
+// ctrRunWant runs `ctr run --rm --snapshotter lode REF ID [CMD...]` and
+// fails the test (naming the container as what) unless it printed want.
+// ctr can exit before it has copied the container's last output
+// (containerd's task I/O: the exit can beat the copy of the output FIFO's
+// tail; seen once under CI load, with "no-ls" lost from the end): an
+// output that is a proper prefix of want is that race, not a wrong result,
+// so the container runs again, under a new ID, at most twice more. Any
+// other output fails at once.
+func (e *containerdEnv) ctrRunWant(t *testing.T, want, what, ref, id string, cmd ...string) {
 	t.Helper()
-	out := e.ctr(t, append([]string{"run"}, args...)...)
+	run := func(id string) string {
+		return e.ctr(t, append([]string{"run", "--rm", "--snapshotter", "lode", ref, id}, cmd...)...)
+	}
+	out := run(id)
 	for try := 1; try <= 2 && out != want && strings.HasPrefix(want, out); try++ {
 		t.Logf("%s printed %q, a prefix of %q (ctr lost its tail): running it again", what, out, want)
-		again := slices.Clone(args)
-		for i := 1; i < len(again); i++ { // the container ID follows the image reference
-			if strings.Contains(again[i-1], "/") && !strings.HasPrefix(again[i], "-") {
-				again[i] = fmt.Sprintf("%s-again%d", again[i], try)
-				break
-			}
-		}
-		out = e.ctr(t, append([]string{"run"}, again...)...)
+		out = run(fmt.Sprintf("%s-again%d", id, try))
 	}
 	if out != want {
 		t.Errorf("%s printed %q, want %q", what, out, want)
@@ -389,9 +385,9 @@ func TestContainerdGoClient(t *testing.T) {
 	if got := e.kinds(t); !equalMaps(got, want) {
 		t.Errorf("snapshot kinds after pulling the lode image = %v, want %v", got, want)
 	}
-	e.ctrRunWant(t, "hello from lode\nw\nno-ls\n", "ctr run on the lode image", "--rm", "--snapshotter", "lode", appRef, "app1", "/bin/sh", "-c", "cat /hello.txt; echo w > /hello.txt; mv /hello.txt /moved; cat /moved; rm /bin/ls; test -e /bin/ls || echo no-ls")
+	e.ctrRunWant(t, "hello from lode\nw\nno-ls\n", "ctr run on the lode image", appRef, "app1", "/bin/sh", "-c", "cat /hello.txt; echo w > /hello.txt; mv /hello.txt /moved; cat /moved; rm /bin/ls; test -e /bin/ls || echo no-ls")
 	// Writes went to that container's upper layer only.
-	e.ctrRunWant(t, "hello from lode\n", "a second container", "--rm", "--snapshotter", "lode", appRef, "app2")
+	e.ctrRunWant(t, "hello from lode\n", "a second container", appRef, "app2")
 
 	// The unknown image builds on the base chain lode answered remotely.
 	pull(otherRef)
@@ -399,7 +395,7 @@ func TestContainerdGoClient(t *testing.T) {
 	if log, _ := os.ReadFile(e.reg.LogFile); !strings.Contains(string(log), "\"GET /v2/other/blobs/"+layerDigests(other)[1].String()) {
 		t.Errorf("the registry's log shows no GET of the unknown image's top layer")
 	}
-	e.ctrRunWant(t, "not built by lode\n", "ctr run on the unknown image", "--rm", "--snapshotter", "lode", otherRef, "other1")
+	e.ctrRunWant(t, "not built by lode\n", "ctr run on the unknown image", otherRef, "other1")
 	if got := e.kinds(t)[appChains[0]]; got != snapshotter.KindMaterialized {
 		t.Errorf("shared base chain kind = %q, want %q", got, snapshotter.KindMaterialized)
 	}
@@ -410,7 +406,7 @@ func TestContainerdGoClient(t *testing.T) {
 		t.Errorf("no fallback log line naming %s", otherRef)
 	}
 	// The lode image still runs from its mount, on the materialized base.
-	e.ctrRunWant(t, "hello from lode\n", "the lode image after the fallback", "--rm", "--snapshotter", "lode", appRef, "app3")
+	e.ctrRunWant(t, "hello from lode\n", "the lode image after the fallback", appRef, "app3")
 
 	// Removal: containerd's GC removes the snapshots; the mount goes.
 	e.ctr(t, "image", "rm", "--sync", appRef, otherRef)
@@ -547,7 +543,7 @@ func TestContainerdTakeover(t *testing.T) {
 	if out := e.ctr(t, "task", "exec", "--exec-id", "x", "reader", "/bin/cat", "/hello.txt"); out != "hello from lode\n" {
 		t.Errorf("exec in the reader after the takeover printed %q", out)
 	}
-	e.ctrRunWant(t, "hello from lode\n", "a new container after the takeover", "--rm", "--snapshotter", "lode", appRef, "after")
+	e.ctrRunWant(t, "hello from lode\n", "a new container after the takeover", appRef, "after")
 	if got := e.agent.status(t); len(got.Mounts) != 1 {
 		t.Errorf("the new agent serves %d mounts, want the one image mount", len(got.Mounts))
 	}
@@ -610,6 +606,6 @@ func TestContainerdSharedBaseUnknownFirst(t *testing.T) {
 		t.Errorf("the agent mounted %+v for a mismatched source", st.Mounts)
 	}
 	e.c.buildFrom(t, app, "app")
-	e.ctrRunWant(t, "hello from lode\n", "the lode image", "--rm", "--snapshotter", "lode", appRef, "app1")
-	e.ctrRunWant(t, "not built by lode\n", "the unknown image", "--rm", "--snapshotter", "lode", otherRef, "other1")
+	e.ctrRunWant(t, "hello from lode\n", "the lode image", appRef, "app1")
+	e.ctrRunWant(t, "not built by lode\n", "the unknown image", otherRef, "other1")
 }
